@@ -1,0 +1,13 @@
+"""``gemma-edge run``: not built yet (see the open issues)."""
+
+from __future__ import annotations
+
+from shared.errors import GemmaEdgeError
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    raise GemmaEdgeError("gemma-edge run is not built yet")

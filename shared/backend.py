@@ -1,0 +1,70 @@
+"""The one small interface every model backend implements, edge and teacher alike.
+
+    backend.generate(GenerateRequest) -> Generation
+
+A request carries the system prompt (the skill's instructions), few-shot
+demonstrations, the input text, an optional JPEG image, stop sequences and a token
+budget. A generation carries the text (always starting with ``Answer:`` when the
+skill's format is used), token counts, timings and, where the backend has them,
+per-token log-probabilities with the top alternatives at each step.
+
+Backends: ``shared.embedded.EmbeddedBackend`` (transformers, in-process, default) and
+``shared.ollama_backend.OllamaBackend``. This module knows nothing about either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from shared.skill import STOP_SEQUENCES, Demo
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    system: str
+    input: str
+    demos: tuple[Demo, ...] = ()
+    image: bytes | None = None  # JPEG, for multimodal backends; text-only ones ignore it
+    stop: tuple[str, ...] = STOP_SEQUENCES
+    max_new_tokens: int = 48
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)  # alternative token -> logprob
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int  # generated tokens
+    prompt_tokens: int = 0  # tokens processed for this request (excluding a cached prefix)
+    ttft_s: float = 0.0  # time to first token
+    total_s: float = 0.0
+    logprobs: list[TokenLogprob] | None = None
+    backend: str = ""
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decode_s = self.total_s - self.ttft_s
+        return (self.tokens - 1) / decode_s if self.tokens > 1 and decode_s > 0 else 0.0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def generate(self, request: GenerateRequest) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+def generate_many(backend: Backend, requests: list[GenerateRequest]) -> list[Generation]:
+    """Batch where the backend can (``generate_batch``), else one by one."""
+    batch = getattr(backend, "generate_batch", None)
+    if batch is not None:
+        return batch(requests)
+    return [backend.generate(r) for r in requests]

@@ -1,0 +1,393 @@
+"""YAML configuration of the edge daemon and the teacher box, as pydantic models.
+
+Every model forbids unknown keys and every field has bounds and a description, so a
+typo'd key, a negative threshold or a wrong type fails at start with the YAML key
+path, the bad value and the reason (``load_config`` raises ``ConfigError``).
+
+This module knows nothing about what the settings do; it only says what is valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import ConfigError
+
+DEFAULT_HOME = Path.home() / ".cache" / "gemma-edge"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- model backends
+class EmbeddedModelConfig(Strict):
+    gguf_path: Path | None = Field(
+        None, description="GGUF file to load; empty means the bundled Gemma 3 270M."
+    )
+    cache_dir: Path = Field(
+        DEFAULT_HOME / "models",
+        description="Where converted safetensors weights are cached (converted once).",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Weight dtype in memory. bfloat16 halves memory traffic; float32 is exact.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="torch CPU threads; empty means torch's default."
+    )
+    prefix_cache: bool = Field(
+        True, description="Reuse the KV cache of the skill prefix across inputs."
+    )
+
+
+class OllamaModelConfig(Strict):
+    host: str = Field("http://127.0.0.1:11434", min_length=1, description="Ollama server URL.")
+    model: str = Field("gemma3:4b", min_length=1, description="Ollama model name (tag).")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout in seconds.")
+    keep_alive: str = Field("10m", description="How long Ollama keeps the model loaded.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra Ollama options (num_ctx, temperature, ...)."
+    )
+    logprobs: bool = Field(True, description="Ask the server for token log-probabilities.")
+
+
+class ModelConfig(Strict):
+    backend: Literal["embedded", "ollama"] = Field(
+        "embedded", description="Which backend answers: in-process transformers or Ollama."
+    )
+    embedded: EmbeddedModelConfig = Field(default_factory=EmbeddedModelConfig)
+    ollama: OllamaModelConfig = Field(default_factory=OllamaModelConfig)
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Token budget per answer.")
+    adapter: Path | None = Field(
+        None, description="LoRA adapter directory to activate at start (embedded only)."
+    )
+
+
+# ---------------------------------------------------------------- edge
+class SourceConfig(Strict):
+    realtime: bool = Field(
+        False, description="Play files at their own frame rate instead of as fast as possible."
+    )
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, le=60, description="First back-off before reopening a dropped stream."
+    )
+    reconnect_max_s: float = Field(
+        10.0, gt=0, le=600, description="Longest back-off between reopen attempts."
+    )
+    open_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="How long to wait for a stream to open."
+    )
+
+
+class GateConfig(Strict):
+    sample_fps: float = Field(
+        2.0, gt=0, le=120, description="Frames per second looked at; the rest are skipped."
+    )
+    motion_threshold: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Fraction of pixels that must change against the last processed frame.",
+    )
+    dedupe_hamming: int = Field(
+        6,
+        ge=0,
+        le=64,
+        description="Perceptual-hash distance at or under which a scene counts as a duplicate.",
+    )
+    audit_every: int = Field(
+        50,
+        ge=0,
+        le=1_000_000,
+        description="Let a duplicate scene through after this many gated frames (0 = never).",
+    )
+
+
+class PolicyConfig(Strict):
+    confidence_threshold: float = Field(
+        0.6, ge=0, le=1, description="Escalate answers whose confidence is below this."
+    )
+    safety_keywords: list[str] = Field(
+        default_factory=lambda: [
+            "fire",
+            "flame",
+            "flames",
+            "smoke",
+            "knife",
+            "blood",
+            "weapon",
+            "gun",
+            "fallen",
+            "collapsed",
+            "unconscious",
+            "injured",
+        ],
+        description="Whole words that make a case escalate when they appear in input or answer.",
+    )
+    keyword_exceptions: list[str] = Field(
+        default_factory=lambda: ["fire extinguisher", "fire exit", "fire alarm"],
+        description="Phrases whose keyword does not count (e.g. 'fire extinguisher').",
+    )
+    audit_every: int = Field(
+        25, ge=0, le=1_000_000, description="Escalate every Nth processed input (0 = never)."
+    )
+    escalate_format_errors: bool = Field(
+        True, description="Escalate answers that break the output format."
+    )
+    budget_per_minute: int = Field(
+        30,
+        ge=0,
+        le=100_000,
+        description="Most escalations per minute; safety-keyword cases are never dropped.",
+    )
+    cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="Do not escalate the same scene again within this many seconds.",
+    )
+    target_escalation_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="If set, the threshold becomes this quantile of recent confidences.",
+    )
+    calibration_window: int = Field(
+        200, ge=10, le=100_000, description="Recent confidences used for the quantile."
+    )
+
+
+class EventsConfig(Strict):
+    path: Path | None = Field(None, description="JSONL events file; empty means stdout.")
+    rotate_mb: float = Field(64.0, gt=0, le=100_000, description="Rotate the file at this size.")
+    keep: int = Field(5, ge=1, le=1000, description="Rotated files kept.")
+    safety_command: str | None = Field(
+        None, description="Command run for each safety event; the event JSON is on its stdin."
+    )
+    safety_pub: str | None = Field(
+        None, description="ZeroMQ PUB endpoint that publishes safety events (e.g. tcp://*:5560)."
+    )
+
+
+class MetricsConfig(Strict):
+    port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus metrics port on 127.0.0.1; empty = off."
+    )
+    host: str = Field("127.0.0.1", description="Address the metrics server binds.")
+
+
+class LinkConfig(Strict):
+    teacher: str | None = Field(
+        None,
+        description="Teacher endpoint, e.g. tcp://teacher.local:5555; empty = no teacher.",
+    )
+    insecure: bool = Field(
+        False, description="Plain-text ZeroMQ without CurveZMQ. Only for local tests."
+    )
+    edge_secret_key: Path | None = Field(
+        None, description="This edge's secret key file (written by gemma-teacher keys new-edge)."
+    )
+    teacher_public_key: Path | None = Field(None, description="The teacher's public key file.")
+    heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Heartbeat interval.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=86_400, description="Link is declared dead after this much silence."
+    )
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect back-off.")
+    outbox: Path = Field(
+        DEFAULT_HOME / "edge" / "outbox.sqlite", description="SQLite outbox of escalations."
+    )
+    outbox_max: int = Field(
+        100_000, ge=10, le=100_000_000, description="Most cases kept; oldest non-safety go first."
+    )
+    send_frames: bool = Field(True, description="Send the JPEG frame with frame escalations.")
+    max_message_bytes: int = Field(
+        8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from the teacher."
+    )
+
+
+class EdgeConfig(Strict):
+    edge_id: str = Field(
+        "edge-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Name of this edge (letters, digits, . _ -).",
+    )
+    state_dir: Path = Field(
+        DEFAULT_HOME / "edge", description="Where skills and adapters pushed to this edge live."
+    )
+    skill: Path | None = Field(
+        None, description="Skill file (YAML/JSON); empty means the bundled default skill."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    link: LinkConfig = Field(default_factory=LinkConfig)
+
+    @model_validator(mode="after")
+    def _link_keys(self) -> EdgeConfig:
+        link = self.link
+        if link.teacher and not link.insecure:
+            if link.edge_secret_key is None or link.teacher_public_key is None:
+                raise ValueError(
+                    "link.teacher is set without keys: give link.edge_secret_key and "
+                    "link.teacher_public_key, or set link.insecure: true for local tests"
+                )
+        return self
+
+
+# ---------------------------------------------------------------- teacher
+class ReviewerConfig(Strict):
+    backend: Literal["ollama", "embedded", "labels"] = Field(
+        "labels", description="Who reviews: an Ollama model, a local model, or labelled JSONL."
+    )
+    labels: Path | None = Field(
+        None, description="Labelled JSONL (input, safety, keywords[, answer]) for 'labels'."
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(
+            backend="ollama", ollama=OllamaModelConfig(model="gemma3:27b"), max_new_tokens=96
+        ),
+        description="Backend settings when backend is 'ollama' or 'embedded'.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Review worker threads.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Cases reviewed together.")
+
+    @model_validator(mode="after")
+    def _labels_need_file(self) -> ReviewerConfig:
+        if self.backend == "labels" and self.labels is None:
+            raise ValueError("reviewer.backend is 'labels' but reviewer.labels names no file")
+        return self
+
+
+class ServerConfig(Strict):
+    bind: str = Field("tcp://127.0.0.1:5555", description="ROUTER endpoint the edges connect to.")
+    insecure: bool = Field(
+        False, description="Plain-text ZeroMQ without CurveZMQ. Only for local tests."
+    )
+    keys_dir: Path = Field(
+        DEFAULT_HOME / "teacher" / "keys",
+        description="Teacher key pair and the allow-list of edge public keys.",
+    )
+    max_message_bytes: int = Field(
+        8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from an edge."
+    )
+    heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Heartbeat interval.")
+
+
+class UpskillConfig(Strict):
+    candidates: int = Field(6, ge=1, le=100, description="Candidate skills per round.")
+    rounds: int = Field(2, ge=1, le=20, description="Rounds of candidate generation.")
+    demos: int = Field(4, ge=0, le=64, description="Few-shot demonstrations per candidate.")
+    holdout_fraction: float = Field(
+        0.3, gt=0, lt=1, description="Share of the evaluation set held out for the final gate."
+    )
+    max_eval_cases: int = Field(
+        40, ge=1, le=100_000, description="Most cases scored per candidate."
+    )
+    seed: int = Field(0, description="Random seed for splits and demonstration picks.")
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class TrainConfig(Strict):
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(4.0, gt=0, le=1000, description="Passes over the training set.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps warming up.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per step.")
+    max_length: int = Field(256, ge=16, le=32768, description="Longest training sequence.")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of cases frozen as the evaluation split."
+    )
+    early_stop_patience: int = Field(
+        2, ge=0, le=100, description="Evaluations of rising eval loss before stopping (0 = off)."
+    )
+    seed: int = Field(0, description="Random seed.")
+
+
+class TeacherConfig(Strict):
+    home: Path = Field(
+        DEFAULT_HOME / "teacher", description="Store, registries and runs live here."
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    reviewer: ReviewerConfig = Field(
+        default_factory=lambda: ReviewerConfig(backend="embedded", model=ModelConfig())
+    )
+    student: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="The student as the edges run it (used to score skills and adapters).",
+    )
+    upskill: UpskillConfig = Field(default_factory=UpskillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- loading
+M = TypeVar("M", bound=BaseModel)
+
+
+def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def validate_config(data: Any, model: type[M], source: str = "<config>") -> M:
+    """Validate a parsed YAML document; raise ConfigError with (path, value, reason)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("<top>", data, "the file must hold a mapping of keys")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            path = ".".join(str(p) for p in loc) or "<top>"
+            if err["type"] == "extra_forbidden":
+                reason = "unknown key"
+            else:
+                reason = err["msg"].removeprefix("Value error, ")
+            value = err.get("input") if err["type"] != "missing" else None
+            if err["type"] not in ("extra_forbidden", "missing"):
+                value = _value_at(data, loc) if loc else value
+            problems.append((path, value, reason))
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path | None, model: type[M]) -> M:
+    """Read a YAML file (or nothing: all defaults) into ``model``."""
+    if path is None:
+        return model()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("<file>", str(path), exc.strerror or str(exc))]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [("<yaml>", None, f"not valid YAML: {exc}")]) from None
+    return validate_config(data, model, str(path))

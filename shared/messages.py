@@ -1,0 +1,237 @@
+"""Every message between an edge and the teacher box, as pydantic models.
+
+On the wire a message is a multipart ZeroMQ message: frame 0 is the JSON document
+(with ``type`` and ``schema_version``), any further frames are binary payloads (a
+JPEG frame, a skill file, adapter files) whose count and sizes the document
+declares. ``encode`` and ``decode`` are the only way in and out; nothing is pickled.
+
+This module knows nothing about sockets: it turns models into frames and back and
+rejects anything malformed, oversized or of an unknown type or version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.errors import MessageError
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 8 * 2**20  # default cap on one whole multipart message
+MAX_JSON_BYTES = 256 * 2**10  # the JSON document itself
+CaseId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+EdgeId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class Escalation(Message):
+    """An input the edge is unsure of, with the student's answer and why it escalated."""
+
+    type: Literal["escalation"] = "escalation"
+    case_id: CaseId
+    edge_id: EdgeId
+    created_at: float = Field(description="Unix time the edge saw the input.")
+    source: str = Field(max_length=1024, description="Where the input came from.")
+    kind: Literal["text", "frame"] = "text"
+    input: str = Field(max_length=16_384, description="The text, or the frame's scene sketch.")
+    answer: str = Field("", max_length=16_384, description="The student's raw answer.")
+    safety: bool | None = Field(None, description="The student's safety verdict, if parsed.")
+    confidence: float | None = Field(None, ge=0, le=1)
+    reasons: list[str] = Field(default_factory=list, max_length=32)
+    safety_keyword: bool = Field(False, description="A configured safety keyword matched.")
+    skill_version: int = Field(0, ge=0)
+    adapter_version: int = Field(0, ge=0)
+    has_frame: bool = Field(False, description="A JPEG frame travels as payload 0.")
+
+
+class Ack(Message):
+    """The teacher has the case on disk (``duplicate``: it already had it)."""
+
+    type: Literal["ack"] = "ack"
+    case_id: CaseId
+    duplicate: bool = False
+
+
+class Review(Message):
+    """The teacher's verdict on an escalated case."""
+
+    type: Literal["review"] = "review"
+    case_id: CaseId
+    answer: str = Field(
+        max_length=16_384, description="The teacher's answer in the student's format."
+    )
+    safety: bool
+    keywords: list[str] = Field(default_factory=list, max_length=64)
+    reviewer: str = Field(max_length=256, description="Which backend/model reviewed it.")
+    reviewed_at: float = Field(default_factory=time.time)
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
+    size: int = Field(ge=0)
+    sha256: Sha256
+
+
+class SkillPush(Message):
+    """A new skill version; payload 0 is the skill file (JSON)."""
+
+    type: Literal["skill_push"] = "skill_push"
+    version: int = Field(ge=1)
+    file: FileEntry
+
+
+class AdapterPush(Message):
+    """A new LoRA adapter version; one payload per file, in ``files`` order."""
+
+    type: Literal["adapter_push"] = "adapter_push"
+    version: int = Field(ge=1)
+    format: Literal["peft-safetensors"] = "peft-safetensors"
+    files: list[FileEntry] = Field(min_length=1, max_length=16)
+
+
+class PushResult(Message):
+    """The edge's answer to a push: installed, or refused and why."""
+
+    type: Literal["push_result"] = "push_result"
+    kind: Literal["skill", "adapter"]
+    version: int = Field(ge=0)
+    accepted: bool
+    reason: str = Field("", max_length=2048)
+
+
+class Heartbeat(Message):
+    """Liveness both ways; the edge reports what it runs."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    sender: str = Field(max_length=64)
+    sent_at: float = Field(default_factory=time.time)
+    skill_version: int = Field(0, ge=0)
+    adapter_version: int = Field(0, ge=0)
+    outbox_depth: int = Field(0, ge=0)
+
+
+class ErrorReply(Message):
+    """The other side sent something it could not accept; nothing was changed."""
+
+    type: Literal["error"] = "error"
+    code: Literal["malformed", "too_large", "unknown_type", "bad_version", "rejected", "internal"]
+    detail: str = Field(max_length=4096)
+    case_id: str | None = Field(None, max_length=64)
+
+
+AnyMessage = Annotated[
+    Escalation | Ack | Review | SkillPush | AdapterPush | PushResult | Heartbeat | ErrorReply,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
+TYPES = {
+    "escalation": Escalation,
+    "ack": Ack,
+    "review": Review,
+    "skill_push": SkillPush,
+    "adapter_push": AdapterPush,
+    "push_result": PushResult,
+    "heartbeat": Heartbeat,
+    "error": ErrorReply,
+}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_entry(name: str, data: bytes) -> FileEntry:
+    return FileEntry(name=name, size=len(data), sha256=sha256(data))
+
+
+def _expected_payloads(msg: Message) -> list[FileEntry] | int:
+    if isinstance(msg, SkillPush):
+        return [msg.file]
+    if isinstance(msg, AdapterPush):
+        return list(msg.files)
+    if isinstance(msg, Escalation):
+        return 1 if msg.has_frame else 0
+    return 0
+
+
+def encode(msg: Message, payloads: list[bytes] | tuple[bytes, ...] = ()) -> list[bytes]:
+    """Frames for ``msg``: its JSON document, then its binary payloads."""
+    expected = _expected_payloads(msg)
+    count = expected if isinstance(expected, int) else len(expected)
+    if len(payloads) != count:
+        raise MessageError(f"{msg.type} declares {count} payload(s) but {len(payloads)} given")
+    return [msg.model_dump_json().encode(), *payloads]
+
+
+def decode(
+    frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES
+) -> tuple[AnyMessage, list[bytes]]:
+    """Parse frames into (message, payloads); raise MessageError naming what is wrong.
+
+    Payload hashes of pushes are checked by the receiver (``verify_payloads``), so that
+    it can answer with a PushResult rather than an error.
+    """
+    if not frames:
+        raise MessageError("malformed: empty message")
+    total = sum(len(f) for f in frames)
+    if total > max_bytes:
+        raise MessageError(f"too_large: message is {total} bytes, the limit is {max_bytes}")
+    head = frames[0]
+    if len(head) > MAX_JSON_BYTES:
+        raise MessageError(
+            f"too_large: JSON document is {len(head)} bytes, the limit is {MAX_JSON_BYTES}"
+        )
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"malformed: frame 0 is not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise MessageError("malformed: frame 0 is not a JSON object")
+    kind = doc.get("type")
+    if kind not in TYPES:
+        raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MessageError(
+            f"bad_version: {kind} has schema_version {version!r}; this side speaks {SCHEMA_VERSION}"
+        )
+    try:
+        msg = _ADAPTER.validate_python(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "<document>"
+        raise MessageError(f"malformed: {kind}.{where}: {first['msg']}") from None
+    payloads = list(frames[1:])
+    expected = _expected_payloads(msg)
+    count = expected if isinstance(expected, int) else len(expected)
+    if len(payloads) != count:
+        raise MessageError(f"malformed: {kind} declares {count} payload(s), got {len(payloads)}")
+    return msg, payloads
+
+
+def error_code(exc: MessageError) -> str:
+    """The ErrorReply code for a decode failure (its message starts with the code)."""
+    code = str(exc).split(":", 1)[0]
+    return code if code in ("too_large", "unknown_type", "bad_version") else "malformed"
+
+
+def verify_payloads(msg: SkillPush | AdapterPush, payloads: list[bytes]) -> str | None:
+    """None if every payload matches its declared size and SHA-256, else the reason."""
+    entries = [msg.file] if isinstance(msg, SkillPush) else list(msg.files)
+    for entry, data in zip(entries, payloads, strict=True):
+        if len(data) != entry.size:
+            return f"{entry.name}: size {len(data)} != declared {entry.size}"
+        digest = sha256(data)
+        if digest != entry.sha256:
+            return f"{entry.name}: sha256 {digest[:12]}… != declared {entry.sha256[:12]}…"
+    return None

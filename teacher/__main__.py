@@ -1,0 +1,3 @@
+from teacher.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""``gemma-teacher``: the teacher box's command line. Thin: parse, load config, run."""
+
+from __future__ import annotations
+
+from shared.cli import Subcommand, build_parser, run_main
+
+DESCRIPTION = """\
+The teacher box: review what edges escalate, then make the student better.
+
+examples:
+  gemma-teacher serve --config teacher.yaml        # accept escalations, review them
+  gemma-teacher keys new-edge kitchen-cam          # key pair for a new edge
+  gemma-teacher cases list --unreviewed
+  gemma-teacher upskill --config teacher.yaml      # better prompt for the student
+  gemma-teacher train --config teacher.yaml        # LoRA adapter from reviewed cases
+  gemma-teacher export --out ollama-student/       # GGUF adapter + Modelfile for Ollama
+"""
+
+COMMANDS = [
+    Subcommand(
+        "serve",
+        "teacher.server",
+        "Accept escalations from edges, store and review them.",
+        "example:\n  gemma-teacher serve --config deploy/config/teacher.yaml",
+    ),
+    Subcommand(
+        "keys",
+        "teacher.keys",
+        "Create the teacher's and edges' CurveZMQ keys.",
+        "examples:\n  gemma-teacher keys init\n  gemma-teacher keys new-edge kitchen-cam",
+    ),
+    Subcommand(
+        "cases",
+        "teacher.cases",
+        "List, show and correct stored cases.",
+        "examples:\n  gemma-teacher cases list\n  gemma-teacher cases correct CASE_ID --safety yes",
+    ),
+    Subcommand(
+        "upskill",
+        "teacher.upskill",
+        "Write, score and roll out a better skill (prompt).",
+        "example:\n  gemma-teacher upskill --config teacher.yaml --labels scenes.jsonl",
+    ),
+    Subcommand(
+        "skills",
+        "teacher.skills",
+        "List, show and roll back skill versions.",
+        "examples:\n  gemma-teacher skills list\n  gemma-teacher skills rollback 2",
+    ),
+    Subcommand(
+        "train",
+        "teacher.train",
+        "Train a LoRA adapter for the student from reviewed cases.",
+        "example:\n  gemma-teacher train --config teacher.yaml",
+    ),
+    Subcommand(
+        "synth",
+        "teacher.synth",
+        "Top up a thin dataset with teacher-written inputs.",
+        "example:\n  gemma-teacher synth --config teacher.yaml --count 100",
+    ),
+    Subcommand(
+        "adapters",
+        "teacher.adapters",
+        "List, show and roll back adapter versions.",
+        "examples:\n  gemma-teacher adapters list\n  gemma-teacher adapters rollback 1",
+    ),
+    Subcommand(
+        "export",
+        "teacher.export",
+        "Export the student for Ollama (GGUF LoRA + Modelfile).",
+        "example:\n  gemma-teacher export --out ollama-student/",
+    ),
+    Subcommand(
+        "check-config",
+        "teacher.check_config",
+        "Validate a teacher YAML file; print each bad key, its value and why.",
+        "example:\n  gemma-teacher check-config deploy/config/teacher.yaml",
+    ),
+]
+
+
+def parser():
+    return build_parser("gemma-teacher", DESCRIPTION, COMMANDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
