@@ -1,0 +1,361 @@
+"""The teacher's SQLite store of escalated cases, reviews and a person's corrections.
+
+One file in WAL mode. ``add_cases`` commits before it returns, so the server acks
+only what is on disk; a case id seen before is reported as a duplicate and not
+stored twice. A correction by a person outranks the teacher's review everywhere
+downstream (``labeled_cases`` feeds datasets and evaluation sets).
+
+Case status: ``new`` → ``reviewing`` (claimed by a worker) → ``reviewed`` |
+``unreviewable`` (the reviewer had no answer, e.g. no label). Claims left by a
+killed process go back to ``new`` when the store opens.
+
+It knows nothing about sockets or models.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import StoreError
+from shared.evaluation import LabeledCase
+from shared.messages import Escalation, Review
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cases (
+    case_id TEXT PRIMARY KEY,
+    edge_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    received_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    input TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    safety INTEGER,
+    confidence REAL,
+    reasons TEXT NOT NULL,
+    safety_keyword INTEGER NOT NULL,
+    skill_version INTEGER NOT NULL,
+    adapter_version INTEGER NOT NULL,
+    frame BLOB,
+    status TEXT NOT NULL DEFAULT 'new',
+    status_detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS cases_status ON cases(status, received_at);
+CREATE TABLE IF NOT EXISTS reviews (
+    case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
+    answer TEXT NOT NULL,
+    safety INTEGER NOT NULL,
+    keywords TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    reviewed_at REAL NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS corrections (
+    case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
+    safety INTEGER NOT NULL,
+    answer TEXT,
+    keywords TEXT,
+    note TEXT NOT NULL DEFAULT '',
+    corrected_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredCase:
+    case_id: str
+    edge_id: str
+    created_at: float
+    received_at: float
+    source: str
+    kind: str
+    input: str
+    answer: str
+    safety: bool | None
+    confidence: float | None
+    reasons: list[str]
+    safety_keyword: bool
+    status: str
+    status_detail: str
+    has_frame: bool
+
+
+class CaseStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(SCHEMA)
+            self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the case store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ writes
+    def add_cases(self, items: list[tuple[Escalation, bytes | None]]) -> list[bool]:
+        """Store escalations in one transaction; True for new, False for a duplicate id."""
+        now = time.time()
+        result = []
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for esc, frame in items:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO cases (case_id, edge_id, created_at, received_at,"
+                        " source, kind, input, answer, safety, confidence, reasons,"
+                        " safety_keyword, skill_version, adapter_version, frame)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            esc.case_id,
+                            esc.edge_id,
+                            esc.created_at,
+                            now,
+                            esc.source,
+                            esc.kind,
+                            esc.input,
+                            esc.answer,
+                            None if esc.safety is None else int(esc.safety),
+                            esc.confidence,
+                            json.dumps(esc.reasons),
+                            int(esc.safety_keyword),
+                            esc.skill_version,
+                            esc.adapter_version,
+                            frame,
+                        ),
+                    )
+                    result.append(cur.rowcount == 1)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"storing {len(items)} case(s) failed: {exc}") from exc
+        return result
+
+    def add_case(self, esc: Escalation, frame: bytes | None = None) -> bool:
+        return self.add_cases([(esc, frame)])[0]
+
+    def claim_unreviewed(self, limit: int) -> list[StoredCase]:
+        """Up to ``limit`` new cases, oldest first, marked as being reviewed."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM cases WHERE status='new' ORDER BY received_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE cases SET status='reviewing' WHERE case_id=?", [(r[0],) for r in rows]
+            )
+            self._db.execute("COMMIT")
+        return [_case(r) for r in rows]
+
+    def add_review(self, review: Review) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO reviews (case_id, answer, safety, keywords, reviewer,"
+                " reviewed_at, sent) VALUES (?,?,?,?,?,?,0)",
+                (
+                    review.case_id,
+                    review.answer,
+                    int(review.safety),
+                    json.dumps(review.keywords),
+                    review.reviewer,
+                    review.reviewed_at,
+                ),
+            )
+            self._db.execute(
+                "UPDATE cases SET status='reviewed', status_detail='' WHERE case_id=?",
+                (review.case_id,),
+            )
+            self._db.execute("COMMIT")
+
+    def mark_unreviewable(self, case_id: str, reason: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE cases SET status='unreviewable', status_detail=? WHERE case_id=?",
+                (reason, case_id),
+            )
+
+    def release(self, case_id: str) -> None:
+        """Give a claimed case back (the reviewer failed; another try later)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE cases SET status='new' WHERE case_id=? AND status='reviewing'", (case_id,)
+            )
+
+    def mark_review_sent(self, case_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE reviews SET sent=1 WHERE case_id=?", (case_id,))
+
+    def correct(
+        self,
+        case_id: str,
+        safety: bool,
+        answer: str | None = None,
+        keywords: list[str] | None = None,
+        note: str = "",
+    ) -> None:
+        """A person's verdict; it outranks the teacher's review downstream."""
+        with self._lock:
+            if not self._db.execute("SELECT 1 FROM cases WHERE case_id=?", (case_id,)).fetchone():
+                raise StoreError(f"no case {case_id!r} in {self.path}")
+            self._db.execute(
+                "INSERT OR REPLACE INTO corrections (case_id, safety, answer, keywords, note,"
+                " corrected_at) VALUES (?,?,?,?,?,?)",
+                (
+                    case_id,
+                    int(safety),
+                    answer,
+                    None if keywords is None else json.dumps(keywords),
+                    note,
+                    time.time(),
+                ),
+            )
+
+    # ------------------------------------------------------------ reads
+    def count(self, status: str | None = None) -> int:
+        with self._lock:
+            if status is None:
+                return self._db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM cases WHERE status=?", (status,)
+            ).fetchone()[0]
+
+    def case_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT case_id FROM cases")]
+
+    def get(self, case_id: str) -> dict | None:
+        """The case with its review and correction, as plain data (for ``cases show``)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM cases WHERE case_id=?", (case_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            review = self._db.execute(
+                "SELECT answer, safety, keywords, reviewer, reviewed_at FROM reviews"
+                " WHERE case_id=?",
+                (case_id,),
+            ).fetchone()
+            correction = self._db.execute(
+                "SELECT safety, answer, keywords, note, corrected_at FROM corrections"
+                " WHERE case_id=?",
+                (case_id,),
+            ).fetchone()
+        doc = _case(row).__dict__.copy()
+        doc["review"] = review and {
+            "answer": review[0],
+            "safety": bool(review[1]),
+            "keywords": json.loads(review[2]),
+            "reviewer": review[3],
+            "reviewed_at": review[4],
+        }
+        doc["correction"] = correction and {
+            "safety": bool(correction[0]),
+            "answer": correction[1],
+            "keywords": None if correction[2] is None else json.loads(correction[2]),
+            "note": correction[3],
+            "corrected_at": correction[4],
+        }
+        return doc
+
+    def frame(self, case_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT frame FROM cases WHERE case_id=?", (case_id,)).fetchone()
+        return row[0] if row else None
+
+    def list_cases(self, status: str | None = None, limit: int = 50) -> list[StoredCase]:
+        query = f"SELECT {_COLUMNS} FROM cases"
+        args: tuple = ()
+        if status:
+            query += " WHERE status=?"
+            args = (status,)
+        query += " ORDER BY received_at DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [_case(r) for r in rows]
+
+    def labeled_cases(self) -> list[LabeledCase]:
+        """Reviewed or corrected cases as labels; a person's correction outranks the teacher."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.case_id, c.input, r.answer, r.safety, r.keywords,"
+                " k.safety, k.answer, k.keywords"
+                " FROM cases c LEFT JOIN reviews r ON r.case_id=c.case_id"
+                " LEFT JOIN corrections k ON k.case_id=c.case_id"
+                " WHERE r.case_id IS NOT NULL OR k.case_id IS NOT NULL"
+                " ORDER BY c.received_at"
+            ).fetchall()
+        cases = []
+        for cid, text, r_answer, r_safety, r_kw, k_safety, k_answer, k_kw in rows:
+            if k_safety is not None:
+                keywords = json.loads(k_kw) if k_kw else (json.loads(r_kw) if r_kw else [])
+                answer = k_answer
+                if answer is None and r_answer is not None and bool(r_safety) == bool(k_safety):
+                    answer = r_answer
+                cases.append(
+                    LabeledCase(cid, text, bool(k_safety), tuple(keywords), answer, "person")
+                )
+            else:
+                cases.append(
+                    LabeledCase(
+                        cid, text, bool(r_safety), tuple(json.loads(r_kw)), r_answer, "teacher"
+                    )
+                )
+        return cases
+
+
+_COLUMNS = (
+    "case_id, edge_id, created_at, received_at, source, kind, input, answer, safety, confidence,"
+    " reasons, safety_keyword, status, status_detail, frame IS NOT NULL"
+)
+
+
+def _case(row: tuple) -> StoredCase:
+    (
+        cid,
+        edge,
+        created,
+        received,
+        source,
+        kind,
+        text,
+        answer,
+        safety,
+        conf,
+        reasons,
+        kw,
+        status,
+        detail,
+        has_frame,
+    ) = row
+    return StoredCase(
+        cid,
+        edge,
+        created,
+        received,
+        source,
+        kind,
+        text,
+        answer,
+        None if safety is None else bool(safety),
+        conf,
+        json.loads(reasons),
+        bool(kw),
+        status,
+        detail,
+        bool(has_frame),
+    )

@@ -1,0 +1,84 @@
+import uuid
+
+import pytest
+
+from shared.errors import StoreError
+from shared.messages import Escalation, Review
+from teacher.registry import Registry
+from teacher.store import CaseStore
+
+
+def esc(text="a scene", **kw):
+    return Escalation(
+        case_id=uuid.uuid4().hex, edge_id="e1", created_at=1.0, source="s", input=text, **kw
+    )
+
+
+def test_duplicates_are_stored_once_and_survive_reopen(tmp_path):
+    store = CaseStore(tmp_path / "s.sqlite")
+    a, b = esc(), esc()
+    assert store.add_cases([(a, None), (b, b"jpeg")]) == [True, True]
+    assert store.add_case(a) is False
+    store.close()
+    again = CaseStore(tmp_path / "s.sqlite")
+    assert again.count() == 2
+    assert again.frame(b.case_id) == b"jpeg"
+
+
+def test_claim_review_and_crash_recovery(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = CaseStore(path)
+    cases = [esc(f"scene {i}") for i in range(3)]
+    store.add_cases([(c, None) for c in cases])
+    claimed = store.claim_unreviewed(2)
+    assert [c.case_id for c in claimed] == [c.case_id for c in cases[:2]]
+    store.add_review(
+        Review(
+            case_id=claimed[0].case_id,
+            answer="Answer: x\nSAFETY: yes\nCONFIDENCE: 0.9",
+            safety=True,
+            keywords=["x"],
+            reviewer="t",
+        )
+    )
+    store.close()
+    reopened = CaseStore(path)  # the second claim was never finished: back to new
+    assert reopened.count("reviewed") == 1
+    assert reopened.count("new") == 2
+
+
+def test_person_correction_outranks_teacher(tmp_path):
+    store = CaseStore(tmp_path / "s.sqlite")
+    c = esc("smoke from a toaster")
+    store.add_case(c)
+    store.add_review(
+        Review(
+            case_id=c.case_id,
+            answer="Answer: toast\nSAFETY: no\nCONFIDENCE: 0.9",
+            safety=False,
+            keywords=["toaster"],
+            reviewer="t",
+        )
+    )
+    assert store.labeled_cases()[0].safety is False
+    store.correct(c.case_id, True, note="smoke is smoke")
+    (label,) = store.labeled_cases()
+    assert label.safety is True and label.origin == "person"
+    assert label.answer is None  # the teacher's answer contradicts the person: not used
+    assert label.keywords == ("toaster",)
+    with pytest.raises(StoreError):
+        store.correct("nope-nope-nope", True)
+
+
+def test_registry_versions_and_rollback(tmp_path):
+    reg = Registry(tmp_path, "skills")
+    assert reg.active() is None
+    v1 = reg.add({"skill.json": b"{}"}, {"score": 0.5})
+    v2 = reg.add({"skill.json": b'{"a": 1}'}, {"score": 0.6})
+    assert (v1.number, v2.number) == (1, 2)
+    reg.activate(2)
+    assert reg.active().number == 2
+    reg.activate(1)
+    assert reg.active().meta["score"] == 0.5
+    ((entry, data),) = reg.get(2).files()
+    assert entry.name == "skill.json" and data == b'{"a": 1}'
