@@ -295,6 +295,25 @@ class UpskillConfig(Strict):
         40, ge=1, le=100_000, description="Most cases scored per candidate."
     )
     seed: int = Field(0, description="Random seed for splits and demonstration picks.")
+    select_fraction: float = Field(
+        0.4,
+        gt=0,
+        lt=1,
+        description="Share of the non-held-out cases that ranks candidates; the rest is the "
+        "pool demonstrations are picked from.",
+    )
+    writer: Literal["auto", "reviewer", "none"] = Field(
+        "auto",
+        description="Who writes candidate prompts besides the built-in variants: 'reviewer' "
+        "asks the reviewer model; 'auto' does so only for an Ollama reviewer (the bundled "
+        "base model and label files cannot write prompts); 'none' never.",
+    )
+    min_gain: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="How much the winner's held-out score must exceed the active skill's.",
+    )
 
 
 class LoraConfig(Strict):

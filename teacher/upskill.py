@@ -1,13 +1,456 @@
-"""``gemma-teacher upskill``: not built yet (see the open issues)."""
+"""``gemma-teacher upskill``: find a better skill for the student without training.
+
+A straight-line recipe, read top to bottom (``run_upskill``):
+
+1. split the labelled cases (``teacher.evalset``): demo pool / selection / held-out;
+2. score the skill the edges run now (the active version, else the bundled default)
+   on the pool and the selection split: its mistakes on the pool steer which
+   demonstrations are bootstrapped;
+3. for each round, make candidates (``teacher.candidates``) and score each one with
+   the student over the selection split;
+4. the best candidate on the selection split is the winner; it and the current skill
+   are scored on the held-out split (cases that are a demonstration in either skill
+   are left out of that comparison);
+5. the winner becomes skill vN in the registry (score, parent, held-out hash); it is
+   activated, which is what pushes it to the edges, only if its held-out score beats
+   the current skill's by more than ``upskill.min_gain``; otherwise the report says why.
+
+Scores are ``shared.evaluation.evaluate(...).score``; every metric is kept so the
+report can show what moved. It knows nothing about sockets: the teacher server pushes
+whatever version is active.
+"""
 
 from __future__ import annotations
 
-from shared.errors import GemmaEdgeError
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shared.answer import Answer, parse_answer, verdict_confidence
+from shared.backend import Backend, GenerateRequest, generate_many
+from shared.config import ModelConfig, TeacherConfig, UpskillConfig, load_config, validate_config
+from shared.errors import BackendError, TrainingError
+from shared.evaluation import EvalReport, LabeledCase, cases_hash, evaluate
+from shared.skill import Skill, default_skill, skill_from_bytes
+from teacher import candidates as cand
+from teacher.evalset import EvalSet, load_cases, split_cases
+from teacher.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+SKILL_FILE = "skill.json"
+BATCH = 4
 
 
-def add_arguments(parser) -> None:
-    pass
+# ---------------------------------------------------------------- scoring
+@dataclass
+class Scored:
+    candidate: cand.Candidate
+    report: EvalReport
+    seconds: float
+    answers: list[Answer] = field(default_factory=list, repr=False)
+
+    def row(self) -> dict:
+        m = self.report.summary()
+        return {
+            "name": self.candidate.name,
+            "origin": self.candidate.origin,
+            "round": self.candidate.round,
+            "demos": len(self.candidate.skill.demos),
+            **{k: m[k] for k in METRICS},
+            "s_per_case": round(self.seconds / max(1, self.report.n), 2),
+            "note": self.candidate.note,
+        }
 
 
-def run(args) -> int:
-    raise GemmaEdgeError("gemma-teacher upskill is not built yet")
+METRICS = (
+    "score",
+    "format_ok",
+    "safety_agreement",
+    "safety_recall",
+    "safe_specificity",
+    "keyword_recall",
+    "mean_tokens",
+)
+
+
+def score_skill(
+    student: Backend,
+    skill: Skill,
+    cases: list[LabeledCase],
+    max_new_tokens: int,
+    bar: tqdm | None = None,
+) -> tuple[EvalReport, list[Answer], float]:
+    """Run the student with ``skill`` on every case; evaluate its parsed answers."""
+    answers: list[Answer] = []
+    tokens: list[int] = []
+    start = time.perf_counter()
+    for i in range(0, len(cases), BATCH):
+        chunk = cases[i : i + BATCH]
+        requests = [
+            GenerateRequest(
+                system=skill.instructions,
+                input=c.input,
+                demos=skill.demos,
+                max_new_tokens=max_new_tokens,
+            )
+            for c in chunk
+        ]
+        try:
+            generations = generate_many(student, requests)
+        except BackendError as exc:
+            raise TrainingError(f"the student failed while scoring {skill.name!r}: {exc}") from exc
+        for gen in generations:
+            answers.append(parse_answer(gen.text, verdict_confidence(gen.logprobs)))
+            tokens.append(gen.tokens)
+        if bar is not None:
+            bar.update(len(chunk))
+    seconds = time.perf_counter() - start
+    return evaluate(cases, answers, tokens, max_tokens=max_new_tokens), answers, seconds
+
+
+def _bar(total: int, desc: str, progress: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="case", disable=not progress, leave=False)
+
+
+# ---------------------------------------------------------------- the recipe
+@dataclass
+class Decision:
+    activated: bool
+    version: int | None
+    reason: str
+    winner_holdout: dict
+    baseline_holdout: dict
+    holdout_ids: list[str]
+
+
+@dataclass
+class UpskillResult:
+    baseline: Scored
+    scored: list[Scored]  # every candidate, in scoring order
+    winner: Scored
+    decision: Decision
+    evalset: EvalSet
+    writer_notes: list[str]
+    seconds: float
+    skill: Skill  # the winner as registered (or as it would be, on a dry run)
+
+    def to_json(self) -> dict:
+        return {
+            "baseline": self.baseline.row(),
+            "candidates": [s.row() for s in self.scored],
+            "winner": self.winner.candidate.name,
+            "decision": self.decision.__dict__,
+            "evalset": self.evalset.summary(),
+            "writer": self.writer_notes,
+            "seconds": round(self.seconds, 1),
+            "skill": self.skill.model_dump(mode="json"),
+        }
+
+
+def current_skill(registry: Registry) -> Skill:
+    """The active version's skill, or the bundled default when none is active."""
+    version = registry.active()
+    if version is None:
+        return default_skill()
+    path = version.path / SKILL_FILE
+    return skill_from_bytes(path.read_bytes(), str(path))
+
+
+def _balanced_cap(cases: list[LabeledCase], cap: int) -> list[LabeledCase]:
+    if len(cases) <= cap:
+        return cases
+    yes = [c for c in cases if c.safety][: (cap + 1) // 2]
+    no = [c for c in cases if not c.safety][: cap - len(yes)]
+    keep = {c.id for c in yes + no}
+    return [c for c in cases if c.id in keep]
+
+
+def run_upskill(
+    cases: list[LabeledCase],
+    student: Backend,
+    registry: Registry,
+    cfg: UpskillConfig,
+    max_new_tokens: int = 48,
+    writer: Backend | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> UpskillResult:
+    started = time.perf_counter()
+    evalset = split_cases(cases, cfg.holdout_fraction, cfg.select_fraction, cfg.seed)
+    select = _balanced_cap(evalset.select, cfg.max_eval_cases)
+    logger.info("split: %s", evalset.summary())
+
+    # 2. the skill to beat, and what it gets wrong on the demo pool
+    parent = current_skill(registry)
+    origin = "active" if registry.active() else "default"
+    base_cand = cand.Candidate(f"{origin} v{parent.version}", origin, 0, parent)
+    with _bar(len(evalset.train) + len(select), f"baseline {base_cand.name}", progress) as bar:
+        pool_report, _, _ = score_skill(student, parent, evalset.train, max_new_tokens, bar)
+        report, answers, secs = score_skill(student, parent, select, max_new_tokens, bar)
+    baseline = Scored(base_cand, report, secs, answers)
+    wrong = {f["id"] for f in pool_report.failures}
+    logger.info("baseline select score %.3f; %d pool case(s) wrong", report.score, len(wrong))
+
+    # 3. rounds of candidates
+    seen = {base_cand.key()}
+    scored: list[Scored] = []
+    notes: list[str] = []
+    feedback = cand.Feedback()
+    demos = [cand.demo_for(c) for c in cand.pick_demos(evalset.train, cfg.demos, _rng(cfg), wrong)]
+    for round_ in range(1, cfg.rounds + 1):
+        if round_ == 1:
+            batch = cand.library_candidates(
+                parent, evalset.train, cfg.candidates, cfg.demos, wrong, cfg.seed
+            )
+        else:
+            batch = cand.mutations(
+                feedback, parent, evalset.train, cfg.candidates, cfg.demos, round_, cfg.seed
+            )
+        if writer is not None:
+            batch += _writer_round(writer, cfg, parent, feedback, demos, round_, notes)
+        batch = [c for c in batch if c.key() not in seen]
+        seen.update(c.key() for c in batch)
+        if not batch:
+            notes.append(f"round {round_}: no new candidates")
+            continue
+        with _bar(len(batch) * len(select), f"round {round_}/{cfg.rounds}", progress) as bar:
+            for c in batch:
+                bar.set_postfix_str(c.name[:32])
+                report, answers, secs = score_skill(student, c.skill, select, max_new_tokens, bar)
+                scored.append(Scored(c, report, secs, answers))
+                logger.info("%s: %s", c.name, report.summary())
+        ranked = sorted(scored, key=lambda s: -s.report.score)
+        feedback = cand.Feedback(
+            [(s.candidate, s.report.summary()) for s in ranked], ranked[0].report.failures
+        )
+    if not scored:
+        raise TrainingError("no candidate skill could be made (empty demo pool and no writer?)")
+    winner = max(scored, key=lambda s: s.report.score)
+
+    # 4. the held-out gate
+    decision, skill = _gate(
+        student, registry, cfg, parent, winner, evalset, max_new_tokens, dry_run, progress
+    )
+    return UpskillResult(
+        baseline,
+        scored,
+        winner,
+        decision,
+        evalset,
+        notes,
+        time.perf_counter() - started,
+        skill,
+    )
+
+
+def _rng(cfg: UpskillConfig):
+    import random
+
+    return random.Random(cfg.seed)
+
+
+def _writer_round(
+    writer: Backend,
+    cfg: UpskillConfig,
+    parent: Skill,
+    feedback: cand.Feedback,
+    demos: list,
+    round_: int,
+    notes: list[str],
+) -> list[cand.Candidate]:
+    try:
+        prompts, how = cand.write_instructions(
+            writer, cfg.candidates, parent, feedback if feedback.scored else None
+        )
+    except TrainingError as exc:
+        logger.warning("round %d: %s", round_, exc)
+        notes.append(f"round {round_}: writer failed: {exc}")
+        return []
+    notes.append(f"round {round_}: writer gave {len(prompts)} prompt(s) ({how})")
+    return cand.writer_candidates(prompts, demos, parent, round_, f"writer, {how}")
+
+
+def _gate(
+    student: Backend,
+    registry: Registry,
+    cfg: UpskillConfig,
+    parent: Skill,
+    winner: Scored,
+    evalset: EvalSet,
+    max_new_tokens: int,
+    dry_run: bool,
+    progress: bool,
+) -> tuple[Decision, Skill]:
+    shown = {d.input for d in parent.demos} | {d.input for d in winner.candidate.skill.demos}
+    holdout = [c for c in evalset.holdout if c.input not in shown]
+    if not holdout:
+        raise TrainingError("every held-out case is a demonstration; label more cases")
+    with _bar(2 * len(holdout), "held-out gate", progress) as bar:
+        base_report, _, _ = score_skill(student, parent, holdout, max_new_tokens, bar)
+        win_report, _, _ = score_skill(
+            student, winner.candidate.skill, holdout, max_new_tokens, bar
+        )
+    gain = win_report.score - base_report.score
+    beats = gain > cfg.min_gain
+    who = f"v{parent.version}" + (" (bundled default)" if parent.version == 0 else "")
+    if beats:
+        reason = (
+            f"{winner.candidate.name} scores {win_report.score:.3f} on {len(holdout)} held-out "
+            f"case(s) against {base_report.score:.3f} for {who}"
+        )
+    else:
+        reason = (
+            f"not activated: {winner.candidate.name} scores {win_report.score:.3f} on "
+            f"{len(holdout)} held-out case(s), which does not beat {who} "
+            f"({base_report.score:.3f}) by more than {cfg.min_gain:.3f}"
+        )
+    skill = winner.candidate.skill.model_copy(
+        update={
+            "score": round(win_report.score, 4),
+            "parent": parent.version,
+            "eval_hash": cases_hash(holdout),
+            "name": winner.candidate.name[:128],
+        }
+    )
+    version = None
+    if not dry_run:
+        number = max((v.number for v in registry.versions()), default=0) + 1
+        skill = skill.model_copy(update={"version": number})
+        meta = {
+            "name": skill.name,
+            "score": skill.score,
+            "parent": parent.version,
+            "eval_hash": skill.eval_hash,
+            "select_score": round(winner.report.score, 4),
+            "baseline_score": round(base_report.score, 4),
+            "activated": beats,
+            "reason": reason,
+            "sha256": skill.sha256,
+        }
+        added = registry.add({SKILL_FILE: skill.to_bytes()}, meta)
+        if added.number != number:
+            raise TrainingError(f"registry numbered the skill v{added.number}, not v{number}")
+        version = number
+        if beats:
+            registry.activate(number)
+            logger.info("skill v%d activated: %s", number, reason)
+        else:
+            logger.info("skill v%d stored, %s", number, reason)
+    elif beats:
+        reason = "dry run, nothing stored: " + reason
+    return (
+        Decision(
+            beats and not dry_run,
+            version,
+            reason,
+            win_report.summary(),
+            base_report.summary(),
+            [c.id for c in holdout],
+        ),
+        skill,
+    )
+
+
+# ---------------------------------------------------------------- backends and CLI
+def make_backend(model: ModelConfig) -> Backend:
+    """The backend a ModelConfig names (the student as edges run it, or the writer)."""
+    if model.backend == "embedded":
+        try:
+            from shared.embedded import EmbeddedBackend
+        except ImportError as exc:
+            raise TrainingError(f"the embedded backend is not available: {exc}") from exc
+        return EmbeddedBackend(model.embedded)
+    try:
+        from shared.ollama_backend import OllamaBackend
+    except ImportError as exc:
+        raise TrainingError(f"the Ollama backend is not available: {exc}") from exc
+    return OllamaBackend(model.ollama)
+
+
+def writer_backend(cfg: TeacherConfig) -> Backend | None:
+    """Who writes candidate prompts (``upskill.writer``); None: built-in variants only."""
+    mode, reviewer = cfg.upskill.writer, cfg.reviewer
+    if mode == "none" or reviewer.backend == "labels":
+        return None
+    if mode == "auto" and reviewer.backend != "ollama":
+        logger.info("writer: the %s reviewer cannot write prompts; variants only", reviewer.backend)
+        return None
+    return make_backend(reviewer.model)
+
+
+EPILOG = """\
+examples:
+  gemma-teacher upskill --config teacher.yaml                 # reviewed cases in the store
+  gemma-teacher upskill --config teacher.yaml --labels scenes.jsonl --no-store
+  gemma-teacher upskill --labels shared/data/dev_scenes.jsonl --dry-run
+
+Writes a report (table, JSON, PNG chart) under HOME/upskill/runs/ and prints the table.
+The winner is stored as skill vN; it is activated (pushed to edges) only if it beats
+the active skill on the held-out split.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("--config", type=Path, help="teacher YAML (default: all defaults)")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="labelled JSONL (input, safety, keywords); may repeat",
+    )
+    parser.add_argument(
+        "--no-store", action="store_true", help="ignore the reviewed cases in HOME/store.sqlite"
+    )
+    parser.add_argument("--candidates", type=int, help="candidates per round (upskill.candidates)")
+    parser.add_argument("--rounds", type=int, help="rounds (upskill.rounds)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="score and report, store and activate nothing"
+    )
+    parser.add_argument("--report-dir", type=Path, help="where the report goes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from teacher.store import default_store_path
+    from teacher.upskill_report import markdown, write_report
+
+    cfg = load_config(args.config, TeacherConfig)
+    overrides = {k: getattr(args, k) for k in ("candidates", "rounds") if getattr(args, k)}
+    if overrides:
+        data = {**cfg.upskill.model_dump(), **overrides}
+        cfg.upskill = validate_config(data, UpskillConfig, "command line (upskill)")
+    store = None if args.no_store else default_store_path(cfg.home)
+    cases = load_cases(store, args.labels)
+    registry = Registry(cfg.home, "skills")
+    student = make_backend(cfg.student)
+    writer = writer_backend(cfg)
+    try:
+        result = run_upskill(
+            cases,
+            student,
+            registry,
+            cfg.upskill,
+            cfg.student.max_new_tokens,
+            writer=writer,
+            dry_run=args.dry_run,
+            progress=not args.quiet,
+        )
+    finally:
+        student.close()
+        if writer is not None:
+            writer.close()
+    out = args.report_dir or cfg.home / "upskill" / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    command = " ".join(["gemma-teacher", *sys.argv[1:]])
+    paths = write_report(result, out, "upskill", command)
+    print(markdown(result, command))
+    print(f"report: {paths['md']} {paths['json']} {paths['png']}")
+    return 0

@@ -1,0 +1,308 @@
+"""Upskill logic with the scripted backend: splits, candidates, the writer and its JSON
+repair, scoring, and the held-out gate that decides what is pushed."""
+
+import json
+import random
+import sys
+import uuid
+
+import pytest
+
+from shared.backend import GenerateRequest
+from shared.config import UpskillConfig
+from shared.errors import TrainingError
+from shared.evaluation import LabeledCase, bundled_cases, cases_hash
+from shared.messages import Escalation, Review
+from shared.skill import Skill, default_skill, skill_from_bytes
+from teacher import candidates as cand
+from teacher.evalset import load_cases, merge_cases, split_cases
+from teacher.registry import Registry
+from teacher.store import CaseStore, default_store_path
+from teacher.upskill import SKILL_FILE, current_skill, run_upskill
+from teacher.upskill_report import write_report
+from tests.fakes import ScriptedBackend
+
+CASES = bundled_cases()
+FAST = UpskillConfig(candidates=4, rounds=2, demos=4)
+
+
+def truth(text: str) -> bool:
+    return next(c.safety for c in CASES if c.input == text)
+
+
+def student(good_when):
+    """A scripted student: the right verdict when ``good_when(request)``, else always 'no'."""
+
+    def answer(req: GenerateRequest) -> str:
+        verdict = truth(req.input) if good_when(req) else False
+        return f"Answer: {req.input}\nSAFETY: {'yes' if verdict else 'no'}\nCONFIDENCE: 0.8"
+
+    return ScriptedBackend(answer)
+
+
+# ---------------------------------------------------------------- evaluation set
+def test_split_is_disjoint_stratified_deterministic_and_stable():
+    ev = split_cases(CASES, 0.3, 0.4, seed=0)
+    ids = [c.id for c in ev.train + ev.select + ev.holdout]
+    assert sorted(ids) == sorted(c.id for c in CASES)  # a partition
+    assert len(ev.holdout) == 12 and sum(c.safety for c in ev.holdout) == 6
+    assert sum(c.safety for c in ev.select) * 2 == len(ev.select)
+    again = split_cases(list(reversed(CASES)), 0.3, 0.4, seed=0)
+    assert {c.id for c in again.holdout} == {c.id for c in ev.holdout}
+    assert ev.hashes()["holdout"] == cases_hash(ev.holdout)
+    other = split_cases(CASES, 0.3, 0.4, seed=1)
+    assert {c.id for c in other.holdout} != {c.id for c in ev.holdout}
+    # Adding unrelated cases moves few held-out cases (ranks are per case id).
+    extra = [LabeledCase(f"new-{i}", f"new scene {i}", i % 2 == 0) for i in range(4)]
+    grown = split_cases(CASES + extra, 0.3, 0.4, seed=0)
+    kept = {c.id for c in ev.holdout} & {c.id for c in grown.holdout}
+    assert len(kept) >= 10
+
+
+def test_split_refuses_too_few_cases():
+    with pytest.raises(TrainingError, match="too few"):
+        split_cases(CASES[:2], 0.3, 0.4)
+
+
+def test_merge_keeps_the_most_trusted_label():
+    teacher = LabeledCase("t1", "A candle  on a table.", False, origin="teacher")
+    person = LabeledCase("p1", "a candle on a table.", True, origin="person")
+    labels = LabeledCase("l1", "A candle on a table.", False, origin="labels")
+    merged = merge_cases([teacher], [labels], [person])
+    assert len(merged) == 1 and merged[0].id == "p1"
+    assert merge_cases([teacher, labels])[0].id == "l1"
+
+
+def test_cases_come_from_the_store_and_label_files(tmp_path):
+    store = CaseStore(default_store_path(tmp_path))
+    esc = Escalation(
+        case_id=uuid.uuid4().hex, edge_id="e1", created_at=1.0, source="cam", input="Sparks fly"
+    )
+    store.add_case(esc)
+    store.add_review(
+        Review(case_id=esc.case_id, answer="Answer: Sparks.", safety=True, reviewer="t")
+    )
+    store.close()
+    labels = tmp_path / "l.jsonl"
+    labels.write_text(json.dumps({"input": "A cat naps.", "safety": False, "keywords": []}) + "\n")
+    cases = load_cases(default_store_path(tmp_path), [labels])
+    assert {(c.input, c.safety, c.origin) for c in cases} == {
+        ("Sparks fly", True, "teacher"),
+        ("A cat naps.", False, "labels"),
+    }
+    with pytest.raises(TrainingError, match="--labels"):
+        load_cases(tmp_path / "missing" / "store.sqlite", [])
+    assert not (tmp_path / "missing").exists()  # a missing store is not created
+
+
+# ---------------------------------------------------------------- candidates
+def test_demos_are_balanced_prefer_mistakes_and_use_the_label():
+    pool = split_cases(CASES, 0.3, 0.4).train
+    wrong = {c.id for c in pool if c.safety}
+    picked = cand.pick_demos(pool, 4, random.Random(0), prefer=wrong, lean=True)
+    assert sum(c.safety for c in picked) == 2 and len(picked) == 4
+    assert picked[-1].safety is True  # the leaned verdict comes last
+    no_pref = [c for c in pool if not c.safety and c.id in wrong]
+    assert not no_pref  # all preferred cases are yes-cases; both of them were taken
+    demo = cand.demo_for(
+        LabeledCase("x", "Smoke in a hall", True, answer="Answer: Smoke fills a hall.")
+    )
+    assert demo.answer == "Answer: Smoke fills a hall.\nSAFETY: yes\nCONFIDENCE: 0.90"
+    plain = cand.demo_for(LabeledCase("y", "A cat naps", False))
+    assert plain.answer.startswith("Answer: A cat naps.\nSAFETY: no")
+
+
+def test_library_candidates_are_distinct_and_take_demos_from_the_pool_only():
+    ev = split_cases(CASES, 0.3, 0.4)
+    made = cand.library_candidates(default_skill(), ev.train, 8, 4, set(), 0)
+    assert len(made) == 8 and len({c.key() for c in made}) == 8
+    pool_inputs = {c.input for c in ev.train}
+    for c in made:
+        assert {d.input for d in c.skill.demos} <= pool_inputs
+        assert c.skill.parent == 0
+
+
+GOOD = json.dumps([f"Prompt number {i}: describe the scene and flag hazards." for i in range(3)])
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        GOOD,
+        f"Sure! Here they are:\n```json\n{GOOD}\n```\nHope this helps.",
+        GOOD[:-1] + ",]",  # trailing comma
+        str([f"Prompt number {i}: describe the scene and flag hazards." for i in range(3)]),
+        json.dumps(
+            {
+                "prompts": [
+                    {"prompt": f"Prompt {i}: describe scenes, flag hazards."} for i in range(3)
+                ]
+            }
+        ),
+    ],
+)
+def test_parse_prompt_list_repairs_common_damage(reply):
+    assert len(cand.parse_prompt_list(reply)) == 3
+
+
+@pytest.mark.parametrize("reply", ["no list here", "[1, 2, 3]", '["short"]', "[unclosed"])
+def test_parse_prompt_list_rejects_garbage(reply):
+    with pytest.raises(ValueError):
+        cand.parse_prompt_list(reply)
+
+
+def test_writer_good_json_needs_one_call():
+    writer = ScriptedBackend(GOOD)
+    prompts, how = cand.write_instructions(writer, 3, default_skill())
+    assert how == "parsed" and len(prompts) == 3 and len(writer.requests) == 1
+    assert "JSON array of 3 strings" in writer.requests[0].input
+
+
+def test_writer_malformed_reply_is_repaired_by_a_second_request():
+    replies = iter(['Here: ["Describe the scene and flag hazards", "Describe', GOOD])
+    writer = ScriptedBackend(lambda req: next(replies))
+    prompts, how = cand.write_instructions(writer, 3, default_skill())
+    assert how == "repaired" and len(prompts) == 3
+    assert "not valid JSON" in writer.requests[1].input
+    assert "Describe the scene and flag hazards" in writer.requests[1].input
+
+
+def test_writer_garbage_is_an_error_not_a_placeholder():
+    writer = ScriptedBackend("I cannot help with that.")
+    with pytest.raises(TrainingError, match="not a JSON array"):
+        cand.write_instructions(writer, 3, default_skill())
+    assert len(writer.requests) == 2
+
+
+def test_later_rounds_show_the_writer_scores_and_failures():
+    writer = ScriptedBackend(GOOD)
+    result = run_upskill(
+        CASES, student(lambda r: True), Registry_tmp(), FAST, writer=writer, progress=False
+    )
+    assert len(writer.requests) == 2  # one per round
+    second = writer.requests[1].input
+    assert "Earlier candidates" in second and "score 0." in second
+    assert any(s.candidate.origin == "writer" for s in result.scored)
+    assert any(s.candidate.origin == "mutation" for s in result.scored)
+
+
+def Registry_tmp():
+    import tempfile
+
+    return Registry(tempfile.mkdtemp(prefix="upskill-test-"), "skills")
+
+
+# ---------------------------------------------------------------- the gate
+def test_a_better_skill_is_stored_and_activated(tmp_path):
+    registry = Registry(tmp_path, "skills")
+    # The student only judges right with the safety-first instructions.
+    backend = student(lambda r: "missed hazard" in r.system)
+    result = run_upskill(CASES, backend, registry, FAST, progress=False)
+    d = result.decision
+    assert d.activated and d.version == 1
+    assert "missed hazard" in result.winner.candidate.skill.instructions
+    assert d.winner_holdout["score"] > d.baseline_holdout["score"]
+    active = registry.active()
+    assert active is not None and active.number == 1
+    skill = current_skill(registry)
+    assert skill.version == 1 and skill.parent == 0
+    assert skill.score == round(d.winner_holdout["score"], 4)
+    assert skill.eval_hash == cases_hash([c for c in CASES if c.id in set(d.holdout_ids)])
+    assert active.meta["activated"] is True and active.meta["sha256"] == skill.sha256
+    # the held-out split never supplied a demonstration, nor ranked a candidate
+    holdout_inputs = {c.input for c in result.evalset.holdout}
+    for s in result.scored:
+        assert not holdout_inputs & {d.input for d in s.candidate.skill.demos}
+    paths = write_report(result, tmp_path / "report", "upskill", "gemma-teacher upskill")
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads(paths["json"].read_text())
+    assert doc["decision"]["activated"] is True and len(doc["candidates"]) == len(result.scored)
+    assert "| **" in paths["md"].read_text()
+
+
+def test_a_skill_that_does_not_beat_the_active_one_is_not_pushed(tmp_path):
+    registry = Registry(tmp_path, "skills")
+    mine = default_skill().model_copy(update={"version": 1, "name": "hand-tuned"})
+    registry.add({SKILL_FILE: mine.to_bytes()}, {"name": "hand-tuned", "activated": True})
+    registry.activate(1)
+    # The student judges right only with the active skill's exact instructions.
+    backend = student(lambda r: r.system == mine.instructions and r.demos == mine.demos)
+    result = run_upskill(CASES, backend, registry, FAST, progress=False)
+    d = result.decision
+    assert not d.activated
+    assert "not activated" in d.reason and "does not beat v1" in d.reason
+    assert registry.active().number == 1  # nothing pushed
+    stored = registry.get(2)  # the winner is kept for inspection, inactive
+    assert stored.meta["activated"] is False
+    assert skill_from_bytes((stored.path / SKILL_FILE).read_bytes()).parent == 1
+
+
+def test_a_tie_is_not_pushed_and_dry_run_stores_nothing(tmp_path):
+    registry = Registry(tmp_path, "skills")
+    same = ScriptedBackend("Answer: Something.\nSAFETY: yes\nCONFIDENCE: 0.5")
+    result = run_upskill(CASES, same, registry, FAST, dry_run=True, progress=False)
+    assert not result.decision.activated and result.decision.version is None
+    assert registry.versions() == [] and registry.active() is None
+
+
+def test_held_out_comparison_leaves_out_demonstrated_cases(tmp_path):
+    registry = Registry(tmp_path, "skills")
+    ev = split_cases(CASES, FAST.holdout_fraction, FAST.select_fraction, FAST.seed)
+    leaked = ev.holdout[0]
+    from shared.skill import Demo
+
+    mine = Skill(
+        version=1,
+        instructions="Describe.",
+        demos=(Demo(input=leaked.input, answer="Answer: x\nSAFETY: yes\nCONFIDENCE: 0.9"),),
+    )
+    registry.add({SKILL_FILE: mine.to_bytes()}, {})
+    registry.activate(1)
+    result = run_upskill(CASES, student(lambda r: True), registry, FAST, progress=False)
+    assert leaked.id not in result.decision.holdout_ids
+    assert len(result.decision.holdout_ids) == len(ev.holdout) - 1
+
+
+def test_student_failure_is_a_training_error(tmp_path):
+    from shared.errors import BackendError
+
+    broken = ScriptedBackend(fail_on=" ", error=BackendError("model fell over"))
+    with pytest.raises(TrainingError, match="model fell over"):
+        run_upskill(CASES, broken, Registry(tmp_path, "skills"), FAST, progress=False)
+
+
+def test_writer_failure_is_reported_and_the_variants_still_run(tmp_path):
+    result = run_upskill(
+        CASES,
+        student(lambda r: True),
+        Registry(tmp_path, "skills"),
+        FAST,
+        writer=ScriptedBackend("garbage"),
+        progress=False,
+    )
+    assert any("writer failed" in n for n in result.writer_notes)
+    assert result.scored and all(s.candidate.origin != "writer" for s in result.scored)
+
+
+def test_cli_errors_are_clear_without_a_model(tmp_path):
+    import subprocess
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"home: {tmp_path}\nreviewer: {{backend: embedded}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "teacher", "upskill", "--config", str(cfg), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=__import__("pathlib").Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 2
+    assert "no labelled cases" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "x", "safety": "maybe"}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "teacher", "upskill", "--config", str(cfg), "--labels", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=__import__("pathlib").Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 2 and "line 1" in proc.stderr and "safety" in proc.stderr
