@@ -308,6 +308,11 @@ class UpskillConfig(Strict):
         "asks the reviewer model; 'auto' does so only for an Ollama reviewer (the bundled "
         "base model and label files cannot write prompts); 'none' never.",
     )
+    race: bool = Field(
+        True,
+        description="Score each round's candidates on half the selection split first and "
+        "only the better half on the rest (saves a quarter of the student's time).",
+    )
     min_gain: float = Field(
         0.0,
         ge=0,

@@ -54,6 +54,7 @@ class Scored:
     report: EvalReport
     seconds: float
     answers: list[Answer] = field(default_factory=list, repr=False)
+    full: bool = True  # False: raced out after half the selection split
 
     def row(self) -> dict:
         m = self.report.summary()
@@ -63,11 +64,14 @@ class Scored:
             "round": self.candidate.round,
             "demos": len(self.candidate.skill.demos),
             **{k: m[k] for k in METRICS},
+            "n": self.report.n,
             "s_per_case": round(self.seconds / max(1, self.report.n), 2),
             "note": self.candidate.note,
+            "verdicts": "".join(_VERDICT[a.safety] for a in self.answers),
         }
 
 
+_VERDICT = {True: "y", False: "n", None: "?"}
 METRICS = (
     "score",
     "format_ok",
@@ -79,16 +83,29 @@ METRICS = (
 )
 
 
-def score_skill(
+@dataclass
+class Run:
+    """The student's parsed answers to some cases under one skill."""
+
+    answers: list[Answer] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __add__(self, other: Run) -> Run:
+        return Run(
+            self.answers + other.answers, self.tokens + other.tokens, self.seconds + other.seconds
+        )
+
+
+def run_student(
     student: Backend,
     skill: Skill,
     cases: list[LabeledCase],
     max_new_tokens: int,
     bar: tqdm | None = None,
-) -> tuple[EvalReport, list[Answer], float]:
-    """Run the student with ``skill`` on every case; evaluate its parsed answers."""
-    answers: list[Answer] = []
-    tokens: list[int] = []
+) -> Run:
+    """Run the student with ``skill`` on every case and parse its answers."""
+    run = Run()
     start = time.perf_counter()
     for i in range(0, len(cases), BATCH):
         chunk = cases[i : i + BATCH]
@@ -106,12 +123,24 @@ def score_skill(
         except BackendError as exc:
             raise TrainingError(f"the student failed while scoring {skill.name!r}: {exc}") from exc
         for gen in generations:
-            answers.append(parse_answer(gen.text, verdict_confidence(gen.logprobs)))
-            tokens.append(gen.tokens)
+            run.answers.append(parse_answer(gen.text, verdict_confidence(gen.logprobs)))
+            run.tokens.append(gen.tokens)
         if bar is not None:
             bar.update(len(chunk))
-    seconds = time.perf_counter() - start
-    return evaluate(cases, answers, tokens, max_tokens=max_new_tokens), answers, seconds
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def score_skill(
+    student: Backend,
+    skill: Skill,
+    cases: list[LabeledCase],
+    max_new_tokens: int,
+    bar: tqdm | None = None,
+) -> tuple[EvalReport, Run]:
+    """The student's answers with ``skill`` on ``cases``, evaluated."""
+    run = run_student(student, skill, cases, max_new_tokens, bar)
+    return evaluate(cases, run.answers, run.tokens, max_tokens=max_new_tokens), run
 
 
 def _bar(total: int, desc: str, progress: bool) -> tqdm:
@@ -139,6 +168,7 @@ class UpskillResult:
     writer_notes: list[str]
     seconds: float
     skill: Skill  # the winner as registered (or as it would be, on a dry run)
+    select: list[LabeledCase] = field(default_factory=list)  # the cases that ranked them
 
     def to_json(self) -> dict:
         return {
@@ -147,6 +177,11 @@ class UpskillResult:
             "winner": self.winner.candidate.name,
             "decision": self.decision.__dict__,
             "evalset": self.evalset.summary(),
+            "select_labels": {
+                "ids": [c.id for c in self.select],
+                "verdicts": "".join(_VERDICT[c.safety] for c in self.select),
+            },
+            "winner_failures": self.winner.report.failures,
             "writer": self.writer_notes,
             "seconds": round(self.seconds, 1),
             "skill": self.skill.model_dump(mode="json"),
@@ -162,13 +197,14 @@ def current_skill(registry: Registry) -> Skill:
     return skill_from_bytes(path.read_bytes(), str(path))
 
 
-def _balanced_cap(cases: list[LabeledCase], cap: int) -> list[LabeledCase]:
-    if len(cases) <= cap:
-        return cases
-    yes = [c for c in cases if c.safety][: (cap + 1) // 2]
-    no = [c for c in cases if not c.safety][: cap - len(yes)]
-    keep = {c.id for c in yes + no}
-    return [c for c in cases if c.id in keep]
+def _interleave(cases: list[LabeledCase], cap: int) -> list[LabeledCase]:
+    """At most ``cap`` cases, safety and non-safety alternating (so any prefix is balanced)."""
+    yes = [c for c in cases if c.safety]
+    no = [c for c in cases if not c.safety]
+    out: list[LabeledCase] = []
+    for i in range(max(len(yes), len(no))):
+        out += yes[i : i + 1] + no[i : i + 1]
+    return out[:cap]
 
 
 def run_upskill(
@@ -183,17 +219,19 @@ def run_upskill(
 ) -> UpskillResult:
     started = time.perf_counter()
     evalset = split_cases(cases, cfg.holdout_fraction, cfg.select_fraction, cfg.seed)
-    select = _balanced_cap(evalset.select, cfg.max_eval_cases)
+    select = _interleave(evalset.select, cfg.max_eval_cases)
     logger.info("split: %s", evalset.summary())
 
     # 2. the skill to beat, and what it gets wrong on the demo pool
     parent = current_skill(registry)
     origin = "active" if registry.active() else "default"
     base_cand = cand.Candidate(f"{origin} v{parent.version}", origin, 0, parent)
-    with _bar(len(evalset.train) + len(select), f"baseline {base_cand.name}", progress) as bar:
-        pool_report, _, _ = score_skill(student, parent, evalset.train, max_new_tokens, bar)
-        report, answers, secs = score_skill(student, parent, select, max_new_tokens, bar)
-    baseline = Scored(base_cand, report, secs, answers)
+    # Probing part of the pool is enough to find mistakes worth demonstrating.
+    probe = _interleave(evalset.train, max(8, 2 * cfg.demos))
+    with _bar(len(probe) + len(select), f"baseline {base_cand.name}", progress) as bar:
+        pool_report, _ = score_skill(student, parent, probe, max_new_tokens, bar)
+        report, run = score_skill(student, parent, select, max_new_tokens, bar)
+    baseline = Scored(base_cand, report, run.seconds, run.answers)
     wrong = {f["id"] for f in pool_report.failures}
     logger.info("baseline select score %.3f; %d pool case(s) wrong", report.score, len(wrong))
 
@@ -219,19 +257,14 @@ def run_upskill(
         if not batch:
             notes.append(f"round {round_}: no new candidates")
             continue
-        with _bar(len(batch) * len(select), f"round {round_}/{cfg.rounds}", progress) as bar:
-            for c in batch:
-                bar.set_postfix_str(c.name[:32])
-                report, answers, secs = score_skill(student, c.skill, select, max_new_tokens, bar)
-                scored.append(Scored(c, report, secs, answers))
-                logger.info("%s: %s", c.name, report.summary())
-        ranked = sorted(scored, key=lambda s: -s.report.score)
+        scored += _score_round(student, batch, select, cfg, max_new_tokens, round_, progress)
+        ranked = sorted(scored, key=lambda s: (not s.full, -s.report.score))
         feedback = cand.Feedback(
             [(s.candidate, s.report.summary()) for s in ranked], ranked[0].report.failures
         )
     if not scored:
         raise TrainingError("no candidate skill could be made (empty demo pool and no writer?)")
-    winner = max(scored, key=lambda s: s.report.score)
+    winner = max((s for s in scored if s.full), key=lambda s: s.report.score)
 
     # 4. the held-out gate
     decision, skill = _gate(
@@ -246,7 +279,41 @@ def run_upskill(
         notes,
         time.perf_counter() - started,
         skill,
+        select,
     )
+
+
+def _score_round(
+    student: Backend,
+    batch: list[cand.Candidate],
+    select: list[LabeledCase],
+    cfg: UpskillConfig,
+    max_new_tokens: int,
+    round_: int,
+    progress: bool,
+) -> list[Scored]:
+    """Score a round's candidates on the selection split. With ``cfg.race``, all run on
+    its first half and only the better half (by that partial score) on the rest."""
+    half = len(select) // 2 if cfg.race and len(batch) > 2 and len(select) >= 4 else len(select)
+    keep = -(-len(batch) // 2) if half < len(select) else len(batch)
+    total = len(batch) * half + keep * (len(select) - half)
+    first: list[tuple[cand.Candidate, EvalReport, Run]] = []
+    out: list[Scored] = []
+    with _bar(total, f"round {round_}/{cfg.rounds}", progress) as bar:
+        for c in batch:
+            bar.set_postfix_str(c.name[:32])
+            report, run = score_skill(student, c.skill, select[:half], max_new_tokens, bar)
+            first.append((c, report, run))
+        first.sort(key=lambda t: -t[1].score)
+        for i, (c, report, run) in enumerate(first):
+            if i < keep and half < len(select):
+                bar.set_postfix_str(c.name[:32])
+                run = run + run_student(student, c.skill, select[half:], max_new_tokens, bar)
+                report = evaluate(select, run.answers, run.tokens, max_tokens=max_new_tokens)
+            full = i < keep
+            out.append(Scored(c, report, run.seconds, run.answers, full))
+            logger.info("%s%s: %s", c.name, "" if full else " (raced out)", report.summary())
+    return out
 
 
 def _rng(cfg: UpskillConfig):
@@ -292,10 +359,8 @@ def _gate(
     if not holdout:
         raise TrainingError("every held-out case is a demonstration; label more cases")
     with _bar(2 * len(holdout), "held-out gate", progress) as bar:
-        base_report, _, _ = score_skill(student, parent, holdout, max_new_tokens, bar)
-        win_report, _, _ = score_skill(
-            student, winner.candidate.skill, holdout, max_new_tokens, bar
-        )
+        base_report, _ = score_skill(student, parent, holdout, max_new_tokens, bar)
+        win_report, _ = score_skill(student, winner.candidate.skill, holdout, max_new_tokens, bar)
     gain = win_report.score - base_report.score
     beats = gain > cfg.min_gain
     who = f"v{parent.version}" + (" (bundled default)" if parent.version == 0 else "")

@@ -21,6 +21,7 @@ COLUMNS = [
     ("origin", "from"),
     ("round", "round"),
     ("demos", "demos"),
+    ("n", "cases"),
     ("score", "score"),
     ("format_ok", "format"),
     ("safety_agreement", "agree"),
@@ -62,9 +63,9 @@ def table(result: UpskillResult) -> str:
 
 def holdout_table(result: UpskillResult) -> str:
     d = result.decision
-    keys = [k for k, _ in COLUMNS[4:11]]
+    keys = [k for k, _ in COLUMNS[5:12]]
     lines = [
-        "| held-out | " + " | ".join(h for _, h in COLUMNS[4:11]) + " |",
+        "| held-out | " + " | ".join(h for _, h in COLUMNS[5:12]) + " |",
         "|---|" + "---|" * len(keys),
         "| "
         + result.baseline.candidate.name

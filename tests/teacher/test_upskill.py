@@ -263,6 +263,38 @@ def test_held_out_comparison_leaves_out_demonstrated_cases(tmp_path):
     assert len(result.decision.holdout_ids) == len(ev.holdout) - 1
 
 
+def test_racing_scores_only_the_better_half_on_the_whole_selection_split(tmp_path):
+    backend = student(lambda r: "missed hazard" in r.system)
+    result = run_upskill(
+        CASES,
+        backend,
+        Registry(tmp_path, "skills"),
+        FAST.model_copy(update={"rounds": 1}),
+        progress=False,
+    )
+    n = len(result.select)
+    full = [s for s in result.scored if s.full]
+    raced = [s for s in result.scored if not s.full]
+    assert len(full) == len(raced) == 2
+    assert all(s.report.n == n for s in full) and all(s.report.n == n // 2 for s in raced)
+    assert (
+        result.winner.full
+        and min(s.report.score for s in full) >= max(s.report.score for s in raced) - 0.2
+    )
+    # the first half is balanced, so partial scores compare like with like
+    assert n == 12 and sum(c.safety for c in result.select[:6]) == 3
+    calls = len(backend.requests)
+    plain = student(lambda r: "missed hazard" in r.system)
+    run_upskill(
+        CASES,
+        plain,
+        Registry(tmp_path / "b", "skills"),
+        FAST.model_copy(update={"rounds": 1, "race": False}),
+        progress=False,
+    )
+    assert len(plain.requests) - calls == 2 * (n - n // 2)
+
+
 def test_student_failure_is_a_training_error(tmp_path):
     from shared.errors import BackendError
 
@@ -306,3 +338,61 @@ def test_cli_errors_are_clear_without_a_model(tmp_path):
         cwd=__import__("pathlib").Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 2 and "line 1" in proc.stderr and "safety" in proc.stderr
+
+
+# ---------------------------------------------------------------- the real thing
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
+    """The real command line on the bundled Gemma 3 270M: labels file + store → skill v1."""
+    import subprocess
+
+    from teacher.upskill import SKILL_FILE
+
+    picked = [c for c in CASES if c.safety][:5] + [c for c in CASES if not c.safety][:5]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(
+        "".join(
+            json.dumps(
+                {"id": c.id, "input": c.input, "safety": c.safety, "keywords": list(c.keywords)}
+            )
+            + "\n"
+            for c in picked
+        )
+    )
+    store = CaseStore(default_store_path(tmp_path))
+    for c in [c for c in CASES if c.safety][5:6] + [c for c in CASES if not c.safety][5:6]:
+        esc = Escalation(
+            case_id=uuid.uuid4().hex, edge_id="e1", created_at=1.0, source="t", input=c.input
+        )
+        store.add_case(esc)
+        store.add_review(
+            Review(case_id=esc.case_id, answer=f"Answer: {c.input}", safety=c.safety, reviewer="t")
+        )
+    store.close()
+    cfg = tmp_path / "teacher.yaml"
+    cfg.write_text(
+        f"home: {tmp_path}\nreviewer: {{backend: embedded}}\n"
+        "student: {backend: embedded, max_new_tokens: 40, embedded: {threads: 2}}\n"
+        "upskill: {candidates: 1, rounds: 1, demos: 2}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "teacher", "upskill", "--config", str(cfg), "--labels", str(labels)]
+        + ["--quiet", "--report-dir", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        cwd=__import__("pathlib").Path(__file__).resolve().parents[2],
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "report" / "upskill.json").read_text())
+    split = doc["evalset"]
+    assert split["train"]["n"] + split["select"]["n"] + split["holdout"]["n"] == 12
+    assert doc["baseline"]["name"] == "default v0" and len(doc["candidates"]) == 1
+    assert 0 < doc["candidates"][0]["format_ok"] <= 1  # the real student answered
+    version = Registry(tmp_path, "skills").get(1)
+    skill = skill_from_bytes((version.path / SKILL_FILE).read_bytes())
+    assert skill.version == 1 and skill.parent == 0 and skill.eval_hash
+    active = Registry(tmp_path, "skills").active()
+    assert (active is not None) == doc["decision"]["activated"] == version.meta["activated"]
+    assert (tmp_path / "report" / "upskill.png").stat().st_size > 1000
