@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,9 +58,11 @@ def main() -> int:
             "--report-dir",
             str(args.out),
         ]
+        load_before = os.getloadavg()
         start = time.perf_counter()
         proc = subprocess.run(command, cwd=ROOT)
         wall = time.perf_counter() - start
+        load_after = os.getloadavg()
         if proc.returncode != 0:
             print(f"upskill failed with exit status {proc.returncode}", file=sys.stderr)
             return proc.returncode
@@ -70,6 +73,9 @@ def main() -> int:
             "config": config.read_text(),
             "wall_s": round(wall, 1),
             "cpu_threads": args.threads,
+            "cpu_count": os.cpu_count(),
+            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+            "load_average_1_5_15_after": [round(x, 2) for x in load_after],
         }
         report.write_text(json.dumps(doc, indent=2) + "\n")
         d = doc["decision"]

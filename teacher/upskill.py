@@ -438,14 +438,17 @@ def make_backend(model: ModelConfig) -> Backend:
     return OllamaBackend(model.ollama)
 
 
-def writer_backend(cfg: TeacherConfig) -> Backend | None:
-    """Who writes candidate prompts (``upskill.writer``); None: built-in variants only."""
+def writer_backend(cfg: TeacherConfig, student: Backend | None = None) -> Backend | None:
+    """Who writes candidate prompts (``upskill.writer``); None: built-in variants only.
+    The student backend is reused when the reviewer is configured as the same model."""
     mode, reviewer = cfg.upskill.writer, cfg.reviewer
     if mode == "none" or reviewer.backend == "labels":
         return None
     if mode == "auto" and reviewer.backend != "ollama":
         logger.info("writer: the %s reviewer cannot write prompts; variants only", reviewer.backend)
         return None
+    if student is not None and reviewer.model == cfg.student:
+        return student
     return make_backend(reviewer.model)
 
 
@@ -497,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
     cases = load_cases(store, args.labels)
     registry = Registry(cfg.home, "skills")
     student = make_backend(cfg.student)
-    writer = writer_backend(cfg)
+    writer = writer_backend(cfg, student)
     try:
         result = run_upskill(
             cases,
@@ -511,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         student.close()
-        if writer is not None:
+        if writer is not None and writer is not student:
             writer.close()
     out = args.report_dir or cfg.home / "upskill" / "runs" / time.strftime("%Y%m%d-%H%M%S")
     command = " ".join(["gemma-teacher", *sys.argv[1:]])

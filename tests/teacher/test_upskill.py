@@ -396,3 +396,20 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
     active = Registry(tmp_path, "skills").active()
     assert (active is not None) == doc["decision"]["activated"] == version.meta["activated"]
     assert (tmp_path / "report" / "upskill.png").stat().st_size > 1000
+
+
+def test_who_writes_candidates():
+    from shared.config import ReviewerConfig, TeacherConfig
+    from teacher.upskill import writer_backend
+
+    embedded = TeacherConfig()  # the default reviewer is the bundled base model
+    assert writer_backend(embedded) is None  # auto: a base model cannot write prompts
+    labels = TeacherConfig(reviewer=ReviewerConfig(backend="labels", labels="x.jsonl"))
+    assert writer_backend(labels.model_copy(update={"upskill": FAST})) is None
+    forced = TeacherConfig(upskill=UpskillConfig(writer="reviewer"))
+    mine = ScriptedBackend()
+    assert writer_backend(forced, student=mine) is mine  # same model as the student: reused
+    never = TeacherConfig(
+        reviewer=ReviewerConfig(backend="ollama"), upskill=UpskillConfig(writer="none")
+    )
+    assert writer_backend(never) is None
