@@ -120,24 +120,37 @@ def chart(result: UpskillResult, path: Path) -> None:
     fig, (ax, ax2) = plt.subplots(
         1, 2, figsize=(11, 0.35 * len(rows) + 1.8), gridspec_kw={"width_ratios": [3, 1]}
     )
-    names = [r["name"] for r in rows][::-1]
+    full_n = result.baseline.report.n
+    names = [r["name"] + ("" if r["n"] >= full_n else " (half)") for r in rows][::-1]
     scores = [r["score"] for r in rows][::-1]
     colours = [COLOURS.get(r["origin"], "#999999") for r in rows][::-1]
-    ax.barh(names, scores, color=colours)
+    bars = ax.barh(names, scores, color=colours)
+    for bar, row in zip(bars, rows[::-1], strict=True):
+        if row["n"] < full_n:
+            bar.set_alpha(0.45)
+            bar.set_hatch("//")
+        ax.text(
+            row["score"] + 0.01,
+            bar.get_y() + bar.get_height() / 2,
+            f"{row['score']:.3f}",
+            va="center",
+            fontsize=7,
+        )
     ax.axvline(result.baseline.report.score, color="black", linestyle="--", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_xlabel("score on the selection split")
     ax.set_title(
-        "candidates (grey: current skill; blue: library; green: mutation; orange: writer)",
+        "grey: current skill; blue: library; green: mutation; orange: writer; "
+        "hatched: raced out after half the cases",
         fontsize=8,
     )
     for i, name in enumerate(names):
-        if name == result.winner.candidate.name:
+        if name == result.winner.candidate.name:  # a winner is always scored in full
             ax.get_yticklabels()[i].set_fontweight("bold")
     d = result.decision
     pair = [d.baseline_holdout["score"], d.winner_holdout["score"]]
     ax2.bar(["current", "winner"], pair, color=["#888888", "#C44E52" if d.activated else "#BBBBBB"])
-    ax2.set_ylim(0, 1)
+    ax2.set_ylim(0, 1.1)
     ax2.set_title("held-out " + ("(activated)" if d.activated else "(not activated)"), fontsize=9)
     for i, v in enumerate(pair):
         ax2.text(i, v + 0.02, f"{v:.3f}", ha="center", fontsize=8)
