@@ -33,7 +33,12 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--demos", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads; on a CPU other jobs share, 1 is several times faster",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="upskill-bench-") as home:
@@ -50,6 +55,7 @@ def main() -> int:
             "-m",
             "teacher",
             "upskill",
+            "-v",
             "--config",
             str(config),
             "--labels",
