@@ -142,7 +142,7 @@ class TeacherServer:
             public, secret = teacher_keypair(cfg.keys_dir)
             auth = _EdgeAuthenticator(ctx, allow)
             auth.start()
-            auth.configure_curve_callback("*", credentials_provider=allow)
+            auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=allow)
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.zap_domain = ZAP_DOMAIN
