@@ -85,24 +85,33 @@ class Outbox:
     # ------------------------------------------------------------ writes
     def put(self, esc: Escalation, frame: bytes | None = None) -> bool:
         """Queue ``esc`` durably (committed before this returns); False if already queued."""
-        doc = esc.model_dump_json().encode()
-        safety = bool(esc.safety_keyword or esc.safety)
+        return self.put_many([(esc, frame)]) == 1
+
+    def put_many(self, items: list[tuple[Escalation, bytes | None]]) -> int:
+        """Queue many cases in one transaction (one fsync); returns how many were new."""
+        rows = [
+            (e.case_id, e.model_dump_json().encode(), f, int(bool(e.safety_keyword or e.safety)))
+            for e, f in items
+        ]
+        added = 0
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                if self._count >= self.max_cases:
-                    self._drop_oldest_locked()
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO outbox (case_id, doc, frame, safety, queued_at)"
-                    " VALUES (?,?,?,?,?)",
-                    (esc.case_id, doc, frame, int(safety), time.time()),
-                )
+                for case_id, doc, frame, safety in rows:
+                    n = self._db.execute(
+                        "INSERT OR IGNORE INTO outbox (case_id, doc, frame, safety, queued_at)"
+                        " VALUES (?,?,?,?,?)",
+                        (case_id, doc, frame, safety, time.time()),
+                    ).rowcount
+                    self._count += n
+                    added += n
+                    if self._count > self.max_cases:
+                        self._drop_oldest_locked()
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise StoreError(f"cannot queue case {esc.case_id} in {self.path}: {exc}") from exc
-            added = cur.rowcount == 1
-            self._count += int(added)
+                self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                raise StoreError(f"cannot queue {len(rows)} case(s) in {self.path}: {exc}") from exc
         return added
 
     def _drop_oldest_locked(self) -> None:
