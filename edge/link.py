@@ -110,8 +110,8 @@ class LinkClient:
         self.on_ack = on_ack
         self._keys = None if config.insecure or not config.teacher else _load_keys(config)
         self.outbox = Outbox(config.outbox, config.outbox_max)
-        self.skill_version = 0
-        self.adapter_version = 0
+        # What is installed under state_dir until the daemon says what it runs.
+        self.skill_version, self.adapter_version = updates.installed_versions(state_dir)
         self.connected = False  # the teacher answered within timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -63,6 +63,12 @@ def _active(root: Path) -> int:
         return 0
 
 
+def installed_versions(state_dir: Path) -> tuple[int, int]:
+    """(skill, adapter) versions the active pointers name; 0 where nothing was pushed."""
+    root = Path(state_dir)
+    return _active(root / "skills"), _active(root / "adapters")
+
+
 # ---------------------------------------------------------------- skills
 def check_skill(msg: SkillPush, payloads: list[bytes]) -> Skill:
     """The pushed skill if its hash and format check out; else PushRejected."""

@@ -37,7 +37,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from shared.config import TeacherConfig, load_config
-from shared.errors import MessageError, StoreError
+from shared.errors import LinkError, MessageError, StoreError
 from shared.messages import (
     Ack,
     AdapterPush,
@@ -112,9 +112,20 @@ class TeacherServer:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Serve on a background thread; returns once the socket is bound."""
-        self._thread = threading.Thread(target=self.serve_forever, name="teacher", daemon=True)
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                self.serve_forever()
+            except BaseException as exc:  # handed to the caller of start()
+                errors.append(exc)
+                self.ready.set()
+
+        self._thread = threading.Thread(target=serve, name="teacher", daemon=True)
         self._thread.start()
         self.ready.wait(10)
+        if errors:
+            raise errors[0]
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,7 +140,9 @@ class TeacherServer:
             pass
 
     def serve_forever(self) -> None:
+        """Bind and serve until ``stop``; LinkError if keys are missing or bind fails."""
         cfg = self.config.server
+        keys = None if cfg.insecure else teacher_keypair(cfg.keys_dir)
         ctx = zmq.Context()
         auth = None
         sock = ctx.socket(zmq.ROUTER)
@@ -137,20 +150,22 @@ class TeacherServer:
         sock.router_mandatory = 1
         sock.sndhwm = sock.rcvhwm = 100_000
         sock.maxmsgsize = cfg.max_message_bytes + 2**16
-        if not cfg.insecure:
-            allow = AllowList(cfg.keys_dir)
-            public, secret = teacher_keypair(cfg.keys_dir)
-            auth = _EdgeAuthenticator(ctx, allow)
-            auth.start()
-            auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=allow)
-            sock.curve_server = True
-            sock.curve_publickey, sock.curve_secretkey = public, secret
-            sock.zap_domain = ZAP_DOMAIN
-            logger.info("CurveZMQ on; %s edge(s) allowed", len(allow.entries()))
-        else:
-            logger.warning("server.insecure: plain-text ZeroMQ, any edge may connect")
         try:
-            sock.bind(cfg.bind)
+            if keys is not None:
+                allow = AllowList(cfg.keys_dir)
+                auth = _EdgeAuthenticator(ctx, allow)
+                auth.start()
+                auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=allow)
+                sock.curve_server = True
+                sock.curve_publickey, sock.curve_secretkey = keys
+                sock.zap_domain = ZAP_DOMAIN
+                logger.info("CurveZMQ on; %s edge(s) allowed", len(allow.entries()))
+            else:
+                logger.warning("server.insecure: plain-text ZeroMQ, any edge may connect")
+            try:
+                sock.bind(cfg.bind)
+            except zmq.ZMQError as exc:
+                raise LinkError(f"server.bind {cfg.bind!r}: cannot bind: {exc}") from None
             self.endpoint = sock.last_endpoint.decode()
             self._start_workers()
             self.ready.set()
@@ -235,7 +250,16 @@ class TeacherServer:
     ) -> tuple[bytes, Escalation, bytes | None] | None:
         identity = raw[0].bytes
         frames = [f.bytes for f in raw[1:]]
-        user = raw[1].get("User-Id") if len(raw) > 1 and not self.config.server.insecure else None
+        user = None
+        if not self.config.server.insecure and len(raw) > 1:
+            try:
+                user = raw[1].get("User-Id")
+            except zmq.ZMQError:
+                user = ""
+            if not user:  # its key left the allow-list after it connected
+                detail = "unknown edge key"
+                self._reply(sock, identity, ErrorReply(code="rejected", detail=detail))
+                return None
         try:
             msg, payloads = decode(frames, self.config.server.max_message_bytes)
         except MessageError as exc:
@@ -244,7 +268,9 @@ class TeacherServer:
             if not _doc_type(frames) == "error":
                 code = error_code(exc)
                 case_id = _case_id(frames) if code in ("malformed", "too_large") else None
-                self._reply(sock, identity, ErrorReply(code=code, detail=str(exc), case_id=case_id))
+                self._reply(
+                    sock, identity, ErrorReply(code=code, detail=str(exc)[:4000], case_id=case_id)
+                )
             return None
         if isinstance(msg, Escalation):
             if user is not None and msg.edge_id != user:

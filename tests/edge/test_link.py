@@ -150,6 +150,7 @@ def test_skill_push_installs_reports_and_rolls_back(stack, tmp_path):
     version, skill = updates.active_skill(tmp_path / "edge" / "state")
     assert (version, skill.instructions) == (v1, "Version one.")
     assert link.skill_version == v1
+    assert updates.installed_versions(tmp_path / "edge" / "state") == (v1, 0)
 
 
 def adapter_files(rank: int = 4) -> dict[str, bytes]:

@@ -71,3 +71,11 @@ def test_bury_moves_a_refused_case_out_of_the_queue(tmp_path):
     assert box.depth() == 1
     assert box.dead() == [("case-000001", "malformed: input too long")]
     assert box.bury("case-000001", "again") is False
+
+
+def test_put_many_is_one_transaction_and_respects_the_bound(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", max_cases=50)
+    assert box.put_many([(esc(i), None) for i in range(60)]) == 60
+    assert box.depth() == 50 and box.dropped == 10
+    assert box.after(0, 1)[0].case_id == "case-000010"
+    assert box.put_many([(esc(59), None)]) == 0

@@ -157,7 +157,7 @@ def test_bad_messages_get_an_error_reply_and_change_nothing(plain, caplog):
     doc = json.loads(good.model_dump_json())
     cases = {
         "malformed": [b"\x00\xffnot json"],
-        "unknown_type": [json.dumps({"type": "gossip", "schema_version": 1}).encode()],
+        "unknown_type": [json.dumps({"type": "gossip" * 600, "schema_version": 1}).encode()],
         "bad_version": [json.dumps({**doc, "schema_version": 2}).encode()],
         "too_large": [good.model_dump_json().encode(), b"x" * 5000],
     }
