@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from shared.errors import BackendUnavailable
 from shared.evaluation import LabeledCase
 from shared.messages import Escalation
@@ -136,3 +138,30 @@ def test_worker_gives_cases_back_when_the_backend_is_down(tmp_path):
     worker._stop.set()  # no back-off sleep in the test
     assert worker.step() == 0
     assert store.count("new") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_embedded_teacher_reviews_with_the_real_gemma(tmp_path):
+    """The bundled 270M base model as teacher: a verdict where it follows the format,
+    an honest 'unreviewable' where it does not; never a made-up verdict."""
+    import torch
+
+    from shared.embedded import EmbeddedBackend
+    from shared.models import load_model
+
+    torch.set_num_threads(2)
+    model, tokenizer = load_model(dtype="float32", device="cpu")
+    backend = EmbeddedBackend(model=model, tokenizer=tokenizer)
+    store = CaseStore(tmp_path / "s.sqlite")
+    cases = stored(store, "Flames are coming out of a kitchen pan.", "A laptop is on a desk.")
+    reviewer = BackendReviewer(backend, max_new_tokens=32)
+    results = reviewer.review(cases)
+    assert len(results) == 2
+    for case, result in zip(cases, results, strict=True):
+        if result is None:
+            assert reviewer.reasons[case.case_id].startswith("teacher answer has no verdict")
+        else:
+            assert result.answer.startswith("Answer: ") and "\nSAFETY: " in result.answer
+            assert result.reviewer.startswith("backend:embedded")
+    assert any(r is not None for r in results)
