@@ -21,23 +21,35 @@ STATUSES = ("new", "reviewing", "reviewed", "unreviewable")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="teacher YAML file (for home)")
-    parser.add_argument("--home", type=Path, help="override home (where store.sqlite lives)")
+    _common(parser, None)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ls = sub.add_parser("list", help="the latest cases, newest first")
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, argparse.SUPPRESS)  # accepted after the action too
+    ls = sub.add_parser("list", parents=[common], help="the latest cases, newest first")
     ls.add_argument("--status", choices=STATUSES, help="only cases in this state")
     ls.add_argument(
         "--unreviewed", action="store_true", help="only cases without a review (new/unreviewable)"
     )
     ls.add_argument("--limit", type=int, default=50, help="most cases shown (default 50)")
-    show = sub.add_parser("show", help="one case with its review and correction, as JSON")
+    show = sub.add_parser(
+        "show", parents=[common], help="one case with its review and correction, as JSON"
+    )
     show.add_argument("case_id")
-    fix = sub.add_parser("correct", help="record a person's verdict (outranks the teacher)")
+    fix = sub.add_parser(
+        "correct", parents=[common], help="record a person's verdict (outranks the teacher)"
+    )
     fix.add_argument("case_id")
     fix.add_argument("--safety", required=True, help="yes or no")
     fix.add_argument("--answer", help="the correct one-sentence answer")
     fix.add_argument("--keywords", help="comma-separated keywords, e.g. smoke,stove")
     fix.add_argument("--note", default="", help="why (free text)")
+
+
+def _common(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--config", default=default, help="teacher YAML file (for home)")
+    parser.add_argument(
+        "--home", type=Path, default=default, help="override home (where store.sqlite lives)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

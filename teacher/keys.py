@@ -150,16 +150,24 @@ class AllowList:
 
 # ---------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="teacher YAML (for server.keys_dir)")
-    parser.add_argument("--keys-dir", type=Path, help="override server.keys_dir")
+    _common(parser, None)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    init = sub.add_parser("init", help="create the teacher's key pair")
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, argparse.SUPPRESS)  # accepted after the action too
+    init = sub.add_parser("init", parents=[common], help="create the teacher's key pair")
     init.add_argument("--force", action="store_true", help="replace an existing key pair")
-    edge = sub.add_parser("new-edge", help="create and allow a key pair for edge NAME")
+    edge = sub.add_parser(
+        "new-edge", parents=[common], help="create and allow a key pair for edge NAME"
+    )
     edge.add_argument("name", help="the edge's name (its edge_id)")
-    sub.add_parser("list", help="list the teacher key and the allowed edges")
-    revoke = sub.add_parser("revoke", help="remove edge NAME from the allow-list")
+    sub.add_parser("list", parents=[common], help="list the teacher key and the allowed edges")
+    revoke = sub.add_parser("revoke", parents=[common], help="remove edge NAME from the allow-list")
     revoke.add_argument("name")
+
+
+def _common(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--config", default=default, help="teacher YAML (for server.keys_dir)")
+    parser.add_argument("--keys-dir", type=Path, default=default, help="override server.keys_dir")
 
 
 def run(args: argparse.Namespace) -> int:
