@@ -232,6 +232,10 @@ class ReviewWorker:
                 self.store.release(case.case_id)
             self._stop.wait(2.0)
             return 0
+        except BaseException:
+            for case in cases:  # not left claimed until the next restart
+                self.store.release(case.case_id)
+            raise
         reviews = [r for r in results if r is not None]
         skipped = [
             (c.case_id, self.reviewer.reasons.get(c.case_id, "reviewer gave no answer"))
