@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import zmq.auth
@@ -111,6 +112,7 @@ class AllowList:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._names: dict[bytes, str] = {}
+        self._warned: dict[bytes, float] = {}
 
     def _refresh(self) -> None:
         try:
@@ -142,7 +144,10 @@ class AllowList:
     def callback(self, domain: str, key: bytes) -> bool:
         name = self.name(key)
         if name is None:
-            logger.warning("refused an edge with an unknown key %s", key.decode()[:12])
+            now = time.monotonic()
+            if now - self._warned.get(key, -3600.0) > 60:  # it retries: say so once a minute
+                self._warned[key] = now
+                logger.warning("refused an edge with an unknown key %s", key.decode()[:12])
             return False
         logger.info("edge %s authenticated", name)
         return True
