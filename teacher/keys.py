@@ -145,6 +145,8 @@ class AllowList:
         name = self.name(key)
         if name is None:
             now = time.monotonic()
+            if len(self._warned) > 10_000:
+                self._warned.clear()
             if now - self._warned.get(key, -3600.0) > 60:  # it retries: say so once a minute
                 self._warned[key] = now
                 logger.warning("refused an edge with an unknown key %s", key.decode()[:12])
