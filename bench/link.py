@@ -171,7 +171,13 @@ def latency(work: Path, keys: Path, samples: int) -> dict:
     link = LinkClient(config, "bench-lat", work / "state", on_ack=lambda cid, dup: acked.set())
     link.start()
     inputs = [c.input for c in bundled_cases()]
-    rtt, put = [], []
+    rtt, put, commit = [], [], []
+    # Baseline taken between the samples: one SQLite commit (WAL, synchronous=FULL) on
+    # the same disk. An ack costs about two (edge outbox + teacher store).
+    base = sqlite3.connect(work / "baseline.sqlite", isolation_level=None)
+    base.execute("PRAGMA journal_mode=WAL")
+    base.execute("PRAGMA synchronous=FULL")
+    base.execute("CREATE TABLE t (x)")
     try:
         for i in tqdm(range(samples + 20), desc="ack round trips", leave=False):
             esc = Escalation(
@@ -188,20 +194,57 @@ def latency(work: Path, keys: Path, samples: int) -> dict:
             if not acked.wait(30):
                 raise SystemExit("no acknowledgement within 30 s")
             t2 = time.perf_counter()
+            t3 = time.perf_counter()
+            base.execute("BEGIN IMMEDIATE")
+            base.execute("INSERT INTO t VALUES (?)", (i,))
+            base.execute("COMMIT")
+            t4 = time.perf_counter()
             if i >= 20:  # the first ones include connecting and warm-up
                 put.append((t1 - t0) * 1000)
                 rtt.append((t2 - t0) * 1000)
+                commit.append((t4 - t3) * 1000)
     finally:
         link.stop()
         teacher.terminate()
         teacher.wait()
     return {
+        "rtt": rtt,
         "samples": len(rtt),
         "ack_p50_ms": percentile(rtt, 0.5),
         "ack_p99_ms": percentile(rtt, 0.99),
         "escalate_p50_ms": percentile(put, 0.5),
         "escalate_p99_ms": percentile(put, 0.99),
+        "commit_p50_ms": percentile(commit, 0.5),
     }
+
+
+def plot(rtt: list[float], batched: dict, single: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    ordered = sorted(rtt)
+    left.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))])
+    left.set_xscale("log")
+    left.set_xticks([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= ordered[-1] * 2])
+    left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.set_xlabel("escalate -> ack round trip (ms, log)")
+    left.set_ylabel("share of cases")
+    left.set_title("ack latency on loopback (CurveZMQ)")
+    left.grid(True, alpha=0.3)
+    bars = [batched["per_s"], single["per_s"]]
+    right.bar(["commit_batch 1000", "commit_batch 1"], bars, color=["tab:green", "tab:gray"])
+    for i, v in enumerate(bars):
+        right.text(i, v, f"{v:.0f}/s", ha="center", va="bottom")
+    right.set_ylabel("escalations/s into the store (acked after commit)")
+    right.set_title("sustained throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -238,6 +281,8 @@ def main() -> int:
         "ack_p99_ms": round(lat["ack_p99_ms"], 3),
         "escalate_p50_ms": round(lat["escalate_p50_ms"], 3),
         "escalate_p99_ms": round(lat["escalate_p99_ms"], 3),
+        "sqlite_commit_p50_ms": round(lat["commit_p50_ms"], 3),
+        "ack_p50_in_commits": round(lat["ack_p50_ms"] / lat["commit_p50_ms"], 2),
         "escalations_per_s": round(batched["per_s"], 1),
         "escalations_per_s_commit_batch_1": round(single["per_s"], 1),
         "batch_speedup": round(batched["per_s"] / single["per_s"], 2),
@@ -250,10 +295,13 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(lat["rtt"], batched, single, args.out.with_suffix(".png"))
     rows = [
         ("escalate() (outbox commit), p50 ms", result["escalate_p50_ms"]),
         ("escalate() (outbox commit), p99 ms", result["escalate_p99_ms"]),
+        ("baseline: one SQLite commit (fsync), p50 ms", result["sqlite_commit_p50_ms"]),
         ("escalate -> ack round trip, p50 ms", result["ack_p50_ms"]),
+        ("ack p50 / commit p50 (same run)", result["ack_p50_in_commits"]),
         ("escalate -> ack round trip, p99 ms", result["ack_p99_ms"]),
         (f"into store, commit_batch 1000 ({args.edges} edges), /s", result["escalations_per_s"]),
         (

@@ -140,6 +140,9 @@ class Outbox:
         if not case_ids:
             return 0
         with self._lock:
+            # No fsync for deletes: one lost to a power cut only means a resend, which the
+            # teacher acknowledges as a duplicate. (WAL keeps it across a process kill.)
+            self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 removed = 0
@@ -151,6 +154,8 @@ class Outbox:
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StoreError(f"cannot remove acknowledged cases: {exc}") from exc
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
             self._count -= removed
         return removed
 
