@@ -135,6 +135,13 @@ class LinkClient:
             raise LinkError(f"escalation edge_id {esc.edge_id!r} is not this edge {self.edge_id!r}")
         if not self.config.send_frames:
             frame = None
+        elif frame is not None and len(frame) + 2**16 > self.config.max_message_bytes:
+            logger.warning(
+                "case %s: frame of %s bytes is over link.max_message_bytes; sent without it",
+                esc.case_id,
+                len(frame),
+            )
+            frame = None
         if esc.has_frame != (frame is not None):
             esc = esc.model_copy(update={"has_frame": frame is not None})
         self.outbox.put(esc, frame)

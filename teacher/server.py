@@ -174,6 +174,7 @@ class TeacherServer:
             logger.info("serving on %s, store %s", self.endpoint, self.store.path)
             self._loop(sock)
         finally:
+            logger.info("stopping: %s", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
             for worker in self._workers:
                 worker.stop()
             sock.close(linger=0)

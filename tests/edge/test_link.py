@@ -232,3 +232,15 @@ def test_edge_answers_garbage_from_the_teacher_with_an_error_and_keeps_going(tmp
     finally:
         link.stop()
         router.close()
+
+
+def test_frames_travel_with_their_case_and_an_oversized_one_is_left_behind(stack, caplog):
+    server, link, _ = stack
+    small, big = esc(), esc()
+    link.escalate(small, b"\xff\xd8 a jpeg")
+    link.escalate(big, b"x" * link.config.max_message_bytes)
+    wait_for(lambda: link.depth() == 0)
+    assert server.store.frame(small.case_id) == b"\xff\xd8 a jpeg"
+    assert server.store.get(small.case_id)["has_frame"] is True
+    assert server.store.frame(big.case_id) is None  # the case itself arrived
+    assert "sent without it" in caplog.text
