@@ -243,8 +243,6 @@ class TeacherServer:
         n_new = sum(fresh)
         self.stats["stored"] += n_new
         self.stats["duplicates"] += len(fresh) - n_new
-        if n_new and self._workers:
-            self._wake()
 
     def _handle(
         self, sock: zmq.Socket, raw: list[zmq.Frame]
