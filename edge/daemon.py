@@ -384,14 +384,19 @@ class EdgeDaemon:
 # ---------------------------------------------------------------- construction
 def make_backend(config: EdgeConfig) -> Backend:
     """The configured backend (imported lazily: torch loads only when needed)."""
-    if config.model.backend == "ollama":
-        from shared.ollama_backend import OllamaBackend
+    try:
+        if config.model.backend == "ollama":
+            from shared.ollama_backend import OllamaBackend
 
-        backend = OllamaBackend(config.model.ollama, config.model.max_new_tokens)
-    else:
-        from shared.embedded import EmbeddedBackend
+            backend = OllamaBackend(config.model.ollama, config.model.max_new_tokens)
+        else:
+            from shared.embedded import EmbeddedBackend
 
-        backend = EmbeddedBackend(config.model.embedded)
+            backend = EmbeddedBackend(config.model.embedded)
+    except ImportError as exc:
+        raise GemmaEdgeError(
+            f"the {config.model.backend} backend is not installed: {exc}"
+        ) from None
     if config.model.adapter is not None:
         if not hasattr(backend, "load_adapter"):
             raise GemmaEdgeError(f"model.adapter is set but the {backend.name} backend has none")
@@ -456,7 +461,8 @@ def load_run_config(args) -> EdgeConfig:
     return config.model_copy(update=updates)
 
 
-def run(args) -> int:
+def run(args, backend: Backend | None = None) -> int:
+    """The ``gemma-edge run`` command; ``backend`` replaces the configured one (tests)."""
     config = load_run_config(args)
     if args.max_inputs is not None and args.max_inputs < 1:
         raise GemmaEdgeError(f"--max-inputs must be at least 1, not {args.max_inputs}")
@@ -468,7 +474,7 @@ def run(args) -> int:
         metrics = EdgeMetrics()
         if config.metrics.port is not None:
             metrics.serve(config.metrics.host, config.metrics.port)
-        backend = make_backend(config)
+        backend = backend or make_backend(config)
         daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, skill)
         link = make_link(config, daemon)
         previous = {

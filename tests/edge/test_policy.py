@@ -72,7 +72,12 @@ def test_exceptions_are_configurable():
     [
         ("confident and quiet", answer(), "A cat sleeps.", ()),
         ("keyword in input", answer(), "Smoke rises from a pan.", (SAFETY_KEYWORD,)),
-        ("keyword in answer", answer("A knife lies on the floor."), "A kitchen.", (SAFETY_KEYWORD,)),
+        (
+            "keyword in answer",
+            answer("A knife lies on the floor."),
+            "A kitchen.",
+            (SAFETY_KEYWORD,),
+        ),
         ("stated conf low", answer(conf=0.3), "A cat.", (LOW_CONFIDENCE,)),
         ("stated conf at threshold", answer(conf=0.6), "A cat.", ()),
         ("prob conf low", answer(prob=0.55), "A cat.", (LOW_PROB_CONFIDENCE,)),

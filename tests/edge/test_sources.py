@@ -38,7 +38,10 @@ def test_jsonl_uses_input_and_id_and_skips_bad_lines(tmp_path, caplog):
     source = open_source(str(path))
     with caplog.at_level(logging.ERROR):
         items = list(source)
-    assert [(i.id, i.text) for i in items] == [("a1", "Smoke in the hall."), (None, "Second good line.")]
+    assert [(i.id, i.text) for i in items] == [
+        ("a1", "Smoke in the hall."),
+        (None, "Second good line."),
+    ]
     assert source.bad == 3
     assert "line 2 skipped" in caplog.text and "line 3 skipped" in caplog.text
 
