@@ -26,7 +26,7 @@ from edge.policy import find_keywords
 from edge.skillfile import ActiveSkill
 from edge.sources import open_source
 from shared.backend import GenerateRequest
-from shared.config import EdgeConfig, EventsConfig, PolicyConfig
+from shared.config import EdgeConfig, PolicyConfig
 from shared.errors import BackendError
 from shared.messages import Escalation, Review
 from shared.skill import Skill, save_skill

@@ -2,12 +2,11 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.gate import AUDIT, CHANGED, DUPLICATE, FIRST, NO_MOTION, RATE, FrameGate, hamming, phash
 from shared.config import GateConfig
 from tests.edge.media import VTEST, background, with_box
-
-import pytest
 
 
 def gate(**kw) -> FrameGate:
