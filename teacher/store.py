@@ -66,6 +66,11 @@ CREATE TABLE IF NOT EXISTS corrections (
 """
 
 
+def default_store_path(home: Path | str) -> Path:
+    """Where the teacher keeps its store under ``TeacherConfig.home``."""
+    return Path(home) / "store.sqlite"
+
+
 @dataclass(frozen=True)
 class StoredCase:
     case_id: str
