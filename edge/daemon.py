@@ -177,7 +177,7 @@ class EdgeDaemon:
                 self._busy = True
                 try:
                     self._handle(item)
-                except (BackendError, _Stop):
+                except _Stop:
                     raise
                 except Exception:  # one bad input must not end a long-running daemon
                     logger.exception("input %d of %s failed", item.index, item.source)

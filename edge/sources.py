@@ -299,10 +299,6 @@ class LiveSource(Source):
         if cap is not None:
             cap.release()
 
-    @property
-    def down(self) -> bool:
-        return not self._thread.is_alive()
-
     def __iter__(self) -> Iterator[Item]:
         index = 0
         while not self._closed.is_set():

@@ -331,3 +331,38 @@ def test_cli_errors_are_clear(tmp_path):
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_cli_on_the_embedded_model(tmp_path):
+    """``gemma-edge run`` as a user runs it, on the bundled Gemma 3 270M (3 scenes)."""
+    cases = tmp_path / "cases.jsonl"
+    lines = [
+        {"id": "a", "input": "Flames are visible through the window of a parked car."},
+        {"id": "b", "input": "A laptop and a coffee mug are on a desk."},
+        {"id": "c", "input": "A fire extinguisher hangs next to the door."},
+    ]
+    cases.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    events_file = tmp_path / "ev.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge",
+        "run",
+        "--source",
+        str(cases),
+        "--events",
+        str(events_file),
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    evs = [json.loads(x) for x in events_file.read_text().splitlines()]
+    answers = {e["id"]: e for e in evs if e["type"] == "answer"}
+    assert set(answers) == {"a", "b", "c"}
+    assert all(e["raw"].startswith("Answer:") and e["latency_s"] > 0 for e in answers.values())
+    assert answers["a"]["decision"]["escalate"] and answers["a"]["decision"]["keywords"] == [
+        "flames"
+    ]
+    assert "safety_keyword" not in answers["c"]["decision"]["reasons"]
+    assert "3 inputs from" in done.stderr and evs[-1]["type"] == "summary"
