@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     path = default_store_path(home)
     if not path.exists():
         raise StoreError(f"no case store at {path} (has `gemma-teacher serve` run with this home?)")
-    store = CaseStore(path)
+    store = CaseStore(path, recover=False)  # the server may be reviewing right now
     try:
         if args.action == "list":
             return _list(store, args)

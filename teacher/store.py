@@ -92,7 +92,10 @@ class StoredCase:
 
 
 class CaseStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, recover: bool = True):
+        """Open (or create) the store. ``recover``: give claims left by a killed process
+        back to ``new``; only the process that runs the review workers should (the
+        server), not a CLI that opens the store beside it."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -102,7 +105,8 @@ class CaseStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
-            self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
+            if recover:
+                self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the case store {self.path}: {exc}") from exc
 
