@@ -87,7 +87,7 @@ def load_cases(store_path: Path | None, label_files: list[Path] = ()) -> list[La
     if store_path is not None and Path(store_path).is_file():
         from teacher.store import CaseStore
 
-        store = CaseStore(store_path)
+        store = CaseStore(store_path, recover=False)  # the server may be reviewing
         try:
             stored = store.labeled_cases()
         finally:
