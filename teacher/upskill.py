@@ -29,122 +29,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
-from shared.answer import Answer, parse_answer, verdict_confidence
-from shared.backend import Backend, GenerateRequest, generate_many
+from shared.backend import Backend
 from shared.config import ModelConfig, TeacherConfig, UpskillConfig, load_config, validate_config
-from shared.errors import BackendError, TrainingError
+from shared.errors import TrainingError
 from shared.evaluation import EvalReport, LabeledCase, cases_hash, evaluate
 from shared.skill import Skill, default_skill, skill_from_bytes
 from teacher import candidates as cand
 from teacher.evalset import EvalSet, load_cases, split_cases
 from teacher.registry import Registry
+from teacher.skill_scoring import VERDICT_CHAR, Run, Scored, progress_bar, run_student, score_skill
 
 logger = logging.getLogger(__name__)
 
 SKILL_FILE = "skill.json"
-BATCH = 4
-
-
-# ---------------------------------------------------------------- scoring
-@dataclass
-class Scored:
-    candidate: cand.Candidate
-    report: EvalReport
-    seconds: float
-    answers: list[Answer] = field(default_factory=list, repr=False)
-    full: bool = True  # False: raced out after half the selection split
-
-    def row(self) -> dict:
-        m = self.report.summary()
-        return {
-            "name": self.candidate.name,
-            "origin": self.candidate.origin,
-            "round": self.candidate.round,
-            "demos": len(self.candidate.skill.demos),
-            **{k: m[k] for k in METRICS},
-            "n": self.report.n,
-            "s_per_case": round(self.seconds / max(1, self.report.n), 2),
-            "note": self.candidate.note,
-            "verdicts": "".join(_VERDICT[a.safety] for a in self.answers),
-        }
-
-
-_VERDICT = {True: "y", False: "n", None: "?"}
-METRICS = (
-    "score",
-    "format_ok",
-    "safety_agreement",
-    "safety_recall",
-    "safe_specificity",
-    "keyword_recall",
-    "mean_tokens",
-)
-
-
-@dataclass
-class Run:
-    """The student's parsed answers to some cases under one skill."""
-
-    answers: list[Answer] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def __add__(self, other: Run) -> Run:
-        return Run(
-            self.answers + other.answers, self.tokens + other.tokens, self.seconds + other.seconds
-        )
-
-
-def run_student(
-    student: Backend,
-    skill: Skill,
-    cases: list[LabeledCase],
-    max_new_tokens: int,
-    bar: tqdm | None = None,
-) -> Run:
-    """Run the student with ``skill`` on every case and parse its answers."""
-    run = Run()
-    start = time.perf_counter()
-    for i in range(0, len(cases), BATCH):
-        chunk = cases[i : i + BATCH]
-        requests = [
-            GenerateRequest(
-                system=skill.instructions,
-                input=c.input,
-                demos=skill.demos,
-                max_new_tokens=max_new_tokens,
-            )
-            for c in chunk
-        ]
-        try:
-            generations = generate_many(student, requests)
-        except BackendError as exc:
-            raise TrainingError(f"the student failed while scoring {skill.name!r}: {exc}") from exc
-        for gen in generations:
-            run.answers.append(parse_answer(gen.text, verdict_confidence(gen.logprobs)))
-            run.tokens.append(gen.tokens)
-        if bar is not None:
-            bar.update(len(chunk))
-    run.seconds = time.perf_counter() - start
-    return run
-
-
-def score_skill(
-    student: Backend,
-    skill: Skill,
-    cases: list[LabeledCase],
-    max_new_tokens: int,
-    bar: tqdm | None = None,
-) -> tuple[EvalReport, Run]:
-    """The student's answers with ``skill`` on ``cases``, evaluated."""
-    run = run_student(student, skill, cases, max_new_tokens, bar)
-    return evaluate(cases, run.answers, run.tokens, max_tokens=max_new_tokens), run
-
-
-def _bar(total: int, desc: str, progress: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="case", disable=not progress, leave=False)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -179,7 +76,7 @@ class UpskillResult:
             "evalset": self.evalset.summary(),
             "select_labels": {
                 "ids": [c.id for c in self.select],
-                "verdicts": "".join(_VERDICT[c.safety] for c in self.select),
+                "verdicts": "".join(VERDICT_CHAR[c.safety] for c in self.select),
             },
             "winner_failures": self.winner.report.failures,
             "writer": self.writer_notes,
@@ -228,7 +125,7 @@ def run_upskill(
     base_cand = cand.Candidate(f"{origin} v{parent.version}", origin, 0, parent)
     # Probing part of the pool is enough to find mistakes worth demonstrating.
     probe = _interleave(evalset.train, max(8, 2 * cfg.demos))
-    with _bar(len(probe) + len(select), f"baseline {base_cand.name}", progress) as bar:
+    with progress_bar(len(probe) + len(select), f"baseline {base_cand.name}", progress) as bar:
         pool_report, _ = score_skill(student, parent, probe, max_new_tokens, bar)
         report, run = score_skill(student, parent, select, max_new_tokens, bar)
     baseline = Scored(base_cand, report, run.seconds, run.answers)
@@ -299,7 +196,7 @@ def _score_round(
     total = len(batch) * half + keep * (len(select) - half)
     first: list[tuple[cand.Candidate, EvalReport, Run]] = []
     out: list[Scored] = []
-    with _bar(total, f"round {round_}/{cfg.rounds}", progress) as bar:
+    with progress_bar(total, f"round {round_}/{cfg.rounds}", progress) as bar:
         for c in batch:
             bar.set_postfix_str(c.name[:32])
             report, run = score_skill(student, c.skill, select[:half], max_new_tokens, bar)
@@ -358,7 +255,7 @@ def _gate(
     holdout = [c for c in evalset.holdout if c.input not in shown]
     if not holdout:
         raise TrainingError("every held-out case is a demonstration; label more cases")
-    with _bar(2 * len(holdout), "held-out gate", progress) as bar:
+    with progress_bar(2 * len(holdout), "held-out gate", progress) as bar:
         base_report, _ = score_skill(student, parent, holdout, max_new_tokens, bar)
         win_report, _ = score_skill(student, winner.candidate.skill, holdout, max_new_tokens, bar)
     gain = win_report.score - base_report.score

@@ -1,0 +1,125 @@
+"""Scoring a skill: run the student with it over labelled cases and evaluate the answers.
+
+``score_skill`` sends one ``GenerateRequest`` per case (the skill's instructions and
+demonstrations, the case's input) through ``generate_many`` in small chunks, so a
+progress bar moves and a backend with a prefix cache reuses it across the chunk;
+each answer is parsed (``shared.answer``) and the lot evaluated
+(``shared.evaluation.evaluate``: format, safety agreement and recall, keywords,
+brevity). A backend failure is a ``TrainingError`` naming the skill. It knows nothing
+about candidates, splits or registries.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from shared.answer import Answer, parse_answer, verdict_confidence
+from shared.backend import Backend, GenerateRequest, generate_many
+from shared.errors import BackendError, TrainingError
+from shared.evaluation import EvalReport, LabeledCase, evaluate
+from shared.skill import Skill
+from teacher.candidates import Candidate
+
+BATCH = 4
+
+
+@dataclass
+class Scored:
+    candidate: Candidate
+    report: EvalReport
+    seconds: float
+    answers: list[Answer] = field(default_factory=list, repr=False)
+    full: bool = True  # False: raced out after half the selection split
+
+    def row(self) -> dict:
+        m = self.report.summary()
+        return {
+            "name": self.candidate.name,
+            "origin": self.candidate.origin,
+            "round": self.candidate.round,
+            "demos": len(self.candidate.skill.demos),
+            **{k: m[k] for k in METRICS},
+            "n": self.report.n,
+            "s_per_case": round(self.seconds / max(1, self.report.n), 2),
+            "note": self.candidate.note,
+            "verdicts": "".join(VERDICT_CHAR[a.safety] for a in self.answers),
+        }
+
+
+VERDICT_CHAR = {True: "y", False: "n", None: "?"}
+METRICS = (
+    "score",
+    "format_ok",
+    "safety_agreement",
+    "safety_recall",
+    "safe_specificity",
+    "keyword_recall",
+    "mean_tokens",
+)
+
+
+@dataclass
+class Run:
+    """The student's parsed answers to some cases under one skill."""
+
+    answers: list[Answer] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __add__(self, other: Run) -> Run:
+        return Run(
+            self.answers + other.answers, self.tokens + other.tokens, self.seconds + other.seconds
+        )
+
+
+def run_student(
+    student: Backend,
+    skill: Skill,
+    cases: list[LabeledCase],
+    max_new_tokens: int,
+    bar: tqdm | None = None,
+) -> Run:
+    """Run the student with ``skill`` on every case and parse its answers."""
+    run = Run()
+    start = time.perf_counter()
+    for i in range(0, len(cases), BATCH):
+        chunk = cases[i : i + BATCH]
+        requests = [
+            GenerateRequest(
+                system=skill.instructions,
+                input=c.input,
+                demos=skill.demos,
+                max_new_tokens=max_new_tokens,
+            )
+            for c in chunk
+        ]
+        try:
+            generations = generate_many(student, requests)
+        except BackendError as exc:
+            raise TrainingError(f"the student failed while scoring {skill.name!r}: {exc}") from exc
+        for gen in generations:
+            run.answers.append(parse_answer(gen.text, verdict_confidence(gen.logprobs)))
+            run.tokens.append(gen.tokens)
+        if bar is not None:
+            bar.update(len(chunk))
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def score_skill(
+    student: Backend,
+    skill: Skill,
+    cases: list[LabeledCase],
+    max_new_tokens: int,
+    bar: tqdm | None = None,
+) -> tuple[EvalReport, Run]:
+    """The student's answers with ``skill`` on ``cases``, evaluated."""
+    run = run_student(student, skill, cases, max_new_tokens, bar)
+    return evaluate(cases, run.answers, run.tokens, max_tokens=max_new_tokens), run
+
+
+def progress_bar(total: int, desc: str, progress: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="case", disable=not progress, leave=False)
