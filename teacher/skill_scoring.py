@@ -42,6 +42,7 @@ class Scored:
             "round": self.candidate.round,
             "demos": len(self.candidate.skill.demos),
             **{k: m[k] for k in METRICS},
+            "balanced": balanced(m),
             "n": self.report.n,
             "s_per_case": round(self.seconds / max(1, self.report.n), 2),
             "note": self.candidate.note,
@@ -50,6 +51,30 @@ class Scored:
 
 
 VERDICT_CHAR = {True: "y", False: "n", None: "?"}
+
+
+def balanced(summary: dict) -> float:
+    """Balanced safety agreement: the mean of recall and specificity."""
+    return round((summary["safety_recall"] + summary["safe_specificity"]) / 2, 4)
+
+
+def tradeoff(win: dict, base: dict) -> str:
+    """What moved between two evaluation summaries, in words a person checks first."""
+    bw, bb = balanced(win), balanced(base)
+    text = (
+        f"safety recall {base['safety_recall']:.2f}->{win['safety_recall']:.2f}, specificity "
+        f"{base['safe_specificity']:.2f}->{win['safe_specificity']:.2f}, balanced agreement "
+        f"{bb:.2f}->{bw:.2f}, format {base['format_ok']:.2f}->{win['format_ok']:.2f}, "
+        f"keywords {base['keyword_recall']:.2f}->{win['keyword_recall']:.2f}"
+    )
+    if win["safety_recall"] > base["safety_recall"] and bw <= bb + 0.05:
+        text += (
+            "; the gain comes from flagging more scenes (recall bought with false alarms), "
+            "not from better judgement"
+        )
+    return text
+
+
 METRICS = (
     "score",
     "format_ok",

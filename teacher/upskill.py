@@ -37,7 +37,15 @@ from shared.skill import Skill, default_skill, skill_from_bytes
 from teacher import candidates as cand
 from teacher.evalset import EvalSet, load_cases, split_cases
 from teacher.registry import Registry
-from teacher.skill_scoring import VERDICT_CHAR, Run, Scored, progress_bar, run_student, score_skill
+from teacher.skill_scoring import (
+    VERDICT_CHAR,
+    Run,
+    Scored,
+    progress_bar,
+    run_student,
+    score_skill,
+    tradeoff,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +280,7 @@ def _gate(
             f"{len(holdout)} held-out case(s), which does not beat {who} "
             f"({base_report.score:.3f}) by more than {cfg.min_gain:.3f}"
         )
+    reason += f" ({tradeoff(win_report.summary(), base_report.summary())})"
     skill = winner.candidate.skill.model_copy(
         update={
             "score": round(win_report.score, 4),

@@ -27,6 +27,7 @@ COLUMNS = [
     ("safety_agreement", "agree"),
     ("safety_recall", "recall"),
     ("safe_specificity", "specif."),
+    ("balanced", "balanced"),
     ("keyword_recall", "keywords"),
     ("mean_tokens", "tokens"),
     ("s_per_case", "s/case"),
@@ -62,23 +63,34 @@ def table(result: UpskillResult) -> str:
 
 
 def holdout_table(result: UpskillResult) -> str:
+    from teacher.skill_scoring import balanced
+
     d = result.decision
-    keys = [k for k, _ in COLUMNS[5:12]]
+    cols = [(k, h) for k, h in COLUMNS if k in HOLDOUT_KEYS]
     lines = [
-        "| held-out | " + " | ".join(h for _, h in COLUMNS[5:12]) + " |",
-        "|---|" + "---|" * len(keys),
-        "| "
-        + result.baseline.candidate.name
-        + " | "
-        + " | ".join(_cell(d.baseline_holdout[k]) for k in keys)
-        + " |",
-        "| "
-        + result.winner.candidate.name
-        + " | "
-        + " | ".join(_cell(d.winner_holdout[k]) for k in keys)
-        + " |",
+        "| held-out | " + " | ".join(h for _, h in cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
+    for name, m in (
+        (result.baseline.candidate.name, d.baseline_holdout),
+        (result.winner.candidate.name, d.winner_holdout),
+    ):
+        m = {**m, "balanced": balanced(m)}
+        lines.append(f"| {name} | " + " | ".join(_cell(m[k]) for k, _ in cols) + " |")
     return "\n".join(lines)
+
+
+HOLDOUT_KEYS = (
+    "n",
+    "score",
+    "format_ok",
+    "safety_agreement",
+    "safety_recall",
+    "safe_specificity",
+    "balanced",
+    "keyword_recall",
+    "mean_tokens",
+)
 
 
 def markdown(result: UpskillResult, command: str = "") -> str:

@@ -413,3 +413,14 @@ def test_who_writes_candidates():
         reviewer=ReviewerConfig(backend="ollama"), upskill=UpskillConfig(writer="none")
     )
     assert writer_backend(never) is None
+
+
+def test_the_decision_says_when_recall_was_bought_with_false_alarms():
+    from teacher.skill_scoring import tradeoff
+
+    base = {"safety_recall": 0.5, "safe_specificity": 0.5, "format_ok": 1.0, "keyword_recall": 1.0}
+    yes_man = {**base, "safety_recall": 1.0, "safe_specificity": 0.0}
+    better = {**base, "safety_recall": 1.0, "safe_specificity": 0.75}
+    assert "recall bought with false alarms" in tradeoff(yes_man, base)
+    assert "balanced agreement 0.50->0.50" in tradeoff(yes_man, base)
+    assert "false alarms" not in tradeoff(better, base)
