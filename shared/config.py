@@ -346,6 +346,14 @@ class UpskillConfig(Strict):
         "asks the reviewer model; 'auto' does so only for an Ollama reviewer (the bundled "
         "base model and label files cannot write prompts); 'none' never.",
     )
+    max_balanced_drop: float | None = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A winner may lose at most this much balanced safety agreement (mean of "
+        "recall and specificity) against the active skill, on the selection and the held-out "
+        "split; stops 'flag everything' from winning on recall. Empty: no such check.",
+    )
     race: bool = Field(
         True,
         description="Score each round's candidates on half the selection split first and "

@@ -41,6 +41,7 @@ from teacher.skill_scoring import (
     VERDICT_CHAR,
     Run,
     Scored,
+    balanced,
     progress_bar,
     run_student,
     score_skill,
@@ -138,6 +139,10 @@ def run_upskill(
         report, run = score_skill(student, parent, select, max_new_tokens, bar)
     baseline = Scored(base_cand, report, run.seconds, run.answers)
     wrong = {f["id"] for f in pool_report.failures}
+    # A candidate must not judge worse than the current skill (balanced agreement), or
+    # "say yes to everything" would win on recall alone.
+    drop = cfg.max_balanced_drop
+    floor = -1.0 if drop is None else balanced(report.summary()) - drop
     logger.info("baseline select score %.3f; %d pool case(s) wrong", report.score, len(wrong))
 
     # 3. rounds of candidates
@@ -162,14 +167,14 @@ def run_upskill(
         if not batch:
             notes.append(f"round {round_}: no new candidates")
             continue
-        scored += _score_round(student, batch, select, cfg, max_new_tokens, round_, progress)
-        ranked = sorted(scored, key=lambda s: (not s.full, -s.report.score))
+        scored += _score_round(student, batch, select, cfg, max_new_tokens, round_, progress, floor)
+        ranked = sorted(scored, key=lambda s: (not s.full, *_neg(_key(s.report, floor))))
         feedback = cand.Feedback(
             [(s.candidate, s.report.summary()) for s in ranked], ranked[0].report.failures
         )
     if not scored:
         raise TrainingError("no candidate skill could be made (empty demo pool and no writer?)")
-    winner = max((s for s in scored if s.full), key=lambda s: s.report.score)
+    winner = max((s for s in scored if s.full), key=lambda s: _key(s.report, floor))
 
     # 4. the held-out gate
     decision, skill = _gate(
@@ -196,9 +201,11 @@ def _score_round(
     max_new_tokens: int,
     round_: int,
     progress: bool,
+    floor: float = -1.0,
 ) -> list[Scored]:
     """Score a round's candidates on the selection split. With ``cfg.race``, all run on
-    its first half and only the better half (by that partial score) on the rest."""
+    its first half and only the better half (by that partial score) on the rest.
+    Candidates whose balanced agreement is under ``floor`` rank below all others."""
     half = len(select) // 2 if cfg.race and len(batch) > 2 and len(select) >= 4 else len(select)
     keep = -(-len(batch) // 2) if half < len(select) else len(batch)
     total = len(batch) * half + keep * (len(select) - half)
@@ -209,7 +216,7 @@ def _score_round(
             bar.set_postfix_str(c.name[:32])
             report, run = score_skill(student, c.skill, select[:half], max_new_tokens, bar)
             first.append((c, report, run))
-        first.sort(key=lambda t: -t[1].score)
+        first.sort(key=lambda t: _neg(_key(t[1], floor)))
         for i, (c, report, run) in enumerate(first):
             if i < keep and half < len(select):
                 bar.set_postfix_str(c.name[:32])
@@ -219,6 +226,15 @@ def _score_round(
             out.append(Scored(c, report, run.seconds, run.answers, full))
             logger.info("%s%s: %s", c.name, "" if full else " (raced out)", report.summary())
     return out
+
+
+def _key(report: EvalReport, floor: float) -> tuple[bool, float]:
+    """Ranking key: judges at least as well as the current skill first, then score."""
+    return (balanced(report.summary()) >= floor - 1e-9, report.score)
+
+
+def _neg(key: tuple[bool, float]) -> tuple[bool, float]:
+    return (not key[0], -key[1])
 
 
 def _rng(cfg: UpskillConfig):
@@ -267,9 +283,19 @@ def _gate(
         base_report, _ = score_skill(student, parent, holdout, max_new_tokens, bar)
         win_report, _ = score_skill(student, winner.candidate.skill, holdout, max_new_tokens, bar)
     gain = win_report.score - base_report.score
-    beats = gain > cfg.min_gain
+    drop = cfg.max_balanced_drop
+    bal_win, bal_base = balanced(win_report.summary()), balanced(base_report.summary())
+    judges = drop is None or bal_win >= bal_base - drop - 1e-9
+    beats = gain > cfg.min_gain and judges
     who = f"v{parent.version}" + (" (bundled default)" if parent.version == 0 else "")
-    if beats:
+    if gain > cfg.min_gain and not judges:
+        reason = (
+            f"not activated: {winner.candidate.name} scores {win_report.score:.3f} on "
+            f"{len(holdout)} held-out case(s) against {base_report.score:.3f} for {who}, but "
+            f"its balanced safety agreement {bal_win:.3f} is below {bal_base:.3f}: it judges "
+            f"worse and only flags more (upskill.max_balanced_drop = {drop})"
+        )
+    elif beats:
         reason = (
             f"{winner.candidate.name} scores {win_report.score:.3f} on {len(holdout)} held-out "
             f"case(s) against {base_report.score:.3f} for {who}"

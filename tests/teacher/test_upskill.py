@@ -424,3 +424,29 @@ def test_the_decision_says_when_recall_was_bought_with_false_alarms():
     assert "recall bought with false alarms" in tradeoff(yes_man, base)
     assert "balanced agreement 0.50->0.50" in tradeoff(yes_man, base)
     assert "false alarms" not in tradeoff(better, base)
+
+
+def test_a_flag_everything_skill_does_not_win_on_recall_alone(tmp_path):
+    def answer(req: GenerateRequest) -> str:
+        if "missed hazard" in req.system:  # the "yes-man": recall 1, specificity 0
+            verdict = True
+        else:  # the default judges half the safety cases right, never a false alarm
+            verdict = truth(req.input) and sum(map(ord, req.input)) % 2 == 0
+        return f"Answer: {req.input}\nSAFETY: {'yes' if verdict else 'no'}\nCONFIDENCE: 0.8"
+
+    guarded = run_upskill(
+        CASES, ScriptedBackend(answer), Registry(tmp_path / "a", "skills"), FAST, progress=False
+    )
+    unguarded = run_upskill(
+        CASES,
+        ScriptedBackend(answer),
+        Registry(tmp_path / "b", "skills"),
+        FAST.model_copy(update={"max_balanced_drop": None}),
+        progress=False,
+    )
+    assert "missed hazard" in unguarded.winner.candidate.skill.instructions
+    assert unguarded.decision.activated  # on score alone the yes-man wins
+    assert unguarded.decision.winner_holdout["safe_specificity"] == 0.0
+    assert not guarded.decision.activated
+    assert Registry(tmp_path / "a", "skills").active() is None
+    assert "judges worse" in guarded.decision.reason or "does not beat" in guarded.decision.reason
