@@ -349,7 +349,7 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
 
     from teacher.upskill import SKILL_FILE
 
-    picked = [c for c in CASES if c.safety][:5] + [c for c in CASES if not c.safety][:5]
+    picked = [c for c in CASES if c.safety][:3] + [c for c in CASES if not c.safety][:3]
     labels = tmp_path / "labels.jsonl"
     labels.write_text(
         "".join(
@@ -361,7 +361,7 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
         )
     )
     store = CaseStore(default_store_path(tmp_path))
-    for c in [c for c in CASES if c.safety][5:6] + [c for c in CASES if not c.safety][5:6]:
+    for c in [c for c in CASES if c.safety][3:4] + [c for c in CASES if not c.safety][3:4]:
         esc = Escalation(
             case_id=uuid.uuid4().hex, edge_id="e1", created_at=1.0, source="t", input=c.input
         )
@@ -373,7 +373,7 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
     cfg = tmp_path / "teacher.yaml"
     cfg.write_text(
         f"home: {tmp_path}\nreviewer: {{backend: embedded}}\n"
-        "student: {backend: embedded, max_new_tokens: 40, embedded: {threads: 2}}\n"
+        "student: {backend: embedded, max_new_tokens: 32, embedded: {threads: 2}}\n"
         "upskill: {candidates: 1, rounds: 1, demos: 2}\n"
     )
     proc = subprocess.run(
@@ -387,7 +387,7 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads((tmp_path / "report" / "upskill.json").read_text())
     split = doc["evalset"]
-    assert split["train"]["n"] + split["select"]["n"] + split["holdout"]["n"] == 12
+    assert split["train"]["n"] + split["select"]["n"] + split["holdout"]["n"] == 8
     assert doc["baseline"]["name"] == "default v0" and len(doc["candidates"]) == 1
     assert 0 < doc["candidates"][0]["format_ok"] <= 1  # the real student answered
     version = Registry(tmp_path, "skills").get(1)
