@@ -311,6 +311,18 @@ class ServerConfig(Strict):
         8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from an edge."
     )
     heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Heartbeat interval.")
+    commit_batch: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most escalations stored in one transaction before they are acknowledged.",
+    )
+    edge_timeout_s: float = Field(
+        10.0, gt=0, le=86_400, description="An edge silent this long counts as disconnected."
+    )
+    push_retry_s: float = Field(
+        30.0, gt=0, le=86_400, description="Wait before pushing the same version to an edge again."
+    )
 
 
 class UpskillConfig(Strict):
