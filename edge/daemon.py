@@ -417,11 +417,22 @@ def make_backend(config: EdgeConfig) -> Backend:
 
 
 def make_link(config: EdgeConfig, daemon: EdgeDaemon):
-    """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks."""
+    """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks.
+
+    The skill and adapter last pushed to ``state_dir`` are taken up first, so a restarted
+    edge keeps what the teacher gave it.
+    """
     if not config.link.teacher:
         return None
     from edge.link import LinkClient
+    from edge.updates import active_adapter, active_skill
 
+    pushed = active_skill(config.state_dir)  # what the teacher pushed before a restart
+    if pushed is not None:
+        daemon.on_skill(pushed[1])
+    adapter = active_adapter(config.state_dir)
+    if adapter is not None:
+        daemon.on_adapter(*adapter)
     link = LinkClient(
         config.link,
         config.edge_id,
