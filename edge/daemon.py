@@ -99,7 +99,7 @@ class EdgeDaemon:
         self._busy = False
         self._pending_adapter: tuple[int, Path] | None = None
         self._lock = threading.Lock()
-        self._last_sketch: str | None = None
+        self._sketches: dict[str, float] = {}  # sketch text -> when it was last answered
         self._gated_since_answer = 0
         self.metrics.skill_version.set(self.skill.version)
 
@@ -210,25 +210,20 @@ class EdgeDaemon:
                 self.metrics.gated.labels(result.reason).inc()
                 self._gated_since_answer += 1
                 return
+            if not self.source.live and item.t is not None:
+                policy_now = item.t  # files: cooldowns and budget run on media time
             sketch = self.sketcher.sketch(item.frame)
             text = sketch.text
-            if (
-                not self.multimodal
-                and self.config.gate.skip_same_sketch
-                and text == self._last_sketch
-                and result.reason != AUDIT
-            ):
+            key = f"{skill.version}/{self.adapter_version}/{text}"  # a new skill answers anew
+            if self._seen_sketch(key, policy_now) and result.reason != AUDIT:
                 self.gate.reject(SAME_SKETCH)
                 self.metrics.gated.labels(SAME_SKETCH).inc()
                 self._gated_since_answer += 1
                 return
-            self._last_sketch = text
             gate_reason = result.reason
             scene_key = sketch.signature
             if self.multimodal or (self.link is not None and self.config.link.send_frames):
                 jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
-            if not self.source.live and item.t is not None:
-                policy_now = item.t  # files: cooldown and budget run on media time
         else:
             text = item.text or ""
             scene_key = "text:" + " ".join(text.lower().split())
@@ -298,6 +293,22 @@ class EdgeDaemon:
             self.stats.safety_events += 1
             if self.hooks is not None:
                 self.hooks.submit(event)
+
+    def _seen_sketch(self, text: str, now: float) -> bool:
+        """A text-only model answers the same sketch the same way: skip it for a while.
+
+        Records ``text`` as answered at ``now`` when it was not seen recently.
+        """
+        window = self.config.gate.same_sketch_s
+        if self.multimodal or window <= 0:
+            return False
+        last = self._sketches.get(text)
+        if last is not None and 0 <= now - last < window:
+            return True
+        self._sketches[text] = now
+        if len(self._sketches) > 1024:
+            self._sketches = {k: t for k, t in self._sketches.items() if now - t < window}
+        return False
 
     def _escalate(self, item, text, raw, answer, decision, skill, jpeg) -> str:
         case_id = uuid.uuid4().hex
@@ -406,11 +417,22 @@ def make_backend(config: EdgeConfig) -> Backend:
 
 
 def make_link(config: EdgeConfig, daemon: EdgeDaemon):
-    """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks."""
+    """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks.
+
+    The skill and adapter last pushed to ``state_dir`` are taken up first, so a restarted
+    edge keeps what the teacher gave it.
+    """
     if not config.link.teacher:
         return None
     from edge.link import LinkClient
+    from edge.updates import active_adapter, active_skill
 
+    pushed = active_skill(config.state_dir)  # what the teacher pushed before a restart
+    if pushed is not None:
+        daemon.on_skill(pushed[1])
+    adapter = active_adapter(config.state_dir)
+    if adapter is not None:
+        daemon.on_adapter(*adapter)
     link = LinkClient(
         config.link,
         config.edge_id,

@@ -31,6 +31,7 @@ from shared.config import SketchConfig
 logger = logging.getLogger(__name__)
 
 MOTION_DELTA = 25  # grey levels a pixel must change by to count as moving
+LARGE_AREA = 0.1  # a cue covering this fraction of the view is called large
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class SceneSketcher:
                 logger.warning("Haar cascade %s not found; face cue off", path)
                 self._faces = None
         self._previous: np.ndarray | None = None
+        self._previous_texture: np.ndarray | None = None
 
     def sketch(self, frame: np.ndarray) -> Sketch:
         if frame.ndim == 2:
@@ -152,8 +154,15 @@ class SceneSketcher:
         fire_fraction = float(np.count_nonzero(fire)) / fire.size
         if fire_fraction < self.config.fire_min_fraction:
             fire_fraction = 0.0
-        texture = np.abs(cv2.Laplacian(grey, cv2.CV_16S, ksize=3)) < 12
-        smoke = moving & (sat < 40) & (val >= 80) & (val <= 230) & texture
+        # Smoke: greyish pixels that move and lost the detail they had (haze over texture);
+        # a flat grey object sliding over a flat background is not smoke.
+        texture = np.abs(cv2.Laplacian(grey, cv2.CV_16S, ksize=3))
+        lost = np.zeros(grey.shape, dtype=bool)
+        if self._previous_texture is not None and self._previous_texture.shape == grey.shape:
+            before = self._previous_texture.astype(np.int32)
+            lost = (before - texture >= 10) & (2 * texture.astype(np.int32) < before)
+        self._previous_texture = texture
+        smoke = moving & lost & (sat < 40) & (val >= 80) & (val <= 230)
         smoke_fraction = float(np.count_nonzero(smoke)) / smoke.size
         if smoke_fraction < self.config.smoke_min_fraction:
             smoke_fraction = 0.0
@@ -165,7 +174,8 @@ class SceneSketcher:
         parts = [f"Camera view, {light} light."]
         if people_x:
             n = len(people_x)
-            parts.append(f"{n} {'person' if n == 1 else 'people'}: {_places(people_x, w)}.")
+            count = "1 person" if n == 1 else f"{n} people" if n < 4 else "4 or more people"
+            parts.append(f"{count}: {_places(people_x, w)}.")
         if face_x:
             n = len(face_x)
             parts.append(f"{n} {'face' if n == 1 else 'faces'} towards the camera.")
@@ -174,9 +184,11 @@ class SceneSketcher:
         elif had_previous and not people_x:
             parts.append("Nothing moves.")
         if fire_fraction:
-            parts.append(f"Bright flame-coloured area covers {fire_fraction:.1%} of the view.")
+            size = "A large" if fire_fraction >= LARGE_AREA else "A small"
+            parts.append(f"{size} bright flame-coloured area.")
         if smoke_fraction:
-            parts.append(f"Moving grey haze like smoke covers {smoke_fraction:.1%} of the view.")
+            size = "A large" if smoke_fraction >= LARGE_AREA else "A small"
+            parts.append(f"{size} area of moving grey haze like smoke.")
         return Sketch(
             text=" ".join(parts),
             people=len(people_x),

@@ -76,9 +76,14 @@ def check_skill(msg: SkillPush, payloads: list[bytes]) -> Skill:
     if reason:
         raise PushRejected(f"skill v{msg.version}: {reason}")
     try:
-        return skill_from_bytes(payloads[0], f"skill push v{msg.version}")
+        skill = skill_from_bytes(payloads[0], f"skill push v{msg.version}")
     except ConfigError as exc:
         raise PushRejected(f"skill v{msg.version} does not parse: {exc}") from None
+    # The teacher's registry number is the version; a file that says otherwise is renumbered
+    # so that what the edge reports in heartbeats is what the teacher pushed.
+    return (
+        skill if skill.version == msg.version else skill.model_copy(update={"version": msg.version})
+    )
 
 
 def install_skill(state_dir: Path, msg: SkillPush, payloads: list[bytes]) -> Skill:

@@ -107,9 +107,12 @@ class GateConfig(Strict):
         le=1_000_000,
         description="Let a duplicate scene through after this many gated frames (0 = never).",
     )
-    skip_same_sketch: bool = Field(
-        True,
-        description="Text-only backends: skip the model when the sketch text equals the last one.",
+    same_sketch_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="Text-only backends: skip the model when the same sketch text was answered "
+        "within this many seconds (0 = off).",
     )
 
 

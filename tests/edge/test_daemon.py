@@ -30,7 +30,7 @@ from shared.config import EdgeConfig, PolicyConfig
 from shared.errors import BackendError
 from shared.messages import Escalation, Review
 from shared.skill import Skill, save_skill
-from tests.edge.media import VTEST, scene_video
+from tests.edge.media import VTEST, background, scene_video, with_box, write_video
 from tests.fakes import ScriptedBackend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,3 +366,20 @@ def test_real_cli_on_the_embedded_model(tmp_path):
     ]
     assert "safety_keyword" not in answers["c"]["decision"]["reasons"]
     assert "3 inputs from" in done.stderr and evs[-1]["type"] == "summary"
+
+
+@pytest.mark.parametrize("window, calls", [(30.0, 2), (0.0, 12)])
+def test_a_repeated_sketch_skips_the_text_model(tmp_path, window, calls):
+    # A and B alternate at 2 fps: every frame passes the gate (big change), but after the
+    # first, each sketch reads the same ("Motion: centre."), so a text model is asked once.
+    bg = background()
+    frames = [bg if i % 2 == 0 else with_box(bg, 120, size=80) for i in range(12)]
+    path = write_video(tmp_path / "ab.avi", frames, fps=2)
+    config = EdgeConfig(gate={"same_sketch_s": window}, sketch={"width": 320})
+    backend = ScriptedBackend(QUIET)
+    d, out = daemon(open_source(str(path)), backend, config)
+    d.run(progress=False)
+    summary = events(out)[-1]
+    assert len(backend.requests) == calls == summary["model_calls"]
+    assert summary["frames"]["gated_by_reason"].get("same_sketch", 0) == 12 - calls
+    assert summary["frames"]["passed"] == calls

@@ -35,6 +35,21 @@ def test_fire_like_colours_are_named_and_match_a_safety_keyword():
     assert "fire" in sk.signature
 
 
+def test_haze_over_texture_is_smoke_but_a_flat_moving_box_is_not():
+    rng = np.random.default_rng(0)
+    textured = rng.integers(0, 255, (240, 320, 1), dtype=np.uint8).repeat(3, axis=2)
+    hazy = textured.copy()
+    hazy[40:200, 60:260] = (0.2 * textured[40:200, 60:260] + 0.8 * 170).astype(np.uint8)
+    s = sketcher(width=320)
+    s.sketch(textured)
+    sk = s.sketch(hazy)
+    assert sk.smoke_fraction > 0.1 and "A large area of moving grey haze like smoke." in sk.text
+    assert find_keywords(sk.text, KEYWORDS, EXCEPTIONS) == ["smoke"]
+    s = sketcher(width=320)
+    s.sketch(background())
+    assert s.sketch(with_box(background(), 120, size=80)).smoke_fraction == 0
+
+
 def test_motion_regions_and_where():
     s = sketcher(width=320)
     s.sketch(background())
