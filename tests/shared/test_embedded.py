@@ -28,6 +28,7 @@ def request(text: str, **kw) -> GenerateRequest:
 def backend(gemma):
     model, tokenizer = gemma
     b = EmbeddedBackend(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
+    assert b.wait_ready(timeout=300)  # the int8 head, so the fast path is what is tested
     yield b
     b.close()
 
@@ -61,12 +62,15 @@ def test_prefix_cache_processes_only_the_input(backend, gemma):
     full = len(gemma[1](SKILL.prompt(FENCE)).input_ids)
     assert second.prompt_tokens < 30 < full
     assert second.text == first.text
-    uncached = EmbeddedBackend(
-        EmbeddedModelConfig(prefix_cache=False), model=gemma[0], tokenizer=gemma[1]
-    ).generate(request(FENCE, max_new_tokens=8))
+    # Everything off: no prefix cache, exact full LM head, one forward per token.
+    plain_config = EmbeddedModelConfig(prefix_cache=False, int8_head=False, speculative=False)
+    plain = EmbeddedBackend(plain_config, model=gemma[0], tokenizer=gemma[1])
+    uncached = plain.generate(request(FENCE, max_new_tokens=8))
     assert uncached.prompt_tokens == full
     assert uncached.text == first.text
     assert [lp.token for lp in uncached.logprobs] == [lp.token for lp in first.logprobs]
+    for ours, exact in zip(first.logprobs, uncached.logprobs, strict=True):
+        assert ours.logprob == pytest.approx(exact.logprob, abs=0.05)
 
 
 def test_logprobs_and_budget(backend):
