@@ -65,6 +65,9 @@ class OllamaModelConfig(Strict):
         default_factory=dict, description="Extra Ollama options (num_ctx, temperature, ...)."
     )
     logprobs: bool = Field(True, description="Ask the server for token log-probabilities.")
+    stream: bool = Field(
+        True, description="Stream the reply (measures time to first token); same result."
+    )
 
 
 class ModelConfig(Strict):
