@@ -34,6 +34,7 @@ import copy
 import logging
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,11 @@ class EmbeddedBackend:
             return [self.generate(r) for r in requests]
 
     def close(self) -> None:
+        """Drop the prefix caches and the int8 head (the model stays with its owner)."""
+        self.wait_ready()
         with self.lock:
             self._prefixes.clear()
+            self._int8_head = None
 
     def _generate(self, request: GenerateRequest) -> Generation:
         import torch
@@ -307,9 +311,12 @@ class EmbeddedBackend:
                 q = torch.round(weight / scales[:, None]).to(torch.int8)
                 del weight
                 zero = torch.zeros(q.shape[0], dtype=torch.long)
-                qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
-                self._int8_head = torch.ops.quantized.linear_prepack(qweight, None)
-        except RuntimeError as exc:
+                with warnings.catch_warnings():
+                    # PyTorch marks quantized tensors deprecated; if they go, we stay exact.
+                    warnings.simplefilter("ignore", UserWarning)
+                    qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
+                    self._int8_head = torch.ops.quantized.linear_prepack(qweight, None)
+        except (RuntimeError, AttributeError, NotImplementedError) as exc:
             logger.warning("int8 LM head unavailable, staying exact: %s", exc)
             return
         logger.info("int8 LM head ready in %.1f s", time.perf_counter() - t0)
