@@ -12,7 +12,45 @@ from shared.backend import TokenLogprob
 # Real outputs of the bundled Gemma 3 270M (EmbeddedBackend, default skill, greedy),
 # generated once with the embedded backend and pasted here: (raw, text, safety, confidence).
 REAL = [
-    # filled below from a real run
+    (
+        "Answer: Two children are playing in a park.\nSAFETY: no\nCONFIDENCE: 0.9",
+        "Two children are playing in a park.",
+        False,
+        0.9,
+    ),
+    (
+        "Answer: A person is lying motionless at the bottom of the stairs.\nSAFETY: yes\n"
+        "CONFIDENCE: 0.9",
+        "A person is lying motionless at the bottom of the stairs.",
+        True,
+        0.9,
+    ),
+    (
+        "Answer: A man holds a kitchen knife.\nSAFETY: no\nCONFIDENCE: 0.9",
+        "A man holds a kitchen knife.",
+        False,
+        0.9,
+    ),
+    (
+        "Answer: A power strip is leaking water onto a desk.\nSAFETY: no\nCONFIDENCE: 0.9",
+        "A power strip is leaking water onto a desk.",
+        False,
+        0.9,
+    ),
+]
+# Real zero-shot outputs (instructions only, no demonstrations): the format breaks.
+REAL_BROKEN = [
+    "Answer: The cat is in danger.\nConfidence: I am confident that the cat is safe.\n"
+    "Safety: I am sure that the cat is safe.\nFire: I am sure that the fire is",
+    "Answer: I am not sure.\nI am not sure.\nI am not sure.\nI am not sure.\nI am not sure.",
+]
+# The real log-probabilities around the verdict of REAL[1] (top 5 at each step).
+REAL_STEPS = [
+    ("\n", -0.0505, {"\n": -0.0505, "\n\n": -3.5072, "<eos>": -4.6649, " (": -6.0311}),
+    ("SAFETY", -0.5215, {"SAFETY": -0.5215, "CONF": -1.3503, "CON": -4.2661, "Safety": -4.607}),
+    (":", -0.0039, {":": -0.0039, "\n": -7.5579, " (": -7.9772, " :": -8.1143, " ": -8.2464}),
+    (" yes", -0.7252, {" yes": -0.7252, " no": -1.0169, " ": -3.3138, " Yes": -4.5308}),
+    ("\n", -0.1122, {"\n": -0.1122, "\n\n": -2.924, ".": -3.9496, "<eos>": -4.3822}),
 ]
 
 FORMATS = [
@@ -69,6 +107,22 @@ def test_formats_parse(raw, text, safety, confidence):
     assert answer.safety is safety
     assert answer.confidence == pytest.approx(confidence)
     assert answer.raw == raw and answer.prob_confidence is None
+
+
+@pytest.mark.parametrize("raw", REAL_BROKEN)
+def test_real_broken_outputs_have_no_confidence(raw):
+    answer = parse_answer(raw)
+    assert not answer.format_ok
+    assert answer.confidence is None and answer.safety is None
+    assert answer.text  # the sentence is still kept
+
+
+def test_real_logprobs_give_a_probability_confidence():
+    steps = [TokenLogprob(t, lp, top) for t, lp, top in REAL_STEPS]
+    p_yes, p_no = math.exp(-0.7252) + math.exp(-4.5308), math.exp(-1.0169)
+    assert verdict_confidence(steps) == pytest.approx(p_yes / (p_yes + p_no))
+    answer = parse_answer(REAL[1][0], verdict_confidence(steps))
+    assert answer.confidence == 0.9 and answer.prob_confidence == pytest.approx(0.5778, abs=1e-3)
 
 
 @pytest.mark.parametrize(("raw", "format_ok", "confidence", "safety"), MISSING)
