@@ -8,12 +8,23 @@
 The base model sees a plain few-shot document (``shared.skill``): the skill's
 instructions and demonstrations form a *prefix* that is the same for every input, so
 its KV cache is computed once per (adapter, prefix) and reused; each request then runs
-only its own ~25 input tokens before decoding. Decoding is a hand-written greedy loop
-(one forward per token, the LM head only at the last position, one log-softmax per
-step for the chosen token's log-probability and the top-5 alternatives) that stops at
-EOS, at a stop sequence (which is cut from the text) or at the token budget. The
-returned text starts with ``Answer:`` followed by the continuation, so
-``shared.answer.parse_answer`` works on it as on every other backend's text.
+only its own ~25 input tokens before decoding. (Where the prefix's own tokenisation is
+not a token-prefix of the full prompt's, the common part of the cache is used.)
+
+Decoding is a hand-written greedy loop that stops at EOS, at a stop sequence (cut from
+the text) or at the token budget; the returned text starts with ``Answer:`` followed by
+the continuation, so ``shared.answer.parse_answer`` works on it as on every backend's.
+What makes it fast on a CPU, each keeping the greedy tokens of the plain model:
+
+- the LM head (262k x 640, most of the per-token memory traffic) is first applied as an
+  int8 copy (~3x less traffic); its 64 best candidates are rescored with the exact
+  weights and the argmax, log-probability and top-5 alternatives come from those;
+- a lean single-token step (the model's own modules, no mask building);
+- prompt-lookup drafting: answers copy much of the scene and the format lines, so up to
+  8 tokens following the latest earlier occurrence of the last 2-3 tokens are verified
+  in one forward and the matching ones accepted (a wrong draft is cropped away).
+
+Each can be switched off in ``EmbeddedModelConfig`` (bench/student.py measures each).
 
 LoRA adapters are injected with PEFT into the one loaded model and switched by name;
 the base weights are never reloaded. Because an adapter changes the keys and values,
@@ -35,6 +46,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -50,6 +62,8 @@ TOP_LOGPROBS = 5
 CANDIDATES = 64  # int8-head candidates rescored exactly per step
 DRAFT_TOKENS = 8  # prompt-lookup draft length verified per forward
 PREFIX_CACHE_ENTRIES = 8
+_INT8_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # weight -> packed int8
+_INT8_LOCK = threading.Lock()
 
 
 class EmbeddedBackend:
@@ -79,7 +93,8 @@ class EmbeddedBackend:
         self.name = f"embedded:{weights}"
         self._prefixes: OrderedDict[tuple[str | None, str], tuple[list[int], Any]] = OrderedDict()
         self._peft: Any = None
-        self._adapters: dict[str, Path] = {}
+        self._adapters: dict[str, tuple[str, Path]] = {}  # name -> (PEFT name, folder)
+        self._loads = 0
         self._active: str | None = None
         self._eos = self._eos_ids()
         self._token_text: dict[int, str] = {}
@@ -304,18 +319,15 @@ class EmbeddedBackend:
         import torch
 
         t0 = time.perf_counter()
+        weight = self.model.get_output_embeddings().weight
         try:
-            with torch.inference_mode():
-                weight = self.model.get_output_embeddings().weight.detach().float()
-                scales = weight.abs().amax(dim=1).clamp_min(1e-8) / 127.0
-                q = torch.round(weight / scales[:, None]).to(torch.int8)
-                del weight
-                zero = torch.zeros(q.shape[0], dtype=torch.long)
-                with warnings.catch_warnings():
-                    # PyTorch marks quantized tensors deprecated; if they go, we stay exact.
-                    warnings.simplefilter("ignore", UserWarning)
-                    qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
-                    self._int8_head = torch.ops.quantized.linear_prepack(qweight, None)
+            with _INT8_LOCK, torch.inference_mode():
+                # Backends sharing one model share one int8 head.
+                packed = _INT8_HEADS.get(weight)
+                if packed is None:
+                    packed = _quantize_int8(weight)
+                    _INT8_HEADS[weight] = packed
+                self._int8_head = packed
         except (RuntimeError, AttributeError, NotImplementedError) as exc:
             logger.warning("int8 LM head unavailable, staying exact: %s", exc)
             return
@@ -334,7 +346,7 @@ class EmbeddedBackend:
 
         if not self.config.prefix_cache:
             return DynamicCache(config=self.model.config), 0
-        key = (self._active, prefix)
+        key = self._cache_key(prefix)
         entry = self._prefixes.get(key)
         if entry is None:
             entry = self._build_prefix(prefix)
@@ -387,36 +399,40 @@ class EmbeddedBackend:
         return sorted(self._adapters)
 
     def load_adapter(self, name: str, path: Path) -> None:
-        """Load a PEFT LoRA adapter directory under ``name`` (replacing one of that name).
+        """Load a PEFT LoRA adapter directory under ``name``; it is not activated.
 
-        It is loaded, not activated: call ``set_adapter(name)``.
+        Loading again under a loaded name replaces that adapter (and, if it is the
+        active one, the new weights become active); if the new one fails to load, the
+        old one stays as it was.
         """
         path = Path(path)
         if not (path / "adapter_config.json").is_file():
             raise ModelError(f"adapter {name!r}: {path} holds no adapter_config.json")
         with self.lock:
             from peft import PeftModel
+            from safetensors import SafetensorError
 
             t0 = time.perf_counter()
-            if name in self._adapters:
-                self._delete(name)
+            self._loads += 1
+            internal = f"a{self._loads}"  # PEFT's name; unique, so a replacement can fail safely
             try:
                 if self._peft is None:
                     self._peft = PeftModel.from_pretrained(
-                        self.model, str(path), adapter_name=name, is_trainable=False
+                        self.model, str(path), adapter_name=internal, is_trainable=False
                     )
-                    # PeftModel activates what it loads; keep the base model until asked.
-                    self._peft.base_model.disable_adapter_layers()
                 else:
-                    self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    self._peft.load_adapter(str(path), adapter_name=internal, is_trainable=False)
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+                self._apply_active()
                 raise ModelError(f"adapter {name!r}: loading {path} failed: {exc}") from exc
-            self._adapters[name] = path
-            self._apply_active()
+            if name in self._adapters:
+                self._delete(name)
+            self._adapters[name] = (internal, path)
+            self._apply_active()  # PEFT activates what it loads; restore the chosen one
             logger.info("loaded adapter %s from %s in %.2f s", name, path, time.perf_counter() - t0)
 
     def set_adapter(self, name: str | None) -> None:
-        """Activate a loaded adapter by name; None runs the base model."""
+        """Activate a loaded adapter by name; None runs the base model. Takes milliseconds."""
         with self.lock:
             if name is not None and name not in self._adapters:
                 raise ModelError(f"adapter {name!r} is not loaded (loaded: {self.adapters})")
@@ -434,13 +450,10 @@ class EmbeddedBackend:
             self._apply_active()
 
     def _delete(self, name: str) -> None:
-        if len(self._adapters) == 1:
-            # PEFT will not delete the last adapter in use; a placeholder keeps the
-            # wrappers valid, disabled, until the next load replaces it.
-            self._peft.base_model.disable_adapter_layers()
-        self._peft.delete_adapter(name)
-        del self._adapters[name]
-        for key in [k for k in self._prefixes if k[0] == name]:
+        internal, _ = self._adapters.pop(name)
+        self._peft.base_model.disable_adapter_layers()
+        self._peft.delete_adapter(internal)
+        for key in [k for k in self._prefixes if k[0] == internal]:
             del self._prefixes[key]
 
     def _apply_active(self) -> None:
@@ -449,8 +462,12 @@ class EmbeddedBackend:
         if self._active is None:
             self._peft.base_model.disable_adapter_layers()
         else:
-            self._peft.base_model.set_adapter(self._active)
+            self._peft.base_model.set_adapter(self._adapters[self._active][0])
             self._peft.base_model.enable_adapter_layers()
+
+    def _cache_key(self, prefix: str) -> tuple[str | None, str]:
+        internal = self._adapters[self._active][0] if self._active is not None else None
+        return internal, prefix
 
     # ------------------------------------------------------------ tokens
     def _eos_ids(self) -> set[int]:
@@ -503,6 +520,22 @@ class _Output:
             return self.text, self.logprobs
         kept = [lp for lp, o in zip(self.logprobs, self.offsets, strict=True) if o < self.cut]
         return self.text[: self.cut], kept
+
+
+def _quantize_int8(weight: Any) -> Any:
+    """Per-row symmetric int8 copy of a [vocab, hidden] matrix, packed for quantized.linear."""
+    import torch
+
+    full = weight.detach().float()
+    scales = full.abs().amax(dim=1).clamp_min(1e-8) / 127.0
+    q = torch.round(full / scales[:, None]).to(torch.int8)
+    del full
+    zero = torch.zeros(q.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # PyTorch marks quantized tensors deprecated; if they go, the head stays exact.
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(qweight, None)
 
 
 def _rotate_half(x: Any) -> Any:

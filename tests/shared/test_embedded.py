@@ -114,7 +114,17 @@ def test_adapters_switch_without_reloading_base(backend, gemma, tmp_path):
     )
     lora.save_pretrained(tmp_path / "noisy")
     assert (tmp_path / "noisy" / "adapter_model.safetensors").is_file()
+    for name, param in lora.named_parameters():
+        if "lora_B" in name:
+            param.data.mul_(-3.0)
+    lora.save_pretrained(tmp_path / "other")
     del lora
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_bytes(
+        (tmp_path / "noisy" / "adapter_config.json").read_bytes()
+    )
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
 
     embed = gemma[0].get_input_embeddings().weight
     pointer = embed.data_ptr()
@@ -125,12 +135,20 @@ def test_adapters_switch_without_reloading_base(backend, gemma, tmp_path):
     assert backend.generate(req).text == base
     backend.set_adapter("noisy")
     assert backend.active_adapter == "noisy"
-    adapted = backend.generate(req).text
+    adapted_gen = backend.generate(req)
+    adapted = adapted_gen.text
     assert adapted != base
     backend.set_adapter(None)
     assert backend.generate(req).text == base
     backend.set_adapter("noisy")
     assert backend.generate(req).text == adapted  # its own prefix cache, still right
+    with pytest.raises(ModelError, match="loading"):
+        backend.load_adapter("noisy", broken)
+    assert backend.active_adapter == "noisy" and backend.generate(req).text == adapted
+    backend.load_adapter("noisy", tmp_path / "other")  # replaces the active one in place
+    assert backend.active_adapter == "noisy" and backend.adapters == ["noisy"]
+    replaced = backend.generate(req)
+    assert [lp.logprob for lp in replaced.logprobs] != [lp.logprob for lp in adapted_gen.logprobs]
     backend.unload_adapter("noisy")
     assert backend.active_adapter is None and backend.adapters == []
     assert backend.generate(req).text == base
