@@ -219,7 +219,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one repetition per input")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one dtype
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw student.png from student.json"
+    )
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((RESULTS / "student.json").read_text()))
+        return 0
     if args.child:
         # bfloat16 prefill is very slow on a CPU without AVX512-BF16: one repetition there.
         reps = 1 if args.quick or args.child == "bfloat16" else 2
@@ -288,9 +294,41 @@ def report(results: list[dict]) -> None:
         "results": results,
     }
     (RESULTS / "student.json").write_text(json.dumps(doc, indent=1))
+    plot(doc)
     print(f"load average during the run: {os.getloadavg()[0]:.1f} (the CPU is shared)")
     print(f"ttft speed-up: {head['ttft_speedup']:.1f}x")
     print(f"decode speed-up: {head['decode_speedup']:.1f}x")
+
+
+def plot(doc: dict) -> None:
+    """bench/results/student.png: TTFT and decode speed per variant and dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for res in doc["results"]:
+        names = list(res["variants"])
+        ys = range(len(names))
+        offset = 0.2 if res["dtype"] == "bfloat16" else -0.2
+        for ax, key in zip(axes, ("ttft_s", "decode_tok_s"), strict=True):
+            values = [res["variants"][n][key] for n in names]
+            ax.barh([y + offset for y in ys], values, height=0.4, label=res["dtype"])
+            ax.set_yticks(list(ys), names)
+    axes[0].set_xlabel("time to first token, s (lower is better)")
+    axes[1].set_xlabel("decode tokens/s (higher is better)")
+    axes[0].invert_yaxis()
+    axes[1].invert_yaxis()
+    axes[1].legend()
+    head = doc["headline"]
+    fig.suptitle(
+        f"Gemma 3 270M on {doc['cpus']} CPU cores: TTFT {head['ttft_speedup']:.1f}x, "
+        f"decode {head['decode_speedup']:.1f}x against naive generate ({head['dtype']})"
+    )
+    fig.tight_layout()
+    fig.savefig(RESULTS / "student.png", dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

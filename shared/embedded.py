@@ -62,7 +62,7 @@ TOP_LOGPROBS = 5
 CANDIDATES = 64  # int8-head candidates rescored exactly per step
 DRAFT_TOKENS = 8  # prompt-lookup draft length verified per forward
 PREFIX_CACHE_ENTRIES = 8
-_INT8_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # weight -> packed int8
+_INT8_HEADS: dict[int, tuple[Any, Any]] = {}  # id(weight) -> (weakref to it, packed int8)
 _INT8_LOCK = threading.Lock()
 
 
@@ -323,10 +323,14 @@ class EmbeddedBackend:
         try:
             with _INT8_LOCK, torch.inference_mode():
                 # Backends sharing one model share one int8 head.
-                packed = _INT8_HEADS.get(weight)
-                if packed is None:
+                ref, packed = _INT8_HEADS.get(id(weight), (None, None))
+                if ref is None or ref() is not weight:
                     packed = _quantize_int8(weight)
-                    _INT8_HEADS[weight] = packed
+                    key = id(weight)
+                    _INT8_HEADS[key] = (
+                        weakref.ref(weight, lambda _: _INT8_HEADS.pop(key, None)),
+                        packed,
+                    )
                 self._int8_head = packed
         except (RuntimeError, AttributeError, NotImplementedError) as exc:
             logger.warning("int8 LM head unavailable, staying exact: %s", exc)

@@ -29,6 +29,7 @@ def backend(gemma):
     model, tokenizer = gemma
     b = EmbeddedBackend(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
     assert b.wait_ready(timeout=300)  # the int8 head, so the fast path is what is tested
+    assert b._int8_head is not None
     yield b
     b.close()
 
@@ -228,7 +229,7 @@ def test_fast_paths_keep_the_greedy_tokens(gemma):
         EmbeddedModelConfig(int8_head=False, speculative=False), model=model, tokenizer=tokenizer
     )
     fast = Oracle(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
-    assert fast.wait_ready(timeout=120)
+    assert fast.wait_ready(timeout=120) and fast._int8_head is not None
     a, b = plain.generate(req), fast.generate(req)
     assert tokenizer.decode(truth, skip_special_tokens=True) == a.text.removeprefix("Answer:")
     assert [lp.token for lp in b.logprobs] == [lp.token for lp in a.logprobs]
