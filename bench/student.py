@@ -20,7 +20,9 @@ process also times LoRA adapter load and switch (a randomly initialised PEFT LoR
 q/k/v/o saved as safetensors) and checks that the base weights are not reloaded.
 
 Prints a table, ends with ``ttft speed-up: N.Nx`` and ``decode speed-up: N.Nx`` (float32,
-the default dtype, cache on, against naive float32) and writes bench/results/student.json.
+the default dtype, cache on, against naive float32) and writes bench/results/student.json
+(and student.<dtype>.json per dtype, student.png). ``--dtypes bfloat16`` re-measures one
+dtype and reports it with the others' last results (each carries ``measured_at``).
 """
 
 from __future__ import annotations
@@ -220,22 +222,29 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one dtype
     parser.add_argument(
-        "--plot-only", action="store_true", help="redraw student.png from student.json"
+        "--report-only",
+        action="store_true",
+        help="measure nothing: table, student.json and student.png from student.<dtype>.json",
     )
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads((RESULTS / "student.json").read_text()))
-        return 0
     if args.child:
         # bfloat16 prefill is very slow on a CPU without AVX512-BF16: one repetition there.
         reps = 1 if args.quick or args.child == "bfloat16" else 2
         print(json.dumps(measure(args.child, reps)))
         return 0
-    results = []
-    for dtype in args.dtypes.split(","):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for dtype in [] if args.report_only else args.dtypes.split(","):
         cmd = [sys.executable, __file__, "--child", dtype] + (["--quick"] if args.quick else [])
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (RESULTS / f"student.{dtype}.json").write_text(json.dumps(result, indent=1))
+    # The table holds every dtype measured so far (--dtypes re-measures only those named).
+    results = [
+        json.loads((RESULTS / f"student.{d}.json").read_text())
+        for d in ("float32", "bfloat16")
+        if (RESULTS / f"student.{d}.json").is_file()
+    ]
     report(results)
     return 0
 
