@@ -20,6 +20,7 @@ It knows nothing about backends or prompts beyond the output format.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -123,34 +124,67 @@ def parse_answer(raw: str, prob_confidence: float | None = None) -> Answer:
     return Answer(text, safety, confidence, format_ok, raw, prob_confidence)
 
 
-def verdict_confidence(logprobs: list[TokenLogprob] | None) -> float | None:
-    """Probability the model gave its own yes/no verdict, renormalised over yes and no.
+_VERDICT_LABEL = re.compile(r"(safety|unsafe)[\"'*_\s]*[:=\-–][\s\"'*_]*", re.I)
+_PUNCT = " \t\r\n\"'*_.,:;!()[]{}▁"
 
-    Finds the first generated token that is a yes/no word after "SAFETY"; returns
-    p(chosen) / (p(yes) + p(no)) using the token's top alternatives. None when the
-    backend gave no log-probabilities or no verdict token was generated.
+
+def _verdict_of(token: str) -> bool | None:
+    """True / False when a token is a yes / no verdict word (any case, quotes, spaces)."""
+    word = token.strip(_PUNCT).lower()
+    if word in ("yes", "true", "unsafe", "y"):
+        return True
+    if word in ("no", "false", "safe", "n"):
+        return False
+    return None
+
+
+def verdict_confidence(logprobs: list[TokenLogprob] | None) -> float | None:
+    """Probability the model gave its own yes/no safety verdict, renormalised over yes and no.
+
+    The generated tokens are joined back into text; after the first ``SAFETY:`` label
+    (``"safety": "``, ``Safety -`` ... in any case, however the label itself was split
+    into tokens) the token that holds the verdict is found, and the probability mass of
+    its alternatives is summed per side (`` yes``, ``Yes``, ``"yes`` count as yes)::
+
+        p(chosen side) / (p(yes) + p(no))
+
+    None when the backend gave no log-probabilities or no verdict token follows a label.
+    Use it with ``parse_answer``::
+
+        gen = backend.generate(request)
+        answer = parse_answer(gen.text, prob_confidence=verdict_confidence(gen.logprobs))
+        answer.best_confidence  # the probability-based one when known, else the stated one
     """
     if not logprobs:
         return None
-    seen_label = False
+    starts, text = [], ""
     for step in logprobs:
-        word = step.token.strip().lower()
-        if "safety" in word or "unsafe" in word:
-            seen_label = True
+        starts.append(len(text))
+        text += step.token
+    for match in _VERDICT_LABEL.finditer(text):
+        index = bisect.bisect_right(starts, match.end()) - 1
+        if index < 0 or index >= len(logprobs):
             continue
-        if not seen_label or word not in ("yes", "no"):
-            continue
-        p_yes = p_no = 0.0
+        step = logprobs[index]
+        if match.end() >= starts[index] + len(step.token):
+            index += 1  # the label ended exactly at a token boundary
+            if index >= len(logprobs):
+                return None
+            step = logprobs[index]
+        chosen = _verdict_of(step.token)
+        if chosen is None:
+            return None
         candidates = dict(step.top)
         candidates.setdefault(step.token, step.logprob)
+        p_yes = p_no = 0.0
         for token, logprob in candidates.items():
-            w = token.strip().lower()
-            if w == "yes":
+            side = _verdict_of(token)
+            if side is True:
                 p_yes += math.exp(logprob)
-            elif w == "no":
+            elif side is False:
                 p_no += math.exp(logprob)
         total = p_yes + p_no
         if total <= 0:
             return None
-        return (p_yes if word == "yes" else p_no) / total
+        return (p_yes if chosen else p_no) / total
     return None

@@ -44,6 +44,16 @@ class EmbeddedModelConfig(Strict):
     prefix_cache: bool = Field(
         True, description="Reuse the KV cache of the skill prefix across inputs."
     )
+    int8_head: bool = Field(
+        True,
+        description="CPU: pick each token's candidates with an int8 copy of the LM head, "
+        "then rescore the best 64 exactly (same greedy tokens, ~3x less head traffic).",
+    )
+    speculative: bool = Field(
+        True,
+        description="Prompt-lookup decoding: draft tokens copied from the prompt are "
+        "verified in one forward (greedy output unchanged, fewer forwards).",
+    )
 
 
 class OllamaModelConfig(Strict):
@@ -55,6 +65,9 @@ class OllamaModelConfig(Strict):
         default_factory=dict, description="Extra Ollama options (num_ctx, temperature, ...)."
     )
     logprobs: bool = Field(True, description="Ask the server for token log-probabilities.")
+    stream: bool = Field(
+        True, description="Stream the reply (measures time to first token); same result."
+    )
 
 
 class ModelConfig(Strict):

@@ -28,6 +28,8 @@ def request(text: str, **kw) -> GenerateRequest:
 def backend(gemma):
     model, tokenizer = gemma
     b = EmbeddedBackend(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
+    assert b.wait_ready(timeout=300)  # the int8 head, so the fast path is what is tested
+    assert b._int8_head is not None
     yield b
     b.close()
 
@@ -61,12 +63,15 @@ def test_prefix_cache_processes_only_the_input(backend, gemma):
     full = len(gemma[1](SKILL.prompt(FENCE)).input_ids)
     assert second.prompt_tokens < 30 < full
     assert second.text == first.text
-    uncached = EmbeddedBackend(
-        EmbeddedModelConfig(prefix_cache=False), model=gemma[0], tokenizer=gemma[1]
-    ).generate(request(FENCE, max_new_tokens=8))
+    # Everything off: no prefix cache, exact full LM head, one forward per token.
+    plain_config = EmbeddedModelConfig(prefix_cache=False, int8_head=False, speculative=False)
+    plain = EmbeddedBackend(plain_config, model=gemma[0], tokenizer=gemma[1])
+    uncached = plain.generate(request(FENCE, max_new_tokens=8))
     assert uncached.prompt_tokens == full
     assert uncached.text == first.text
     assert [lp.token for lp in uncached.logprobs] == [lp.token for lp in first.logprobs]
+    for ours, exact in zip(first.logprobs, uncached.logprobs, strict=True):
+        assert ours.logprob == pytest.approx(exact.logprob, abs=0.05)
 
 
 def test_logprobs_and_budget(backend):
@@ -110,7 +115,17 @@ def test_adapters_switch_without_reloading_base(backend, gemma, tmp_path):
     )
     lora.save_pretrained(tmp_path / "noisy")
     assert (tmp_path / "noisy" / "adapter_model.safetensors").is_file()
+    for name, param in lora.named_parameters():
+        if "lora_B" in name:
+            param.data.mul_(-3.0)
+    lora.save_pretrained(tmp_path / "other")
     del lora
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_bytes(
+        (tmp_path / "noisy" / "adapter_config.json").read_bytes()
+    )
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
 
     embed = gemma[0].get_input_embeddings().weight
     pointer = embed.data_ptr()
@@ -121,12 +136,20 @@ def test_adapters_switch_without_reloading_base(backend, gemma, tmp_path):
     assert backend.generate(req).text == base
     backend.set_adapter("noisy")
     assert backend.active_adapter == "noisy"
-    adapted = backend.generate(req).text
+    adapted_gen = backend.generate(req)
+    adapted = adapted_gen.text
     assert adapted != base
     backend.set_adapter(None)
     assert backend.generate(req).text == base
     backend.set_adapter("noisy")
     assert backend.generate(req).text == adapted  # its own prefix cache, still right
+    with pytest.raises(ModelError, match="loading"):
+        backend.load_adapter("noisy", broken)
+    assert backend.active_adapter == "noisy" and backend.generate(req).text == adapted
+    backend.load_adapter("noisy", tmp_path / "other")  # replaces the active one in place
+    assert backend.active_adapter == "noisy" and backend.adapters == ["noisy"]
+    replaced = backend.generate(req)
+    assert [lp.logprob for lp in replaced.logprobs] != [lp.logprob for lp in adapted_gen.logprobs]
     backend.unload_adapter("noisy")
     assert backend.active_adapter is None and backend.adapters == []
     assert backend.generate(req).text == base
@@ -135,3 +158,80 @@ def test_adapters_switch_without_reloading_base(backend, gemma, tmp_path):
         backend.set_adapter("noisy")
     with pytest.raises(ModelError, match="adapter_config.json"):
         backend.load_adapter("missing", tmp_path / "nowhere")
+
+
+def tiny(gemma, window: int):
+    """A randomly initialised 2-layer Gemma 3 with the real tokenizer: fast exactness checks."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=gemma[0].config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=window,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    model = Gemma3ForCausalLM(config).eval()
+    return model, gemma[1]
+
+
+def test_lean_step_equals_the_model_forward(gemma):
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    model, tokenizer = tiny(gemma, window=16)
+    b = EmbeddedBackend(EmbeddedModelConfig(int8_head=False), model=model, tokenizer=tokenizer)
+    ids = torch.tensor([tokenizer("A short prompt to fill the cache").input_ids])
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        b._forward(ids, cache)
+        other = copy.deepcopy(cache)
+        for token in (236, 1000, 5000, 7, 9, 11, 13, 17, 19, 23):  # past the sliding window
+            ours = b._step(token, cache)
+            reference = model.model(
+                input_ids=torch.tensor([[token]]), past_key_values=other, use_cache=True
+            ).last_hidden_state[0]
+            assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_fast_paths_keep_the_greedy_tokens(gemma):
+    import torch
+
+    model, tokenizer = tiny(gemma, window=256)
+    req = GenerateRequest(system="one two three", input="one two", stop=(), max_new_tokens=12)
+    prompt = tokenizer("one two three\n\nScene: one two\nAnswer:").input_ids
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
+    truth = out[0, len(prompt) :].tolist()
+
+    class Oracle(EmbeddedBackend):
+        """Drafts the true continuation, every other time with a wrong middle token."""
+
+        calls = 0
+
+        def _draft(self, context, budget):
+            done = len(context) - len(prompt)
+            draft = truth[done : done + min(3, budget - 1)]
+            Oracle.calls += 1
+            if Oracle.calls % 2 and len(draft) == 3:
+                draft[1] = (draft[1] + 1) % 1000
+            return draft
+
+    plain = EmbeddedBackend(
+        EmbeddedModelConfig(int8_head=False, speculative=False), model=model, tokenizer=tokenizer
+    )
+    fast = Oracle(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
+    assert fast.wait_ready(timeout=120) and fast._int8_head is not None
+    a, b = plain.generate(req), fast.generate(req)
+    assert tokenizer.decode(truth, skip_special_tokens=True) == a.text.removeprefix("Answer:")
+    assert [lp.token for lp in b.logprobs] == [lp.token for lp in a.logprobs]
+    assert b.text == a.text and b.tokens == a.tokens == 12
+    assert Oracle.calls >= 3  # drafts were verified, accepted and rejected
