@@ -171,7 +171,7 @@ def make_backend(model: ModelConfig) -> Backend:
         return EmbeddedBackend(model.embedded)
     from shared.ollama_backend import OllamaBackend
 
-    return OllamaBackend(model.ollama)
+    return OllamaBackend(model.ollama, model.max_new_tokens)
 
 
 def make_reviewer(config: TeacherConfig, store: CaseStore | None = None) -> Reviewer:
