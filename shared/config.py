@@ -337,6 +337,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where training runs: fp32 on CPU, bf16 on CUDA."
     )
+    compile: bool = Field(True, description="torch.compile the model body (CUDA only).")
 
 
 class TeacherConfig(Strict):

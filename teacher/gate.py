@@ -10,7 +10,9 @@ of them, and does not lose more than ``RECALL_TOLERANCE`` of safety recall (miss
 safety cases are what matters most). Every failed rule is named in ``reasons``.
 
 Generation here is a plain greedy ``model.generate`` with left padding, so the gate
-scores exactly the weights it was handed (PEFT adapter on or off). It knows nothing
+scores exactly the weights it was handed (PEFT adapter on or off). Batches are large
+(32): decoding a small model on a CPU is bound by reading the weights once per step,
+so more rows per step cost little. It knows nothing
 about registries or datasets beyond ``Example``.
 """
 
@@ -41,7 +43,7 @@ def generate_answers(
     tokenizer,
     prompts: list[str],
     max_new_tokens: int = 40,
-    batch_size: int = 8,
+    batch_size: int = 32,
     desc: str = "generating",
 ) -> list[tuple[str, int]]:
     """Greedy continuations of ``prompts`` cut at the skill's stop sequences: (text, tokens)."""

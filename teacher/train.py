@@ -100,25 +100,48 @@ def collate(items: list[Tokenized], pad_id: int, device) -> dict:
     }
 
 
-def answer_loss(model, input_ids, attention_mask, labels):
+def answer_loss(model, input_ids, attention_mask, labels, fused: bool = False, body=None):
     """Mean cross-entropy over answer tokens; the LM head runs only at those positions.
 
     ``model`` is a PEFT model (or a plain causal LM) of the Gemma family: its body
-    (``.model``) gives hidden states, its ``.lm_head`` maps the gathered ones to logits.
+    (``.model``, or ``body``: e.g. a compiled view of it) gives hidden states, and its
+    ``.lm_head`` maps only the gathered answer positions to logits. Batches are
+    right-padded (``collate``), so causal attention alone is exact for every real token
+    and no padding mask is passed: attention stays on the fused causal kernels.
+    ``attention_mask`` is accepted for the batch dict's sake and not used.
+    ``fused`` uses liger-kernel's chunked linear + cross-entropy instead (CUDA).
     Returns (loss, number of answer tokens).
     """
     import torch.nn.functional as F
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = (body or causal.model)(input_ids=input_ids).last_hidden_state
     targets = labels[:, 1:]
     where = targets != -100
     picked = hidden[:, :-1][where]
-    logits = causal.lm_head(picked).float()
+    wanted = targets[where]
     cap = getattr(causal.config, "final_logit_softcapping", None)
+    if fused and not cap and _liger_loss() is not None:
+        return _liger_loss()(causal.lm_head.weight, picked, wanted), int(wanted.numel())
+    logits = causal.lm_head(picked).float()
     if cap:
         logits = (logits / cap).tanh() * cap
-    return F.cross_entropy(logits, targets[where]), int(where.sum())
+    return F.cross_entropy(logits, wanted), int(wanted.numel())
+
+
+_LIGER: list = []
+
+
+def _liger_loss():
+    """liger-kernel's fused linear + cross-entropy (an optional CUDA speed-up), or None."""
+    if not _LIGER:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            _LIGER.append(LigerFusedLinearCrossEntropyLoss())
+        except ImportError:
+            _LIGER.append(None)
+    return _LIGER[0]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -221,7 +244,7 @@ class TrainResult:
         }
 
 
-def _eval_loss(model, items, batch_size, pad_id, device) -> float:
+def _eval_loss(model, items, batch_size, pad_id, device, body=None) -> float:
     import torch
 
     total, count = 0.0, 0
@@ -229,7 +252,7 @@ def _eval_loss(model, items, batch_size, pad_id, device) -> float:
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
             batch = collate(items[start : start + batch_size], pad_id, device)
-            loss, n = answer_loss(model, **batch)
+            loss, n = answer_loss(model, **batch, body=body)
             total += float(loss) * n
             count += n
     model.train()
@@ -308,6 +331,9 @@ def train_adapter(
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
     eval_every = max(1, steps_per_epoch // tc.evals_per_epoch)
+    body = None
+    if device == "cuda" and tc.compile:
+        body = torch.compile(model.get_base_model().model, dynamic=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(
@@ -337,7 +363,7 @@ def train_adapter(
         while state["step"] < total_steps:
             t_step = time.perf_counter()
             batch = collate([train_items[i] for i in schedule[state["step"]]], pad_id, device)
-            loss, _ = answer_loss(model, **batch)
+            loss, _ = answer_loss(model, **batch, body=body)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -352,7 +378,7 @@ def train_adapter(
             bar.set_postfix(loss=f"{loss_value:.3f}")
             at_end = state["step"] == total_steps
             if state["step"] % eval_every == 0 or at_end:
-                ev = _eval_loss(model, eval_items, tc.batch_size, pad_id, device)
+                ev = _eval_loss(model, eval_items, tc.batch_size, pad_id, device, body)
                 history["eval"].append((state["step"], round(ev, 4)))
                 if state["best_eval"] is None or ev < state["best_eval"]:
                     state["best_eval"], state["bad_evals"] = ev, 0
