@@ -337,7 +337,10 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where training runs: fp32 on CPU, bf16 on CUDA."
     )
-    compile: bool = Field(True, description="torch.compile the model body (CUDA only).")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model body (CUDA only; ~2.7x faster steps, minutes to compile).",
+    )
 
 
 class TeacherConfig(Strict):

@@ -115,7 +115,7 @@ def answer_loss(model, input_ids, attention_mask, labels, fused: bool = False, b
     import torch.nn.functional as F
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = (body or causal.model)(input_ids=input_ids).last_hidden_state
+    hidden = (causal.model if body is None else body)(input_ids=input_ids).last_hidden_state
     targets = labels[:, 1:]
     where = targets != -100
     picked = hidden[:, :-1][where]
