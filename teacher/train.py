@@ -345,8 +345,7 @@ def train_adapter(
     if resume:
         state = load_checkpoint(checkpoint, model, optimizer)
         history = state.pop("history")
-        for _ in range(state["step"]):
-            scheduler.step()
+        scheduler.load_state_dict(state.pop("scheduler"))
         logger.info("resumed %s at step %d", run_dir, state["step"])
     best = {n: p.detach().clone() for n, p in _trainable(model).items()}
 
@@ -390,7 +389,12 @@ def train_adapter(
                     stopped_early = True
                     logger.info("eval loss rose %d times: stopping early", state["bad_evals"])
             if state["step"] % tc.checkpoint_every == 0 or at_end or stopped_early:
-                save_checkpoint(checkpoint, model, optimizer, {**state, "history": history})
+                save_checkpoint(
+                    checkpoint,
+                    model,
+                    optimizer,
+                    {**state, "history": history, "scheduler": scheduler.state_dict()},
+                )
             if stopped_early:
                 break
     finally:

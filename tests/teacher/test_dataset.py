@@ -111,7 +111,9 @@ def test_reviewed_cases_in_a_real_store_become_examples(tmp_path):
     store = CaseStore(tmp_path / "store.sqlite")
     for i, text in enumerate(["A knife lies on the floor near a toddler.", "A calm office desk."]):
         store.add_case(
-            Escalation(case_id=f"case-000{i}", edge_id="e1", created_at=0.0, source="test", input=text)
+            Escalation(
+                case_id=f"case-000{i}", edge_id="e1", created_at=0.0, source="test", input=text
+            )
         )
     store.add_review(
         Review(
