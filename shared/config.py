@@ -107,6 +107,31 @@ class GateConfig(Strict):
         le=1_000_000,
         description="Let a duplicate scene through after this many gated frames (0 = never).",
     )
+    skip_same_sketch: bool = Field(
+        True,
+        description="Text-only backends: skip the model when the sketch text equals the last one.",
+    )
+
+
+class SketchConfig(Strict):
+    width: int = Field(
+        640, ge=64, le=4096, description="Frames are resized to this width before sketching."
+    )
+    people: bool = Field(True, description="Count people with OpenCV's HOG detector.")
+    people_min_score: float = Field(
+        0.3, ge=-10, le=10, description="Lowest HOG SVM score counted as a person."
+    )
+    faces: bool = Field(True, description="Count faces with OpenCV's frontal-face Haar cascade.")
+    motion_min_area: float = Field(
+        0.002, ge=0, le=1, description="Smallest moving region, as a fraction of the frame."
+    )
+    fire_min_fraction: float = Field(
+        0.005, gt=0, le=1, description="Fire-like pixels needed before the sketch mentions them."
+    )
+    smoke_min_fraction: float = Field(
+        0.05, gt=0, le=1, description="Smoke-like pixels needed before the sketch mentions them."
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of frames sent on.")
 
 
 class PolicyConfig(Strict):
@@ -228,6 +253,7 @@ class EdgeConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    sketch: SketchConfig = Field(default_factory=SketchConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -282,6 +308,18 @@ class ServerConfig(Strict):
         8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from an edge."
     )
     heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Heartbeat interval.")
+    commit_batch: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most escalations stored in one transaction before they are acknowledged.",
+    )
+    edge_timeout_s: float = Field(
+        10.0, gt=0, le=86_400, description="An edge silent this long counts as disconnected."
+    )
+    push_retry_s: float = Field(
+        30.0, gt=0, le=86_400, description="Wait before pushing the same version to an edge again."
+    )
 
 
 class UpskillConfig(Strict):

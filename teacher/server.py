@@ -1,13 +1,445 @@
-"""``gemma-teacher server``: not built yet (see the open issues)."""
+"""``gemma-teacher serve``: the teacher's link server, a ROUTER socket in front of the store.
+
+One thread owns the socket. Each turn it takes every waiting message (up to
+``server.commit_batch``), stores all escalations in ONE SQLite transaction and only
+after the commit acknowledges each case id (a duplicate id is acknowledged again,
+``duplicate: true``, and not stored twice). Batching the commit is what makes it fast:
+one fsync per batch, not per case.
+
+Besides escalations it
+- answers every edge heartbeat, remembers which edges are connected and what
+  skill/adapter versions they run, and pushes the registries' ACTIVE versions to an
+  edge that reports a different one (so a rollback is pushed too);
+- sends stored reviews that have not reached their edge yet (review workers
+  store reviews and wake the loop; reviews for an absent edge wait for it);
+- answers malformed, oversized, unknown-type or wrong-version messages with an
+  ErrorReply and a log line; nothing is stored for them.
+
+With CurveZMQ on (the default) a ZAP authenticator admits only keys on the
+allow-list (``teacher.keys``); the edge's key name is its identity, and an
+escalation claiming another ``edge_id`` is refused. It knows nothing about models.
+"""
 
 from __future__ import annotations
 
-from shared.errors import GemmaEdgeError
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from shared.config import TeacherConfig, load_config
+from shared.errors import LinkError, MessageError, StoreError
+from shared.messages import (
+    Ack,
+    AdapterPush,
+    ErrorReply,
+    Escalation,
+    Heartbeat,
+    PushResult,
+    SkillPush,
+    decode,
+    encode,
+    error_code,
+)
+from teacher.keys import AllowList, teacher_keypair
+from teacher.registry import Registry, Version
+from teacher.review import Reviewer, ReviewWorker, make_reviewer
+from teacher.store import CaseStore, default_store_path
+
+logger = logging.getLogger(__name__)
+
+ZAP_DOMAIN = b"gemma-edge"
 
 
-def add_arguments(parser) -> None:
-    pass
+@dataclass
+class EdgeState:
+    identity: bytes
+    last_seen: float
+    skill_version: int = 0
+    adapter_version: int = 0
+    outbox_depth: int = 0
+    pushed: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (version, when)
 
 
-def run(args) -> int:
-    raise GemmaEdgeError("gemma-teacher server is not built yet")
+class _EdgeAuthenticator(ThreadAuthenticator):
+    """ZAP handler whose User-Id for a CURVE client is its edge name on the allow-list."""
+
+    def __init__(self, context: zmq.Context, allow: AllowList):
+        super().__init__(context)
+        self.allow = allow
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.allow.name(zmq.utils.z85.encode(client_public_key)) or ""
+
+
+class TeacherServer:
+    def __init__(
+        self,
+        config: TeacherConfig,
+        reviewer: Reviewer | None = None,
+        store: CaseStore | None = None,
+    ):
+        self.config = config
+        self.store = store or CaseStore(default_store_path(config.home))
+        self.reviewer = reviewer
+        self.registries = {
+            "skill": Registry(config.home, "skills"),
+            "adapter": Registry(config.home, "adapters"),
+        }
+        self.edges: dict[str, EdgeState] = {}
+        self.endpoint: str | None = None
+        self.ready = threading.Event()
+        self.on_ready: Callable[[], None] | None = None
+        self.stats = {"stored": 0, "duplicates": 0, "errors": 0, "reviews_sent": 0}
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread: threading.Thread | None = None
+        self._active_cache: tuple[float, dict[str, Version | None]] = (0.0, {})
+        self._review_lock = threading.Lock()
+        self._workers: list[ReviewWorker] = []
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Serve on a background thread; returns once the socket is bound."""
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                self.serve_forever()
+            except BaseException as exc:  # handed to the caller of start()
+                errors.append(exc)
+                self.ready.set()
+
+        self._thread = threading.Thread(target=serve, name="teacher", daemon=True)
+        self._thread.start()
+        self.ready.wait(10)
+        if errors:
+            raise errors[0]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def serve_forever(self) -> None:
+        """Bind and serve until ``stop``; LinkError if keys are missing or bind fails."""
+        cfg = self.config.server
+        keys = None if cfg.insecure else teacher_keypair(cfg.keys_dir)
+        ctx = zmq.Context()
+        auth = None
+        sock = ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.router_mandatory = 1
+        sock.sndhwm = sock.rcvhwm = 100_000
+        sock.maxmsgsize = cfg.max_message_bytes + 2**16
+        try:
+            if keys is not None:
+                allow = AllowList(cfg.keys_dir)
+                auth = _EdgeAuthenticator(ctx, allow)
+                auth.start()
+                auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=allow)
+                sock.curve_server = True
+                sock.curve_publickey, sock.curve_secretkey = keys
+                sock.zap_domain = ZAP_DOMAIN
+                logger.info("CurveZMQ on; %s edge(s) allowed", len(allow.entries()))
+            else:
+                logger.warning("server.insecure: plain-text ZeroMQ, any edge may connect")
+            try:
+                sock.bind(cfg.bind)
+            except zmq.ZMQError as exc:
+                raise LinkError(f"server.bind {cfg.bind!r}: cannot bind: {exc}") from None
+            self.endpoint = sock.last_endpoint.decode()
+            self._start_workers()
+            self.ready.set()
+            if self.on_ready is not None:
+                self.on_ready()
+            logger.info("serving on %s, store %s", self.endpoint, self.store.path)
+            self._loop(sock)
+        finally:
+            logger.info("stopping: %s", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+            for worker in self._workers:
+                worker.stop()
+            sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
+            ctx.term()
+
+    def _start_workers(self) -> None:
+        if self.reviewer is None:
+            return
+        rc = self.config.reviewer
+        for i in range(rc.workers):
+            worker = ReviewWorker(
+                self.store,
+                _Serialised(self.reviewer, self._review_lock),
+                lambda _reviews: self._wake(),
+                batch_size=rc.batch_size,
+                name=f"review-{i}",
+            )
+            worker.start()
+            self._workers.append(worker)
+
+    # ------------------------------------------------------------ the loop
+    def _loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_reviews = 0.0
+        while not self._stop.is_set():
+            events = dict(poller.poll(200))
+            if sock in events:
+                self._turn(sock)
+            now = time.monotonic()
+            if self._wake_r in events or now >= next_reviews:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                self._send_reviews(sock)
+                self._forget_silent_edges()
+                next_reviews = now + 1.0
+
+    def _turn(self, sock: zmq.Socket) -> None:
+        batch: list[tuple[bytes, Escalation, bytes | None]] = []
+        for _ in range(self.config.server.commit_batch):
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                item = self._handle(sock, frames)
+            except Exception:
+                logger.exception("failed to handle a message; going on")
+                continue
+            if item is not None:
+                batch.append(item)
+        if not batch:
+            return
+        try:
+            fresh = self.store.add_cases([(esc, frame) for _, esc, frame in batch])
+        except StoreError as exc:
+            logger.error("store failed, %s case(s) not acknowledged: %s", len(batch), exc)
+            return
+        for (identity, esc, _), new in zip(batch, fresh, strict=True):
+            self._reply(sock, identity, Ack(case_id=esc.case_id, duplicate=not new))
+        n_new = sum(fresh)
+        self.stats["stored"] += n_new
+        self.stats["duplicates"] += len(fresh) - n_new
+
+    def _handle(
+        self, sock: zmq.Socket, raw: list[zmq.Frame]
+    ) -> tuple[bytes, Escalation, bytes | None] | None:
+        identity = raw[0].bytes
+        frames = [f.bytes for f in raw[1:]]
+        user = None
+        if not self.config.server.insecure and len(raw) > 1:
+            try:
+                user = raw[1].get("User-Id")
+            except zmq.ZMQError:
+                user = ""
+            if not user:  # its key left the allow-list after it connected
+                detail = "unknown edge key"
+                self._reply(sock, identity, ErrorReply(code="rejected", detail=detail))
+                return None
+        try:
+            msg, payloads = decode(frames, self.config.server.max_message_bytes)
+        except MessageError as exc:
+            self.stats["errors"] += 1
+            logger.warning("bad message from edge %s: %s", user or identity.hex(), exc)
+            if not _doc_type(frames) == "error":
+                code = error_code(exc)
+                case_id = _case_id(frames) if code in ("malformed", "too_large") else None
+                self._reply(
+                    sock, identity, ErrorReply(code=code, detail=str(exc)[:4000], case_id=case_id)
+                )
+            return None
+        if isinstance(msg, Escalation):
+            if user is not None and msg.edge_id != user:
+                detail = f"edge {user!r} may not escalate as {msg.edge_id!r}"
+                logger.warning("refused case %s: %s", msg.case_id, detail)
+                self._reply(
+                    sock, identity, ErrorReply(code="rejected", detail=detail, case_id=msg.case_id)
+                )
+                return None
+            self._seen(user or msg.edge_id, identity)
+            return identity, msg, payloads[0] if payloads else None
+        if isinstance(msg, Heartbeat):
+            edge = self._seen(user or msg.sender, identity)
+            edge.skill_version, edge.adapter_version = msg.skill_version, msg.adapter_version
+            edge.outbox_depth = msg.outbox_depth
+            self._reply(sock, identity, Heartbeat(sender="teacher"))
+            self._maybe_push(sock, user or msg.sender, edge)
+        elif isinstance(msg, PushResult):
+            level = logging.INFO if msg.accepted else logging.WARNING
+            logger.log(
+                level,
+                "edge %s %s %s v%s %s",
+                user or identity.hex(),
+                "installed" if msg.accepted else "refused",
+                msg.kind,
+                msg.version,
+                msg.reason,
+            )
+        elif isinstance(msg, ErrorReply):
+            logger.warning("edge %s reports %s: %s", user or identity.hex(), msg.code, msg.detail)
+        else:
+            self._reply(
+                sock,
+                identity,
+                ErrorReply(code="rejected", detail=f"the teacher does not accept {msg.type}"),
+            )
+        return None
+
+    def _reply(self, sock: zmq.Socket, identity: bytes, msg, payloads: list[bytes] = ()) -> bool:
+        try:
+            sock.send_multipart([identity, *encode(msg, payloads)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+
+    # ------------------------------------------------------------ edges, pushes, reviews
+    def _seen(self, name: str, identity: bytes) -> EdgeState:
+        edge = self.edges.get(name)
+        if edge is None:
+            logger.info("edge %s connected", name)
+            edge = self.edges[name] = EdgeState(identity, time.monotonic())
+        edge.identity, edge.last_seen = identity, time.monotonic()
+        return edge
+
+    def _forget_silent_edges(self) -> None:
+        limit = time.monotonic() - self.config.server.edge_timeout_s
+        for name in [n for n, e in self.edges.items() if e.last_seen < limit]:
+            logger.info("edge %s went silent", name)
+            del self.edges[name]
+
+    def _active(self) -> dict[str, Version | None]:
+        at, cached = self._active_cache
+        if time.monotonic() - at > 1.0:
+            cached = {kind: reg.active() for kind, reg in self.registries.items()}
+            self._active_cache = (time.monotonic(), cached)
+        return cached
+
+    def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
+        for kind, version in self._active().items():
+            if version is None:
+                continue
+            running = edge.skill_version if kind == "skill" else edge.adapter_version
+            if running == version.number:
+                continue
+            last = edge.pushed.get(kind)
+            if last and last[0] == version.number:
+                if time.monotonic() - last[1] < self.config.server.push_retry_s:
+                    continue
+            files = version.files()
+            if kind == "skill":
+                chosen = [f for f in files if f[0].name == "skill.json"] or files[:1]
+                msg = SkillPush(version=version.number, file=chosen[0][0])
+                payloads = [chosen[0][1]]
+            else:
+                msg = AdapterPush(version=version.number, files=[e for e, _ in files])
+                payloads = [data for _, data in files]
+            if self._reply(sock, edge.identity, msg, payloads):
+                edge.pushed[kind] = (version.number, time.monotonic())
+                logger.info(
+                    "pushed %s v%s to edge %s (it runs v%s)", kind, version.number, name, running
+                )
+
+    def _send_reviews(self, sock: zmq.Socket) -> None:
+        if not self.edges:
+            return
+        sent = []
+        for edge_id, review in self.store.unsent_reviews(list(self.edges), limit=1000):
+            edge = self.edges.get(edge_id)
+            if edge is None or not self._reply(sock, edge.identity, review):
+                continue
+            sent.append(review.case_id)
+        if sent:
+            self.store.mark_reviews_sent(sent)
+            self.stats["reviews_sent"] += len(sent)
+
+
+class _Serialised:
+    """One reviewer shared by several workers, one batch at a time."""
+
+    def __init__(self, reviewer: Reviewer, lock: threading.Lock):
+        self.inner, self.lock, self.name = reviewer, lock, reviewer.name
+        self.reasons: dict[str, str] = {}
+
+    def review(self, cases):
+        with self.lock:
+            out = self.inner.review(cases)
+            self.reasons = dict(self.inner.reasons)
+        return out
+
+
+def _doc_type(frames: list[bytes]) -> str | None:
+    try:
+        doc = json.loads(frames[0])
+        return doc.get("type") if isinstance(doc, dict) else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _case_id(frames: list[bytes]) -> str | None:
+    """The case id of a malformed escalation, if one can be read, so the edge can drop it."""
+    try:
+        doc = json.loads(frames[0])
+    except (ValueError, IndexError):
+        return None
+    if isinstance(doc, dict) and doc.get("type") == "escalation":
+        cid = doc.get("case_id")
+        if isinstance(cid, str) and 0 < len(cid) <= 64:
+            return cid
+    return None
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="teacher YAML file (default: all defaults)")
+    parser.add_argument("--bind", help="override server.bind, e.g. tcp://0.0.0.0:5555")
+    parser.add_argument("--home", type=Path, help="override home (store and registries)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, TeacherConfig)
+    if args.bind:
+        config.server.bind = args.bind
+    if args.home:
+        config.home = args.home
+    store = CaseStore(default_store_path(config.home))
+    server = TeacherServer(config, make_reviewer(config, store), store)
+
+    def _stop(signum, _frame):
+        logger.info("signal %s: stopping", signum)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.on_ready = lambda: print(
+        f"gemma-teacher serving on {server.endpoint} (store {store.path})", flush=True
+    )
+    server.serve_forever()
+    store.close()
+    return 0

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS reviews (
     reviewed_at REAL NOT NULL,
     sent INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS reviews_unsent ON reviews(sent, reviewed_at);
 CREATE TABLE IF NOT EXISTS corrections (
     case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
     safety INTEGER NOT NULL,
@@ -91,7 +92,10 @@ class StoredCase:
 
 
 class CaseStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, recover: bool = True):
+        """Open (or create) the store. ``recover``: give claims left by a killed process
+        back to ``new``; only the process that runs the review workers should (the
+        server), not a CLI that opens the store beside it."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -101,7 +105,8 @@ class CaseStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
-            self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
+            if recover:
+                self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the case store {self.path}: {exc}") from exc
 
@@ -183,6 +188,74 @@ class CaseStore:
             self._db.execute(
                 "UPDATE cases SET status='reviewed', status_detail='' WHERE case_id=?",
                 (review.case_id,),
+            )
+            self._db.execute("COMMIT")
+
+    def add_reviews(self, reviews: list[Review], unreviewable: list[tuple[str, str]] = ()) -> None:
+        """Store many reviews and (case id, reason) unreviewable marks in one transaction."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO reviews (case_id, answer, safety, keywords,"
+                    " reviewer, reviewed_at, sent) VALUES (?,?,?,?,?,?,0)",
+                    [
+                        (
+                            r.case_id,
+                            r.answer,
+                            int(r.safety),
+                            json.dumps(r.keywords),
+                            r.reviewer,
+                            r.reviewed_at,
+                        )
+                        for r in reviews
+                    ],
+                )
+                self._db.executemany(
+                    "UPDATE cases SET status='reviewed', status_detail='' WHERE case_id=?",
+                    [(r.case_id,) for r in reviews],
+                )
+                self._db.executemany(
+                    "UPDATE cases SET status='unreviewable', status_detail=? WHERE case_id=?",
+                    [(reason, cid) for cid, reason in unreviewable],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"storing {len(reviews)} review(s) failed: {exc}") from exc
+
+    def unsent_reviews(self, edge_ids: list[str], limit: int = 500) -> list[tuple[str, Review]]:
+        """(edge id, review) of stored reviews not yet sent to these edges, oldest first."""
+        if not edge_ids:
+            return []
+        marks = ",".join("?" * len(edge_ids))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.edge_id, r.case_id, r.answer, r.safety, r.keywords, r.reviewer,"
+                " r.reviewed_at FROM reviews r JOIN cases c ON c.case_id=r.case_id"
+                f" WHERE r.sent=0 AND c.edge_id IN ({marks}) ORDER BY r.reviewed_at LIMIT ?",
+                (*edge_ids, limit),
+            ).fetchall()
+        return [
+            (
+                edge,
+                Review(
+                    case_id=cid,
+                    answer=answer,
+                    safety=bool(safety),
+                    keywords=json.loads(keywords),
+                    reviewer=reviewer,
+                    reviewed_at=at,
+                ),
+            )
+            for edge, cid, answer, safety, keywords, reviewer, at in rows
+        ]
+
+    def mark_reviews_sent(self, case_ids: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE reviews SET sent=1 WHERE case_id=?", [(c,) for c in case_ids]
             )
             self._db.execute("COMMIT")
 

@@ -1,0 +1,222 @@
+"""The edge's durable outbox of escalations: on disk before sent, gone only when acked.
+
+One SQLite file in WAL mode with ``synchronous=FULL``: ``put`` commits (and fsyncs)
+before it returns, so a case the edge decided to escalate survives a SIGKILL or a
+power cut. A row leaves the outbox only when the teacher acknowledges its case id
+(``remove``), which the teacher does only after its own store committed it.
+
+The outbox is bounded (``max_cases``). When it is full, the oldest case that is not
+safety-relevant is dropped to make room (the oldest safety case only when nothing
+else is left); every drop is counted (``dropped``) and logged. A case the teacher
+refuses for good (malformed, too large) moves to a ``dead`` table with the reason,
+so it is kept for a person but no longer resent.
+
+Rows keep the escalation's encoded JSON document, so a resend sends the same bytes.
+It knows nothing about sockets, the teacher or the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import StoreError
+from shared.messages import Escalation
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id TEXT NOT NULL UNIQUE,
+    doc BLOB NOT NULL,
+    frame BLOB,
+    safety INTEGER NOT NULL,
+    queued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_safety ON outbox(safety, seq);
+CREATE TABLE IF NOT EXISTS dead (
+    case_id TEXT PRIMARY KEY,
+    doc BLOB NOT NULL,
+    frame BLOB,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One queued escalation: its order, id, encoded JSON document and optional frame."""
+
+    seq: int
+    case_id: str
+    doc: bytes
+    frame: bytes | None
+
+
+class Outbox:
+    """Durable, bounded queue of escalations keyed by case id. Thread-safe."""
+
+    def __init__(self, path: Path | str, max_cases: int = 100_000):
+        self.path = Path(path)
+        self.max_cases = max_cases
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(SCHEMA)
+            self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the outbox {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ writes
+    def put(self, esc: Escalation, frame: bytes | None = None) -> bool:
+        """Queue ``esc`` durably (committed before this returns); False if already queued."""
+        return self.put_many([(esc, frame)]) == 1
+
+    def put_many(self, items: list[tuple[Escalation, bytes | None]]) -> int:
+        """Queue many cases in one transaction (one fsync); returns how many were new."""
+        rows = [
+            (e.case_id, e.model_dump_json().encode(), f, int(bool(e.safety_keyword or e.safety)))
+            for e, f in items
+        ]
+        added = 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for case_id, doc, frame, safety in rows:
+                    n = self._db.execute(
+                        "INSERT OR IGNORE INTO outbox (case_id, doc, frame, safety, queued_at)"
+                        " VALUES (?,?,?,?,?)",
+                        (case_id, doc, frame, safety, time.time()),
+                    ).rowcount
+                    self._count += n
+                    added += n
+                    if self._count > self.max_cases:
+                        self._drop_oldest_locked()
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                raise StoreError(f"cannot queue {len(rows)} case(s) in {self.path}: {exc}") from exc
+        return added
+
+    def _drop_oldest_locked(self) -> None:
+        row = self._db.execute(
+            "SELECT seq, case_id, safety FROM outbox WHERE safety=0 ORDER BY seq LIMIT 1"
+        ).fetchone()
+        if row is None:
+            row = self._db.execute(
+                "SELECT seq, case_id, safety FROM outbox ORDER BY seq LIMIT 1"
+            ).fetchone()
+        self._db.execute("DELETE FROM outbox WHERE seq=?", (row[0],))
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES ('dropped', 1)"
+            " ON CONFLICT(name) DO UPDATE SET value=value+1"
+        )
+        self._count -= 1
+        logger.warning(
+            "outbox full (%s cases): dropped the oldest %s case %s",
+            self.max_cases,
+            "safety" if row[2] else "non-safety",
+            row[1],
+        )
+
+    def remove(self, case_ids: list[str]) -> int:
+        """Forget acknowledged cases in one transaction; returns how many were queued."""
+        if not case_ids:
+            return 0
+        with self._lock:
+            # No fsync for deletes: one lost to a power cut only means a resend, which the
+            # teacher acknowledges as a duplicate. (WAL keeps it across a process kill.)
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                removed = 0
+                for cid in case_ids:
+                    removed += self._db.execute(
+                        "DELETE FROM outbox WHERE case_id=?", (cid,)
+                    ).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"cannot remove acknowledged cases: {exc}") from exc
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._count -= removed
+        return removed
+
+    def bury(self, case_id: str, reason: str) -> bool:
+        """Move a case the teacher refused for good to the dead table (not resent)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                moved = self._db.execute(
+                    "INSERT OR REPLACE INTO dead (case_id, doc, frame, reason, dead_at)"
+                    " SELECT case_id, doc, frame, ?, ? FROM outbox WHERE case_id=?",
+                    (reason, time.time(), case_id),
+                ).rowcount
+                self._db.execute("DELETE FROM outbox WHERE case_id=?", (case_id,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"cannot move case {case_id} to the dead table: {exc}") from exc
+            self._count -= moved
+        if moved:
+            logger.error(
+                "teacher refused case %s for good (%s); kept in dead table", case_id, reason
+            )
+        return bool(moved)
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # ------------------------------------------------------------ reads
+    def after(self, seq: int, limit: int) -> list[Pending]:
+        """Up to ``limit`` queued cases with ``seq`` greater than the given one, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, case_id, doc, frame FROM outbox WHERE seq>? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return [Pending(*r) for r in rows]
+
+    def get(self, case_id: str) -> Pending | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, case_id, doc, frame FROM outbox WHERE case_id=?", (case_id,)
+            ).fetchone()
+        return Pending(*row) if row else None
+
+    def depth(self) -> int:
+        """Cases waiting for an acknowledgement."""
+        with self._lock:
+            return self._count
+
+    @property
+    def dropped(self) -> int:
+        """Cases dropped because the outbox was full (over the file's lifetime)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
+        return row[0] if row else 0
+
+    def dead(self) -> list[tuple[str, str]]:
+        """(case id, reason) of cases the teacher refused for good."""
+        with self._lock:
+            return self._db.execute("SELECT case_id, reason FROM dead ORDER BY dead_at").fetchall()

@@ -1,0 +1,198 @@
+"""The escalation policy: should this answer go to the teacher, and why.
+
+``decide(answer, context, config) -> Decision`` is a pure function. It reads no
+clock and does no I/O: the caller passes the time and the recent history in a
+``PolicyContext`` and applies the decision to its own state (``EscalationPolicy``
+below is that small stateful wrapper). Reasons, checked in this order:
+
+- ``safety_keyword``   a configured keyword is in the input or the answer, as a whole
+                       word (``keyword_exceptions`` phrases such as "fire extinguisher"
+                       are blanked out first, so "fire extinguisher" alone does not count
+                       but "fire next to the fire extinguisher" does)
+- ``format_error``     the answer broke the three-line format
+- ``low_confidence``   the stated confidence is under the threshold
+- ``low_prob_confidence`` the probability-based confidence is under the threshold
+- ``audit``            every ``audit_every``-th processed input
+
+Then two limits may suppress an escalation (``Decision.suppressed``): ``cooldown``
+(the same scene key escalated within ``cooldown_s``; applies to every case, so one
+persistent scene is not escalated frame after frame) and ``budget`` (at most
+``budget_per_minute`` escalations in the last 60 s; never drops a safety-keyword case).
+
+With ``target_escalation_rate`` set, the threshold is that quantile of the recent
+best confidences (RouteLLM-style calibration) once ``MIN_CALIBRATION`` are known.
+
+This module knows nothing about models, sources, sockets or files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from shared.answer import Answer
+from shared.config import PolicyConfig
+
+SAFETY_KEYWORD = "safety_keyword"
+FORMAT_ERROR = "format_error"
+LOW_CONFIDENCE = "low_confidence"
+LOW_PROB_CONFIDENCE = "low_prob_confidence"
+AUDIT = "audit"
+REASONS = (SAFETY_KEYWORD, FORMAT_ERROR, LOW_CONFIDENCE, LOW_PROB_CONFIDENCE, AUDIT)
+BUDGET_WINDOW_S = 60.0
+MIN_CALIBRATION = 10
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    now: float  # seconds (any clock, as long as the caller is consistent)
+    processed: int  # 1-based count of processed inputs, this one included
+    input_text: str
+    scene_key: str  # what "the same scene" means for the cooldown
+    recent_escalations: tuple[float, ...] = ()  # times of escalations actually sent
+    last_escalated: Mapping[str, float] = field(default_factory=dict)  # scene key -> time
+    recent_confidences: tuple[float, ...] = ()  # for target_escalation_rate
+
+
+@dataclass(frozen=True)
+class Decision:
+    escalate: bool
+    reasons: tuple[str, ...]  # why it qualified (also kept when suppressed)
+    suppressed: str | None = None  # "cooldown" or "budget" when it qualified but is not sent
+    keywords: tuple[str, ...] = ()  # safety keywords that matched
+    threshold: float = 0.0  # the confidence threshold that was applied
+
+    @property
+    def safety_keyword(self) -> bool:
+        return bool(self.keywords)
+
+    def to_json(self) -> dict:
+        return {
+            "escalate": self.escalate,
+            "reasons": list(self.reasons),
+            "suppressed": self.suppressed,
+            "keywords": list(self.keywords),
+            "threshold": round(self.threshold, 4),
+        }
+
+
+@lru_cache(maxsize=32)
+def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
+    words = [p.strip() for p in phrases if p.strip()]
+    if not words:
+        return None
+    # Longest first, so "fire extinguisher" wins over "fire"; whitespace inside a phrase
+    # matches any run of whitespace; \b on both ends makes matching whole-word.
+    alternatives = sorted({r"\s+".join(map(re.escape, w.split())) for w in words}, key=len)
+    return re.compile(r"\b(" + "|".join(reversed(alternatives)) + r")\b", re.IGNORECASE)
+
+
+def find_keywords(text: str, keywords: tuple[str, ...], exceptions: tuple[str, ...]) -> list[str]:
+    """Configured keywords found in ``text`` as whole words, outside exception phrases."""
+    pattern = _phrase_pattern(keywords)
+    if pattern is None or not text:
+        return []
+    blank = _phrase_pattern(exceptions)
+    if blank is not None:
+        text = blank.sub(" ", text)
+    found = {" ".join(m.group(1).lower().split()) for m in pattern.finditer(text)}
+    return sorted(found)
+
+
+def quantile(values: tuple[float, ...] | list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default method), q in [0, 1]."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("quantile of no values")
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def threshold_for(context: PolicyContext, config: PolicyConfig) -> tuple[float, bool]:
+    """(threshold, calibrated): the quantile of recent confidences once enough are known."""
+    recent = context.recent_confidences[-config.calibration_window :]
+    if config.target_escalation_rate is not None and len(recent) >= MIN_CALIBRATION:
+        return quantile(recent, config.target_escalation_rate), True
+    return config.confidence_threshold, False
+
+
+def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Decision:
+    """Whether to escalate ``answer`` and why; pure (see the module docstring)."""
+    keywords = tuple(config.safety_keywords)
+    exceptions = tuple(config.keyword_exceptions)
+    matched = sorted(
+        set(find_keywords(context.input_text, keywords, exceptions))
+        | set(find_keywords(answer.text, keywords, exceptions))
+    )
+    threshold, calibrated = threshold_for(context, config)
+    reasons: list[str] = []
+    if matched:
+        reasons.append(SAFETY_KEYWORD)
+    if not answer.format_ok and config.escalate_format_errors:
+        reasons.append(FORMAT_ERROR)
+    if calibrated:
+        best = answer.best_confidence
+        if best is not None and best < threshold:
+            reasons.append(
+                LOW_PROB_CONFIDENCE if answer.prob_confidence is not None else LOW_CONFIDENCE
+            )
+    else:
+        if answer.confidence is not None and answer.confidence < threshold:
+            reasons.append(LOW_CONFIDENCE)
+        if answer.prob_confidence is not None and answer.prob_confidence < threshold:
+            reasons.append(LOW_PROB_CONFIDENCE)
+    if config.audit_every and context.processed % config.audit_every == 0:
+        reasons.append(AUDIT)
+    if not reasons:
+        return Decision(False, (), None, tuple(matched), threshold)
+
+    last = context.last_escalated.get(context.scene_key)
+    if config.cooldown_s > 0 and last is not None and context.now - last < config.cooldown_s:
+        return Decision(False, tuple(reasons), "cooldown", tuple(matched), threshold)
+    in_window = sum(1 for t in context.recent_escalations if context.now - t < BUDGET_WINDOW_S)
+    if not matched and in_window >= config.budget_per_minute:
+        return Decision(False, tuple(reasons), "budget", tuple(matched), threshold)
+    return Decision(True, tuple(reasons), None, tuple(matched), threshold)
+
+
+class EscalationPolicy:
+    """Keeps the history ``decide`` needs (escalation times, cooldown keys, confidences).
+
+    Not thread-safe: one daemon loop owns it.
+    """
+
+    def __init__(self, config: PolicyConfig):
+        self.config = config
+        self.processed = 0
+        self._escalations: deque[float] = deque()
+        self._last: dict[str, float] = {}
+        self._confidences: deque[float] = deque(maxlen=config.calibration_window)
+
+    def decide(self, answer: Answer, input_text: str, scene_key: str, now: float) -> Decision:
+        self.processed += 1
+        while self._escalations and now - self._escalations[0] >= BUDGET_WINDOW_S:
+            self._escalations.popleft()
+        horizon = self.config.cooldown_s
+        if len(self._last) > 4096:  # forget keys whose cooldown is over
+            self._last = {k: t for k, t in self._last.items() if now - t < horizon}
+        context = PolicyContext(
+            now=now,
+            processed=self.processed,
+            input_text=input_text,
+            scene_key=scene_key,
+            recent_escalations=tuple(self._escalations),
+            last_escalated=self._last,
+            recent_confidences=tuple(self._confidences),
+        )
+        decision = decide(answer, context, self.config)
+        if answer.best_confidence is not None:
+            self._confidences.append(answer.best_confidence)
+        if decision.escalate:
+            self._escalations.append(now)
+            self._last[scene_key] = now
+        return decision

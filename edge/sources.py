@@ -1,0 +1,366 @@
+"""Input sources: where the daemon's inputs come from, as one stream of ``Item``s.
+
+``open_source(spec, config)`` understands:
+
+    0, 1, ...                    a webcam by index                       (live)
+    rtsp://..., http(s)://...    a network stream (RTSP, MJPEG, HLS ...) (live)
+    video.avi                    a video file, at its own pace or --realtime
+    frames/ or 'shots/*.jpg'     a folder or glob of images, in name order
+    notes.txt or -               text, one input per line (- is stdin); a line that is
+                                 a JSON object uses its "input" field
+    cases.jsonl                  JSON lines, each with an "input" field (and maybe "id")
+    scenes                       the bundled sample scenes (shared/data/dev_scenes.jsonl)
+
+Live sources keep only the newest frame: a reader thread reads as fast as the camera
+sends and overwrites one slot, so a slow consumer skips frames instead of building a
+backlog. A stream that drops is reopened with exponential back-off; the outage is
+logged once when it starts and once when it ends. A webcam or file that cannot be
+opened at all raises one ``SourceError``. A bad line or unreadable image inside a
+readable source is logged with its place, counted in ``bad``, and skipped.
+
+This module knows nothing about gating, models or events.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+
+from shared.config import SourceConfig
+from shared.errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+TEXT_SUFFIXES = {".txt", ".text", ".lines", ".jsonl", ".ndjson"}
+STREAM = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp|srt)://", re.IGNORECASE)
+SCENES_ALIAS = "scenes"
+
+
+@dataclass
+class Item:
+    index: int  # 0-based position in the source
+    source: str  # the spec it came from
+    t: float | None  # seconds: media time (files) or capture time (live); None = untimed
+    text: str | None = None
+    frame: np.ndarray | None = None
+    id: str | None = None  # a JSONL line's "id"
+
+    @property
+    def kind(self) -> str:
+        return "frame" if self.frame is not None else "text"
+
+
+class Source:
+    """Iterate for ``Item``s; ``close()`` ends the iteration (from any thread)."""
+
+    name: str = ""
+    live: bool = False
+    total: int | None = None  # number of items when known (for progress bars)
+    bad: int = 0  # lines or images skipped as unreadable
+
+    def __iter__(self) -> Iterator[Item]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- text
+class TextSource(Source):
+    def __init__(self, name: str, opener: Callable[[], IO[str]], jsonl: bool):
+        self.name, self._opener, self._jsonl = name, opener, jsonl
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Item]:
+        index = 0
+        with self._opener() as stream:
+            for number, line in enumerate(stream, 1):
+                if self._closed.is_set():
+                    return
+                line = line.strip()
+                if not line or line.startswith("#") and not self._jsonl:
+                    continue
+                text, item_id = line, None
+                if self._jsonl or line.startswith("{"):
+                    parsed = self._parse(line, number)
+                    if parsed is None:
+                        continue
+                    text, item_id = parsed
+                yield Item(index, self.name, None, text=text, id=item_id)
+                index += 1
+
+    def _parse(self, line: str, number: int) -> tuple[str, str | None] | None:
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return self._skip(number, f"not JSON ({exc.msg})")
+        if not isinstance(doc, dict):
+            return self._skip(number, "not a JSON object")
+        text = doc.get("input")
+        if not isinstance(text, str) or not text.strip():
+            return self._skip(number, 'no non-empty string "input" field')
+        item_id = doc.get("id")
+        return text.strip(), str(item_id) if item_id is not None else None
+
+    def _skip(self, number: int, why: str) -> None:
+        self.bad += 1
+        logger.error("%s line %d skipped: %s", self.name, number, why)
+        return None
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _text_file(path: Path, name: str) -> TextSource:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            total = sum(1 for line in fh if line.strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read text source {path}: {exc}") from None
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    source = TextSource(name, lambda: path.open(encoding="utf-8"), jsonl)
+    source.total = total
+    return source
+
+
+def _bundled_scenes() -> TextSource:
+    resource = files("shared").joinpath("data/dev_scenes.jsonl")
+    data = resource.read_text(encoding="utf-8")
+    source = TextSource(SCENES_ALIAS, lambda: _StringIO(data), jsonl=True)
+    source.total = sum(1 for line in data.splitlines() if line.strip())
+    return source
+
+
+class _StringIO:
+    def __init__(self, data: str):
+        self._lines = data.splitlines(keepends=True)
+
+    def __enter__(self):
+        return iter(self._lines)
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- images
+class ImageSource(Source):
+    def __init__(self, name: str, paths: list[Path]):
+        self.name, self._paths, self.total = name, paths, len(paths)
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Item]:
+        index = 0
+        for path in self._paths:
+            if self._closed.is_set():
+                return
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                self.bad += 1
+                logger.error("%s: unreadable image skipped", path)
+                continue
+            yield Item(index, str(path), None, frame=frame)
+            index += 1
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+# ---------------------------------------------------------------- video files
+class VideoFileSource(Source):
+    def __init__(self, path: Path, config: SourceConfig):
+        self.name, self.config = str(path), config
+        self._cap = cv2.VideoCapture(str(path))
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open {path} as a video (OpenCV/FFmpeg could not read it)")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else 25.0
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.total = count if count > 0 else None
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[Item]:
+        start = time.monotonic()
+        index = 0
+        try:
+            while not self._closed.is_set():
+                ok, frame = self._cap.read()
+                if not ok:
+                    if index == 0:
+                        raise SourceError(f"{self.name}: no frame could be decoded")
+                    return
+                t = index / self.fps
+                if self.config.realtime:
+                    delay = start + t - time.monotonic()
+                    if delay > 0 and self._closed.wait(delay):
+                        return
+                yield Item(index, self.name, t, frame=frame)
+                index += 1
+        finally:
+            self._cap.release()
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+# ---------------------------------------------------------------- live streams
+class LiveSource(Source):
+    """A webcam or network stream read by a thread that keeps only the newest frame."""
+
+    live = True
+
+    def __init__(self, target: int | str, config: SourceConfig):
+        self.target, self.config = target, config
+        self.name = f"webcam:{target}" if isinstance(target, int) else str(target)
+        self.frames_read = 0
+        self.frames_dropped = 0  # read by the thread but never handed out
+        self.outages = 0
+        self._cond = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._seq = 0
+        self._t = 0.0
+        self._closed = threading.Event()
+        cap = self._open()
+        if cap is None:
+            if isinstance(target, int):
+                raise SourceError(
+                    f"no webcam at index {target} (/dev/video{target} missing or busy)"
+                )
+            raise SourceError(f"cannot open stream {target} within {config.open_timeout_s:g} s")
+        self._thread = threading.Thread(
+            target=self._read_loop, args=(cap,), name="source-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _open(self) -> cv2.VideoCapture | None:
+        if isinstance(self.target, int):
+            cap = cv2.VideoCapture(self.target)
+        else:
+            ms = int(self.config.open_timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _read_loop(self, cap: cv2.VideoCapture | None) -> None:
+        backoff = self.config.reconnect_initial_s
+        down_since: float | None = None
+        attempts = 0
+        while not self._closed.is_set():
+            if cap is None:
+                if self._closed.wait(backoff):
+                    break
+                attempts += 1
+                cap = self._open()
+                if cap is None:
+                    logger.debug("reopening %s failed (attempt %d)", self.name, attempts)
+                    backoff = min(backoff * 2, self.config.reconnect_max_s)
+                    continue
+            ok, frame = cap.read()
+            if not ok:
+                cap.release()
+                cap = None
+                if down_since is None:
+                    down_since = time.monotonic()
+                    self.outages += 1
+                    logger.warning("%s: stream lost; reopening with back-off", self.name)
+                continue
+            if down_since is not None:
+                logger.warning(
+                    "%s: stream back after %.1f s (%d attempts)",
+                    self.name,
+                    time.monotonic() - down_since,
+                    attempts,
+                )
+                down_since, attempts = None, 0
+                backoff = self.config.reconnect_initial_s
+            with self._cond:
+                if self._frame is not None:
+                    self.frames_dropped += 1
+                self._frame, self._t = frame, time.monotonic()
+                self._seq += 1
+                self.frames_read += 1
+                self._cond.notify_all()
+        if cap is not None:
+            cap.release()
+
+    def __iter__(self) -> Iterator[Item]:
+        index = 0
+        while not self._closed.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: self._frame is not None or self._closed.is_set(), 0.5)
+                frame, t = self._frame, self._t
+                self._frame = None
+            if frame is None:
+                continue
+            yield Item(index, self.name, t, frame=frame)
+            index += 1
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=self.config.open_timeout_s + 1)
+
+
+# ---------------------------------------------------------------- dispatch
+def open_source(spec: str, config: SourceConfig | None = None) -> Source:
+    """The source named by ``spec`` (see the module docstring); SourceError if it cannot be."""
+    config = config or SourceConfig()
+    spec = spec.strip()
+    if spec == SCENES_ALIAS and not Path(spec).exists():
+        return _bundled_scenes()
+    if spec == "-":
+        return TextSource("stdin", lambda: _NoClose(sys.stdin), jsonl=False)
+    if spec.isdigit():
+        return LiveSource(int(spec), config)
+    if STREAM.match(spec):
+        return LiveSource(spec, config)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise SourceError(f"folder {path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return ImageSource(str(path), images)
+    if any(ch in spec for ch in "*?[") and not path.exists():
+        matches = sorted(Path(p) for p in glob.glob(str(path)))
+        images = [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise SourceError(f"no images match {spec!r}")
+        return ImageSource(spec, images)
+    if not path.exists():
+        raise SourceError(f"source {spec!r} not found (not a file, folder, URL or webcam index)")
+    if not path.is_file():
+        raise SourceError(f"source {spec!r} is not a regular file")
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        return _text_file(path, str(path))
+    if suffix in IMAGE_SUFFIXES:
+        return ImageSource(str(path), [path])
+    return VideoFileSource(path, config)
+
+
+class _NoClose:
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def __enter__(self) -> IO[str]:
+        return self._stream
+
+    def __exit__(self, *exc) -> None:
+        return None

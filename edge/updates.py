@@ -1,0 +1,182 @@
+"""Verifying and atomically installing skills and adapters the teacher pushes to an edge.
+
+    <state_dir>/skills/v<N>.json        each installed skill version (canonical JSON)
+    <state_dir>/skills/active           the active skill version number
+    <state_dir>/adapters/v<N>/          each installed adapter (PEFT: adapter_config.json +
+                                        adapter_model.safetensors)
+    <state_dir>/adapters/active         the active adapter version number
+
+A push is checked before anything is written: every payload's size and SHA-256
+against the message, then its format (the skill parses; the adapter has its config
+as a JSON object and a safetensors file that ``safetensors`` can open). Files are
+written to a temporary name, fsynced and renamed into place, and only then does the
+``active`` pointer move (also by rename). A push that fails any check raises
+``PushRejected`` and leaves the old version active and its files untouched.
+
+It knows nothing about sockets or models; the daemon hot-reloads from what it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from shared.errors import ConfigError, PushRejected
+from shared.messages import AdapterPush, SkillPush, verify_payloads
+from shared.skill import Skill, skill_from_bytes
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _set_active(root: Path, version: int) -> None:
+    tmp = root / "active.tmp"
+    _write_synced(tmp, f"{version}\n".encode())
+    tmp.replace(root / "active")
+    _sync_dir(root)
+
+
+def _active(root: Path) -> int:
+    try:
+        return int((root / "active").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def installed_versions(state_dir: Path) -> tuple[int, int]:
+    """(skill, adapter) versions the active pointers name; 0 where nothing was pushed."""
+    root = Path(state_dir)
+    return _active(root / "skills"), _active(root / "adapters")
+
+
+# ---------------------------------------------------------------- skills
+def check_skill(msg: SkillPush, payloads: list[bytes]) -> Skill:
+    """The pushed skill if its hash and format check out; else PushRejected."""
+    reason = verify_payloads(msg, payloads)
+    if reason:
+        raise PushRejected(f"skill v{msg.version}: {reason}")
+    try:
+        skill = skill_from_bytes(payloads[0], f"skill push v{msg.version}")
+    except ConfigError as exc:
+        raise PushRejected(f"skill v{msg.version} does not parse: {exc}") from None
+    # The teacher's registry number is the version; a file that says otherwise is renumbered
+    # so that what the edge reports in heartbeats is what the teacher pushed.
+    return (
+        skill if skill.version == msg.version else skill.model_copy(update={"version": msg.version})
+    )
+
+
+def install_skill(state_dir: Path, msg: SkillPush, payloads: list[bytes]) -> Skill:
+    """Verify, write ``skills/v<N>.json`` atomically and make it active."""
+    skill = check_skill(msg, payloads)
+    root = Path(state_dir) / "skills"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".v{msg.version}.json.tmp"
+    _write_synced(tmp, payloads[0])
+    tmp.replace(root / f"v{msg.version}.json")
+    _set_active(root, msg.version)
+    logger.info("installed skill v%s (%s)", msg.version, msg.file.sha256[:12])
+    return skill
+
+
+def active_skill(state_dir: Path) -> tuple[int, Skill] | None:
+    """The installed active skill version and the skill, or None when none was pushed."""
+    root = Path(state_dir) / "skills"
+    version = _active(root)
+    if not version:
+        return None
+    data = (root / f"v{version}.json").read_bytes()
+    return version, skill_from_bytes(data, str(root / f"v{version}.json"))
+
+
+# ---------------------------------------------------------------- adapters
+def check_adapter(msg: AdapterPush, payloads: list[bytes]) -> None:
+    """PushRejected unless hashes match and the files make a loadable PEFT adapter."""
+    reason = verify_payloads(msg, payloads)
+    if reason:
+        raise PushRejected(f"adapter v{msg.version}: {reason}")
+    files = {entry.name: data for entry, data in zip(msg.files, payloads, strict=True)}
+    missing = [name for name in ADAPTER_FILES if name not in files]
+    if missing:
+        raise PushRejected(f"adapter v{msg.version} lacks {', '.join(missing)}")
+    try:
+        config = json.loads(files["adapter_config.json"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PushRejected(
+            f"adapter v{msg.version}: adapter_config.json is not JSON: {exc}"
+        ) from None
+    if not isinstance(config, dict):
+        raise PushRejected(f"adapter v{msg.version}: adapter_config.json is not an object")
+    _check_safetensors(msg.version, files["adapter_model.safetensors"])
+
+
+def _check_safetensors(version: int, data: bytes) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            with safe_open(tmp.name, framework="numpy") as f:
+                keys = list(f.keys())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PushRejected(
+                f"adapter v{version}: adapter_model.safetensors does not open: {exc}"
+            ) from None
+    if not keys:
+        raise PushRejected(f"adapter v{version}: adapter_model.safetensors holds no tensors")
+
+
+def install_adapter(state_dir: Path, msg: AdapterPush, payloads: list[bytes]) -> Path:
+    """Verify, write ``adapters/v<N>/`` atomically and make it active; returns the folder."""
+    check_adapter(msg, payloads)
+    root = Path(state_dir) / "adapters"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".v{msg.version}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for entry, data in zip(msg.files, payloads, strict=True):
+        _write_synced(tmp / entry.name, data)
+    _sync_dir(tmp)
+    final = root / f"v{msg.version}"
+    if final.exists():  # a re-push of a version we had (e.g. a rollback): swap it whole
+        old = root / f".v{msg.version}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _sync_dir(root)
+    _set_active(root, msg.version)
+    logger.info("installed adapter v%s in %s", msg.version, final)
+    return final
+
+
+def active_adapter(state_dir: Path) -> tuple[int, Path] | None:
+    """The installed active adapter version and its folder, or None when none was pushed."""
+    root = Path(state_dir) / "adapters"
+    version = _active(root)
+    if not version or not (root / f"v{version}").is_dir():
+        return None
+    return version, root / f"v{version}"

@@ -1,0 +1,368 @@
+"""The daemon wired together: real sources, events, hooks, metrics; a scripted backend.
+
+Subprocess tests run the real ``gemma-edge run`` code path through
+``tests.edge.scripted_edge`` (everything real but the model).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import zmq
+
+from edge.daemon import EdgeDaemon
+from edge.events import EventLog, SafetyHooks
+from edge.metrics import EdgeMetrics
+from edge.policy import find_keywords
+from edge.skillfile import ActiveSkill
+from edge.sources import open_source
+from shared.backend import GenerateRequest
+from shared.config import EdgeConfig, PolicyConfig
+from shared.errors import BackendError
+from shared.messages import Escalation, Review
+from shared.skill import Skill, save_skill
+from tests.edge.media import VTEST, scene_video
+from tests.fakes import ScriptedBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET = "Answer: Something happens.\nSAFETY: no\nCONFIDENCE: 0.9"
+
+
+def daemon(source, backend=None, config=None, **kw) -> tuple[EdgeDaemon, io.StringIO]:
+    out = io.StringIO()
+    d = EdgeDaemon(
+        config or EdgeConfig(),
+        backend or ScriptedBackend(QUIET),
+        source,
+        EventLog(None, stream=out),
+        **kw,
+    )
+    return d, out
+
+
+def events(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_scenes_all_answered_and_every_keyword_scene_escalates():
+    config = EdgeConfig()
+    d, out = daemon(open_source("scenes"), config=config)
+    d.run(progress=False)
+    evs = events(out)
+    answers = [e for e in evs if e["type"] == "answer"]
+    assert len(answers) == 40 and evs[-1]["type"] == "summary" and evs[-1]["answered"] == 40
+    policy = config.policy
+    for e in answers:
+        named = find_keywords(
+            e["input"], tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
+        )
+        if named:
+            assert e["decision"]["escalate"], e["input"]
+            assert "safety_keyword" in e["decision"]["reasons"]
+            assert e["decision"]["keywords"] == named
+        if e["decision"]["escalate"]:
+            assert e["decision"]["reasons"] and e["case_id"]
+    assert sum(e["decision"]["escalate"] for e in answers) >= 7
+
+
+def test_a_backend_error_is_logged_and_the_daemon_goes_on(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("one\ntwo breaks\nthree\n")
+    backend = ScriptedBackend(QUIET, fail_on="breaks", error=BackendError("model fell over"))
+    d, out = daemon(open_source(str(path)), backend)
+    stats = d.run(progress=False)
+    evs = events(out)
+    assert [e["type"] for e in evs] == ["answer", "error", "answer", "summary"]
+    assert evs[1]["error"] == "model fell over"
+    assert stats.backend_errors == 1 and stats.answered == 2
+
+
+def test_video_frames_are_gated_before_the_model(tmp_path):
+    path = scene_video(tmp_path / "clip.avi", n=80, fps=10)
+    backend = ScriptedBackend(QUIET)
+    d, out = daemon(open_source(str(path)), backend)
+    d.run(progress=False)
+    evs = events(out)
+    summary = evs[-1]
+    assert summary["frames"]["seen"] == 80 == summary["inputs"]
+    assert summary["model_calls"] == len(backend.requests) == summary["frames"]["passed"]
+    assert summary["frames"]["gated"] >= 60  # 2 fps of 10 fps, and the static half
+    assert summary["frames"]["gated_by_reason"]["rate"] >= 60
+    answers = [e for e in evs if e["type"] == "answer"]
+    assert all(e["kind"] == "frame" and e["input"].startswith("Camera view") for e in answers)
+    assert sum(e["gated_before"] for e in answers) <= summary["frames"]["gated"]
+    assert backend.requests[0].image is None  # text-only backend: no JPEG work
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VTEST.exists(), reason="apt-get install opencv-doc for vtest.avi")
+def test_vtest_gated_far_outnumber_model_calls_and_escalations_have_reasons():
+    config = EdgeConfig(policy=PolicyConfig(audit_every=5))
+    backend = ScriptedBackend(QUIET)
+    d, out = daemon(open_source(str(VTEST)), backend, config)
+    d.run(max_inputs=300, progress=False)  # the first 30 s of the video
+    evs = events(out)
+    summary = evs[-1]
+    assert summary["frames"]["seen"] == 300
+    assert summary["frames"]["gated"] > 8 * summary["model_calls"]
+    escalated = [e for e in evs if e.get("decision", {}).get("escalate")]
+    assert escalated and all(e["decision"]["reasons"] for e in escalated)
+
+
+def test_skill_file_is_hot_reloaded_for_the_next_input(tmp_path):
+    skill_path = tmp_path / "skill.json"
+    save_skill(Skill(version=1, instructions="Version one."), skill_path)
+    texts = tmp_path / "in.txt"
+    texts.write_text("a\nb\nc\nd\n")
+
+    def answer(request: GenerateRequest) -> str:
+        if request.input == "b":  # the file changes while input b is being answered
+            save_skill(Skill(version=2, instructions="Version two."), skill_path)
+            os.utime(skill_path, ns=(time.time_ns() + 10**9,) * 2)
+        return QUIET
+
+    backend = ScriptedBackend(answer)
+    d, out = daemon(open_source(str(texts)), backend, skill=ActiveSkill(skill_path, poll_s=0))
+    d.run(progress=False)
+    assert [r.system for r in backend.requests] == ["Version one."] * 2 + ["Version two."] * 2
+    assert [e["skill_version"] for e in events(out)[:4]] == [1, 1, 2, 2]
+
+
+def test_a_broken_skill_file_keeps_the_old_skill(tmp_path):
+    skill_path = tmp_path / "skill.json"
+    save_skill(Skill(version=1, instructions="Good."), skill_path)
+    active = ActiveSkill(skill_path, poll_s=0)
+    skill_path.write_text("instructions: ''\n")
+    assert active.current(1.0).instructions == "Good." and active.reloads == 0
+
+
+class AdapterBackend(ScriptedBackend):
+    def __init__(self):
+        super().__init__(QUIET)
+        self.loaded: dict[str, Path] = {}
+        self.active = None
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        self.loaded[name] = path
+
+    def set_adapter(self, name: str | None) -> None:
+        self.active = name
+
+
+class RecordingLink:
+    """What the daemon needs of ``edge.link.LinkClient``; records what it is given."""
+
+    def __init__(self):
+        self.cases: list[tuple[Escalation, bytes | None]] = []
+        self.versions = (0, 0)
+
+    def escalate(self, esc: Escalation, frame: bytes | None = None) -> None:
+        self.cases.append((esc, frame))
+
+    def set_versions(self, skill_version: int, adapter_version: int) -> None:
+        self.versions = (skill_version, adapter_version)
+
+    def depth(self) -> int:
+        return len(self.cases)
+
+
+def test_link_gets_every_escalation_and_pushes_apply_to_the_next_input(tmp_path):
+    texts = tmp_path / "in.txt"
+    texts.write_text("fire one\nquiet\nsmoke two\nquiet again\n")
+    backend = AdapterBackend()
+    d, out = daemon(open_source(str(texts)), backend)
+    link = RecordingLink()
+    d.attach_link(link)
+
+    original = backend.generate
+
+    def generate(request):
+        if request.input == "quiet":  # pushes arrive from the link's thread mid-input
+            d.on_skill(Skill(version=3, instructions="Pushed."))
+            d.on_adapter(4, tmp_path / "adapter-v4")
+            d.on_review(Review(case_id="c" * 12, answer="Answer: x", safety=True, reviewer="t"))
+        return original(request)
+
+    backend.generate = generate
+    d.run(progress=False)
+    evs = [e for e in events(out) if e["type"] == "answer"]
+    assert [e["skill_version"] for e in evs] == [0, 0, 3, 3]
+    assert [e["adapter_version"] for e in evs] == [0, 0, 4, 4]
+    assert backend.active == "v4" and backend.loaded["v4"] == tmp_path / "adapter-v4"
+    assert [esc.input for esc, _ in link.cases] == ["fire one", "smoke two"]
+    esc = link.cases[1][0]
+    assert esc.reasons == ["safety_keyword"] and esc.safety_keyword
+    assert (esc.skill_version, esc.adapter_version) == (3, 4) and esc.edge_id == "edge-1"
+    assert link.versions == (3, 4)
+    assert any(e["type"] == "review" for e in events(out))
+
+
+def test_frame_escalations_carry_the_jpeg_to_the_link(tmp_path):
+    path = scene_video(tmp_path / "clip.avi", n=20, fps=10)
+    config = EdgeConfig(policy=PolicyConfig(audit_every=1, cooldown_s=0))
+    d, _ = daemon(open_source(str(path)), config=config)
+    link = RecordingLink()
+    d.attach_link(link)
+    d.run(progress=False)
+    assert link.cases
+    for esc, frame in link.cases:
+        assert esc.kind == "frame" and esc.has_frame and frame[:2] == b"\xff\xd8"
+
+
+def test_safety_events_reach_the_pub_socket_and_the_command(tmp_path):
+    port = 25000 + os.getpid() % 1000
+    hooks = SafetyHooks(f"sh -c 'cat >> {tmp_path}/hook.jsonl; echo >> {tmp_path}/hook.jsonl'",
+                        f"tcp://127.0.0.1:{port}")  # fmt: skip
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"safety")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    time.sleep(0.3)  # PUB/SUB: let the subscription arrive
+    texts = tmp_path / "in.txt"
+    texts.write_text("A cat.\nKnife on the floor.\nA fire extinguisher.\nFlames!\n")
+    try:
+        d, _ = daemon(open_source(str(texts)), hooks=hooks)
+        d.run(progress=False)
+        hooks.close()
+        received = []
+        while sub.poll(1000):
+            topic, body = sub.recv_multipart()
+            received.append(json.loads(body)["input"])
+    finally:
+        sub.close()
+        ctx.term()
+    assert received == ["Knife on the floor.", "Flames!"]
+    lines = [x for x in (tmp_path / "hook.jsonl").read_text().splitlines() if x.strip()]
+    assert [json.loads(x)["input"] for x in lines] == received
+    assert hooks.sent == 4 and hooks.failed == 0
+
+
+def test_events_file_rotates_and_keeps_n(tmp_path):
+    log = EventLog(tmp_path / "ev.jsonl", rotate_mb=0.001, keep=2)  # ~1 KB per file
+    for i in range(100):
+        log.write({"i": i, "pad": "x" * 50})
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["ev.jsonl", "ev.jsonl.1", "ev.jsonl.2"]
+    last = [json.loads(x)["i"] for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert last[-1] == 99 and all(p.stat().st_size <= 1100 for p in tmp_path.iterdir())
+
+
+def test_metrics_are_served_in_prometheus_format(tmp_path):
+    metrics = EdgeMetrics()
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        path = scene_video(tmp_path / "clip.avi", n=30, fps=10)
+        texts = tmp_path / "in.txt"
+        texts.write_text("fire\nfine\n")
+        d, _ = daemon(open_source(str(path)), metrics=metrics)
+        d.run(progress=False)
+        d2, _ = daemon(open_source(str(texts)), metrics=metrics)
+        d2.run(progress=False)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        metrics.close()
+    assert "gemma_edge_frames_total 30.0" in body
+    assert 'gemma_edge_gated_frames_total{reason="rate"}' in body
+    assert 'gemma_edge_escalations_total{reason="safety_keyword"} 1.0' in body
+    assert 'gemma_edge_inputs_total{kind="text"} 2.0' in body
+    assert "gemma_edge_latency_seconds_count" in body
+
+
+# ---------------------------------------------------------------- real subprocesses
+def scripted(*args: str, delay: float = 0.0, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tests.edge.scripted_edge", "--delay", str(delay), "--", *args]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_current_input_flushes_and_exits_0(tmp_path, sig):
+    events_file = tmp_path / "ev.jsonl"
+    proc = scripted("run", "--source", "-", "--events", str(events_file), delay=2.0,
+                    stdin=subprocess.PIPE)  # fmt: skip
+    proc.stdin.write("first input\nsecond input\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "first input" not in _read(events_file):
+        time.sleep(0.1)
+    time.sleep(0.5)  # now busy with "second input" (2 s)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    evs = [json.loads(x) for x in events_file.read_text().splitlines()]
+    assert [e.get("input") for e in evs[:2]] == ["first input", "second input"]
+    assert evs[-1]["type"] == "summary" and evs[-1]["answered"] == 2
+    assert "2 inputs from stdin" in err
+
+
+@pytest.mark.slow
+def test_signal_while_waiting_for_input_exits_0_at_once(tmp_path):
+    proc = scripted("run", "--source", "-", stdin=subprocess.PIPE)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["type"] == "summary"
+
+
+def test_cli_errors_are_clear(tmp_path):
+    proc = scripted("run", "--source", str(tmp_path / "nope.avi"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "not found" in err and "Traceback" not in err
+    bad = tmp_path / "edge.yaml"
+    bad.write_text("policy:\n  budget_per_minute: -1\n")
+    proc = scripted("run", "--source", "scenes", "--config", str(bad))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "policy.budget_per_minute" in err
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_cli_on_the_embedded_model(tmp_path):
+    """``gemma-edge run`` as a user runs it, on the bundled Gemma 3 270M (3 scenes)."""
+    cases = tmp_path / "cases.jsonl"
+    lines = [
+        {"id": "a", "input": "Flames are visible through the window of a parked car."},
+        {"id": "b", "input": "A laptop and a coffee mug are on a desk."},
+        {"id": "c", "input": "A fire extinguisher hangs next to the door."},
+    ]
+    cases.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    events_file = tmp_path / "ev.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge",
+        "run",
+        "--source",
+        str(cases),
+        "--events",
+        str(events_file),
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    evs = [json.loads(x) for x in events_file.read_text().splitlines()]
+    answers = {e["id"]: e for e in evs if e["type"] == "answer"}
+    assert set(answers) == {"a", "b", "c"}
+    assert all(e["raw"].startswith("Answer:") and e["latency_s"] > 0 for e in answers.values())
+    assert answers["a"]["decision"]["escalate"] and answers["a"]["decision"]["keywords"] == [
+        "flames"
+    ]
+    assert "safety_keyword" not in answers["c"]["decision"]["reasons"]
+    assert "3 inputs from" in done.stderr and evs[-1]["type"] == "summary"

@@ -1,0 +1,246 @@
+"""The edge link against a real teacher server on loopback: drain, reconnect, reviews, pushes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+
+import numpy as np
+import pytest
+import zmq
+from safetensors.numpy import save
+
+from edge import updates
+from edge.link import LinkClient
+from shared.config import LinkConfig, ReviewerConfig, ServerConfig, TeacherConfig
+from shared.errors import PushRejected
+from shared.evaluation import bundled_cases
+from shared.messages import (
+    AdapterPush,
+    ErrorReply,
+    Escalation,
+    Heartbeat,
+    SkillPush,
+    decode,
+    encode,
+    file_entry,
+)
+from shared.skill import default_skill
+from teacher.registry import Registry
+from teacher.review import LabelsReviewer
+from teacher.server import TeacherServer
+
+LABELS = bundled_cases()
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def esc(edge: str = "e1", text: str | None = None) -> Escalation:
+    return Escalation(
+        case_id=uuid.uuid4().hex,
+        edge_id=edge,
+        created_at=time.time(),
+        source="test",
+        input=text or LABELS[0].input,
+    )
+
+
+def teacher(tmp_path, bind: str = "tcp://127.0.0.1:*", reviewer=None) -> TeacherServer:
+    config = TeacherConfig(
+        home=tmp_path / "teacher",
+        server=ServerConfig(bind=bind, insecure=True, heartbeat_s=0.1, push_retry_s=0.5),
+        reviewer=ReviewerConfig(backend="labels", labels="x.jsonl"),
+    )
+    server = TeacherServer(config, reviewer)
+    server.start()
+    return server
+
+
+def link_config(tmp_path, endpoint: str) -> LinkConfig:
+    return LinkConfig(
+        teacher=endpoint,
+        insecure=True,
+        outbox=tmp_path / "edge" / "outbox.sqlite",
+        heartbeat_s=0.1,
+        timeout_s=1.0,
+        reconnect_max_s=0.5,
+    )
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """A running teacher (labels reviewer) and a connected edge link with recorders."""
+    server = teacher(tmp_path, reviewer=LabelsReviewer(cases=LABELS))
+    got = {"reviews": [], "skills": [], "adapters": []}
+    link = LinkClient(
+        link_config(tmp_path, server.endpoint),
+        "e1",
+        tmp_path / "edge" / "state",
+        on_review=got["reviews"].append,
+        on_skill=got["skills"].append,
+        on_adapter=lambda v, p: got["adapters"].append((v, p)),
+    )
+    link.start()
+    yield server, link, got
+    link.stop()
+    server.stop()
+    server.store.close()
+
+
+def test_cases_queue_while_teacher_is_down_then_arrive_once_with_reviews(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    reviews = []
+    link = LinkClient(link_config(tmp_path, endpoint), "e1", tmp_path / "st", reviews.append)
+    link.start()
+    cases = [esc(text=c.input) for c in LABELS[:20]]
+    for case in cases:
+        link.escalate(case)  # returns with no teacher at all
+    assert link.depth() == 20 and not link.connected
+    time.sleep(1.5)  # past timeout_s: the link has given up once and backs off
+    server = teacher(tmp_path, bind=endpoint, reviewer=LabelsReviewer(cases=LABELS))
+    try:
+        wait_for(lambda: link.depth() == 0)
+        assert sorted(server.store.case_ids()) == sorted(c.case_id for c in cases)
+        wait_for(lambda: len(reviews) == 20)
+        by_id = {r.case_id: r for r in reviews}
+        for case, label in zip(cases, LABELS[:20], strict=True):
+            assert by_id[case.case_id].safety == label.safety
+    finally:
+        link.stop()
+        server.stop()
+
+
+def test_escalation_for_another_edge_is_refused_locally(stack):
+    _, link, _ = stack
+    with pytest.raises(Exception, match="not this edge"):
+        link.escalate(esc(edge="someone-else"))
+
+
+def add_skill(home, instructions: str) -> int:
+    skill = default_skill().model_copy(update={"instructions": instructions})
+    reg = Registry(home, "skills")
+    return reg.add({"skill.json": skill.to_bytes()}, {"note": instructions}).number
+
+
+def test_skill_push_installs_reports_and_rolls_back(stack, tmp_path):
+    server, link, got = stack
+    home = server.config.home
+    v1 = add_skill(home, "Version one.")
+    v2 = add_skill(home, "Version two.")
+    Registry(home, "skills").activate(v2)
+    wait_for(lambda: server.edges.get("e1") and server.edges["e1"].skill_version == v2)
+    assert got["skills"][-1].instructions == "Version two."
+    assert updates.active_skill(tmp_path / "edge" / "state")[0] == v2
+    Registry(home, "skills").activate(v1)  # rollback: the older version is pushed
+    wait_for(lambda: server.edges["e1"].skill_version == v1)
+    version, skill = updates.active_skill(tmp_path / "edge" / "state")
+    assert (version, skill.instructions) == (v1, "Version one.")
+    assert link.skill_version == v1
+    assert updates.installed_versions(tmp_path / "edge" / "state") == (v1, 0)
+
+
+def adapter_files(rank: int = 4) -> dict[str, bytes]:
+    tensors = {"base_model.model.q_proj.lora_A.weight": np.ones((rank, 8), dtype=np.float32)}
+    config = {"peft_type": "LORA", "r": rank, "target_modules": ["q_proj"]}
+    return {
+        "adapter_config.json": json.dumps(config).encode(),
+        "adapter_model.safetensors": save(tensors),
+    }
+
+
+def test_adapter_push_installs_and_a_bad_one_is_refused_keeping_the_old(stack, tmp_path):
+    server, link, got = stack
+    reg = Registry(server.config.home, "adapters")
+    good = reg.add(adapter_files(), {})
+    reg.activate(good.number)
+    wait_for(lambda: server.edges.get("e1") and server.edges["e1"].adapter_version == good.number)
+    folder = tmp_path / "edge" / "state" / "adapters" / f"v{good.number}"
+    assert got["adapters"] == [(good.number, folder)]
+    assert (folder / "adapter_model.safetensors").read_bytes() == adapter_files()[
+        "adapter_model.safetensors"
+    ]
+    bad = reg.add({**adapter_files(), "adapter_model.safetensors": b"not safetensors at all"}, {})
+    reg.activate(bad.number)
+    time.sleep(1.5)  # pushed, refused, pushed again after push_retry_s, refused again
+    assert server.edges["e1"].adapter_version == good.number
+    assert updates.active_adapter(tmp_path / "edge" / "state") == (good.number, folder)
+    assert not (tmp_path / "edge" / "state" / "adapters" / f"v{bad.number}").exists()
+    assert len(got["adapters"]) == 1
+
+
+def test_tampered_or_malformed_pushes_are_refused(tmp_path):
+    skill = default_skill().to_bytes()
+    entry = file_entry("skill.json", skill)
+    tampered = SkillPush(version=3, file=entry)
+    with pytest.raises(PushRejected, match="sha256"):
+        updates.install_skill(tmp_path, tampered, [skill.replace(b"camera", b"camerA")])
+    junk = b"{not: [a skill"
+    with pytest.raises(PushRejected, match="does not parse"):
+        updates.install_skill(
+            tmp_path, SkillPush(version=3, file=file_entry("skill.json", junk)), [junk]
+        )
+    files = adapter_files()
+    del files["adapter_config.json"]
+    push = AdapterPush(version=1, files=[file_entry(n, d) for n, d in files.items()])
+    with pytest.raises(PushRejected, match="lacks adapter_config.json"):
+        updates.install_adapter(tmp_path, push, list(files.values()))
+    assert updates.active_skill(tmp_path) is None and updates.active_adapter(tmp_path) is None
+
+
+def test_edge_answers_garbage_from_the_teacher_with_an_error_and_keeps_going(tmp_path):
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    link = LinkClient(link_config(tmp_path, f"tcp://127.0.0.1:{port}"), "e1", tmp_path / "st")
+    link.start()
+    try:
+        assert router.poll(5000)
+        identity, *frames = router.recv_multipart()
+        assert decode(frames)[0].type == "heartbeat"
+        router.send_multipart([identity, b"\xff not json"])
+        router.send_multipart([identity, b'{"type": "skill_push", "schema_version": 9}'])
+        replies = []
+        deadline = time.monotonic() + 5
+        while len(replies) < 2 and time.monotonic() < deadline:
+            if router.poll(200):
+                msg, _ = decode(router.recv_multipart()[1:])
+                if isinstance(msg, ErrorReply):
+                    replies.append(msg.code)
+        assert replies == ["malformed", "bad_version"]
+        router.send_multipart([identity, *encode(Heartbeat(sender="teacher"))])
+        link.escalate(esc())
+        got_case = False
+        while not got_case and time.monotonic() < deadline + 5:
+            if router.poll(200):
+                got_case = decode(router.recv_multipart()[1:])[0].type == "escalation"
+        assert got_case  # still alive and sending
+    finally:
+        link.stop()
+        router.close()
+
+
+def test_frames_travel_with_their_case_and_an_oversized_one_is_left_behind(stack, caplog):
+    server, link, _ = stack
+    small, big = esc(), esc()
+    link.escalate(small, b"\xff\xd8 a jpeg")
+    link.escalate(big, b"x" * link.config.max_message_bytes)
+    wait_for(lambda: link.depth() == 0)
+    assert server.store.frame(small.case_id) == b"\xff\xd8 a jpeg"
+    assert server.store.get(small.case_id)["has_frame"] is True
+    assert server.store.frame(big.case_id) is None  # the case itself arrived
+    assert "sent without it" in caplog.text

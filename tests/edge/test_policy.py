@@ -1,0 +1,245 @@
+"""The escalation policy as tables: reasons, keywords, budget, cooldown, audit, calibration."""
+
+import pytest
+
+from edge.policy import (
+    AUDIT,
+    FORMAT_ERROR,
+    LOW_CONFIDENCE,
+    LOW_PROB_CONFIDENCE,
+    SAFETY_KEYWORD,
+    EscalationPolicy,
+    PolicyContext,
+    decide,
+    find_keywords,
+    quantile,
+)
+from shared.answer import Answer, parse_answer
+from shared.config import PolicyConfig
+
+QUIET = parse_answer("Answer: A cat sleeps.\nSAFETY: no\nCONFIDENCE: 0.9")
+CFG = PolicyConfig(audit_every=0, cooldown_s=0, budget_per_minute=100)
+
+
+def ctx(text="A cat sleeps.", now=1000.0, processed=1, key=None, **kw) -> PolicyContext:
+    return PolicyContext(now, processed, text, key or text, **kw)
+
+
+def answer(text="A cat sleeps.", safety=False, conf=0.9, prob=None, ok=True) -> Answer:
+    return Answer(text, safety, conf, ok, "raw", prob)
+
+
+# --------------------------------------------------------------- keywords
+KEYWORDS = ("fire", "smoke", "knife", "fallen", "child in danger")
+EXCEPTIONS = ("fire extinguisher", "fire exit")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A pot of oil is on fire on the stove.", ["fire"]),
+        ("FIRE in the kitchen", ["fire"]),
+        ("Smoke, then fire.", ["fire", "smoke"]),
+        ("A fire extinguisher hangs on the wall.", []),
+        ("Fire Extinguisher by the door", []),
+        ("A fire   extinguisher (two spaces) is mounted.", []),
+        ("The fire exit sign is lit.", []),
+        ("A fire next to the fire extinguisher.", ["fire"]),
+        ("A firewood stack by the fireplace.", []),  # whole words only
+        ("bonfire", []),
+        ("A butter knife on a plate.", ["knife"]),
+        ("An elderly woman has fallen on the floor.", ["fallen"]),
+        ("a child in   danger near the pool", ["child in danger"]),
+        ("A child in the garden.", []),
+        ("", []),
+    ],
+)
+def test_keywords_are_whole_words_with_exceptions(text, expected):
+    assert find_keywords(text, KEYWORDS, EXCEPTIONS) == expected
+
+
+def test_exceptions_are_configurable():
+    text = "A fire extinguisher hangs on the wall."
+    assert find_keywords(text, KEYWORDS, ()) == ["fire"]
+    config = PolicyConfig(keyword_exceptions=[], audit_every=0)
+    assert decide(QUIET, ctx(text), config).reasons == (SAFETY_KEYWORD,)
+    assert decide(QUIET, ctx(text), PolicyConfig(audit_every=0)).reasons == ()
+
+
+# --------------------------------------------------------------- reasons
+@pytest.mark.parametrize(
+    "case, ans, text, reasons",
+    [
+        ("confident and quiet", answer(), "A cat sleeps.", ()),
+        ("keyword in input", answer(), "Smoke rises from a pan.", (SAFETY_KEYWORD,)),
+        (
+            "keyword in answer",
+            answer("A knife lies on the floor."),
+            "A kitchen.",
+            (SAFETY_KEYWORD,),
+        ),
+        ("stated conf low", answer(conf=0.3), "A cat.", (LOW_CONFIDENCE,)),
+        ("stated conf at threshold", answer(conf=0.6), "A cat.", ()),
+        ("prob conf low", answer(prob=0.55), "A cat.", (LOW_PROB_CONFIDENCE,)),
+        ("both low", answer(conf=0.2, prob=0.5), "A cat.", (LOW_CONFIDENCE, LOW_PROB_CONFIDENCE)),
+        ("format broken", answer(conf=None, ok=False), "A cat.", (FORMAT_ERROR,)),
+        (
+            "everything",
+            answer("fire", conf=0.1, ok=False),
+            "fire",
+            (SAFETY_KEYWORD, FORMAT_ERROR, LOW_CONFIDENCE),
+        ),
+    ],
+)
+def test_reasons(case, ans, text, reasons):
+    decision = decide(ans, ctx(text), CFG)
+    assert decision.reasons == reasons, case
+    assert decision.escalate == bool(reasons), case
+
+
+def test_format_errors_can_be_ignored():
+    config = CFG.model_copy(update={"escalate_format_errors": False})
+    assert decide(answer(ok=False), ctx(), config).reasons == ()
+
+
+def test_every_escalation_has_a_reason():
+    for ans in (answer(), answer(conf=0.1), answer(ok=False), answer("smoke")):
+        decision = decide(ans, ctx("x"), CFG)
+        assert decision.escalate <= bool(decision.reasons)
+
+
+# --------------------------------------------------------------- audit cadence
+@pytest.mark.parametrize(
+    "audit_every, processed, audited",
+    [
+        (0, 25, False),
+        (25, 1, False),
+        (25, 24, False),
+        (25, 25, True),
+        (25, 50, True),
+        (25, 51, False),
+        (1, 7, True),
+    ],
+)
+def test_audit_cadence(audit_every, processed, audited):
+    config = CFG.model_copy(update={"audit_every": audit_every})
+    decision = decide(QUIET, ctx(processed=processed), config)
+    assert (AUDIT in decision.reasons) == audited
+    assert decision.escalate == audited
+
+
+def test_audit_cadence_over_a_run():
+    policy = EscalationPolicy(CFG.model_copy(update={"audit_every": 10}))
+    audited = [
+        i for i in range(1, 36) if policy.decide(QUIET, f"scene {i}", f"k{i}", float(i)).escalate
+    ]
+    assert audited == [10, 20, 30]
+
+
+# --------------------------------------------------------------- budget
+@pytest.mark.parametrize(
+    "budget, recent, text, escalate, suppressed",
+    [
+        # recent escalation times relative to now=1000
+        (3, (), "A cat.", True, None),
+        (3, (990.0, 995.0), "A cat.", True, None),
+        (3, (950.0, 990.0, 995.0), "A cat.", False, "budget"),
+        (3, (900.0, 930.0, 940.0), "A cat.", True, None),  # all older than a minute
+        (3, (940.0, 940.0, 950.0), "A cat.", True, None),  # 940 is exactly 60 s ago: out
+        (3, (950.0, 990.0, 995.0), "Flames in the hall.", True, None),  # safety never dropped
+        (0, (), "A cat.", False, "budget"),
+        (0, (), "smoke in the kitchen", True, None),
+    ],
+)
+def test_budget(budget, recent, text, escalate, suppressed):
+    config = CFG.model_copy(update={"budget_per_minute": budget})
+    low = answer(conf=0.2)
+    decision = decide(low, ctx(text, recent_escalations=recent), config)
+    assert decision.escalate == escalate
+    assert decision.suppressed == suppressed
+    assert decision.reasons  # it qualified either way
+
+
+def test_budget_over_a_run_keeps_every_safety_case():
+    policy = EscalationPolicy(CFG.model_copy(update={"budget_per_minute": 5}))
+    sent = {"low": 0, "safety": 0}
+    for i in range(40):  # 40 inputs within 40 seconds; every 4th names fire
+        fire = i % 4 == 0
+        text = f"fire number {i}" if fire else f"scene {i}"
+        decision = policy.decide(answer(conf=0.2), text, text, 1000.0 + i)
+        if decision.escalate:
+            sent["safety" if fire else "low"] += 1
+    assert sent["safety"] == 10
+    assert sent["low"] <= 5
+
+
+# --------------------------------------------------------------- cooldown
+@pytest.mark.parametrize(
+    "cooldown, last, key, escalate, suppressed",
+    [
+        (30, {}, "a", True, None),
+        (30, {"a": 990.0}, "a", False, "cooldown"),
+        (30, {"a": 970.0}, "a", True, None),  # exactly 30 s ago
+        (30, {"a": 990.0}, "b", True, None),  # another scene
+        (0, {"a": 999.0}, "a", True, None),  # cooldown off
+    ],
+)
+def test_cooldown(cooldown, last, key, escalate, suppressed):
+    config = CFG.model_copy(update={"cooldown_s": cooldown})
+    decision = decide(answer(conf=0.2), ctx(key=key, last_escalated=last), config)
+    assert (decision.escalate, decision.suppressed) == (escalate, suppressed)
+
+
+def test_cooldown_also_holds_a_persistent_safety_scene():
+    policy = EscalationPolicy(CFG.model_copy(update={"cooldown_s": 30}))
+    sent = [
+        t
+        for t in range(0, 100, 2)  # the same fire scene every 2 s for 100 s
+        if policy.decide(QUIET, "fire in the hall", "frame:fire", float(t)).escalate
+    ]
+    assert sent == [0, 30, 60, 90]
+
+
+# --------------------------------------------------------------- calibration
+def test_quantile_matches_numpy_linear():
+    values = [0.9, 0.1, 0.5, 0.7, 0.3]
+    assert quantile(values, 0.0) == 0.1
+    assert quantile(values, 1.0) == 0.9
+    assert quantile(values, 0.5) == 0.5
+    assert quantile(values, 0.25) == pytest.approx(0.3)
+    assert quantile(values, 0.1) == pytest.approx(0.18)
+
+
+@pytest.mark.parametrize(
+    "recent, conf, escalate, threshold",
+    [
+        ((), 0.5, True, 0.6),  # too few: the fixed threshold
+        (tuple(0.8 + i / 100 for i in range(9)), 0.7, False, 0.6),
+        (tuple(0.8 + i / 100 for i in range(11)), 0.7, True, 0.81),  # q=0.1 of 0.80..0.90
+        (tuple(0.8 + i / 100 for i in range(11)), 0.85, False, 0.81),
+    ],
+)
+def test_target_escalation_rate_sets_the_threshold(recent, conf, escalate, threshold):
+    config = CFG.model_copy(update={"target_escalation_rate": 0.1})
+    decision = decide(answer(conf=conf), ctx(recent_confidences=recent), config)
+    assert decision.escalate == escalate
+    assert decision.threshold == pytest.approx(threshold)
+
+
+def test_target_rate_is_met_over_a_stream():
+    config = CFG.model_copy(update={"target_escalation_rate": 0.2, "calibration_window": 100})
+    policy = EscalationPolicy(config)
+    sent = 0
+    for i in range(1000):
+        conf = ((i * 37) % 100) / 100  # a fixed spread of confidences, well above 0.6
+        conf = 0.6 + conf * 0.4
+        sent += policy.decide(answer(conf=conf), f"s{i}", f"s{i}", float(i)).escalate
+    assert 0.15 <= sent / 1000 <= 0.25
+
+
+def test_decide_is_pure():
+    context = ctx("A cat.", recent_escalations=(999.0,), last_escalated={"x": 1.0})
+    first = decide(answer(conf=0.2), context, CFG)
+    again = decide(answer(conf=0.2), context, CFG)
+    assert first == again
+    assert context.recent_escalations == (999.0,) and context.last_escalated == {"x": 1.0}

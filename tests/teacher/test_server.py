@@ -1,0 +1,241 @@
+"""The teacher server on loopback: authentication, bad input, duplicates, and its CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from edge.link import LinkClient
+from shared.config import LinkConfig, ServerConfig, TeacherConfig
+from shared.messages import Ack, ErrorReply, Escalation, Heartbeat, decode, encode
+from teacher.keys import init_keys, new_edge, revoke_edge
+from teacher.server import TeacherServer
+from teacher.store import CaseStore, default_store_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def esc(edge: str = "e1", **kw) -> Escalation:
+    return Escalation(
+        case_id=uuid.uuid4().hex, edge_id=edge, created_at=time.time(), source="t", input="x", **kw
+    )
+
+
+@pytest.fixture
+def secure(tmp_path):
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    new_edge(keys, "e1")
+    config = TeacherConfig(
+        home=tmp_path / "home",
+        server=ServerConfig(bind="tcp://127.0.0.1:*", keys_dir=keys, heartbeat_s=0.1),
+    )
+    server = TeacherServer(config)
+    server.start()
+    yield server, keys
+    server.stop()
+
+
+def edge_link(tmp_path, server, keys, name: str, secret: Path) -> LinkClient:
+    config = LinkConfig(
+        teacher=server.endpoint,
+        edge_secret_key=secret,
+        teacher_public_key=keys / "teacher.key",
+        outbox=tmp_path / name / "outbox.sqlite",
+        heartbeat_s=0.1,
+        timeout_s=1.0,
+    )
+    return LinkClient(config, name, tmp_path / name)
+
+
+def test_an_edge_with_a_key_off_the_allow_list_gets_no_answer_and_nothing_is_stored(
+    secure, tmp_path
+):
+    server, keys = secure
+    _, stranger_secret = zmq.auth.create_certificates(tmp_path, "stranger")
+    stranger = edge_link(tmp_path, server, keys, "stranger", Path(stranger_secret))
+    stranger.start()
+    stranger.escalate(esc("stranger"))
+    # A raw socket with the same unknown key: its heartbeat is never answered either.
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.curve_publickey, raw.curve_secretkey = zmq.auth.load_certificate(stranger_secret)
+    raw.curve_serverkey, _ = zmq.auth.load_certificate(keys / "teacher.key")
+    raw.connect(server.endpoint)
+    raw.send_multipart(encode(Heartbeat(sender="stranger")))
+    raw.send_multipart(encode(esc("stranger")))
+    try:
+        assert raw.poll(2500) == 0
+        assert not stranger.connected and stranger.depth() == 1
+        assert server.store.count() == 0 and "stranger" not in server.edges
+        # ... while an allowed edge on the same server is served.
+        allowed = edge_link(tmp_path, server, keys, "e1", keys / "edges" / "e1.key_secret")
+        allowed.start()
+        allowed.escalate(esc("e1"))
+        wait_for(lambda: allowed.depth() == 0)
+        allowed.stop()
+        assert server.store.count() == 1
+        assert server.store.list_cases()[0].edge_id == "e1"
+    finally:
+        raw.close()
+        stranger.stop()
+
+
+def test_an_allowed_edge_cannot_escalate_under_another_name(secure, tmp_path):
+    server, keys = secure
+    new_edge(keys, "e2")
+    # e2's key, but the link says it is e1: the teacher refuses, the edge keeps it aside.
+    link = edge_link(tmp_path, server, keys, "e1", keys / "edges" / "e2.key_secret")
+    link.start()
+    case = esc("e1")
+    link.escalate(case)
+    try:
+        wait_for(lambda: link.depth() == 0)
+        assert server.store.count() == 0
+        [(cid, reason)] = link.outbox.dead()
+        assert cid == case.case_id and "may not escalate as 'e1'" in reason
+    finally:
+        link.stop()
+
+
+def test_a_revoked_edge_is_refused_on_its_next_connection(secure, tmp_path):
+    server, keys = secure
+    new_edge(keys, "e3")
+    revoke_edge(keys, "e3")
+    link = edge_link(tmp_path, server, keys, "e3", keys / "revoked" / "e3.key_secret")
+    link.start()
+    link.escalate(esc("e3"))
+    time.sleep(1.5)
+    try:
+        assert not link.connected and link.depth() == 1 and server.store.count() == 0
+    finally:
+        link.stop()
+
+
+@pytest.fixture
+def plain(tmp_path):
+    config = TeacherConfig(
+        home=tmp_path / "home",
+        server=ServerConfig(bind="tcp://127.0.0.1:*", insecure=True, max_message_bytes=4096),
+    )
+    server = TeacherServer(config)
+    server.start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(server.endpoint)
+    yield server, sock
+    sock.close()
+    server.stop()
+
+
+def ask(sock, frames):
+    sock.send_multipart(frames)
+    assert sock.poll(5000), "no reply"
+    return decode(sock.recv_multipart())[0]
+
+
+def test_bad_messages_get_an_error_reply_and_change_nothing(plain, caplog):
+    server, sock = plain
+    good = esc()
+    doc = json.loads(good.model_dump_json())
+    cases = {
+        "malformed": [b"\x00\xffnot json"],
+        "unknown_type": [json.dumps({"type": "gossip" * 600, "schema_version": 1}).encode()],
+        "bad_version": [json.dumps({**doc, "schema_version": 2}).encode()],
+        "too_large": [good.model_dump_json().encode(), b"x" * 5000],
+    }
+    for code, frames in cases.items():
+        reply = ask(sock, frames)
+        assert isinstance(reply, ErrorReply) and reply.code == code, (code, reply)
+    missing = {k: v for k, v in doc.items() if k != "input"}
+    reply = ask(sock, [json.dumps(missing).encode()])
+    assert reply.code == "malformed" and reply.case_id == good.case_id
+    assert "escalation.input" in reply.detail
+    reply = ask(sock, [good.model_dump_json().encode(), b"an undeclared frame"])
+    assert reply.code == "malformed" and "payload" in reply.detail
+    reply = ask(sock, encode(Ack(case_id=good.case_id)))
+    assert reply.code == "rejected"
+    assert server.store.count() == 0
+    assert server.stats["errors"] == 6
+    assert "bad message from edge" in caplog.text
+    # Still serving: the good case is stored and acknowledged.
+    assert ask(sock, encode(good)) == Ack(case_id=good.case_id)
+
+
+def test_duplicates_are_acknowledged_again_and_stored_once(plain):
+    server, sock = plain
+    case = esc()
+    first = ask(sock, encode(case))
+    again = ask(sock, encode(case))
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert server.store.case_ids() == [case.case_id]
+
+
+def teacher_cli(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "teacher", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_keys_cli_init_new_edge_list(tmp_path):
+    keys = str(tmp_path / "keys")
+    assert teacher_cli("keys", "--keys-dir", keys, "init").returncode == 0
+    out = teacher_cli("keys", "--keys-dir", keys, "new-edge", "kitchen-cam")
+    assert out.returncode == 0 and "kitchen-cam.key_secret" in out.stdout
+    again = teacher_cli("keys", "--keys-dir", keys, "new-edge", "kitchen-cam")
+    assert again.returncode == 2 and "already has keys" in again.stderr
+    listed = teacher_cli("keys", "--keys-dir", keys, "list").stdout
+    public, _ = zmq.auth.load_certificate(tmp_path / "keys" / "edges" / "kitchen-cam.key")
+    assert "kitchen-cam" in listed and public.decode() in listed
+    bad = teacher_cli("keys", "--keys-dir", keys, "new-edge", "bad name!")
+    assert bad.returncode == 2 and "edge name" in bad.stderr
+
+
+def test_cases_cli_list_show_correct(tmp_path):
+    home = tmp_path / "home"
+    store = CaseStore(default_store_path(home))
+    case = esc(safety=False)
+    store.add_case(case)
+    store.close()
+    listed = teacher_cli("cases", "--home", str(home), "list", "--unreviewed")
+    assert listed.returncode == 0 and case.case_id in listed.stdout
+    fixed = teacher_cli(
+        "cases",
+        "--home",
+        str(home),
+        "correct",
+        case.case_id,
+        "--safety",
+        "yes",
+        "--answer",
+        "A pan is on fire.",
+        "--keywords",
+        "pan,fire",
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    shown = json.loads(teacher_cli("cases", "--home", str(home), "show", case.case_id).stdout)
+    assert shown["correction"]["safety"] is True
+    assert shown["correction"]["answer"].startswith("Answer: A pan is on fire.\nSAFETY: yes")
+    [label] = CaseStore(default_store_path(home)).labeled_cases()
+    assert (label.safety, label.keywords, label.origin) == (True, ("pan", "fire"), "person")
+    missing = teacher_cli("cases", "--home", str(home), "show", "nope-nope-nope")
+    assert missing.returncode == 2 and "no case" in missing.stderr
+    bad = teacher_cli("cases", "--home", str(home), "correct", case.case_id, "--safety", "maybe")
+    assert bad.returncode == 2 and "yes or no" in bad.stderr

@@ -1,0 +1,217 @@
+"""A running edge (real process, real Gemma 3 270M) takes pushed skills and adapters live.
+
+The teacher server and the edge daemon run as real subprocesses linked over ZeroMQ on
+loopback. The test activates a new skill version, then a new LoRA adapter version, in
+the teacher's registries and checks that the very next input the edge answers uses
+each, without the edge restarting (same pid, one model load).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.config import EmbeddedModelConfig
+from shared.models import ensure_cache
+from shared.skill import default_skill
+from teacher.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def answers(path: Path) -> list[dict]:
+    return [e for e in events(path) if e.get("type") == "answer"]
+
+
+def wait_for(cond, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def random_lora(folder: Path, r: int = 4) -> None:
+    """A PEFT LoRA adapter (safetensors) for the bundled model's shapes, with strong weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads(
+        (ensure_cache(None, EmbeddedModelConfig().cache_dir) / "config.json").read_text()
+    )
+    cfg = cfg.get("text_config", cfg)
+    hidden, heads, head_dim = cfg["hidden_size"], cfg["num_attention_heads"], cfg["head_dim"]
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, out in (
+            ("q_proj", heads * head_dim),
+            ("v_proj", cfg["num_key_value_heads"] * head_dim),
+        ):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, hidden, generator=gen) * 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.5
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": r,
+                "lora_alpha": 2 * r,
+                "lora_dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"],
+                "bias": "none",
+                "inference_mode": True,
+                "base_model_name_or_path": None,
+            }
+        )
+    )
+
+
+@pytest.fixture
+def stack(tmp_path):
+    port = free_port()
+    home = tmp_path / "teacher"
+    teacher_cfg = tmp_path / "teacher.yaml"
+    teacher_cfg.write_text(
+        yaml.safe_dump(
+            {
+                "home": str(home),
+                "server": {"bind": f"tcp://127.0.0.1:{port}", "insecure": True, "heartbeat_s": 0.5},
+                "reviewer": {
+                    "backend": "labels",
+                    "labels": str(ROOT / "shared/data/dev_scenes.jsonl"),
+                },
+            }
+        )
+    )
+    edge_cfg = tmp_path / "edge.yaml"
+    edge_cfg.write_text(
+        yaml.safe_dump(
+            {
+                "edge_id": "rollout-edge",
+                "state_dir": str(tmp_path / "edge"),
+                "model": {"embedded": {"threads": 2}},
+                "policy": {"audit_every": 1},  # every input escalates: the link carries traffic too
+                "link": {
+                    "teacher": f"tcp://127.0.0.1:{port}",
+                    "insecure": True,
+                    "heartbeat_s": 0.5,
+                    "outbox": str(tmp_path / "edge" / "outbox.sqlite"),
+                },
+            }
+        )
+    )
+    teacher = subprocess.Popen(
+        [sys.executable, "-m", "teacher", "serve", "--config", str(teacher_cfg)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "teacher.log").open("w"),
+        text=True,
+    )
+    assert "serving" in teacher.stdout.readline()
+    events_file = tmp_path / "events.jsonl"
+    edge = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            "--config",
+            str(edge_cfg),
+            "--source",
+            "-",
+            "--events",
+            str(events_file),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stderr=(tmp_path / "edge.log").open("w"),
+        text=True,
+    )
+    yield home, edge, events_file, tmp_path
+    for proc in (edge, teacher):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def ask(edge, events_file: Path, text: str, timeout: float = 300) -> dict:
+    before = len(answers(events_file))
+    edge.stdin.write(text + "\n")
+    edge.stdin.flush()
+    wait_for(lambda: len(answers(events_file)) > before, timeout, f"an answer to {text!r}", edge)
+    return answers(events_file)[before]
+
+
+def test_a_live_edge_uses_a_pushed_skill_then_a_pushed_adapter(stack):
+    home, edge, events_file, tmp_path = stack
+    scene = "A cat is sleeping on a sofa."
+    first = ask(edge, events_file, scene)
+    assert (first["skill_version"], first["adapter_version"]) == (0, 0)
+
+    skills = Registry(home, "skills")
+    skill = default_skill().model_copy(
+        update={
+            "version": 1,
+            "instructions": "You describe what a home camera sees, then judge safety.",
+        }
+    )
+    skills.activate(skills.add({"skill.json": skill.to_bytes()}, {"note": "test"}).number)
+    installed = tmp_path / "edge" / "skills" / "active"
+    wait_for(
+        lambda: installed.exists() and installed.read_text().strip() == "1",
+        60,
+        "the skill push to be installed",
+        edge,
+    )
+    second = ask(edge, events_file, scene)
+    assert second["skill_version"] == 1
+    assert second["adapter_version"] == 0
+
+    adapters = Registry(home, "adapters")
+    source = tmp_path / "adapter-src"
+    random_lora(source)
+    files = {p.name: p.read_bytes() for p in source.iterdir()}
+    adapters.activate(adapters.add(files, {"note": "random test adapter"}).number)
+    installed = tmp_path / "edge" / "adapters" / "active"
+    wait_for(
+        lambda: installed.exists() and installed.read_text().strip() == "1",
+        60,
+        "the adapter push to be installed",
+        edge,
+    )
+    third = ask(edge, events_file, scene)
+    assert third["adapter_version"] == 1 and third["skill_version"] == 1
+    # Same skill and input, a strong random adapter: the model's answer changed.
+    assert third["raw"] != second["raw"]
+    assert edge.poll() is None  # never restarted
