@@ -129,7 +129,8 @@ def to_examples(cases: list[LabeledCase]) -> tuple[list[Example], Counter]:
         redacted = LabeledCase(case.id, text, case.safety, case.keywords, case.answer, case.origin)
         target, c2 = redact_counts(target_for(redacted))
         found += c1 + c2
-        out.append(Example(case.id, text, target, case.safety, case.keywords, case.origin))
+        origin = "synthetic" if case.id.startswith("synth-") else case.origin
+        out.append(Example(case.id, text, target, case.safety, case.keywords, origin))
     return out, found
 
 

@@ -138,3 +138,29 @@ def test_reviewed_cases_in_a_real_store_become_examples(tmp_path):
     by_id = {e.id: e for e in ds.train + ds.eval}
     assert by_id["case-0000"].target == " A knife is near a toddler.\nSAFETY: yes\nCONFIDENCE: 0.90"
     assert by_id["case-0001"].origin == "person" and by_id["case-0001"].safety is True
+
+
+def test_synth_writes_new_redacted_inputs_seeded_from_real_ones(tmp_path):
+    from teacher.synth import synthesize
+    from tests.fakes import ScriptedBackend
+
+    replies = iter(
+        [
+            "Answer: A man is cooking pasta in a kitchen.",  # repeats a seed: dropped
+            "Answer: Dr. Jones drops a glass beaker that shatters on a lab floor.",
+            "Answer: ok",  # too short: dropped
+            "Answer: A forklift reverses towards a worker who is looking at a phone.\nmore",
+        ]
+    )
+    backend = ScriptedBackend(lambda request: next(replies))
+    seeds = ["A man is cooking pasta in a kitchen.", "A dog sleeps on a sofa.", "A car parks."]
+    out = synthesize(backend, seeds, count=2, seed=1)
+    assert out == [
+        "Dr. [NAME] drops a glass beaker that shatters on a lab floor.",
+        "A forklift reverses towards a worker who is looking at a phone.",
+    ]
+    assert all(" | " in r.input for r in backend.requests)  # several real seeds per prompt
+    labelled = [LabeledCase(f"synth-{i}", t, True) for i, t in enumerate(out)]
+    ds = build_dataset(bundled_cases("dev_scenes.jsonl") + labelled, tmp_path, INSTR, 0.5, 0)
+    assert {e.origin for e in ds.train if e.id.startswith("synth-")} == {"synthetic"}
+    assert not [e for e in ds.eval if e.id.startswith("synth-")]
