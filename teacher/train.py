@@ -300,7 +300,12 @@ def train_adapter(
     # ------------------------------------------------------------ baseline: the active student
     active = registry.active()
     eval_hash = _eval_hash(dataset)
-    if active is not None and active.meta.get("eval_hash") == eval_hash:
+    saved = run_dir / "baseline.json"
+    saved_doc = json.loads(saved.read_text()) if resume and saved.is_file() else {}
+    if saved_doc.get("eval_hash") == eval_hash:
+        before = EvalReport(**{**saved_doc["before"], "failures": []})
+        logger.info("baseline: as scored before this run was interrupted")
+    elif active is not None and active.meta.get("eval_hash") == eval_hash:
         before = EvalReport(**{**active.meta["after"], "failures": []})
         logger.info("baseline: active adapter v%d as scored on this frozen split", active.number)
     elif active is not None:
@@ -314,6 +319,7 @@ def train_adapter(
             model, tokenizer, dataset.eval, instructions, max_new, desc="eval before"
         )
     logger.info("before: %s", before.summary())
+    saved.write_text(json.dumps({"eval_hash": eval_hash, "before": before.summary()}))
 
     lora = LoraConfig(
         r=tc.lora.r,
@@ -539,6 +545,10 @@ def gather_dataset(cfg: TeacherConfig, args) -> Dataset:
 
 def run(args) -> int:
     cfg = load_config(args.config, TeacherConfig)
+    if cfg.student.embedded.threads:
+        import torch
+
+        torch.set_num_threads(cfg.student.embedded.threads)
     updates = {
         "epochs": args.epochs,
         "learning_rate": args.lr,
