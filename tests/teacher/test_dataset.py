@@ -164,3 +164,32 @@ def test_synth_writes_new_redacted_inputs_seeded_from_real_ones(tmp_path):
     ds = build_dataset(bundled_cases("dev_scenes.jsonl") + labelled, tmp_path, INSTR, 0.5, 0)
     assert {e.origin for e in ds.train if e.id.startswith("synth-")} == {"synthetic"}
     assert not [e for e in ds.eval if e.id.startswith("synth-")]
+
+
+def test_train_cli_builds_and_exports_the_dataset(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "chat.jsonl"
+    args = [sys.executable, "-m", "teacher", "train", "--home", str(tmp_path), "--no-store"]
+    done = subprocess.run(
+        [
+            *args,
+            "--labels",
+            "shared/data/dev_scenes.jsonl",
+            "--dry-run",
+            "--export-dataset",
+            str(out),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["dataset"]["eval"] == 8
+    assert len(out.read_text().splitlines()) == 40
+    empty = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "no reviewed cases" in empty.stderr
