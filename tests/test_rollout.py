@@ -134,35 +134,39 @@ def stack(tmp_path):
         stderr=(tmp_path / "teacher.log").open("w"),
         text=True,
     )
-    assert "serving" in teacher.stdout.readline()
-    events_file = tmp_path / "events.jsonl"
-    edge = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "run",
-            "--config",
-            str(edge_cfg),
-            "--source",
-            "-",
-            "--events",
-            str(events_file),
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stderr=(tmp_path / "edge.log").open("w"),
-        text=True,
-    )
-    yield home, edge, events_file, tmp_path
-    for proc in (edge, teacher):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    procs = [teacher]
+    try:
+        assert "serving" in teacher.stdout.readline()
+        events_file = tmp_path / "events.jsonl"
+        edge = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "run",
+                "--config",
+                str(edge_cfg),
+                "--source",
+                "-",
+                "--events",
+                str(events_file),
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stderr=(tmp_path / "edge.log").open("w"),
+            text=True,
+        )
+        procs.insert(0, edge)
+        yield home, edge, events_file, tmp_path
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
 
 def ask(edge, events_file: Path, text: str, timeout: float = 300) -> dict:
