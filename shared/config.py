@@ -408,6 +408,25 @@ class TrainConfig(Strict):
         2, ge=0, le=100, description="Evaluations of rising eval loss before stopping (0 = off)."
     )
     seed: int = Field(0, description="Random seed.")
+    evals_per_epoch: int = Field(
+        2, ge=1, le=1000, description="Evaluation-loss checks per epoch (for early stopping)."
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, le=1_000_000, description="Steps between resumable checkpoints."
+    )
+    gate_max_new_tokens: int = Field(
+        40, ge=8, le=512, description="Token budget per answer when the gate scores a student."
+    )
+    generic_examples: Path | None = Field(
+        None, description="JSONL of {prompt, completion} mixed in against forgetting."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where training runs: fp32 on CPU, bf16 on CUDA."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model body (CUDA only; ~2.7x faster steps, minutes to compile).",
+    )
 
 
 class TeacherConfig(Strict):

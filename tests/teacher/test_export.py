@@ -1,0 +1,125 @@
+"""Export and adapter commands through the real CLI, on an adapter of a tiny Gemma 3."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from teacher.export import gguf_tensor_name, modelfile
+from teacher.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "teacher", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture()
+def home(tmp_path):
+    """A registry with two adapter versions of a tiny random Gemma 3 (v2 active)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    model = get_peft_model(
+        Gemma3ForCausalLM(cfg),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    out = tmp_path / "peft"
+    model.save_pretrained(out, safe_serialization=True)
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    registry = Registry(tmp_path, "adapters")
+    meta = {
+        "instructions": "Describe the scene.",
+        "after": {"safety_agreement": 0.8, "safety_recall": 0.9, "format_ok": 1.0},
+        "steps": 3,
+        "dataset_sha256": "ab" * 32,
+    }
+    registry.add(files, meta)
+    registry.add(files, {**meta, "steps": 5})
+    registry.activate(2)
+    return tmp_path
+
+
+def test_peft_names_map_to_llama_cpp_adapter_names():
+    key = "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"
+    assert gguf_tensor_name(key) == ("blk.3.attn_q.weight", "a")
+    key = "base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight"
+    assert gguf_tensor_name(key) == ("blk.0.attn_output.weight", "b")
+
+
+def test_export_writes_a_gguf_lora_adapter_and_a_modelfile(home, tmp_path):
+    import gguf
+
+    out = tmp_path / "ollama"
+    done = cli("export", "--home", str(home), "--out", str(out), "--base", "gemma3:270m")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"] == 2
+    reader = gguf.GGUFReader(out / "adapter.gguf")
+    fields = {name: reader.fields[name] for name in reader.fields}
+
+    def text(name):
+        field = fields[name]
+        return bytes(field.parts[field.data[0]]).decode()
+
+    assert text("general.type") == "adapter"
+    assert text("adapter.type") == "lora"
+    assert text("general.architecture") == "gemma3"
+    assert float(fields["adapter.lora.alpha"].parts[-1][0]) == 8.0
+    tensors = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    assert len(tensors) == 2 * 4 * 2  # layers x modules x (a, b)
+    # GGUF shapes are reversed numpy shapes: lora_a (r, in) -> [in, r]; lora_b (out, r) -> [r, out]
+    assert tensors["blk.0.attn_q.weight.lora_a"] == (32, 4)
+    assert tensors["blk.0.attn_q.weight.lora_b"] == (4, 32)
+    text_file = (out / "Modelfile").read_text()
+    assert text_file.splitlines()[:2] == ["FROM gemma3:270m", "ADAPTER ./adapter.gguf"]
+    assert 'SYSTEM """Describe the scene."""' in text_file
+
+
+def test_modelfile_template_renders_the_training_prompt():
+    assert "Scene: {{ .Prompt }}\nAnswer:" in modelfile("x", "y")
+
+
+def test_adapters_list_show_and_rollback(home):
+    listed = cli("adapters", "--home", str(home), "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[-1].startswith("*") and " 2 " in lines[-1]
+    shown = json.loads(cli("adapters", "--home", str(home), "show", "1").stdout)
+    assert shown["version"] == 1 and shown["active"] is False
+    assert {f["name"] for f in shown["files"]} >= {"adapter_model.safetensors"}
+    assert cli("adapters", "--home", str(home), "rollback", "1").returncode == 0
+    assert Registry(home, "adapters").active().number == 1
+    bad = cli("adapters", "--home", str(home), "rollback", "7")
+    assert bad.returncode == 2 and "no adapter version 7" in bad.stderr
+    assert cli("adapters", "--home", str(home), "rollback", "0").returncode == 0
+    assert Registry(home, "adapters").active() is None
+
+
+def test_export_without_an_adapter_is_a_clear_error(tmp_path):
+    done = cli("export", "--home", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "no active adapter" in done.stderr
