@@ -17,7 +17,7 @@ examples:
 COMMANDS = [
     Subcommand(
         "run",
-        "edge.daemon",
+        "edge.run",
         "Answer every input of a source and escalate the doubtful ones.",
         "examples:\n  gemma-edge run --source scenes\n  gemma-edge run --source 0 --config edge.yaml\n"
         "  gemma-edge run --source notes.txt --events events.jsonl",

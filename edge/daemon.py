@@ -1,4 +1,4 @@
-"""``gemma-edge run``: answer every input of a source, escalate the doubtful ones.
+"""The edge daemon: answer every input of a source, escalate the doubtful ones.
 
 Per input, cheapest step first::
 
@@ -7,22 +7,23 @@ Per input, cheapest step first::
     model ─► parse ─► policy.decide ─► event line (+ safety hooks) ─► escalate (link or event)
 
 ``EdgeDaemon`` takes its parts ready-made (backend, source, event log, hooks, metrics,
-link), so tests inject ``tests.fakes.ScriptedBackend`` and real sources. ``make_backend``
-builds the configured backend; ``run(args)`` is the thin CLI entry. Skill and adapter
-updates (skill file changed, or pushed by the teacher link's thread) are handed over
-under a lock and take effect on the NEXT input; nothing restarts.
+link), so tests inject ``tests.fakes.ScriptedBackend`` and real sources; ``edge.run``
+builds them from the configuration (``gemma-edge run``). Skill and adapter updates
+(skill file changed, or pushed by the teacher link's thread) are handed over under a
+lock and take effect on the NEXT input; nothing restarts.
 
-SIGINT/SIGTERM: the input in progress finishes, events are flushed, a summary is
-printed to stderr, exit status 0. A backend error on one input is logged, written as
-an ``error`` event, counted, and the daemon goes on.
+SIGINT/SIGTERM (``handle_signal``, installed by ``edge.run``): the input in progress
+finishes, events are flushed, a summary is printed to stderr, exit status 0. A backend
+error on one input is logged, written as an ``error`` event, counted, and the daemon
+goes on.
 
-This module knows no model, pixel or socket details: it wires the parts together.
+This module knows no model, pixel or socket details, nor how its parts are built from
+the configuration: it runs the parts it is given.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
@@ -31,16 +32,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.events import EventLog, SafetyHooks, open_events
+from edge.events import EventLog, SafetyHooks
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
 from edge.policy import EscalationPolicy
 from edge.sketch import SceneSketcher, to_jpeg
 from edge.skillfile import ActiveSkill
-from edge.sources import Item, Source, open_source
+from edge.sources import Item, Source
 from shared.answer import parse_answer, verdict_confidence
 from shared.backend import Backend, GenerateRequest
-from shared.config import EdgeConfig, load_config
+from shared.config import EdgeConfig
 from shared.errors import BackendError, GemmaEdgeError, LinkError, StoreError
 from shared.messages import Escalation, Review
 from shared.skill import Skill
@@ -390,133 +391,3 @@ class EdgeDaemon:
             f"bad inputs skipped: {self.source.bad}"
         )
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- construction
-def make_backend(config: EdgeConfig) -> Backend:
-    """The configured backend (imported lazily: torch loads only when needed)."""
-    try:
-        if config.model.backend == "ollama":
-            from shared.ollama_backend import OllamaBackend
-
-            backend = OllamaBackend(config.model.ollama, config.model.max_new_tokens)
-        else:
-            from shared.embedded import EmbeddedBackend
-
-            backend = EmbeddedBackend(config.model.embedded)
-    except ImportError as exc:
-        raise GemmaEdgeError(
-            f"the {config.model.backend} backend is not installed: {exc}"
-        ) from None
-    if config.model.adapter is not None:
-        if not hasattr(backend, "load_adapter"):
-            raise GemmaEdgeError(f"model.adapter is set but the {backend.name} backend has none")
-        backend.load_adapter("start", config.model.adapter)
-        backend.set_adapter("start")
-    return backend
-
-
-def make_link(config: EdgeConfig, daemon: EdgeDaemon):
-    """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks.
-
-    The skill and adapter last pushed to ``state_dir`` are taken up first, so a restarted
-    edge keeps what the teacher gave it.
-    """
-    if not config.link.teacher:
-        return None
-    from edge.link import LinkClient
-    from edge.updates import active_adapter, active_skill
-
-    pushed = active_skill(config.state_dir)  # what the teacher pushed before a restart
-    if pushed is not None:
-        daemon.on_skill(pushed[1])
-    adapter = active_adapter(config.state_dir)
-    if adapter is not None:
-        daemon.on_adapter(*adapter)
-    link = LinkClient(
-        config.link,
-        config.edge_id,
-        config.state_dir,
-        on_review=daemon.on_review,
-        on_skill=daemon.on_skill,
-        on_adapter=daemon.on_adapter,
-    )
-    daemon.attach_link(link)
-    link.start()
-    return link
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--source",
-        required=True,
-        help="webcam index (0), rtsp:// or http(s):// URL, video file, image folder or glob, "
-        "text file (one input per line; .jsonl: an 'input' field per line), - for stdin, "
-        "or 'scenes' for the bundled sample scenes",
-    )
-    parser.add_argument("--config", help="edge YAML configuration (default: built-in defaults)")
-    parser.add_argument("--events", help="JSONL events file (default: events.path, else stdout)")
-    parser.add_argument(
-        "--max-inputs", type=int, default=None, help="stop after this many inputs (frames/lines)"
-    )
-    parser.add_argument("--realtime", action="store_true", help="play video files in real time")
-    parser.add_argument("--backend", choices=["embedded", "ollama"], help="override model.backend")
-    parser.add_argument("--skill", help="skill file (overrides the config's skill)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def load_run_config(args) -> EdgeConfig:
-    config = load_config(args.config, EdgeConfig)
-    updates: dict = {}
-    if args.realtime:
-        updates["source"] = config.source.model_copy(update={"realtime": True})
-    if args.events:
-        path = None if args.events == "-" else Path(args.events)
-        updates["events"] = config.events.model_copy(update={"path": path})
-    if args.backend:
-        updates["model"] = config.model.model_copy(update={"backend": args.backend})
-    if args.skill:
-        updates["skill"] = Path(args.skill)
-    if args.metrics_port is not None:
-        updates["metrics"] = config.metrics.model_copy(update={"port": args.metrics_port})
-    return config.model_copy(update=updates)
-
-
-def run(args, backend: Backend | None = None) -> int:
-    """The ``gemma-edge run`` command; ``backend`` replaces the configured one (tests)."""
-    config = load_run_config(args)
-    if args.max_inputs is not None and args.max_inputs < 1:
-        raise GemmaEdgeError(f"--max-inputs must be at least 1, not {args.max_inputs}")
-    skill = ActiveSkill(config.skill)
-    source = open_source(args.source, config.source)
-    events = hooks = metrics = link = None
-    try:
-        events, hooks = open_events(config.events)
-        metrics = EdgeMetrics()
-        if config.metrics.port is not None:
-            metrics.serve(config.metrics.host, config.metrics.port)
-        backend = backend or make_backend(config)
-        daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, skill)
-        link = make_link(config, daemon)
-        previous = {
-            sig: signal.signal(sig, daemon.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            daemon.run(args.max_inputs, progress=not args.no_progress)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        print(daemon.summary_text(), file=sys.stderr)
-        backend.close()
-    finally:
-        source.close()
-        if link is not None:
-            link.stop()
-        if hooks is not None:
-            hooks.close()
-        if metrics is not None:
-            metrics.close()
-        if events is not None:
-            events.close()
-    return 0

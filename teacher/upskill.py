@@ -367,7 +367,7 @@ def make_backend(model: ModelConfig) -> Backend:
         from shared.ollama_backend import OllamaBackend
     except ImportError as exc:
         raise TrainingError(f"the Ollama backend is not available: {exc}") from exc
-    return OllamaBackend(model.ollama, model.max_new_tokens)  # as edge.daemon.make_backend
+    return OllamaBackend(model.ollama, model.max_new_tokens)  # as edge.run.make_backend
 
 
 def writer_backend(cfg: TeacherConfig, student: Backend | None = None) -> Backend | None:

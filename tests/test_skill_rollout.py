@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from edge.daemon import EdgeDaemon, make_link
+from edge.daemon import EdgeDaemon
 from edge.events import EventLog
+from edge.run import make_link
 from edge.sources import Item, Source
 from shared.backend import GenerateRequest
 from shared.config import (

@@ -13,7 +13,7 @@ import sys
 import time
 
 from edge.cli import parser as edge_parser
-from edge.daemon import run
+from edge.run import run
 from shared.cli import setup_logging
 from shared.errors import BackendError, GemmaEdgeError
 from tests.fakes import ScriptedBackend

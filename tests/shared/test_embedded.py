@@ -29,7 +29,7 @@ def backend(gemma):
     model, tokenizer = gemma
     b = EmbeddedBackend(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
     assert b.wait_ready(timeout=300)  # the int8 head, so the fast path is what is tested
-    assert b._int8_head is not None
+    assert b._decoder.int8_ready
     yield b
     b.close()
 
@@ -192,10 +192,10 @@ def test_lean_step_equals_the_model_forward(gemma):
     ids = torch.tensor([tokenizer("A short prompt to fill the cache").input_ids])
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        b._forward(ids, cache)
+        b._decoder.forward(ids, cache)
         other = copy.deepcopy(cache)
         for token in (236, 1000, 5000, 7, 9, 11, 13, 17, 19, 23):  # past the sliding window
-            ours = b._step(token, cache)
+            ours = b._decoder.step(token, cache)
             reference = model.model(
                 input_ids=torch.tensor([[token]]), past_key_values=other, use_cache=True
             ).last_hidden_state[0]
@@ -212,26 +212,26 @@ def test_fast_paths_keep_the_greedy_tokens(gemma):
         out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)
     truth = out[0, len(prompt) :].tolist()
 
-    class Oracle(EmbeddedBackend):
+    calls = 0
+
+    def oracle(context, budget):
         """Drafts the true continuation, every other time with a wrong middle token."""
-
-        calls = 0
-
-        def _draft(self, context, budget):
-            done = len(context) - len(prompt)
-            draft = truth[done : done + min(3, budget - 1)]
-            Oracle.calls += 1
-            if Oracle.calls % 2 and len(draft) == 3:
-                draft[1] = (draft[1] + 1) % 1000
-            return draft
+        nonlocal calls
+        done = len(context) - len(prompt)
+        draft = truth[done : done + min(3, budget - 1)]
+        calls += 1
+        if calls % 2 and len(draft) == 3:
+            draft[1] = (draft[1] + 1) % 1000
+        return draft
 
     plain = EmbeddedBackend(
         EmbeddedModelConfig(int8_head=False, speculative=False), model=model, tokenizer=tokenizer
     )
-    fast = Oracle(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
-    assert fast.wait_ready(timeout=120) and fast._int8_head is not None
+    fast = EmbeddedBackend(EmbeddedModelConfig(), model=model, tokenizer=tokenizer)
+    fast._decoder.draft = oracle  # in place of prompt lookup
+    assert fast.wait_ready(timeout=120) and fast._decoder.int8_ready
     a, b = plain.generate(req), fast.generate(req)
     assert tokenizer.decode(truth, skip_special_tokens=True) == a.text.removeprefix("Answer:")
     assert [lp.token for lp in b.logprobs] == [lp.token for lp in a.logprobs]
     assert b.text == a.text and b.tokens == a.tokens == 12
-    assert Oracle.calls >= 3  # drafts were verified, accepted and rejected
+    assert calls >= 3  # drafts were verified, accepted and rejected
