@@ -13,9 +13,10 @@ A straight-line recipe, read top to bottom::
 
 The vocabulary head (262k rows) is the main cost of a small Gemma, so the model body
 runs once to hidden states and the head is applied only at the answer positions
-(``answer_loss``). Run folders live under ``<home>/train/runs/<stamp>/`` with the loss
-curves (JSON + PNG), the report and the checkpoint. It knows nothing about sockets:
-the teacher server pushes whatever version the registry marks active.
+(``teacher.batches.answer_loss``). Run folders live under ``<home>/train/runs/<stamp>/``
+with the loss curves (JSON + PNG), the report and the checkpoint (``teacher.checkpoint``).
+It knows nothing about sockets: the teacher server pushes whatever version the registry
+marks active.
 
 example::
 
@@ -27,8 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,178 +40,12 @@ from shared.config import TeacherConfig, TrainConfig, load_config
 from shared.errors import TrainingError
 from shared.evaluation import EvalReport, load_labeled
 from teacher import gate
-from teacher.dataset import Dataset, Example, build_dataset, export_chat, import_chat, load_generic
+from teacher.batches import answer_loss, collate, eval_loss, plan_batches, tokenize
+from teacher.checkpoint import load_checkpoint, save_checkpoint, trainable_params, write_curves
+from teacher.dataset import Dataset, build_dataset, export_chat, import_chat, load_generic
 from teacher.registry import Registry
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- data → tensors
-@dataclass(frozen=True)
-class Tokenized:
-    ids: list[int]
-    n_prompt: int  # tokens before the answer; loss is on ids[n_prompt:]
-
-
-def tokenize(examples: list[Example], tokenizer, instructions: str, max_length: int):
-    """BOS + prompt + answer + EOS; a too-long prompt loses its oldest tokens, never the answer."""
-    out = []
-    for ex in examples:
-        prompt = tokenizer(ex.render_prompt(instructions), add_special_tokens=False).input_ids
-        answer = tokenizer(ex.target, add_special_tokens=False).input_ids
-        answer = answer[: max_length // 2] + [tokenizer.eos_token_id]
-        room = max_length - len(answer) - 1
-        prompt = [tokenizer.bos_token_id] + prompt[-room:]
-        out.append(Tokenized(prompt + answer, len(prompt)))
-    return out
-
-
-def plan_batches(items: list[Tokenized], batch_size: int, seed: int, epoch: int):
-    """Length-bucketed batches (little padding) in a seeded random order per epoch."""
-    rng = random.Random(seed * 1000 + epoch)
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    chunks = [order[i : i + batch_size * 16] for i in range(0, len(order), batch_size * 16)]
-    batches = []
-    for chunk in chunks:
-        chunk.sort(key=lambda i: len(items[i].ids))
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(items: list[Tokenized], pad_id: int, device) -> dict:
-    import torch
-
-    width = max(len(t.ids) for t in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for row, t in enumerate(items):
-        n = len(t.ids)
-        ids[row, :n] = torch.tensor(t.ids)
-        mask[row, :n] = 1
-        labels[row, t.n_prompt : n] = ids[row, t.n_prompt : n]
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "labels": labels.to(device),
-    }
-
-
-def answer_loss(model, input_ids, attention_mask, labels, fused: bool = False, body=None):
-    """Mean cross-entropy over answer tokens; the LM head runs only at those positions.
-
-    ``model`` is a PEFT model (or a plain causal LM) of the Gemma family: its body
-    (``.model``, or ``body``: e.g. a compiled view of it) gives hidden states, and its
-    ``.lm_head`` maps only the gathered answer positions to logits. Batches are
-    right-padded (``collate``), so causal attention alone is exact for every real token
-    and no padding mask is passed: attention stays on the fused causal kernels.
-    ``attention_mask`` is accepted for the batch dict's sake and not used.
-    ``fused`` uses liger-kernel's chunked linear + cross-entropy instead (CUDA).
-    Returns (loss, number of answer tokens).
-    """
-    import torch.nn.functional as F
-
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = (causal.model if body is None else body)(input_ids=input_ids).last_hidden_state
-    targets = labels[:, 1:]
-    where = targets != -100
-    picked = hidden[:, :-1][where]
-    wanted = targets[where]
-    cap = getattr(causal.config, "final_logit_softcapping", None)
-    if fused and not cap and _liger_loss() is not None:
-        return _liger_loss()(causal.lm_head.weight, picked, wanted), int(wanted.numel())
-    logits = causal.lm_head(picked).float()
-    if cap:
-        logits = (logits / cap).tanh() * cap
-    return F.cross_entropy(logits, wanted), int(wanted.numel())
-
-
-_LIGER: list = []
-
-
-def _liger_loss():
-    """liger-kernel's fused linear + cross-entropy (an optional CUDA speed-up), or None."""
-    if not _LIGER:
-        try:
-            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-
-            _LIGER.append(LigerFusedLinearCrossEntropyLoss())
-        except ImportError:
-            _LIGER.append(None)
-    return _LIGER[0]
-
-
-# ---------------------------------------------------------------- checkpoints
-def _trainable(model) -> dict:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
-    """Adapter + optimizer tensors as safetensors, the rest as JSON; atomic by rename."""
-    from safetensors.torch import save_file
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    params = _trainable(model)
-    save_file(
-        {n: p.detach().contiguous().cpu() for n, p in params.items()}, tmp / "adapter.safetensors"
-    )
-    opt = {}
-    for name, p in params.items():
-        for key, value in optimizer.state.get(p, {}).items():
-            opt[f"{name}::{key}"] = value.detach().reshape(value.shape).contiguous().cpu()
-    save_file(opt, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def load_checkpoint(folder: Path, model, optimizer) -> dict:
-    import torch
-    from safetensors.torch import load_file
-
-    if not (folder / "state.json").is_file():
-        raise TrainingError(f"{folder}: no checkpoint to resume from")
-    params = _trainable(model)
-    weights = load_file(folder / "adapter.safetensors")
-    missing = set(params) - set(weights)
-    if missing:
-        raise TrainingError(f"{folder}: checkpoint lacks {len(missing)} adapter tensors")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    for key, value in load_file(folder / "optimizer.safetensors").items():
-        name, slot = key.split("::")
-        p = params[name]
-        optimizer.state[p][slot] = value.to(p.device) if slot != "step" else value
-    return json.loads((folder / "state.json").read_text())
-
-
-# ---------------------------------------------------------------- curves
-def write_curves(run_dir: Path, history: dict) -> None:
-    (run_dir / "curves.json").write_text(json.dumps(history, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if history["train"]:
-        steps, losses = zip(*history["train"], strict=True)
-        ax.plot(steps, losses, label="train (answer tokens)", alpha=0.7)
-    if history["eval"]:
-        steps, losses = zip(*history["eval"], strict=True)
-        ax.plot(steps, losses, "o-", label="eval (frozen split)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -242,21 +75,6 @@ class TrainResult:
             "train_seconds": round(self.seconds, 1),
             "train_tokens_per_s": round(self.tokens_per_s, 1),
         }
-
-
-def _eval_loss(model, items, batch_size, pad_id, device, body=None) -> float:
-    import torch
-
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(items), batch_size):
-            batch = collate(items[start : start + batch_size], pad_id, device)
-            loss, n = answer_loss(model, **batch, body=body)
-            total += float(loss) * n
-            count += n
-    model.train()
-    return total / max(1, count)
 
 
 def train_adapter(
@@ -353,7 +171,7 @@ def train_adapter(
         history = state.pop("history")
         scheduler.load_state_dict(state.pop("scheduler"))
         logger.info("resumed %s at step %d", run_dir, state["step"])
-    best = {n: p.detach().clone() for n, p in _trainable(model).items()}
+    best = {n: p.detach().clone() for n, p in trainable_params(model).items()}
 
     # ------------------------------------------------------------ train
     model.train()
@@ -383,11 +201,11 @@ def train_adapter(
             bar.set_postfix(loss=f"{loss_value:.3f}")
             at_end = state["step"] == total_steps
             if state["step"] % eval_every == 0 or at_end:
-                ev = _eval_loss(model, eval_items, tc.batch_size, pad_id, device, body)
+                ev = eval_loss(model, eval_items, tc.batch_size, pad_id, device, body)
                 history["eval"].append((state["step"], round(ev, 4)))
                 if state["best_eval"] is None or ev < state["best_eval"]:
                     state["best_eval"], state["bad_evals"] = ev, 0
-                    best = {n: p.detach().clone() for n, p in _trainable(model).items()}
+                    best = {n: p.detach().clone() for n, p in trainable_params(model).items()}
                 else:
                     state["bad_evals"] += 1
                 logger.info("step %d eval loss %.4f", state["step"], ev)
@@ -407,7 +225,7 @@ def train_adapter(
         bar.close()
     seconds = state["seconds"]
     with torch.no_grad():
-        for name, p in _trainable(model).items():
+        for name, p in trainable_params(model).items():
             p.copy_(best[name])
     write_curves(run_dir, history)
 

@@ -62,7 +62,7 @@ def small_setup(tmp_path, **train):
 def test_answer_only_loss_matches_the_full_vocabulary_loss(tokenizer):
     import torch
 
-    from teacher.train import answer_loss, collate, tokenize
+    from teacher.batches import answer_loss, collate, tokenize
 
     model = tiny_model()
     examples = build_dataset(

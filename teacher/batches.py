@@ -1,0 +1,130 @@
+"""Reviewed examples → token batches → the answer-only loss of a LoRA training run.
+
+``tokenize`` renders each example as BOS + prompt + answer + EOS (a too-long prompt loses
+its oldest tokens, never the answer); ``plan_batches`` orders them into length-bucketed,
+seeded batches per epoch; ``collate`` pads them on the right into tensors whose labels
+mark only the answer tokens; ``answer_loss`` runs the model body once to hidden states
+and applies the vocabulary head (262k rows, the main cost of a small Gemma) only at
+those answer positions; ``eval_loss`` averages it over a split.
+
+It knows tokenizers, tensors and the Gemma model layout. It does not know the training
+loop, optimizers, checkpoints, the registry or the gate: ``teacher.train`` drives those.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from teacher.dataset import Example
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[int]
+    n_prompt: int  # tokens before the answer; loss is on ids[n_prompt:]
+
+
+def tokenize(examples: list[Example], tokenizer, instructions: str, max_length: int):
+    """BOS + prompt + answer + EOS; a too-long prompt loses its oldest tokens, never the answer."""
+    out = []
+    for ex in examples:
+        prompt = tokenizer(ex.render_prompt(instructions), add_special_tokens=False).input_ids
+        answer = tokenizer(ex.target, add_special_tokens=False).input_ids
+        answer = answer[: max_length // 2] + [tokenizer.eos_token_id]
+        room = max_length - len(answer) - 1
+        prompt = [tokenizer.bos_token_id] + prompt[-room:]
+        out.append(Tokenized(prompt + answer, len(prompt)))
+    return out
+
+
+def plan_batches(items: list[Tokenized], batch_size: int, seed: int, epoch: int):
+    """Length-bucketed batches (little padding) in a seeded random order per epoch."""
+    rng = random.Random(seed * 1000 + epoch)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    chunks = [order[i : i + batch_size * 16] for i in range(0, len(order), batch_size * 16)]
+    batches = []
+    for chunk in chunks:
+        chunk.sort(key=lambda i: len(items[i].ids))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(items: list[Tokenized], pad_id: int, device) -> dict:
+    import torch
+
+    width = max(len(t.ids) for t in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for row, t in enumerate(items):
+        n = len(t.ids)
+        ids[row, :n] = torch.tensor(t.ids)
+        mask[row, :n] = 1
+        labels[row, t.n_prompt : n] = ids[row, t.n_prompt : n]
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def answer_loss(model, input_ids, attention_mask, labels, fused: bool = False, body=None):
+    """Mean cross-entropy over answer tokens; the LM head runs only at those positions.
+
+    ``model`` is a PEFT model (or a plain causal LM) of the Gemma family: its body
+    (``.model``, or ``body``: e.g. a compiled view of it) gives hidden states, and its
+    ``.lm_head`` maps only the gathered answer positions to logits. Batches are
+    right-padded (``collate``), so causal attention alone is exact for every real token
+    and no padding mask is passed: attention stays on the fused causal kernels.
+    ``attention_mask`` is accepted for the batch dict's sake and not used.
+    ``fused`` uses liger-kernel's chunked linear + cross-entropy instead (CUDA).
+    Returns (loss, number of answer tokens).
+    """
+    import torch.nn.functional as F
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = (causal.model if body is None else body)(input_ids=input_ids).last_hidden_state
+    targets = labels[:, 1:]
+    where = targets != -100
+    picked = hidden[:, :-1][where]
+    wanted = targets[where]
+    cap = getattr(causal.config, "final_logit_softcapping", None)
+    if fused and not cap and _liger_loss() is not None:
+        return _liger_loss()(causal.lm_head.weight, picked, wanted), int(wanted.numel())
+    logits = causal.lm_head(picked).float()
+    if cap:
+        logits = (logits / cap).tanh() * cap
+    return F.cross_entropy(logits, wanted), int(wanted.numel())
+
+
+_LIGER: list = []
+
+
+def _liger_loss():
+    """liger-kernel's fused linear + cross-entropy (an optional CUDA speed-up), or None."""
+    if not _LIGER:
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            _LIGER.append(LigerFusedLinearCrossEntropyLoss())
+        except ImportError:
+            _LIGER.append(None)
+    return _LIGER[0]
+
+
+def eval_loss(model, items, batch_size, pad_id, device, body=None) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            batch = collate(items[start : start + batch_size], pad_id, device)
+            loss, n = answer_loss(model, **batch, body=body)
+            total += float(loss) * n
+            count += n
+    model.train()
+    return total / max(1, count)
