@@ -45,17 +45,25 @@ class LabeledCase:
         return doc
 
 
+def jsonl_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of each non-blank line of a JSONL file; ConfigError if unreadable."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(str(path), [("<file>", str(path), exc.strerror or str(exc))]) from None
+    return [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def bad_line(path: Path, number: int, line: str, exc: Exception) -> ConfigError:
+    """The error for a JSONL line that does not parse or validate, naming the line."""
+    return ConfigError(str(path), [(f"line {number}", line[:80], str(exc))])
+
+
 def load_labeled(path: Path | str) -> list[LabeledCase]:
     """Read labelled JSONL (input, safety, keywords[, id, answer]); errors name the line."""
     path = Path(path)
     cases: list[LabeledCase] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(str(path), [("<file>", str(path), exc.strerror or str(exc))]) from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path):
         try:
             doc = json.loads(line)
             if not isinstance(doc.get("input"), str) or not doc["input"].strip():
@@ -66,7 +74,7 @@ def load_labeled(path: Path | str) -> list[LabeledCase]:
             if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
                 raise ValueError("'keywords' must be a list of strings")
         except (json.JSONDecodeError, ValueError, AttributeError) as exc:
-            raise ConfigError(str(path), [(f"line {number}", line[:80], str(exc))]) from None
+            raise bad_line(path, number, line, exc) from None
         cases.append(
             LabeledCase(
                 id=str(doc.get("id") or f"{path.stem}-{number}"),

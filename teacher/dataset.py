@@ -34,7 +34,7 @@ from pathlib import Path
 
 from shared.answer import parse_answer
 from shared.errors import ConfigError
-from shared.evaluation import LabeledCase
+from shared.evaluation import LabeledCase, bad_line, jsonl_lines
 from shared.skill import ANSWER_PRIMER, render_input, render_prefix
 from teacher.redact import redact_counts
 
@@ -278,16 +278,10 @@ def export_chat(dataset: Dataset, path: Path) -> int:
 def import_chat(path: Path) -> tuple[list[Example], list[Example], str]:
     """(train, eval, instructions) from chat JSONL; errors name the line and the problem."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(str(path), [("<file>", str(path), exc.strerror or str(exc))]) from None
     train: list[Example] = []
     evals: list[Example] = []
     instructions = ""
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path):
         try:
             doc = json.loads(line)
             roles = {m["role"]: m["content"] for m in doc["messages"]}
@@ -315,7 +309,7 @@ def import_chat(path: Path) -> tuple[list[Example], list[Example], str]:
                 prompt=prompt,
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(str(path), [(f"line {number}", line[:80], str(exc))]) from None
+            raise bad_line(path, number, line, exc) from None
         (evals if split == "eval" else train).append(ex)
     return train, evals, instructions
 
@@ -324,18 +318,12 @@ def load_generic(path: Path) -> list[Example]:
     """Generic examples against forgetting: JSONL of {"prompt", "completion"} pairs."""
     path = Path(path)
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(str(path), [("<file>", str(path), exc.strerror or str(exc))]) from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path):
         try:
             doc = json.loads(line)
             prompt, completion = str(doc["prompt"]), str(doc["completion"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(str(path), [(f"line {number}", line[:80], str(exc))]) from None
+            raise bad_line(path, number, line, exc) from None
         prompt, _ = redact_counts(prompt)
         completion, _ = redact_counts(completion)
         out.append(
