@@ -223,7 +223,7 @@ class EdgeDaemon:
                 return
             gate_reason = result.reason
             scene_key = sketch.signature
-            if self.multimodal or (self.link is not None and self.config.link.send_frames):
+            if self.multimodal:  # a text-only model needs no JPEG unless the frame escalates
                 jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
         else:
             text = item.text or ""
@@ -233,7 +233,7 @@ class EdgeDaemon:
             system=skill.instructions,
             input=text,
             demos=skill.demos,
-            image=jpeg if self.multimodal else None,
+            image=jpeg,
             max_new_tokens=self.config.model.max_new_tokens,
         )
         base = {
@@ -319,6 +319,10 @@ class EdgeDaemon:
             self.metrics.escalations.labels(reason).inc()
         if self.link is None:
             return case_id
+        if item.frame is None or not self.config.link.send_frames:
+            jpeg = None
+        elif jpeg is None:  # encoded here, for escalations only, when the model took text
+            jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
         esc = Escalation(
             case_id=case_id,
             edge_id=self.config.edge_id,
