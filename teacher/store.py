@@ -403,36 +403,14 @@ _COLUMNS = (
 
 
 def _case(row: tuple) -> StoredCase:
-    (
-        cid,
-        edge,
-        created,
-        received,
-        source,
-        kind,
-        text,
-        answer,
-        safety,
-        conf,
-        reasons,
-        kw,
-        status,
-        detail,
-        has_frame,
-    ) = row
+    """A ``_COLUMNS`` row as a StoredCase (SQLite ints and JSON text back to Python)."""
+    safety, confidence, reasons, keyword, status, detail, has_frame = row[8:]
     return StoredCase(
-        cid,
-        edge,
-        created,
-        received,
-        source,
-        kind,
-        text,
-        answer,
+        *row[:8],
         None if safety is None else bool(safety),
-        conf,
+        confidence,
         json.loads(reasons),
-        bool(kw),
+        bool(keyword),
         status,
         detail,
         bool(has_frame),
