@@ -335,30 +335,28 @@ def write_instructions(
 ) -> tuple[list[str], str]:
     """Ask the writer for n prompts; returns (prompts, note). TrainingError when the
     reply and one repair attempt both fail to parse."""
-    request = GenerateRequest(
-        system="You are an expert prompt engineer. Reply with JSON only.",
-        input=writer_prompt(n, current, feedback),
-        stop=(),
-        max_new_tokens=max_new_tokens,
+
+    def ask(system: str, text: str, doing: str) -> str:
+        request = GenerateRequest(system=system, input=text, stop=(), max_new_tokens=max_new_tokens)
+        try:
+            return writer.generate(request).text
+        except BackendError as exc:
+            raise TrainingError(f"the candidate writer failed{doing}: {exc}") from exc
+
+    reply = ask(
+        "You are an expert prompt engineer. Reply with JSON only.",
+        writer_prompt(n, current, feedback),
+        "",
     )
-    try:
-        reply = writer.generate(request).text
-    except BackendError as exc:
-        raise TrainingError(f"the candidate writer failed: {exc}") from exc
     try:
         return parse_prompt_list(reply)[:n], "parsed"
     except ValueError as first:
         logger.info("writer reply did not parse (%s); asking it to repair", first)
-    repair = GenerateRequest(
-        system="You fix malformed JSON. Reply with JSON only.",
-        input=REPAIR_PROMPT + reply[:8000],
-        stop=(),
-        max_new_tokens=max_new_tokens,
+    fixed = ask(
+        "You fix malformed JSON. Reply with JSON only.",
+        REPAIR_PROMPT + reply[:8000],
+        " while repairing",
     )
-    try:
-        fixed = writer.generate(repair).text
-    except BackendError as exc:
-        raise TrainingError(f"the candidate writer failed while repairing: {exc}") from exc
     try:
         return parse_prompt_list(fixed)[:n], "repaired"
     except ValueError as exc:
