@@ -7,10 +7,12 @@ Per input, cheapest step first::
     model ─► parse ─► policy.decide ─► event line (+ safety hooks) ─► escalate (link or event)
 
 ``EdgeDaemon`` takes its parts ready-made (backend, source, event log, hooks, metrics,
-link), so tests inject ``tests.fakes.ScriptedBackend`` and real sources; ``edge.run``
-builds them from the configuration (``gemma-edge run``). Skill and adapter updates
-(skill file changed, or pushed by the teacher link's thread) are handed over under a
-lock and take effect on the NEXT input; nothing restarts.
+link, release), so tests inject ``tests.fakes.ScriptedBackend`` and real sources;
+``edge.run`` builds them from the configuration (``gemma-edge run``). The model answers
+through ``shared.student.Student`` running one release (skill, adapter, safety head,
+thresholds), the very code the teacher evaluates releases with. A release pushed by the
+teacher link's thread (or a changed skill file, or a legacy skill/adapter push) is
+handed over under a lock and takes effect on the NEXT input; nothing restarts.
 
 SIGINT/SIGTERM (``handle_signal``, installed by ``edge.run``): the input in progress
 finishes, events are flushed, a summary is printed to stderr, exit status 0. A backend
@@ -35,16 +37,17 @@ from pathlib import Path
 from edge.events import EventLog, SafetyHooks
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
-from edge.policy import EscalationPolicy
+from edge.policy import EscalationPolicy, text_scene_key
 from edge.sketch import SceneSketcher, to_jpeg
 from edge.skillfile import ActiveSkill
 from edge.sources import Item, Source
-from shared.answer import parse_answer, verdict_confidence
-from shared.backend import Backend, GenerateRequest
+from shared.backend import Backend
 from shared.config import EdgeConfig
 from shared.errors import BackendError, GemmaEdgeError, LinkError, StoreError
 from shared.messages import Escalation, Review
+from shared.release import Release, default_release, skill_release
 from shared.skill import Skill
+from shared.student import Student
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class EdgeDaemon:
         metrics: EdgeMetrics | None = None,
         skill: ActiveSkill | None = None,
         clock=time.time,
+        release: Release | None = None,
     ):
         self.config = config
         self.backend = backend
@@ -89,6 +93,13 @@ class EdgeDaemon:
         self.metrics = metrics or EdgeMetrics()
         self.skill = skill or ActiveSkill(config.skill)
         self.clock = clock
+        # A release given (or pushed) wins; else a skill file runs bare; else the bundled
+        # default release (default skill, a head trained on the bundled scenes).
+        self._follow_skill = release is None and self.skill.path is not None
+        if release is None:
+            release = skill_release(self.skill.current(clock())) if self._follow_skill else None
+        self.student = Student(backend, release or default_release(), config.model.max_new_tokens)
+        self._skill_seen = self.student.skill
         self.link = None  # set by attach_link
         self.gate = FrameGate(config.gate)
         self.sketcher = SceneSketcher(config.sketch)
@@ -98,26 +109,38 @@ class EdgeDaemon:
         self.multimodal = bool(getattr(backend, "accepts_images", config.model.backend == "ollama"))
         self._stop = threading.Event()
         self._busy = False
-        self._pending_adapter: tuple[int, Path] | None = None
+        self._pending: Release | None = None
+        self._legacy_adapter = 0
         self._lock = threading.Lock()
         self._sketches: dict[str, float] = {}  # sketch text -> when it was last answered
         self._gated_since_answer = 0
-        self.metrics.skill_version.set(self.skill.version)
+        self.metrics.skill_version.set(self.student.skill.version)
 
     # ------------------------------------------------------------ link wiring
     def attach_link(self, link) -> None:
         """Send every escalation to ``link`` (an ``edge.link.LinkClient``, started by the caller)."""
         self.link = link
-        link.set_versions(self.skill.version, self.adapter_version)
+        self._report_versions()
+
+    @property
+    def release(self) -> Release:
+        return self.student.release
+
+    def on_release(self, release: Release) -> None:
+        """A new release (from the link's thread); used from the next input on."""
+        with self._lock:
+            self._pending = release
 
     def on_skill(self, skill: Skill) -> None:
-        """A new skill (from the link's thread); used from the next input on."""
-        self.skill.push(skill)
+        """A legacy skill push: run it bare (a head fit for another prompt does not apply)."""
+        adapter = self._pending.adapter_dir if self._pending else self.release.adapter_dir
+        self.on_release(skill_release(skill, adapter))
 
     def on_adapter(self, version: int, path: Path) -> None:
-        """A new adapter (from the link's thread); loaded before the next input."""
-        with self._lock:
-            self._pending_adapter = (version, Path(path))
+        """A legacy adapter push: the current skill with that adapter, no head."""
+        skill = self._pending.skill if self._pending else self.release.skill
+        self._legacy_adapter = version
+        self.on_release(skill_release(skill, Path(path)))
 
     def on_review(self, review: Review) -> None:
         self.stats.reviews += 1
@@ -133,23 +156,36 @@ class EdgeDaemon:
             }
         )
 
-    def _apply_pending_adapter(self) -> None:
+    def _apply_pending(self, now: float) -> None:
         with self._lock:
-            pending, self._pending_adapter = self._pending_adapter, None
+            pending, self._pending = self._pending, None
+        if pending is None and self._follow_skill:
+            skill = self.skill.current(now)  # a changed skill file runs from this input on
+            if skill is not self._skill_seen:
+                self._skill_seen = skill
+                pending = skill_release(skill, self.release.adapter_dir)
         if pending is None:
             return
-        version, path = pending
-        name = f"v{version}"
         try:
-            self.backend.load_adapter(name, path)
-            self.backend.set_adapter(name)
-        except (AttributeError, GemmaEdgeError, OSError) as exc:
-            logger.error("adapter v%d from %s not activated (keeping v%d): %s",
-                         version, path, self.adapter_version, exc)  # fmt: skip
+            self.student.use(pending)
+        except (GemmaEdgeError, OSError) as exc:
+            logger.error("%s not activated (keeping release v%d): %s",
+                         pending.describe(), self.release.version, exc)  # fmt: skip
             return
-        self.adapter_version = version
-        self.metrics.adapter_version.set(version)
-        logger.warning("adapter v%d active", version)
+        if pending.adapter_dir is None:
+            self.adapter_version = 0
+        else:  # a release's adapter carries its version; a legacy push its own
+            self.adapter_version = pending.version or self._legacy_adapter
+        self.metrics.adapter_version.set(self.adapter_version)
+        self.metrics.skill_version.set(pending.skill.version)
+        self._report_versions()
+        logger.warning("now running %s", pending.describe())
+
+    def _report_versions(self) -> None:
+        if self.link is not None:
+            self.link.set_versions(
+                self.release.skill.version, self.adapter_version, self.release.version
+            )
 
     # ------------------------------------------------------------ the loop
     def stop(self) -> None:
@@ -198,9 +234,10 @@ class EdgeDaemon:
         return self.stats
 
     def _handle(self, item: Item) -> None:
-        self._apply_pending_adapter()
         now = self.clock()
-        skill = self.skill.current(now)
+        self._apply_pending(now)
+        release = self.release
+        skill = release.skill
         sketch = jpeg = None
         gate_reason = None
         policy_now = now
@@ -215,7 +252,7 @@ class EdgeDaemon:
                 policy_now = item.t  # files: cooldowns and budget run on media time
             sketch = self.sketcher.sketch(item.frame)
             text = sketch.text
-            key = f"{skill.version}/{self.adapter_version}/{text}"  # a new skill answers anew
+            key = f"{release.version}/{skill.version}/{self.adapter_version}/{text}"
             if self._seen_sketch(key, policy_now) and result.reason != AUDIT:
                 self.gate.reject(SAME_SKETCH)
                 self.metrics.gated.labels(SAME_SKETCH).inc()
@@ -227,15 +264,8 @@ class EdgeDaemon:
                 jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
         else:
             text = item.text or ""
-            scene_key = "text:" + " ".join(text.lower().split())
+            scene_key = text_scene_key(text)
 
-        request = GenerateRequest(
-            system=skill.instructions,
-            input=text,
-            demos=skill.demos,
-            image=jpeg,
-            max_new_tokens=self.config.model.max_new_tokens,
-        )
         base = {
             "time": now,
             "source": item.source,
@@ -252,7 +282,7 @@ class EdgeDaemon:
         self.stats.model_calls += 1
         started = time.perf_counter()
         try:
-            gen = self.backend.generate(request)
+            answered = self.student.answer(text, jpeg)
         except BackendError as exc:
             self.stats.backend_errors += 1
             self.metrics.backend_errors.inc()
@@ -264,8 +294,8 @@ class EdgeDaemon:
         self.metrics.inputs.labels(item.kind).inc()
         self.stats.answered += 1
 
-        answer = parse_answer(gen.text, verdict_confidence(gen.logprobs))
-        decision = self.policy.decide(answer, text, scene_key, policy_now)
+        gen, answer = answered.generation, answered.answer
+        decision = self.policy.decide(answer, text, scene_key, policy_now, release.calibration)
         event = {
             "type": "answer",
             **base,
@@ -274,6 +304,8 @@ class EdgeDaemon:
             "safety": answer.safety,
             "confidence": answer.confidence,
             "prob_confidence": answer.prob_confidence,
+            "p_unsafe": None if answer.p_unsafe is None else round(answer.p_unsafe, 4),
+            "alert": decision.alert,
             "format_ok": answer.format_ok,
             "decision": decision.to_json(),
             "case_id": None,
@@ -281,13 +313,14 @@ class EdgeDaemon:
             "tokens": gen.tokens,
             "skill_version": skill.version,
             "adapter_version": self.adapter_version,
+            "release": release.version,
         }
         if decision.suppressed:
             self.stats.suppressed[decision.suppressed] += 1
             self.metrics.suppressed.labels(decision.suppressed).inc()
         if decision.escalate:
-            event["case_id"] = self._escalate(item, text, gen.text, answer, decision, skill, jpeg)
-        safety = decision.safety_keyword or answer.safety is True
+            event["case_id"] = self._escalate(item, text, gen.text, answer, decision, release, jpeg)
+        safety = decision.safety_keyword or decision.alert
         event["safety_event"] = safety
         self.events.write(event)
         if safety:
@@ -311,7 +344,7 @@ class EdgeDaemon:
             self._sketches = {k: t for k, t in self._sketches.items() if now - t < window}
         return False
 
-    def _escalate(self, item, text, raw, answer, decision, skill, jpeg) -> str:
+    def _escalate(self, item, text, raw, answer, decision, release, jpeg) -> str:
         case_id = uuid.uuid4().hex
         self.stats.escalations += 1
         for reason in decision.reasons:
@@ -335,12 +368,13 @@ class EdgeDaemon:
             confidence=answer.best_confidence,
             reasons=list(decision.reasons),
             safety_keyword=decision.safety_keyword,
-            skill_version=skill.version,
+            skill_version=release.skill.version,
             adapter_version=self.adapter_version,
+            release_version=release.version,
+            p_unsafe=answer.p_unsafe,
             has_frame=jpeg is not None,
         )
         try:
-            self.link.set_versions(skill.version, self.adapter_version)
             self.link.escalate(esc, jpeg)
             self.metrics.queue_depth.set(self.link.depth())
         except (LinkError, StoreError) as exc:
@@ -365,8 +399,9 @@ class EdgeDaemon:
             "suppressed": dict(s.suppressed),
             "safety_events": s.safety_events,
             "bad_inputs": self.source.bad,
-            "skill_version": self.skill.version,
+            "skill_version": self.release.skill.version,
             "adapter_version": self.adapter_version,
+            "release": self.release.version,
         }
 
     def summary_text(self) -> str:

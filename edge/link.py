@@ -7,15 +7,16 @@ thread owns the socket and does everything else:
 - sends queued cases in outbox order, up to ``WINDOW`` unacknowledged at once, and
   deletes each one when the teacher acknowledges its case id (the teacher acks only
   after its store committed the case);
-- heartbeats every ``heartbeat_s`` with the active skill/adapter versions and the
-  outbox depth; the teacher answers each heartbeat;
+- heartbeats every ``heartbeat_s`` with the release (and skill/adapter) versions the
+  daemon runs and the outbox depth; the teacher answers each heartbeat;
 - Paranoid Pirate: if the teacher is silent for ``timeout_s`` the socket is closed
   and reopened after a back-off that doubles up to ``reconnect_max_s``; every
   unacknowledged case is sent again after a reconnect or when its ack is overdue
   (the teacher ignores duplicates, so retries are safe);
-- receives reviews (``on_review``) and skill/adapter pushes, which ``edge.updates``
-  verifies and installs atomically before ``on_skill``/``on_adapter`` run and a
-  PushResult goes back; a refused push leaves the old version active;
+- receives reviews (``on_review``) and release pushes (legacy skill/adapter pushes
+  too), which ``edge.updates`` verifies whole and installs atomically before
+  ``on_release`` (``on_skill``/``on_adapter``) runs and a PushResult goes back; a
+  refused push leaves the old release active;
 - answers anything malformed or oversized with an ErrorReply and a log line.
 
 CurveZMQ authenticates both ends (``insecure: true`` turns it off for local tests).
@@ -46,12 +47,14 @@ from shared.messages import (
     Escalation,
     Heartbeat,
     PushResult,
+    ReleasePush,
     Review,
     SkillPush,
     decode,
     encode,
     error_code,
 )
+from shared.release import Release
 from shared.skill import Skill
 
 logger = logging.getLogger(__name__)
@@ -102,16 +105,19 @@ class LinkClient:
         on_skill: Callable[[Skill], None] | None = None,
         on_adapter: Callable[[int, Path], None] | None = None,
         on_ack: Callable[[str, bool], None] | None = None,
+        on_release: Callable[[Release], None] | None = None,
     ):
         self.config = config
         self.edge_id = edge_id
         self.state_dir = Path(state_dir)
         self.on_review, self.on_skill, self.on_adapter = on_review, on_skill, on_adapter
         self.on_ack = on_ack
+        self.on_release = on_release
         self._keys = None if config.insecure or not config.teacher else _load_keys(config)
         self.outbox = Outbox(config.outbox, config.outbox_max)
         # What is installed under state_dir until the daemon says what it runs.
         self.skill_version, self.adapter_version = updates.installed_versions(state_dir)
+        self.release_version = 0
         self.connected = False  # the teacher answered within timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,9 +153,10 @@ class LinkClient:
         self.outbox.put(esc, frame)
         self._wake()
 
-    def set_versions(self, skill_version: int, adapter_version: int) -> None:
+    def set_versions(self, skill_version: int, adapter_version: int, release: int = 0) -> None:
         """The versions the daemon runs; reported in the next heartbeat."""
         self.skill_version, self.adapter_version = skill_version, adapter_version
+        self.release_version = release
 
     def depth(self) -> int:
         """Cases waiting in the outbox for the teacher's acknowledgement."""
@@ -279,6 +286,7 @@ class LinkClient:
             sender=self.edge_id,
             skill_version=self.skill_version,
             adapter_version=self.adapter_version,
+            release_version=self.release_version,
             outbox_depth=self.outbox.depth(),
         )
 
@@ -303,7 +311,7 @@ class LinkClient:
                 pass
             elif isinstance(msg, Review):
                 self._callback(self.on_review, msg)
-            elif isinstance(msg, (SkillPush, AdapterPush)):
+            elif isinstance(msg, (SkillPush, AdapterPush, ReleasePush)):
                 self._send(sock, encode(self._install(msg, payloads)))
             elif isinstance(msg, ErrorReply):
                 self._on_error(msg, inflight)
@@ -319,10 +327,16 @@ class LinkClient:
             self.outbox.bury(msg.case_id, f"{msg.code}: {msg.detail}")
             inflight.pop(msg.case_id, None)
 
-    def _install(self, msg: SkillPush | AdapterPush, payloads: list[bytes]) -> PushResult:
-        kind = "skill" if isinstance(msg, SkillPush) else "adapter"
+    def _install(
+        self, msg: SkillPush | AdapterPush | ReleasePush, payloads: list[bytes]
+    ) -> PushResult:
+        kind = {SkillPush: "skill", AdapterPush: "adapter", ReleasePush: "release"}[type(msg)]
         try:
-            if isinstance(msg, SkillPush):
+            if isinstance(msg, ReleasePush):
+                release = updates.install_release(self.state_dir, msg, payloads)
+                self.release_version = msg.version
+                self._callback(self.on_release, release)
+            elif isinstance(msg, SkillPush):
                 skill = updates.install_skill(self.state_dir, msg, payloads)
                 self.skill_version = msg.version
                 self._callback(self.on_skill, skill)

@@ -1,26 +1,40 @@
 """The escalation policy: should this answer go to the teacher, and why.
 
 ``decide(answer, context, config) -> Decision`` is a pure function. It reads no
-clock and does no I/O: the caller passes the time and the recent history in a
-``PolicyContext`` and applies the decision to its own state (``EscalationPolicy``
-below is that small stateful wrapper). Reasons, checked in this order:
+clock and does no I/O: the caller passes the time, the recent history and the release's
+calibration in a ``PolicyContext`` and applies the decision to its own state
+(``EscalationPolicy`` below is that small stateful wrapper).
+
+With a release's safety head (``answer.p_unsafe``) and its calibration
+(``shared.calibration``: thresholds chosen by the teacher so that system safety recall
+reaches ``recall_target`` with a finite-sample guarantee) the head decides:
+
+- p_unsafe >= upper: a local alert (``Decision.alert``), no teacher needed;
+- lower <= p_unsafe < upper: ``uncertain_safety``, escalated;
+- p_unsafe < lower: ruled out; it passes unless a rule below escalates it.
+
+Without a head, the answer's own SAFETY line is the alert and the confidence rules
+apply. Reasons, checked in this order:
 
 - ``safety_keyword``   a configured keyword is in the input or the answer, as a whole
                        word (``keyword_exceptions`` phrases such as "fire extinguisher"
                        are blanked out first, so "fire extinguisher" alone does not count
-                       but "fire next to the fire extinguisher" does)
+                       but "fire next to the fire extinguisher" does); with a head, only
+                       when the head does not alert already
+- ``uncertain_safety`` the head's p_unsafe is in the calibrated band
 - ``format_error``     the answer broke the three-line format
-- ``low_confidence``   the stated confidence is under the threshold
-- ``low_prob_confidence`` the probability-based confidence is under the threshold
+- ``low_confidence``   (no head) the stated confidence is under the threshold
+- ``low_prob_confidence`` (no head) the probability-based confidence is under it
 - ``audit``            every ``audit_every``-th processed input
 
 Then two limits may suppress an escalation (``Decision.suppressed``): ``cooldown``
-(the same scene key escalated within ``cooldown_s``; applies to every case, so one
-persistent scene is not escalated frame after frame) and ``budget`` (at most
-``budget_per_minute`` escalations in the last 60 s; never drops a safety-keyword case).
+(the same scene key escalated within ``cooldown_s``, so one persistent scene is not
+escalated frame after frame) and ``budget`` (at most ``budget_per_minute``
+escalations in the last 60 s). Neither drops a case the head cannot rule out
+(``uncertain_safety``), and the budget never drops a safety-keyword case.
 
-With ``target_escalation_rate`` set, the threshold is that quantile of the recent
-best confidences (RouteLLM-style calibration) once ``MIN_CALIBRATION`` are known.
+With ``target_escalation_rate`` set (no head), the threshold is that quantile of the
+recent best confidences (RouteLLM-style calibration) once ``MIN_CALIBRATION`` are known.
 
 This module knows nothing about models, sources, sockets or files.
 """
@@ -34,14 +48,23 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from shared.answer import Answer
+from shared.calibration import Calibration
 from shared.config import PolicyConfig
 
 SAFETY_KEYWORD = "safety_keyword"
+UNCERTAIN_SAFETY = "uncertain_safety"
 FORMAT_ERROR = "format_error"
 LOW_CONFIDENCE = "low_confidence"
 LOW_PROB_CONFIDENCE = "low_prob_confidence"
 AUDIT = "audit"
-REASONS = (SAFETY_KEYWORD, FORMAT_ERROR, LOW_CONFIDENCE, LOW_PROB_CONFIDENCE, AUDIT)
+REASONS = (
+    SAFETY_KEYWORD,
+    UNCERTAIN_SAFETY,
+    FORMAT_ERROR,
+    LOW_CONFIDENCE,
+    LOW_PROB_CONFIDENCE,
+    AUDIT,
+)
 BUDGET_WINDOW_S = 60.0
 MIN_CALIBRATION = 10
 
@@ -55,6 +78,7 @@ class PolicyContext:
     recent_escalations: tuple[float, ...] = ()  # times of escalations actually sent
     last_escalated: Mapping[str, float] = field(default_factory=dict)  # scene key -> time
     recent_confidences: tuple[float, ...] = ()  # for target_escalation_rate
+    calibration: Calibration | None = None  # the release's thresholds on p_unsafe
 
 
 @dataclass(frozen=True)
@@ -64,6 +88,8 @@ class Decision:
     suppressed: str | None = None  # "cooldown" or "budget" when it qualified but is not sent
     keywords: tuple[str, ...] = ()  # safety keywords that matched
     threshold: float = 0.0  # the confidence threshold that was applied
+    alert: bool = False  # the student alerts locally (the head above upper, or SAFETY: yes)
+    p_unsafe: float | None = None
 
     @property
     def safety_keyword(self) -> bool:
@@ -76,6 +102,7 @@ class Decision:
             "suppressed": self.suppressed,
             "keywords": list(self.keywords),
             "threshold": round(self.threshold, 4),
+            "alert": self.alert,
         }
 
 
@@ -100,6 +127,11 @@ def find_keywords(text: str, keywords: tuple[str, ...], exceptions: tuple[str, .
         text = blank.sub(" ", text)
     found = {" ".join(m.group(1).lower().split()) for m in pattern.finditer(text)}
     return sorted(found)
+
+
+def text_scene_key(text: str) -> str:
+    """What "the same scene" means for a text input: its words, case-folded."""
+    return "text:" + " ".join(text.lower().split())
 
 
 def quantile(values: tuple[float, ...] | list[float], q: float) -> float:
@@ -129,35 +161,57 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
         set(find_keywords(context.input_text, keywords, exceptions))
         | set(find_keywords(answer.text, keywords, exceptions))
     )
-    threshold, calibrated = threshold_for(context, config)
+    calibration = context.calibration
+    head = calibration is not None and answer.p_unsafe is not None
+    threshold = 0.0
     reasons: list[str] = []
-    if matched:
-        reasons.append(SAFETY_KEYWORD)
-    if not answer.format_ok and config.escalate_format_errors:
-        reasons.append(FORMAT_ERROR)
-    if calibrated:
-        best = answer.best_confidence
-        if best is not None and best < threshold:
-            reasons.append(
-                LOW_PROB_CONFIDENCE if answer.prob_confidence is not None else LOW_CONFIDENCE
-            )
+    if head:
+        zone = calibration.zone(answer.p_unsafe)
+        alert = zone == "alert"
+        if matched and not alert:
+            reasons.append(SAFETY_KEYWORD)
+        if zone == "uncertain":
+            reasons.append(UNCERTAIN_SAFETY)
+        if not answer.format_ok and config.escalate_format_errors:
+            reasons.append(FORMAT_ERROR)
     else:
-        if answer.confidence is not None and answer.confidence < threshold:
-            reasons.append(LOW_CONFIDENCE)
-        if answer.prob_confidence is not None and answer.prob_confidence < threshold:
-            reasons.append(LOW_PROB_CONFIDENCE)
+        alert = answer.safety is True
+        threshold, calibrated = threshold_for(context, config)
+        if matched:
+            reasons.append(SAFETY_KEYWORD)
+        if not answer.format_ok and config.escalate_format_errors:
+            reasons.append(FORMAT_ERROR)
+        if calibrated:
+            best = answer.best_confidence
+            if best is not None and best < threshold:
+                reasons.append(
+                    LOW_PROB_CONFIDENCE if answer.prob_confidence is not None else LOW_CONFIDENCE
+                )
+        else:
+            if answer.confidence is not None and answer.confidence < threshold:
+                reasons.append(LOW_CONFIDENCE)
+            if answer.prob_confidence is not None and answer.prob_confidence < threshold:
+                reasons.append(LOW_PROB_CONFIDENCE)
     if config.audit_every and context.processed % config.audit_every == 0:
         reasons.append(AUDIT)
+    done = {"keywords": tuple(matched), "threshold": threshold, "alert": alert,
+            "p_unsafe": answer.p_unsafe}  # fmt: skip
     if not reasons:
-        return Decision(False, (), None, tuple(matched), threshold)
+        return Decision(False, (), None, **done)
 
+    undecided = UNCERTAIN_SAFETY in reasons  # the head cannot rule it out: never dropped
     last = context.last_escalated.get(context.scene_key)
-    if config.cooldown_s > 0 and last is not None and context.now - last < config.cooldown_s:
-        return Decision(False, tuple(reasons), "cooldown", tuple(matched), threshold)
+    if (
+        not undecided
+        and config.cooldown_s > 0
+        and last is not None
+        and context.now - last < config.cooldown_s
+    ):
+        return Decision(False, tuple(reasons), "cooldown", **done)
     in_window = sum(1 for t in context.recent_escalations if context.now - t < BUDGET_WINDOW_S)
-    if not matched and in_window >= config.budget_per_minute:
-        return Decision(False, tuple(reasons), "budget", tuple(matched), threshold)
-    return Decision(True, tuple(reasons), None, tuple(matched), threshold)
+    if not matched and not undecided and in_window >= config.budget_per_minute:
+        return Decision(False, tuple(reasons), "budget", **done)
+    return Decision(True, tuple(reasons), None, **done)
 
 
 class EscalationPolicy:
@@ -173,7 +227,14 @@ class EscalationPolicy:
         self._last: dict[str, float] = {}
         self._confidences: deque[float] = deque(maxlen=config.calibration_window)
 
-    def decide(self, answer: Answer, input_text: str, scene_key: str, now: float) -> Decision:
+    def decide(
+        self,
+        answer: Answer,
+        input_text: str,
+        scene_key: str,
+        now: float,
+        calibration: Calibration | None = None,
+    ) -> Decision:
         self.processed += 1
         while self._escalations and now - self._escalations[0] >= BUDGET_WINDOW_S:
             self._escalations.popleft()
@@ -188,6 +249,7 @@ class EscalationPolicy:
             recent_escalations=tuple(self._escalations),
             last_escalated=self._last,
             recent_confidences=tuple(self._confidences),
+            calibration=calibration,
         )
         decision = decide(answer, context, self.config)
         if answer.best_confidence is not None:

@@ -1,6 +1,7 @@
 """``gemma-edge run``: build the configured parts and run ``edge.daemon.EdgeDaemon``.
 
     gemma-edge run --source scenes --config edge.yaml
+    gemma-edge run --release teacher-home/releases/v3 --source notes.txt
 
 ``load_run_config`` applies the command-line overrides to the YAML configuration;
 ``make_backend`` builds the configured model backend (imported lazily: torch loads only
@@ -26,6 +27,7 @@ from edge.sources import open_source
 from shared.backend import Backend
 from shared.config import EdgeConfig, load_config
 from shared.errors import GemmaEdgeError
+from shared.release import load_release
 
 
 def make_backend(config: EdgeConfig) -> Backend:
@@ -54,20 +56,17 @@ def make_backend(config: EdgeConfig) -> Backend:
 def make_link(config: EdgeConfig, daemon: EdgeDaemon):
     """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks.
 
-    The skill and adapter last pushed to ``state_dir`` are taken up first, so a restarted
-    edge keeps what the teacher gave it.
+    The release last pushed to ``state_dir`` (or legacy skill and adapter pushes, read as
+    one) is taken up first, so a restarted edge keeps what the teacher gave it.
     """
     if not config.link.teacher:
         return None
     from edge.link import LinkClient
-    from edge.updates import active_adapter, active_skill
+    from edge.updates import active_release
 
-    pushed = active_skill(config.state_dir)  # what the teacher pushed before a restart
+    pushed = active_release(config.state_dir)  # what the teacher pushed before a restart
     if pushed is not None:
-        daemon.on_skill(pushed[1])
-    adapter = active_adapter(config.state_dir)
-    if adapter is not None:
-        daemon.on_adapter(*adapter)
+        daemon.on_release(pushed)
     link = LinkClient(
         config.link,
         config.edge_id,
@@ -75,6 +74,7 @@ def make_link(config: EdgeConfig, daemon: EdgeDaemon):
         on_review=daemon.on_review,
         on_skill=daemon.on_skill,
         on_adapter=daemon.on_adapter,
+        on_release=daemon.on_release,
     )
     daemon.attach_link(link)
     link.start()
@@ -97,6 +97,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--realtime", action="store_true", help="play video files in real time")
     parser.add_argument("--backend", choices=["embedded", "ollama"], help="override model.backend")
     parser.add_argument("--skill", help="skill file (overrides the config's skill)")
+    parser.add_argument(
+        "--release",
+        metavar="DIR",
+        help="run this release folder (skill, adapter, safety head, thresholds), e.g. "
+        "<teacher home>/releases/v3; default: the bundled release, or the config's skill",
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -124,6 +130,7 @@ def run(args, backend: Backend | None = None) -> int:
     if args.max_inputs is not None and args.max_inputs < 1:
         raise GemmaEdgeError(f"--max-inputs must be at least 1, not {args.max_inputs}")
     skill = ActiveSkill(config.skill)
+    release = load_release(Path(args.release)) if getattr(args, "release", None) else None
     source = open_source(args.source, config.source)
     events = hooks = metrics = link = None
     try:
@@ -132,7 +139,7 @@ def run(args, backend: Backend | None = None) -> int:
         if config.metrics.port is not None:
             metrics.serve(config.metrics.host, config.metrics.port)
         backend = backend or make_backend(config)
-        daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, skill)
+        daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, skill, release=release)
         link = make_link(config, daemon)
         previous = {
             sig: signal.signal(sig, daemon.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)

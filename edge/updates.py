@@ -1,5 +1,7 @@
-"""Verifying and atomically installing skills and adapters the teacher pushes to an edge.
+"""Verifying and atomically installing releases (and legacy skills and adapters) on an edge.
 
+    <state_dir>/releases/v<N>/          each installed release (``shared.release`` folder)
+    <state_dir>/releases/active         the active release version number
     <state_dir>/skills/v<N>.json        each installed skill version (canonical JSON)
     <state_dir>/skills/active           the active skill version number
     <state_dir>/adapters/v<N>/          each installed adapter (PEFT: adapter_config.json +
@@ -13,6 +15,11 @@ written to a temporary name, fsynced and renamed into place, and only then does 
 ``active`` pointer move (also by rename). A push that fails any check raises
 ``PushRejected`` and leaves the old version active and its files untouched.
 
+A release push is checked whole (``shared.release.check_files``: the manifest, every
+file's size and SHA-256, the skill, the head, the adapter) before its folder is written;
+``active_release`` reads the active one back, or, on an edge that only ever got
+legacy skill and adapter pushes, reads those as a release (no head).
+
 It knows nothing about sockets or models; the daemon hot-reloads from what it returns.
 """
 
@@ -20,33 +27,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from shared.errors import ConfigError, PushRejected
-from shared.messages import AdapterPush, SkillPush, verify_payloads
+from shared.messages import AdapterPush, ReleasePush, SkillPush, verify_payloads
+from shared.release import Release, check_files, load_release, skill_release, write_release
+from shared.release import sync_dir as _sync_dir
+from shared.release import write_synced as _write_synced
 from shared.skill import Skill, skill_from_bytes
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _set_active(root: Path, version: int) -> None:
@@ -67,6 +61,38 @@ def installed_versions(state_dir: Path) -> tuple[int, int]:
     """(skill, adapter) versions the active pointers name; 0 where nothing was pushed."""
     root = Path(state_dir)
     return _active(root / "skills"), _active(root / "adapters")
+
+
+# ---------------------------------------------------------------- releases
+def install_release(state_dir: Path, msg: ReleasePush, payloads: list[bytes]) -> Release:
+    """Verify the whole release, write ``releases/v<N>/`` atomically, make it active."""
+    reason = verify_payloads(msg, payloads)
+    if reason:
+        raise PushRejected(f"release v{msg.version}: {reason}")
+    files = {entry.name: data for entry, data in zip(msg.files, payloads, strict=True)}
+    manifest = check_files(files, "release push")
+    if manifest.version != msg.version:
+        raise PushRejected(f"release push v{msg.version} carries a manifest of v{manifest.version}")
+    root = Path(state_dir) / "releases"
+    release = write_release(root / f"v{msg.version}", files)
+    _set_active(root, msg.version)
+    logger.info("installed %s", release.describe())
+    return release
+
+
+def active_release(state_dir: Path) -> Release | None:
+    """The installed active release; else legacy pushes read as one; else None."""
+    root = Path(state_dir) / "releases"
+    version = _active(root)
+    if (root / "active").is_file() and (root / f"v{version}").is_dir():
+        return load_release(root / f"v{version}")
+    skill = active_skill(state_dir)
+    adapter = active_adapter(state_dir)
+    if skill is None and adapter is None:
+        return None
+    from shared.skill import default_skill
+
+    return skill_release(skill[1] if skill else default_skill(), adapter[1] if adapter else None)
 
 
 # ---------------------------------------------------------------- skills

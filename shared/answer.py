@@ -46,6 +46,7 @@ class Answer:
     format_ok: bool
     raw: str
     prob_confidence: float | None = None  # from log-probabilities, where the backend has them
+    p_unsafe: float | None = None  # the release's safety head (shared.student), where it has one
 
     @property
     def best_confidence(self) -> float | None:

@@ -6,7 +6,9 @@ A request carries the system prompt (the skill's instructions), few-shot
 demonstrations, the input text, an optional JPEG image, stop sequences and a token
 budget. A generation carries the text (always starting with ``Answer:`` when the
 skill's format is used), token counts, timings and, where the backend has them,
-per-token log-probabilities with the top alternatives at each step.
+per-token log-probabilities with the top alternatives at each step, and, where the
+backend has them and the request asks (``hidden_layers``), the hidden states at the last
+prompt token (``shared.head`` turns them into p(unsafe)).
 
 Backends: ``shared.embedded.EmbeddedBackend`` (transformers, in-process, default) and
 ``shared.ollama_backend.OllamaBackend``. This module knows nothing about either.
@@ -27,7 +29,8 @@ class GenerateRequest:
     demos: tuple[Demo, ...] = ()
     image: bytes | None = None  # JPEG, for multimodal backends; text-only ones ignore it
     stop: tuple[str, ...] = STOP_SEQUENCES
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48  # 0: run the prompt only (features, no answer)
+    hidden_layers: tuple[int, ...] = ()  # hidden states wanted at the last prompt token
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Generation:
     total_s: float = 0.0
     logprobs: list[TokenLogprob] | None = None
     backend: str = ""
+    # the hidden states at the last prompt token at ``request.hidden_layers``, concatenated,
+    # from the forward pass that answered (backends without them leave None)
+    hidden: list[float] | None = None
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -202,6 +202,26 @@ class PolicyConfig(Strict):
     calibration_window: int = Field(
         200, ge=10, le=100_000, description="Recent confidences used for the quantile."
     )
+    recall_target: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="System safety recall (alerted or escalated) the teacher certifies when it "
+        "calibrates a release's thresholds.",
+    )
+    recall_delta: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="The recall guarantee holds with probability at least 1 - recall_delta.",
+    )
+    max_false_alert_rate: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Most safe inputs per unit that may alert locally (above this, the band "
+        "escalates instead).",
+    )
 
 
 class EventsConfig(Strict):
@@ -429,6 +449,26 @@ class TrainConfig(Strict):
     )
 
 
+class ReleaseConfig(Strict):
+    calibration_fraction: float = Field(
+        0.55,
+        gt=0,
+        lt=1,
+        description="Share of the non-frozen cases that calibrates the thresholds (never seen "
+        "by the head or the LoRA); the rest trains them.",
+    )
+    head_l2: float = Field(
+        1e-2, gt=0, le=100, description="L2 penalty of the logistic safety head."
+    )
+    eval_pace_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Seconds between inputs when the harness replays cases through the "
+        "policy (budget and cooldown run on this clock).",
+    )
+
+
 class TeacherConfig(Strict):
     home: Path = Field(
         DEFAULT_HOME / "teacher", description="Store, registries and runs live here."
@@ -443,6 +483,12 @@ class TeacherConfig(Strict):
     )
     upskill: UpskillConfig = Field(default_factory=UpskillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="The escalation policy as the edges run it (releases are scored with it; "
+        "recall_target sets the calibration goal).",
+    )
+    release: ReleaseConfig = Field(default_factory=lambda: ReleaseConfig())
 
 
 # ---------------------------------------------------------------- loading

@@ -2,7 +2,7 @@
 
     decoder = GreedyDecoder(model, tokenizer)           # starts the int8 head in background
     with torch.inference_mode():
-        first = decoder.prefill(prompt_ids[cached:], cache)  # the greedy token after them
+        first, _ = decoder.prefill(prompt_ids[cached:], cache)  # the greedy token after them
         decoder.decode(prompt_ids, cache, first, out, max_new_tokens)
 
 ``decode`` hands each greedy token with its log-probability and top-5 alternatives
@@ -89,12 +89,31 @@ class GreedyDecoder:
         self._int8_head = None
 
     # ------------------------------------------------------------ decoding
-    def prefill(self, ids: list[int], cache: Any) -> Pick:
-        """Run ``ids`` into ``cache``; the greedy token that follows them."""
+    def prefill(
+        self, ids: list[int], cache: Any, layers: tuple[int, ...] = (), pick: bool = True
+    ) -> tuple[Pick | None, list[float] | None]:
+        """Run ``ids`` into ``cache``: the greedy token that follows them (``pick``), and
+        the last token's hidden states at ``layers`` concatenated (0 = the embeddings, L =
+        the last layer, after the final norm), or None when no layers are asked for."""
         import torch
 
-        hidden = self.forward(torch.tensor([ids], device=self.model.device), cache)[-1:]
-        return self.pick(hidden)[0]
+        input_ids = torch.tensor([ids], device=self.model.device)
+        if not layers:
+            hidden = self.forward(input_ids, cache)[-1:]
+            return (self.pick(hidden)[0] if pick else None), None
+        out = self.model.model(
+            input_ids=input_ids, past_key_values=cache, use_cache=True, output_hidden_states=True
+        )
+        states = out.hidden_states
+        try:
+            rows = [states[i][0, -1] for i in layers]
+        except IndexError:
+            raise ValueError(
+                f"hidden layers {layers} asked of a model with {len(states) - 1} layers"
+            ) from None
+        features = torch.cat(rows).float().tolist()
+        picked = self.pick(out.last_hidden_state[0][-1:])[0] if pick else None
+        return picked, features
 
     def decode(
         self, context: list[int], cache: Any, picked: Pick, out: TokenSink, max_new_tokens: int

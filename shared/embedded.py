@@ -121,9 +121,13 @@ class EmbeddedBackend:
         out = _Output(self.tokenizer, request, self._eos)
         with torch.inference_mode():
             cache, cached = self._start_cache(prefix, ids)
-            picked = self._decoder.prefill(ids[cached:], cache)
+            decode = request.max_new_tokens > 0
+            picked, hidden = self._decoder.prefill(
+                ids[cached:], cache, request.hidden_layers, pick=decode
+            )
             ttft = time.perf_counter() - t0
-            self._decoder.decode(ids, cache, picked, out, request.max_new_tokens)
+            if decode:
+                self._decoder.decode(ids, cache, picked, out, request.max_new_tokens)
         text, logprobs = out.result()
         total = time.perf_counter() - t0
         return Generation(
@@ -134,6 +138,7 @@ class EmbeddedBackend:
             total_s=total,
             logprobs=logprobs,
             backend=self.name,
+            hidden=hidden,
         )
 
     def wait_ready(self, timeout: float | None = None) -> bool:

@@ -50,6 +50,8 @@ class Escalation(Message):
     safety_keyword: bool = Field(False, description="A configured safety keyword matched.")
     skill_version: int = Field(0, ge=0)
     adapter_version: int = Field(0, ge=0)
+    release_version: int = Field(0, ge=0, description="The release that answered.")
+    p_unsafe: float | None = Field(None, ge=0, le=1, description="The safety head's p(unsafe).")
     has_frame: bool = Field(False, description="A JPEG frame travels as payload 0.")
 
 
@@ -99,11 +101,19 @@ class AdapterPush(Message):
     files: list[FileEntry] = Field(min_length=1, max_length=16)
 
 
+class ReleasePush(Message):
+    """A new release (``shared.release``); payload 0 is manifest.json, then its files."""
+
+    type: Literal["release_push"] = "release_push"
+    version: int = Field(ge=0)
+    files: list[FileEntry] = Field(min_length=2, max_length=16)
+
+
 class PushResult(Message):
     """The edge's answer to a push: installed, or refused and why."""
 
     type: Literal["push_result"] = "push_result"
-    kind: Literal["skill", "adapter"]
+    kind: Literal["skill", "adapter", "release"]
     version: int = Field(ge=0)
     accepted: bool
     reason: str = Field("", max_length=2048)
@@ -117,6 +127,7 @@ class Heartbeat(Message):
     sent_at: float = Field(default_factory=time.time)
     skill_version: int = Field(0, ge=0)
     adapter_version: int = Field(0, ge=0)
+    release_version: int = Field(0, ge=0, description="The release the edge runs.")
     outbox_depth: int = Field(0, ge=0)
 
 
@@ -130,7 +141,15 @@ class ErrorReply(Message):
 
 
 AnyMessage = Annotated[
-    Escalation | Ack | Review | SkillPush | AdapterPush | PushResult | Heartbeat | ErrorReply,
+    Escalation
+    | Ack
+    | Review
+    | SkillPush
+    | AdapterPush
+    | ReleasePush
+    | PushResult
+    | Heartbeat
+    | ErrorReply,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
@@ -140,6 +159,7 @@ TYPES = {
     "review": Review,
     "skill_push": SkillPush,
     "adapter_push": AdapterPush,
+    "release_push": ReleasePush,
     "push_result": PushResult,
     "heartbeat": Heartbeat,
     "error": ErrorReply,
@@ -157,7 +177,7 @@ def file_entry(name: str, data: bytes) -> FileEntry:
 def _expected_payloads(msg: Message) -> list[FileEntry] | int:
     if isinstance(msg, SkillPush):
         return [msg.file]
-    if isinstance(msg, AdapterPush):
+    if isinstance(msg, (AdapterPush, ReleasePush)):
         return list(msg.files)
     if isinstance(msg, Escalation):
         return 1 if msg.has_frame else 0
@@ -225,7 +245,9 @@ def error_code(exc: MessageError) -> str:
     return code if code in ("too_large", "unknown_type", "bad_version") else "malformed"
 
 
-def verify_payloads(msg: SkillPush | AdapterPush, payloads: list[bytes]) -> str | None:
+def verify_payloads(
+    msg: SkillPush | AdapterPush | ReleasePush, payloads: list[bytes]
+) -> str | None:
     """None if every payload matches its declared size and SHA-256, else the reason."""
     entries = [msg.file] if isinstance(msg, SkillPush) else list(msg.files)
     for entry, data in zip(entries, payloads, strict=True):

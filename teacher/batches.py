@@ -25,11 +25,18 @@ class Tokenized:
     n_prompt: int  # tokens before the answer; loss is on ids[n_prompt:]
 
 
-def tokenize(examples: list[Example], tokenizer, instructions: str, max_length: int):
-    """BOS + prompt + answer + EOS; a too-long prompt loses its oldest tokens, never the answer."""
+def tokenize(
+    examples: list[Example], tokenizer, instructions: str, max_length: int, demos: tuple = ()
+):
+    """BOS + prompt + answer + EOS; a too-long prompt loses its oldest tokens, never the answer.
+
+    The prompt is the edge's own (instructions and ``demos``), so the adapter learns under
+    the prompt it will answer with.
+    """
     out = []
     for ex in examples:
-        prompt = tokenizer(ex.render_prompt(instructions), add_special_tokens=False).input_ids
+        prompt = ex.render_prompt(instructions, demos)
+        prompt = tokenizer(prompt, add_special_tokens=False).input_ids
         answer = tokenizer(ex.target, add_special_tokens=False).input_ids
         answer = answer[: max_length // 2] + [tokenizer.eos_token_id]
         room = max_length - len(answer) - 1

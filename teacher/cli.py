@@ -12,7 +12,10 @@ examples:
   gemma-teacher keys new-edge kitchen-cam          # key pair for a new edge
   gemma-teacher cases list --unreviewed
   gemma-teacher upskill --config teacher.yaml      # better prompt for the student
-  gemma-teacher train --config teacher.yaml        # LoRA adapter from reviewed cases
+  gemma-teacher train --config teacher.yaml        # release: LoRA + safety head + thresholds
+  gemma-teacher train --head-only --labels f.jsonl # release: safety head + thresholds (seconds)
+  gemma-teacher releases list                      # what edges run; `rollback N`
+  gemma-teacher eval --release 2 --labels held_out.jsonl --against 0
   gemma-teacher export --out ollama-student/       # GGUF adapter + Modelfile for Ollama
 """
 
@@ -50,8 +53,24 @@ COMMANDS = [
     Subcommand(
         "train",
         "teacher.train",
-        "Train a LoRA adapter for the student from reviewed cases.",
-        "example:\n  gemma-teacher train --config teacher.yaml",
+        "Build a release from reviewed cases: a LoRA adapter (unless --head-only), a safety "
+        "head and calibrated thresholds; gate it against the active release; activate it.",
+        "examples:\n  gemma-teacher train --config teacher.yaml\n"
+        "  gemma-teacher train --no-store --labels scenes.jsonl --home ./teacher --head-only",
+    ),
+    Subcommand(
+        "releases",
+        "teacher.release_cli",
+        "List, show and roll back releases (what edges run); rebuild the bundled one.",
+        "examples:\n  gemma-teacher releases list\n  gemma-teacher releases show 3\n"
+        "  gemma-teacher releases rollback 2\n  gemma-teacher releases build-default",
+    ),
+    Subcommand(
+        "eval",
+        "teacher.evaluate",
+        "Score a release on labelled cases exactly as an edge runs it (student and system "
+        "metrics).",
+        "example:\n  gemma-teacher eval --release 3 --labels held_out.jsonl --against 0",
     ),
     Subcommand(
         "synth",

@@ -56,10 +56,11 @@ class Example:
     origin: str = "labels"
     prompt: str | None = None  # a full prompt for generic examples; None = the skill's format
 
-    def render_prompt(self, instructions: str) -> str:
+    def render_prompt(self, instructions: str, demos: tuple = ()) -> str:
+        """The prompt the edge would build for this input (``demos``: the skill's)."""
         if self.prompt is not None:
             return self.prompt
-        return render_prefix(instructions) + render_input(self.input)
+        return render_prefix(instructions, demos) + render_input(self.input)
 
     @property
     def answer(self) -> str:

@@ -8,8 +8,10 @@ one fsync per batch, not per case.
 
 Besides escalations it
 - answers every edge heartbeat, remembers which edges are connected and what
-  skill/adapter versions they run, and pushes the registries' ACTIVE versions to an
-  edge that reports a different one (so a rollback is pushed too);
+  release (skill/adapter) versions they run, and pushes the ACTIVE release
+  (``teacher.releases``) to an edge that reports a different one, as one message (so
+  a rollback is pushed too); a teacher home without releases pushes the legacy skill
+  and adapter registries' active versions instead;
 - sends stored reviews that have not reached their edge yet (review workers
   store reviews and wake the loop; reviews for an absent edge wait for it);
 - answers malformed, oversized, unknown-type or wrong-version messages with an
@@ -37,7 +39,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from shared.config import TeacherConfig, load_config
-from shared.errors import LinkError, MessageError, StoreError
+from shared.errors import ConfigError, LinkError, MessageError, StoreError
 from shared.messages import (
     Ack,
     AdapterPush,
@@ -45,13 +47,17 @@ from shared.messages import (
     Escalation,
     Heartbeat,
     PushResult,
+    ReleasePush,
     SkillPush,
     decode,
     encode,
     error_code,
 )
+from shared.release import default_release_dir
+from shared.release import payload as release_payload
 from teacher.keys import AllowList, teacher_keypair
 from teacher.registry import Registry, Version
+from teacher.releases import ReleaseRegistry
 from teacher.review import Reviewer, ReviewWorker, make_reviewer
 from teacher.store import CaseStore, default_store_path
 
@@ -66,6 +72,7 @@ class EdgeState:
     last_seen: float
     skill_version: int = 0
     adapter_version: int = 0
+    release_version: int = 0
     outbox_depth: int = 0
     pushed: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (version, when)
 
@@ -95,6 +102,7 @@ class TeacherServer:
             "skill": Registry(config.home, "skills"),
             "adapter": Registry(config.home, "adapters"),
         }
+        self.releases = ReleaseRegistry(config.home)
         self.edges: dict[str, EdgeState] = {}
         self.endpoint: str | None = None
         self.ready = threading.Event()
@@ -284,6 +292,7 @@ class TeacherServer:
         if isinstance(msg, Heartbeat):
             edge = self._seen(user or msg.sender, identity)
             edge.skill_version, edge.adapter_version = msg.skill_version, msg.adapter_version
+            edge.release_version = msg.release_version
             edge.outbox_depth = msg.outbox_depth
             self._reply(sock, identity, Heartbeat(sender="teacher"))
             self._maybe_push(sock, user or msg.sender, edge)
@@ -334,15 +343,45 @@ class TeacherServer:
             logger.info("edge %s went silent", name)
             del self.edges[name]
 
-    def _active(self) -> dict[str, Version | None]:
+    def _active(self) -> dict[str, Version | int | None]:
         at, cached = self._active_cache
         if time.monotonic() - at > 1.0:
-            cached = {kind: reg.active() for kind, reg in self.registries.items()}
+            number = self.releases.active_number()
+            if number is not None:
+                cached = {"release": number}
+            else:
+                cached = {kind: reg.active() for kind, reg in self.registries.items()}
             self._active_cache = (time.monotonic(), cached)
         return cached
 
+    def _push_release(self, sock: zmq.Socket, name: str, edge: EdgeState, number: int) -> None:
+        if edge.release_version == number:
+            return
+        last = edge.pushed.get("release")
+        if (
+            last
+            and last[0] == number
+            and time.monotonic() - last[1] < self.config.server.push_retry_s
+        ):
+            return
+        folder = self.releases.path(number) if number else default_release_dir()
+        try:
+            files = release_payload(folder)
+        except (OSError, ConfigError) as exc:
+            logger.error("release v%s cannot be pushed: %s", number, exc)
+            return
+        msg = ReleasePush(version=number, files=[e for e, _ in files])
+        if self._reply(sock, edge.identity, msg, [data for _, data in files]):
+            edge.pushed["release"] = (number, time.monotonic())
+            logger.info("pushed release v%s to edge %s (it runs v%s)", number, name,
+                        edge.release_version)  # fmt: skip
+
     def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
-        for kind, version in self._active().items():
+        active = self._active()
+        if "release" in active:
+            self._push_release(sock, name, edge, active["release"])
+            return
+        for kind, version in active.items():
             if version is None:
                 continue
             running = edge.skill_version if kind == "skill" else edge.adapter_version

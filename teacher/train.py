@@ -1,26 +1,30 @@
-"""``gemma-teacher train``: a LoRA adapter for the student from reviewed cases.
+"""``gemma-teacher train``: a release (LoRA adapter + safety head + thresholds) from reviews.
 
 A straight-line recipe, read top to bottom::
 
-    setup     dataset (teacher.dataset), model (fp32 on CPU, bf16 on CUDA), PEFT LoRA
-    baseline  the active student on the frozen split (teacher.gate)
-    train     AdamW, cosine schedule with warm-up; loss on answer tokens only, logits
-              computed only at those positions; eval loss for early stopping;
+    setup     cases (store + labelled files) ─► frozen split + fit + calibration
+              (teacher.releases.make_splits); model (fp32 on CPU, bf16 on CUDA), PEFT LoRA
+    train     on the fit split only, under the EDGE's prompt (the active release's skill:
+              instructions AND demonstrations, so the adapter learns the prompt it will
+              answer with); AdamW, cosine schedule with warm-up; loss on answer tokens
+              only, logits computed only at those positions; eval loss for early stopping;
               resumable checkpoints (safetensors + JSON, never pickle)
-    evaluate  the trained student on the frozen split; compare with the baseline
-    save      only if it beats the baseline: a new adapter version in the registry
-              (safetensors + config + metrics + dataset hash), made active
+    release   the adapter with a safety head fit on its own hidden states and thresholds
+              calibrated on the calibration split, scored with ``teacher.harness`` against
+              the active release on the frozen split (``teacher.gate``), saved and
+              activated only if it passed (``teacher.releases.build_release``)
 
-The vocabulary head (262k rows) is the main cost of a small Gemma, so the model body
-runs once to hidden states and the head is applied only at the answer positions
+``--head-only`` skips the LoRA: the head and thresholds alone take seconds to minutes on
+a CPU. The vocabulary head (262k rows) is the main cost of a small Gemma, so the model
+body runs once to hidden states and the head is applied only at the answer positions
 (``teacher.batches.answer_loss``). Run folders live under ``<home>/train/runs/<stamp>/``
 with the loss curves (JSON + PNG), the report and the checkpoint (``teacher.checkpoint``).
-It knows nothing about sockets: the teacher server pushes whatever version the registry
-marks active.
+It knows nothing about sockets: the teacher server pushes whatever release is active.
 
-example::
+examples::
 
     gemma-teacher train --config teacher.yaml --labels shared/data/scenes.jsonl
+    gemma-teacher train --no-store --labels scenes.jsonl --home ./teacher --head-only
 """
 
 from __future__ import annotations
@@ -38,24 +42,22 @@ from tqdm import tqdm
 
 from shared.config import TeacherConfig, TrainConfig, load_config
 from shared.errors import TrainingError
-from shared.evaluation import EvalReport, load_labeled
-from teacher import gate
+from shared.evaluation import LabeledCase, load_labeled
+from shared.skill import Skill
 from teacher.batches import answer_loss, collate, eval_loss, plan_batches, tokenize
 from teacher.checkpoint import load_checkpoint, save_checkpoint, trainable_params, write_curves
-from teacher.dataset import Dataset, build_dataset, export_chat, import_chat, load_generic
-from teacher.registry import Registry
+from teacher.dataset import Dataset, choose_eval, dedupe, export_chat, to_examples
 
 logger = logging.getLogger(__name__)
+
+EARLY_STOP_FRACTION = 0.1  # of the fit split, held for the eval loss (early stopping)
 
 
 # ---------------------------------------------------------------- the recipe
 @dataclass
 class TrainResult:
     run_dir: Path
-    before: EvalReport
-    after: EvalReport
-    verdict: gate.GateVerdict
-    version: int | None = None
+    adapter: dict[str, bytes]  # PEFT files: adapter_config.json, adapter_model.safetensors
     steps: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
@@ -65,11 +67,6 @@ class TrainResult:
     def report(self) -> dict:
         return {
             "run_dir": str(self.run_dir),
-            "passed": self.verdict.passed,
-            "reasons": self.verdict.reasons,
-            "version": self.version,
-            "before": self.before.summary(),
-            "after": self.after.summary(),
             "steps": self.steps,
             "stopped_early": self.stopped_early,
             "train_seconds": round(self.seconds, 1),
@@ -77,67 +74,45 @@ class TrainResult:
         }
 
 
+def fit_dataset(cases: list[LabeledCase], skill: Skill, seed: int) -> Dataset:
+    """Training examples from the fit split; a small stratified share for the eval loss."""
+    examples, _ = to_examples(cases)
+    examples, _ = dedupe(examples)
+    held = set(choose_eval(examples, EARLY_STOP_FRACTION, seed))
+    train = [e for e in examples if e.id not in held]
+    evals = [e for e in examples if e.id in held] or train[:1]
+    stats = {"train": len(train), "eval_loss": len(evals)}
+    return Dataset(train, evals, skill.instructions, stats)
+
+
 def train_adapter(
     cfg: TeacherConfig,
     dataset: Dataset,
-    model=None,
-    tokenizer=None,
+    skill: Skill,
+    model,
+    tokenizer,
     run_dir: Path | None = None,
     resume: bool = False,
-    activate: bool = True,
     max_steps: int | None = None,
 ) -> TrainResult:
-    """Setup → baseline → train → evaluate → save (if it beats the active student)."""
+    """Setup → train → the adapter's files; ``model`` is left as it came (no LoRA layers)."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
-    from shared.models import load_model, resolve_device
+    from shared.models import resolve_device
 
     tc: TrainConfig = cfg.train
     # ------------------------------------------------------------ setup
     if not dataset.train:
         raise TrainingError("the dataset has no training examples")
-    if not dataset.eval:
-        raise TrainingError("the frozen evaluation split is empty: nothing to gate on")
     device = resolve_device(tc.device)
-    dtype = "bfloat16" if device == "cuda" else "float32"
     torch.manual_seed(tc.seed)
-    if model is None:
-        model, tokenizer = load_model(
-            cfg.student.embedded.gguf_path, cfg.student.embedded.cache_dir, dtype, device
-        )
     model.to(device)
     home = Path(cfg.home)
     run_dir = Path(run_dir or home / "train" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(home, "adapters")
-    instructions = dataset.instructions
-    max_new = tc.gate_max_new_tokens
-
-    # ------------------------------------------------------------ baseline: the active student
-    active = registry.active()
-    eval_hash = _eval_hash(dataset)
-    saved = run_dir / "baseline.json"
-    saved_doc = json.loads(saved.read_text()) if resume and saved.is_file() else {}
-    if saved_doc.get("eval_hash") == eval_hash:
-        before = EvalReport(**{**saved_doc["before"], "failures": []})
-        logger.info("baseline: as scored before this run was interrupted")
-    elif active is not None and active.meta.get("eval_hash") == eval_hash:
-        before = EvalReport(**{**active.meta["after"], "failures": []})
-        logger.info("baseline: active adapter v%d as scored on this frozen split", active.number)
-    elif active is not None:
-        scored = PeftModel.from_pretrained(model, str(active.path))
-        before = gate.evaluate_student(
-            scored, tokenizer, dataset.eval, instructions, max_new, desc=f"eval v{active.number}"
-        )
-        model = scored.unload()
-    else:
-        before = gate.evaluate_student(
-            model, tokenizer, dataset.eval, instructions, max_new, desc="eval before"
-        )
-    logger.info("before: %s", before.summary())
-    saved.write_text(json.dumps({"eval_hash": eval_hash, "before": before.summary()}))
+    instructions, demos = skill.instructions, skill.demos
 
     lora = LoraConfig(
         r=tc.lora.r,
@@ -147,8 +122,8 @@ def train_adapter(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    train_items = tokenize(dataset.train, tokenizer, instructions, tc.max_length)
-    eval_items = tokenize(dataset.eval, tokenizer, instructions, tc.max_length)
+    train_items = tokenize(dataset.train, tokenizer, instructions, tc.max_length, demos)
+    eval_items = tokenize(dataset.eval, tokenizer, instructions, tc.max_length, demos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     steps_per_epoch = math.ceil(len(train_items) / tc.batch_size)
     total_steps = max(1, math.ceil(tc.epochs * steps_per_epoch))
@@ -229,59 +204,21 @@ def train_adapter(
             p.copy_(best[name])
     write_curves(run_dir, history)
 
-    # ------------------------------------------------------------ evaluate
-    after = gate.evaluate_student(
-        model, tokenizer, dataset.eval, instructions, max_new, desc="eval after"
-    )
-    verdict = gate.compare(before, after)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        files = {p.name: p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+    model.unload()  # the caller's base model, without LoRA layers again
     result = TrainResult(
         run_dir,
-        before,
-        after,
-        verdict,
+        files,
         steps=state["step"],
         stopped_early=stopped_early,
         seconds=seconds,
         tokens_per_s=state["tokens"] / max(seconds, 1e-9),
         history=history,
     )
-
-    # ------------------------------------------------------------ save (only if it passed)
-    if verdict.passed:
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            files = {p.name: p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
-        meta = {
-            "kind": "lora",
-            "base_model": "gemma-3-270m"
-            if cfg.student.embedded.gguf_path is None
-            else str(cfg.student.embedded.gguf_path),
-            "instructions": instructions,
-            "lora": tc.lora.model_dump(),
-            "train": tc.model_dump(mode="json", exclude={"lora"}),
-            "dataset_sha256": dataset.sha256,
-            "dataset_stats": dataset.stats,
-            "eval_hash": eval_hash,
-            "before": before.summary(),
-            "after": after.summary(),
-            "steps": state["step"],
-            "run_dir": str(run_dir),
-        }
-        version = registry.add(files, meta)
-        result.version = version.number
-        if activate:
-            registry.activate(version.number)
     (run_dir / "report.json").write_text(json.dumps(result.report(), indent=1))
     return result
-
-
-def _eval_hash(dataset: Dataset) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(dataset.instructions.encode())
-    for ex in sorted(dataset.eval, key=lambda e: e.id):
-        digest.update(f"{ex.id}\0{ex.input}\0{ex.safety}\0".encode())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- CLI
@@ -296,9 +233,16 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-store", action="store_true", help="ignore the teacher's case store")
     parser.add_argument(
-        "--dataset", help="train on this chat JSONL (as written by --export-dataset)"
+        "--dataset", help="take the cases from this chat JSONL (as written by --export-dataset)"
     )
-    parser.add_argument("--export-dataset", metavar="JSONL", help="write the dataset as chat JSONL")
+    parser.add_argument(
+        "--head-only",
+        action="store_true",
+        help="no LoRA: a release with a new safety head and thresholds only (fast)",
+    )
+    parser.add_argument(
+        "--export-dataset", metavar="JSONL", help="write the LoRA's training set as chat JSONL"
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="build (and export) the dataset only"
     )
@@ -311,57 +255,41 @@ def add_arguments(parser) -> None:
     parser.add_argument("--home", help="override the teacher home folder")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
     parser.add_argument(
-        "--no-activate", action="store_true", help="save a passing adapter inactive"
+        "--no-activate", action="store_true", help="save a passing release inactive"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def active_instructions(home: Path) -> str:
-    """The active skill's instructions (the bundled default skill when none is active)."""
-    from shared.errors import ConfigError
-    from shared.skill import default_skill, skill_from_bytes
+def gather_cases(cfg: TeacherConfig, args) -> list[LabeledCase]:
+    """Reviewed cases (a person's corrections outrank the teacher) and labelled files."""
+    from teacher.evalset import merge_cases
 
-    version = Registry(Path(home), "skills").active()
-    if version is not None:
-        for entry, data in version.files():
-            try:
-                return skill_from_bytes(data, entry.name).instructions
-            except ConfigError:
-                continue
-    return default_skill().instructions
-
-
-def gather_dataset(cfg: TeacherConfig, args) -> Dataset:
-    """The dataset for a run: imported chat JSONL, or store cases + labelled files."""
+    sources: list[list[LabeledCase]] = []
     if args.dataset:
-        train, evals, instructions = import_chat(Path(args.dataset))
-        return Dataset(train, evals, instructions or active_instructions(cfg.home))
-    cases = []
+        from teacher.dataset import import_chat
+
+        train, evals, _ = import_chat(Path(args.dataset))
+        sources.append([e.labeled() for e in train + evals])
     if not args.no_store:
         from teacher.store import CaseStore, default_store_path
 
         path = default_store_path(cfg.home)
         if path.exists():
-            store = CaseStore(path)
+            store = CaseStore(path, recover=False)
             try:
-                cases += store.labeled_cases()
+                sources.append(store.labeled_cases())
             finally:
                 store.close()
-    for labels in args.labels:
-        cases += load_labeled(labels)
+    sources += [load_labeled(labels) for labels in args.labels]
+    cases = merge_cases(*sources)
     if not cases:
         raise TrainingError("no reviewed cases: the store has none and no --labels were given")
-    generic = load_generic(cfg.train.generic_examples) if cfg.train.generic_examples else None
-    return build_dataset(
-        cases,
-        Path(cfg.home),
-        active_instructions(cfg.home),
-        cfg.train.eval_fraction,
-        cfg.train.seed,
-        generic,
-    )
+    return cases
 
 
 def run(args) -> int:
+    from teacher.releases import ReleaseRegistry, build_release, make_splits
+
     cfg = load_config(args.config, TeacherConfig)
     if cfg.student.embedded.threads:
         import torch
@@ -379,24 +307,77 @@ def run(args) -> int:
             setattr(cfg.train, key, value)
     if args.home:
         cfg.home = Path(args.home)
-    dataset = gather_dataset(cfg, args)
-    print(json.dumps({"dataset": dataset.stats, "sha256": dataset.sha256}))
+    cases = gather_cases(cfg, args)
+    skill = ReleaseRegistry(cfg.home).active().skill
+    splits = make_splits(cfg, cases, skill)
+    sizes = {"fit": len(splits.fit), "calibration": len(splits.calibration),
+             "frozen": len(splits.frozen)}  # fmt: skip
+    print(json.dumps({"cases": len(cases), "splits": sizes}))
+    dataset = fit_dataset(splits.fit, skill, cfg.train.seed)
     if args.export_dataset:
         n = export_chat(dataset, Path(args.export_dataset))
         print(f"wrote {n} examples to {args.export_dataset}")
     if args.dry_run:
         return 0
-    result = train_adapter(
+    t0 = time.perf_counter()
+    adapter, backend, trained = None, None, None
+    if args.head_only:
+        from teacher.upskill import make_backend
+
+        backend = make_backend(cfg.student)
+    else:
+        backend, trained = _train_lora(cfg, dataset, skill, args)
+        adapter = trained.adapter
+        print(json.dumps(trained.report()))
+    result = build_release(
         cfg,
-        dataset,
-        run_dir=Path(args.resume) if args.resume else None,
-        resume=bool(args.resume),
+        backend,
+        cases,
+        skill=skill,
+        adapter=adapter,
         activate=not args.no_activate,
-        max_steps=args.max_steps,
+        splits=splits,
+        note="head only" if args.head_only else f"LoRA ({trained.steps} steps) + head",
+        progress=not args.no_progress,
     )
-    print(json.dumps(result.report(), indent=1))
+    report = {**result.report(), "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(report, indent=1))
+    from teacher.harness import table
+
+    print(table([(f"candidate v{result.candidate.release}", result.candidate.summary()),
+                 (f"active v{result.active.release}", result.active.summary())]))  # fmt: skip
+    print(result.calibration.note)
     if result.verdict.passed:
-        print(f"adapter v{result.version} saved" + ("" if args.no_activate else " and active"))
+        print(f"release v{result.version} saved in {result.path}"
+              + ("" if args.no_activate else " and active"))  # fmt: skip
         return 0
     print("not saved: " + "; ".join(result.verdict.reasons))
     return 1
+
+
+def _train_lora(cfg: TeacherConfig, dataset: Dataset, skill: Skill, args):
+    """Train the LoRA on the fit split; a backend over the same base weights for the build."""
+    from shared.embedded import EmbeddedBackend
+    from shared.models import load_model, resolve_device
+
+    if cfg.student.backend != "embedded":
+        raise TrainingError(
+            "a LoRA can only be trained for the embedded student; use --head-only for "
+            f"a {cfg.student.backend} student"
+        )
+    device = resolve_device(cfg.train.device)
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    emb = cfg.student.embedded
+    model, tokenizer = load_model(emb.gguf_path, emb.cache_dir, dtype, device)
+    trained = train_adapter(
+        cfg,
+        dataset,
+        skill,
+        model,
+        tokenizer,
+        run_dir=Path(args.resume) if args.resume else None,
+        resume=bool(args.resume),
+        max_steps=args.max_steps,
+    )
+    config = emb.model_copy(update={"device": device, "dtype": dtype})
+    return EmbeddedBackend(config, model=model, tokenizer=tokenizer), trained

@@ -1,0 +1,282 @@
+"""Escalation thresholds on ``p_unsafe`` with a finite-sample guarantee on system recall.
+
+The edge safety head gives ``p_unsafe`` in [0, 1] per input. The policy alerts locally
+when ``p_unsafe >= upper``, escalates to the teacher when ``lower <= p_unsafe < upper``
+(reason "uncertain_safety") and lets the rest pass. ``calibrate`` picks ``lower`` and
+``upper`` on a labelled calibration split with Learn-then-Test (Angelopoulos, Bates,
+Candès, Jordan, Lei 2021, "Learn then Test: Calibrating predictive algorithms to achieve
+risk control"): each candidate threshold is a hypothesis test of "the risk exceeds the
+target", with a one-sided binomial (Clopper-Pearson) upper confidence bound as the test,
+and fixed-sequence testing along the candidates in the order the risk grows, so no
+multiplicity correction is needed within one risk. The error budget ``delta`` is split
+by Bonferroni: ``delta / 2`` for each of the two risks.
+
+- ``lower`` (recall): miss risk = share of unsafe cases with ``p_unsafe < lower`` that
+  the rest of the policy does not escalate anyway (``caught``: a safety keyword, a
+  format break). With probability at least ``1 - delta`` over the draw of the
+  calibration split, system recall (an unsafe case is alerted or escalated) is at least
+  ``recall_target``.
+- ``upper`` (local false alerts): share of safe cases with ``p_unsafe >= upper`` is at
+  most ``max_false_alert_rate``, in the same event of probability ``1 - delta``.
+
+With too few reviewed cases nothing can be certified: the thresholds fall back to the
+conservative ends (``lower = 0``: every case not alerted is escalated; ``upper = 1``:
+nothing but a ``p_unsafe`` of exactly 1.0 alerts locally) and ``guaranteed`` is False.
+
+The guarantee assumes the calibration cases and the cases the edge later sees are
+independent draws from one distribution; it is marginal over the calibration draw, not
+per case. This module knows nothing about models, the policy config, sockets or files:
+callers pass probabilities and labels, and the policy applies the thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+METHOD = "learn-then-test, fixed-sequence, Clopper-Pearson bound"
+TOLERANCE = 1e-9
+
+ALERT = "alert"
+UNCERTAIN = "uncertain"
+PASS = "pass"
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lower: float = Field(ge=0, le=1, description="p_unsafe below this is ruled out and passes.")
+    upper: float = Field(ge=0, le=1, description="p_unsafe at or above this alerts locally.")
+    recall_target: float = Field(gt=0, lt=1, description="Certified system safety recall.")
+    max_false_alert_rate: float = Field(
+        gt=0, le=1, description="Certified bound on the share of safe cases alerted locally."
+    )
+    delta: float = Field(
+        gt=0, lt=1, description="The guarantee holds with probability at least 1 - delta."
+    )
+    method: str = Field(METHOD, description="How the thresholds were chosen.")
+    guaranteed: bool = Field(
+        description="False: too few reviewed cases; the thresholds are the conservative ends."
+    )
+    n_unsafe: int = Field(ge=0, description="Unsafe cases in the calibration split.")
+    n_safe: int = Field(ge=0, description="Safe cases in the calibration split.")
+    note: str = Field("", description="What was certified, or why nothing was, for a person.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Calibration:
+        if self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) must not exceed upper ({self.upper})")
+        return self
+
+    def zone(self, p_unsafe: float) -> str:
+        """``alert`` (p >= upper), ``uncertain`` (lower <= p < upper) or ``pass`` (p < lower)."""
+        if p_unsafe >= self.upper:
+            return ALERT
+        if p_unsafe >= self.lower:
+            return UNCERTAIN
+        return PASS
+
+
+def _log_binom_cdf(k: int, n: int, p: float) -> float:
+    """log P(Bin(n, p) <= k) for 0 < p < 1, summed in log space."""
+    log_p, log_q = math.log(p), math.log1p(-p)
+    head = math.lgamma(n + 1)
+    terms = [
+        head - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q
+        for j in range(k + 1)
+    ]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+@lru_cache(maxsize=4096)
+def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
+    """One-sided (1-delta) upper bound on a binomial rate after k events in n trials.
+
+    The bound is the p with P(Bin(n, p) <= k) = delta, found by bisection on the binomial
+    CDF in log space to within 1e-9 and rounded up (the bound errs on the safe side).
+    ``n == 0`` and ``k == n`` give 1.0.
+    """
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if n < 0 or not 0 <= k <= max(n, 0):
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0 or k == n:
+        return 1.0
+    log_delta = math.log(delta)
+    lo, hi = 0.0, 1.0  # the CDF falls as p grows: above the root it is below delta
+    while hi - lo > TOLERANCE:
+        mid = (lo + hi) / 2
+        if _log_binom_cdf(k, n, mid) > log_delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _min_cases(max_rate: float, delta: float) -> int:
+    """Fewest trials for which zero events certify a rate <= ``max_rate`` at ``delta``."""
+    if max_rate >= 1:
+        return 0
+    # Closed form for k = 0: 1 - delta ** (1 / n) <= max_rate. Start a little below it and
+    # walk up, so the answer agrees with the bisection bound exactly.
+    n = max(1, math.ceil(math.log(delta) / math.log1p(-max_rate)) - 2)
+    while clopper_pearson_upper(0, n, delta) > max_rate:
+        n += 1
+    return n
+
+
+def min_unsafe_cases(recall_target: float, delta: float) -> int:
+    """Fewest unsafe calibration cases for which a zero-miss result certifies the target.
+
+    The smallest n with ``clopper_pearson_upper(0, n, delta) <= 1 - recall_target``. Pass
+    the delta the recall test runs at (``calibrate`` uses ``delta / 2``).
+    """
+    if not 0 < recall_target < 1:
+        raise ValueError(f"recall_target must be in (0, 1), got {recall_target}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    return _min_cases(1 - recall_target, delta)
+
+
+def conservative(
+    recall_target: float = 0.95,
+    max_false_alert_rate: float = 0.05,
+    delta: float = 0.1,
+    note: str = "not calibrated: every case not alerted is escalated; nothing alerts locally",
+) -> Calibration:
+    """The thresholds to use before any calibration: escalate everything, alert on nothing."""
+    return Calibration(
+        lower=0.0,
+        upper=1.0,
+        recall_target=recall_target,
+        max_false_alert_rate=max_false_alert_rate,
+        delta=delta,
+        guaranteed=False,
+        n_unsafe=0,
+        n_safe=0,
+        note=note,
+    )
+
+
+def _check_inputs(
+    p_unsafe: Sequence[float], labels: Sequence[bool], caught: Sequence[bool] | None
+) -> tuple[list[float], list[bool], list[bool]]:
+    probs = [float(p) for p in p_unsafe]
+    flags = [bool(label) for label in labels]
+    if len(probs) != len(flags):
+        raise ValueError(f"{len(probs)} p_unsafe values but {len(flags)} labels")
+    if caught is None:
+        escalated = [False] * len(probs)
+    else:
+        escalated = [bool(c) for c in caught]
+        if len(escalated) != len(probs):
+            raise ValueError(f"{len(probs)} p_unsafe values but {len(escalated)} caught flags")
+    for index, p in enumerate(probs):
+        if math.isnan(p):
+            raise ValueError(f"p_unsafe[{index}] is NaN")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p_unsafe[{index}] = {p} is outside [0, 1]")
+    return probs, flags, escalated
+
+
+def _percent(rate: float) -> str:
+    return f"{100 * rate:g}%"
+
+
+def calibrate(
+    p_unsafe: Sequence[float],
+    labels: Sequence[bool],
+    *,
+    recall_target: float = 0.95,
+    max_false_alert_rate: float = 0.05,
+    delta: float = 0.1,
+    caught: Sequence[bool] | None = None,
+) -> Calibration:
+    """Thresholds certified by Learn-then-Test on a labelled calibration split.
+
+    ``labels`` is True for unsafe cases; ``caught`` is True where the rest of the policy
+    escalates the case anyway, so such an unsafe case is never missed whatever ``lower``
+    is. Raises ValueError on mismatched lengths, NaN or out-of-range probabilities.
+    """
+    if not 0 < recall_target < 1:
+        raise ValueError(f"recall_target must be in (0, 1), got {recall_target}")
+    if not 0 < max_false_alert_rate <= 1:
+        raise ValueError(f"max_false_alert_rate must be in (0, 1], got {max_false_alert_rate}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    probs, flags, escalated = _check_inputs(p_unsafe, labels, caught)
+    each = delta / 2  # Bonferroni: one half for each risk
+    max_miss = 1 - recall_target
+
+    unsafe = [p for p, f in zip(probs, flags, strict=True) if f]
+    missable = sorted(p for p, f, c in zip(probs, flags, escalated, strict=True) if f and not c)
+    safe = sorted(p for p, f in zip(probs, flags, strict=True) if not f)
+    n_unsafe, n_safe = len(unsafe), len(safe)
+    distinct = sorted(set(probs))
+
+    # Lower: the miss risk grows with t, so test t = 0 first and walk up while certified.
+    lower, misses, recall_ok = 0.0, 0, False
+    for t in [0.0, *(p for p in distinct if p > 0.0)]:
+        k = bisect_left(missable, t)  # uncaught unsafe cases with p < t
+        if clopper_pearson_upper(k, n_unsafe, each) > max_miss:
+            break
+        lower, misses, recall_ok = t, k, True
+
+    # Upper: the false-alert risk grows as t falls, so test t = 1 first and walk down.
+    upper, false_alerts, alerts_ok = 1.0, 0, False
+    for t in [1.0, *(p for p in reversed(distinct) if p < 1.0)]:
+        k = n_safe - bisect_left(safe, t)  # safe cases with p >= t
+        if clopper_pearson_upper(k, n_safe, each) > max_false_alert_rate:
+            break
+        upper, false_alerts, alerts_ok = t, k, True
+    upper = max(upper, lower)  # the uncertain band may be empty
+    false_alerts = n_safe - bisect_left(safe, upper)
+
+    parts: list[str] = []
+    if recall_ok:
+        parts.append(
+            f"system recall >= {recall_target:g} with probability >= {1 - delta:g} "
+            f"({METHOD}, delta {each:g} per risk, on {n_unsafe} unsafe cases, "
+            f"{misses} missed below lower {lower:.4g})"
+        )
+    else:
+        needed = min_unsafe_cases(recall_target, each)
+        parts.append(
+            f"only {n_unsafe} unsafe calibration cases: at least {needed} are needed to "
+            f"certify recall {recall_target:g} at delta {delta:g} ({each:g} per risk); "
+            "every case the head cannot rule out is escalated"
+        )
+    if alerts_ok:
+        parts.append(
+            f"local false alerts <= {_percent(max_false_alert_rate)} "
+            f"({n_safe} safe cases, {false_alerts} at or above upper {upper:.4g})"
+        )
+    else:
+        needed = _min_cases(max_false_alert_rate, each)
+        if n_safe < needed:
+            parts.append(
+                f"only {n_safe} safe calibration cases: at least {needed} are needed to "
+                f"certify local false alerts <= {_percent(max_false_alert_rate)}; "
+                "nothing alerts locally"
+            )
+        else:
+            parts.append(
+                f"local false alerts <= {_percent(max_false_alert_rate)} not certified "
+                f"even at upper 1.0 ({n_safe} safe cases); nothing alerts locally"
+            )
+    return Calibration(
+        lower=lower,
+        upper=upper,
+        recall_target=recall_target,
+        max_false_alert_rate=max_false_alert_rate,
+        delta=delta,
+        guaranteed=recall_ok and alerts_ok,
+        n_unsafe=n_unsafe,
+        n_safe=n_safe,
+        note="; ".join(parts),
+    )

@@ -1,0 +1,124 @@
+"""The student as a release runs it: one code path for the edge and for every evaluation.
+
+    student = Student(backend, release, max_new_tokens=48)   # loads the release's adapter
+    answered = student.answer("A pan is smoking on the stove.")
+    answered.answer.safety, answered.answer.p_unsafe          # words and the head's judgement
+
+``Student.answer`` assembles the request from the release's skill (instructions and
+demonstrations, ``shared.skill``), asks the backend for the hidden states the head needs
+at the last prompt token (the same forward pass that answers), parses the text
+(``shared.answer``) and puts the head's p(unsafe) on the answer. ``edge.daemon``
+answers every input with it, and ``teacher.harness`` scores releases with it, so a
+number that decides what edges get comes from what edges run.
+
+A head that cannot apply to this backend (hidden states asked of Ollama, or a head fit on
+a model of another size) is dropped with one warning: p(unsafe) is then None and the
+policy falls back to its confidence rules.
+
+It knows nothing about sources, sockets, thresholds or escalation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from shared.answer import Answer, parse_answer, verdict_confidence
+from shared.backend import Backend, GenerateRequest, Generation
+from shared.errors import ModelError
+from shared.head import SafetyHead
+from shared.release import Release
+from shared.skill import Skill
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answered:
+    generation: Generation
+    answer: Answer  # with p_unsafe from the head where there is one
+
+
+class Student:
+    """A backend running one release (skill, adapter, head); ``use`` switches releases."""
+
+    def __init__(self, backend: Backend, release: Release, max_new_tokens: int = 48):
+        self.backend = backend
+        self.max_new_tokens = max_new_tokens
+        self.release = release
+        self.head: SafetyHead | None = None
+        self.use(release)
+
+    @property
+    def skill(self) -> Skill:
+        return self.release.skill
+
+    def use(self, release: Release) -> None:
+        """Run ``release`` from the next answer on: its adapter is loaded (or the base
+        model restored) first; a failure raises ModelError and keeps the old release."""
+        set_adapter = getattr(self.backend, "set_adapter", None)
+        if release.adapter_dir is not None:
+            if set_adapter is None:
+                raise ModelError(
+                    f"release v{release.version} has a LoRA adapter but the "
+                    f"{self.backend.name} backend cannot load one"
+                )
+            name = f"release-{release.version}"
+            self.backend.load_adapter(name, release.adapter_dir)
+            set_adapter(name)
+        elif set_adapter is not None and getattr(self.backend, "active_adapter", None):
+            set_adapter(None)
+        self.release = release
+        self.head = usable_head(self.backend, release.head)
+
+    def request(self, text: str, image: bytes | None = None) -> GenerateRequest:
+        skill = self.release.skill
+        layers = self.head.layers if self.head is not None and self.head.kind == "hidden" else ()
+        return GenerateRequest(
+            system=skill.instructions,
+            input=text,
+            demos=skill.demos,
+            image=image,
+            max_new_tokens=self.max_new_tokens,
+            hidden_layers=layers,
+        )
+
+    def answer(self, text: str, image: bytes | None = None) -> Answered:
+        """The release's answer to one input; BackendError propagates."""
+        gen = self.backend.generate(self.request(text, image))
+        return Answered(gen, judge(gen, self.head))
+
+
+def judge(gen: Generation, head: SafetyHead | None) -> Answer:
+    """Parse a generation and put the head's p(unsafe) on it."""
+    answer = parse_answer(gen.text, verdict_confidence(gen.logprobs))
+    if head is None:
+        return answer
+    return replace(answer, p_unsafe=head.p_unsafe(head.features(gen)))
+
+
+def usable_head(backend: Backend, head: SafetyHead | None) -> SafetyHead | None:
+    """``head`` if this backend can feed it, else None (with the reason logged)."""
+    if head is None or head.kind == "verdict":
+        return head
+    model = getattr(backend, "model", None)
+    config = getattr(model, "config", None)
+    if config is None:
+        logger.warning(
+            "the release's safety head reads hidden states, which the %s backend does not "
+            "give; running without it (confidence rules decide)",
+            backend.name,
+        )
+        return None
+    layers = getattr(config, "num_hidden_layers", 0)
+    width = getattr(config, "hidden_size", 0) * len(head.layers)
+    if max(head.layers, default=0) > layers or width != head.dim:
+        logger.warning(
+            "the release's safety head was fit on another model (%d features at layers %s; "
+            "this model gives %d): running without it",
+            head.dim,
+            head.layers,
+            width,
+        )
+        return None
+    return head

@@ -1,0 +1,158 @@
+"""``gemma-teacher releases`` and ``gemma-teacher eval``: look at, roll back, score releases.
+
+    gemma-teacher releases list                      # versions, gate metrics, the active one
+    gemma-teacher releases show 3                    # manifest, files, gate report
+    gemma-teacher releases rollback 2                # the server pushes v2 to every edge
+    gemma-teacher releases build-default             # rebuild shared/data/release (v0)
+    gemma-teacher eval --release 3 --labels held_out.jsonl [--against 0]
+
+A rollback moves the active pointer; the whole release (skill, adapter, head,
+thresholds) goes back out together. ``eval`` answers the labelled cases through
+``teacher.harness`` exactly as an edge running that release would, and prints the
+student and system metrics (with ``--against N``, side by side with release N).
+It knows nothing about sockets or training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.config import TeacherConfig, load_config
+from shared.errors import StoreError
+from shared.evaluation import bundled_cases, load_labeled
+from shared.release import default_release_dir, load_release
+from teacher.harness import table
+from teacher.releases import ReleaseRegistry
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="teacher YAML (default: built-in defaults)")
+    parser.add_argument("--home", help="override the teacher home folder")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("list", help="every release with its frozen-split metrics")
+    show = sub.add_parser("show", help="one release's manifest and gate report")
+    show.add_argument("version", type=int)
+    back = sub.add_parser("rollback", help="make an older release active (0: the bundled one)")
+    back.add_argument("version", type=int)
+    build = sub.add_parser(
+        "build-default",
+        help="rebuild the bundled release v0 from the bundled labelled scenes",
+        description="Fit the default release's safety head on the bundled labelled scenes "
+        "and calibrate its thresholds (reproducible: same weights, same bytes).",
+    )
+    build.add_argument(
+        "--out", default=str(default_release_dir()), help="where to write it (default: in the package)"
+    )
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="teacher YAML (default: built-in defaults)")
+    parser.add_argument("--home", help="override the teacher home folder")
+    parser.add_argument(
+        "--release",
+        required=True,
+        help="release number in the registry (0: the bundled default), or a release folder",
+    )
+    parser.add_argument(
+        "--labels", action="append", required=True, metavar="JSONL", help="labelled cases"
+    )
+    parser.add_argument("--against", help="another release to score side by side")
+    parser.add_argument("--json", metavar="FILE", help="also write the reports (and per-case) here")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _config(args) -> TeacherConfig:
+    cfg = load_config(args.config, TeacherConfig)
+    if args.home:
+        cfg.home = Path(args.home)
+    return cfg
+
+
+def _release(registry: ReleaseRegistry, spec: str):
+    if spec.isdigit():
+        return registry.get(int(spec))
+    return load_release(Path(spec))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    registry = ReleaseRegistry(cfg.home)
+    active = registry.active_number()
+    if args.action == "list":
+        rows = [("v0 (bundled)" + (" *" if active in (None, 0) else ""), default_metrics())]
+        for number in registry.versions():
+            gate = registry.gate_doc(number)
+            rows.append((f"v{number}" + (" *" if active == number else ""), gate.get("candidate", {})))
+        print(table(rows))
+        print("* = active (what the server pushes to edges); metrics on the frozen split")
+        return 0
+    if args.action == "show":
+        release = registry.get(args.version)
+        doc = {
+            "version": release.version,
+            "active": active == release.version or (active is None and release.version == 0),
+            "path": str(release.path),
+            "describe": release.describe(),
+            "manifest": json.loads(release.manifest.model_dump_json()),
+            "gate": registry.gate_doc(args.version) if args.version else {},
+        }
+        print(json.dumps(doc, indent=1))
+        return 0
+    if args.action == "rollback":
+        release = registry.activate(args.version)
+        print(f"{release.describe()} is active; the teacher server pushes it to every edge")
+        return 0
+    if args.action == "build-default":
+        return build_default(cfg, Path(args.out))
+    raise StoreError(f"unknown action {args.action!r}")
+
+
+def default_metrics() -> dict:
+    manifest = load_release(default_release_dir()).manifest
+    return manifest.metrics.get("frozen", {})
+
+
+def build_default(cfg: TeacherConfig, out: Path) -> int:
+    from teacher.releases import build_default as build
+    from teacher.upskill import make_backend
+
+    backend = make_backend(cfg.student)
+    cases = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
+    release, timing = build(cfg, backend, cases, out)
+    print(release.describe())
+    print(release.calibration.note if release.calibration else "no calibration")
+    print(json.dumps({"head": release.head.info if release.head else None, "timing": timing}))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from teacher.releases import evaluate
+    from teacher.upskill import make_backend
+
+    cfg = _config(args)
+    registry = ReleaseRegistry(cfg.home)
+    cases = [c for path in args.labels for c in load_labeled(path)]
+    releases = [_release(registry, args.release)]
+    if args.against is not None:
+        releases.append(_release(registry, args.against))
+    backend = make_backend(cfg.student)
+    reports = []
+    for release in releases:
+        print(release.describe(), file=sys.stderr)
+        reports.append(evaluate(cfg, backend, release, cases, progress=not args.no_progress))
+    print(table([(f"v{r.release}", r.summary()) for r in reports]))
+    for r in reports:
+        if r.missed:
+            print(f"v{r.release} missed: {', '.join(r.missed)}")
+    if args.json:
+        doc = {
+            "labels": args.labels,
+            "reports": [
+                {**r.summary(), "cases": [c.to_json() for c in r.cases]} for r in reports
+            ],
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return 0

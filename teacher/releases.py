@@ -1,0 +1,374 @@
+"""Releases on the teacher box: build one from reviewed cases, gate it, version it, push it.
+
+    <home>/releases/v<N>/      one ``shared.release`` folder per version (+ gate.json)
+    <home>/releases/active     the version the server pushes to every edge
+
+A build is a straight line::
+
+    cases ─► frozen split (teacher.dataset, persisted) + the rest, split per label into
+             fit (head, LoRA) and calibration (thresholds; never trained on)
+    fit   ─► hidden states at the last prompt token, from the release's own prompt and
+             adapter through ``shared.student.Student`` ─► logistic head (shared.head)
+    cal   ─► p(unsafe) ─► thresholds with a recall guarantee (shared.calibration)
+    frozen split ─► teacher.harness on the candidate and on the active release
+             ─► teacher.gate.compare ─► saved and activated only if it passed
+
+The active release, when the registry has none, is what edges run without one: the
+skill and adapter registries' active versions read as a release (legacy), else the
+bundled default release. It knows nothing about sockets; the server pushes
+``ReleaseRegistry.active``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.policy import find_keywords
+from shared.backend import Backend
+from shared.calibration import Calibration, calibrate
+from shared.config import TeacherConfig
+from shared.errors import StoreError, TrainingError
+from shared.evaluation import LabeledCase
+from shared.head import SafetyHead, default_layers, fit_head, verdict_logodds
+from shared.release import (
+    ADAPTER_FILES,
+    Release,
+    build_files,
+    default_release,
+    load_release,
+    skill_release,
+    write_release,
+)
+from shared.skill import Skill
+from shared.student import Student
+from teacher import gate
+from teacher.harness import HarnessReport, evaluate_release
+
+logger = logging.getLogger(__name__)
+
+GATE_FILE = "gate.json"
+
+
+# ---------------------------------------------------------------- the registry
+class ReleaseRegistry:
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.root = self.home / "releases"
+
+    def versions(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            int(p.name[1:])
+            for p in self.root.glob("v*")
+            if p.is_dir() and p.name[1:].isdigit() and (p / "manifest.json").is_file()
+        )
+
+    def path(self, number: int) -> Path:
+        return self.root / f"v{number}"
+
+    def get(self, number: int) -> Release:
+        if number == 0:
+            return default_release()
+        if number not in self.versions():
+            raise StoreError(f"no release v{number} in {self.root} (have: {self.versions()})")
+        return load_release(self.path(number))
+
+    def next_number(self) -> int:
+        return max(self.versions(), default=0) + 1
+
+    def add(self, files: dict[str, bytes], gate_doc: dict) -> Release:
+        """Store a built release under its manifest's version (not active yet)."""
+        release = write_release(self.path(_manifest_version(files)), files)
+        (release.path / GATE_FILE).write_text(json.dumps(gate_doc, indent=1, sort_keys=True))
+        return release
+
+    def active_number(self) -> int | None:
+        try:
+            return int((self.root / "active").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def active(self) -> Release:
+        """What the edges should run: the active release, else legacy, else the default."""
+        number = self.active_number()
+        if number is not None:
+            return self.get(number)
+        legacy = legacy_release(self.home)
+        return legacy if legacy is not None else default_release()
+
+    def activate(self, number: int) -> Release:
+        release = self.get(number)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "active.tmp"
+        tmp.write_text(f"{number}\n")
+        tmp.replace(self.root / "active")
+        return release
+
+    def gate_doc(self, number: int) -> dict:
+        path = self.path(number) / GATE_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _manifest_version(files: dict[str, bytes]) -> int:
+    return int(json.loads(files["manifest.json"])["version"])
+
+
+def legacy_release(home: Path) -> Release | None:
+    """The skill and adapter registries' active versions read as one release (no head)."""
+    from teacher.registry import Registry
+    from teacher.upskill import current_skill
+
+    skills, adapters = Registry(home, "skills"), Registry(home, "adapters")
+    if skills.active() is None and adapters.active() is None:
+        return None
+    adapter = adapters.active()
+    return skill_release(current_skill(skills), adapter.path if adapter else None)
+
+
+# ---------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Splits:
+    fit: list[LabeledCase]  # trains the head (and the LoRA)
+    calibration: list[LabeledCase]  # chooses the thresholds; never trained on
+    frozen: list[LabeledCase]  # the gate's split (persisted by teacher.dataset)
+
+
+def make_splits(cfg: TeacherConfig, cases: list[LabeledCase], skill: Skill) -> Splits:
+    """Redact, dedupe and split (see the module docstring)."""
+    from teacher.dataset import build_dataset
+
+    dataset = build_dataset(
+        cases, cfg.home, skill.instructions, cfg.train.eval_fraction, cfg.train.seed
+    )
+    frozen = [e.labeled() for e in dataset.eval]
+    if not frozen:
+        raise TrainingError("the frozen evaluation split is empty: nothing to gate on")
+    rest = [e.labeled() for e in dataset.train if e.origin != "generic"]
+    fit, cal = split_fit(rest, cfg.release.calibration_fraction, cfg.train.seed)
+    return Splits(fit, cal, frozen)
+
+
+def split_fit(
+    cases: list[LabeledCase], calibration_fraction: float, seed: int
+) -> tuple[list[LabeledCase], list[LabeledCase]]:
+    """(fit, calibration), per label, by a seeded hash of the case id (stable as cases come)."""
+    fit: list[LabeledCase] = []
+    cal: list[LabeledCase] = []
+    for label in (True, False):
+        group = sorted(
+            (c for c in cases if c.safety is label),
+            key=lambda c: hashlib.sha256(f"{seed}:cal:{c.id}".encode()).hexdigest(),
+        )
+        cut = round(len(group) * calibration_fraction)
+        cal += group[:cut]
+        fit += group[cut:]
+    for name, part in (("fit", fit), ("calibration", cal)):
+        if len({c.safety for c in part}) < 2:
+            raise TrainingError(
+                f"the {name} split has {len(part)} case(s) without both verdicts: "
+                "review more unsafe and safe cases first"
+            )
+    return fit, cal
+
+
+# ---------------------------------------------------------------- head + thresholds
+def head_kind(backend: Backend) -> tuple[str, tuple[int, ...]]:
+    """``hidden`` (with the default layers) where the backend gives hidden states."""
+    config = getattr(getattr(backend, "model", None), "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if layers:
+        return "hidden", default_layers(int(layers))
+    return "verdict", ()
+
+
+def features(
+    student: Student, cases: list[LabeledCase], kind: str, layers: tuple[int, ...], desc: str
+) -> np.ndarray:
+    """The head's inputs for ``cases``, from the release's own prompt and adapter.
+
+    ``hidden``: the request ``Student`` builds, run for its prompt only (the features
+    come from the prefill an edge runs before it decodes). ``verdict``: a full answer.
+    """
+    from dataclasses import replace
+
+    rows = []
+    for case in tqdm(cases, desc=desc, unit="case", leave=False):
+        request = student.request(case.input)
+        if kind == "hidden":
+            gen = student.backend.generate(replace(request, max_new_tokens=0, hidden_layers=layers))
+            rows.append(gen.hidden)
+        else:
+            gen = student.backend.generate(request)
+            value = verdict_logodds(gen.text, gen.logprobs)
+            rows.append([0.0 if value is None else value])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def fit_and_calibrate(
+    cfg: TeacherConfig, student: Student, splits: Splits
+) -> tuple[SafetyHead, Calibration, dict]:
+    """Fit the head on the fit split, then the thresholds on the calibration split."""
+    kind, layers = head_kind(student.backend)
+    t0 = time.perf_counter()
+    x_fit = features(student, splits.fit, kind, layers, "head features")
+    t_features = time.perf_counter() - t0
+    head = fit_head(
+        x_fit, [c.safety for c in splits.fit], kind=kind, layers=layers, l2=cfg.release.head_l2
+    )
+    t_fit = time.perf_counter() - t0 - t_features
+    x_cal = features(student, splits.calibration, kind, layers, "calibration")
+    p_cal = head.p_unsafe_many(x_cal)
+    policy = cfg.policy
+    keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
+    caught = [bool(find_keywords(c.input, keywords, exceptions)) for c in splits.calibration]
+    calibration = calibrate(
+        p_cal.tolist(),
+        [c.safety for c in splits.calibration],
+        recall_target=policy.recall_target,
+        max_false_alert_rate=policy.max_false_alert_rate,
+        delta=policy.recall_delta,
+        caught=caught,
+    )
+    timing = {
+        "features_s": round(t_features, 2),
+        "fit_s": round(t_fit, 3),
+        "calibration_s": round(time.perf_counter() - t0 - t_features - t_fit, 2),
+        "fit_cases": len(splits.fit),
+        "calibration_cases": len(splits.calibration),
+    }
+    logger.info("head %s, %s; %s", head.info, calibration.note, timing)
+    return head, calibration, timing
+
+
+# ---------------------------------------------------------------- build + gate
+@dataclass
+class BuildResult:
+    version: int | None  # None: refused by the gate
+    verdict: gate.GateVerdict
+    candidate: HarnessReport
+    active: HarnessReport
+    calibration: Calibration
+    timing: dict
+    path: Path | None = None
+
+    def report(self) -> dict:
+        return {
+            "version": self.version,
+            "passed": self.verdict.passed,
+            "reasons": self.verdict.reasons,
+            "candidate": self.candidate.summary(),
+            "active": self.active.summary(),
+            "calibration": self.calibration.model_dump(),
+            "timing": self.timing,
+        }
+
+
+def build_release(
+    cfg: TeacherConfig,
+    backend: Backend,
+    cases: list[LabeledCase],
+    *,
+    skill: Skill | None = None,
+    adapter: dict[str, bytes] | None = None,
+    activate: bool = True,
+    splits: Splits | None = None,
+    note: str = "",
+    progress: bool = True,
+) -> BuildResult:
+    """Build a release (the active skill unless ``skill``; ``adapter``: PEFT files), gate
+    it against the active release on the frozen split, save and activate it if it passed."""
+    registry = ReleaseRegistry(cfg.home)
+    active = registry.active()
+    skill = skill or active.skill
+    splits = splits or make_splits(cfg, cases, skill)
+    max_new = cfg.student.max_new_tokens
+    pace = cfg.release.eval_pace_s
+    with tempfile.TemporaryDirectory(prefix="gemma-release-") as tmp:
+        adapter_dir = None
+        if adapter:
+            adapter_dir = Path(tmp) / "adapter"
+            adapter_dir.mkdir()
+            for name in ADAPTER_FILES:
+                (adapter_dir / name).write_bytes(adapter[name])
+        student = Student(backend, skill_release(skill, adapter_dir), max_new)
+        head, calibration, timing = fit_and_calibrate(cfg, student, splits)
+        version = registry.next_number()
+        files = build_files(version, skill, head, calibration, adapter, parent=active.version,
+                            model=backend.name, note=note)  # fmt: skip
+        candidate = write_release(Path(tmp) / f"v{version}", files)
+        t0 = time.perf_counter()
+        student.use(candidate)
+        after = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
+                                 f"candidate v{version}")  # fmt: skip
+        student.use(active)
+        before = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
+                                  f"active v{active.version}")  # fmt: skip
+        timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
+    verdict = gate.compare(after, before, cfg.policy.recall_target)
+    result = BuildResult(None, verdict, after, before, calibration, timing)
+    if not verdict.passed:
+        logger.warning("release refused: %s", "; ".join(verdict.reasons))
+        return result
+    metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
+    files = build_files(version, skill, head, calibration, adapter, parent=active.version,
+                        model=backend.name, metrics=metrics, note=note)  # fmt: skip
+    saved = registry.add(files, result.report())
+    result.version, result.path = version, saved.path
+    if activate:
+        registry.activate(version)
+    return result
+
+
+def evaluate(
+    cfg: TeacherConfig,
+    backend: Backend,
+    release: Release,
+    cases: list[LabeledCase],
+    progress: bool = True,
+) -> HarnessReport:
+    """``release`` on ``cases`` through the harness (``gemma-teacher eval``)."""
+    student = Student(backend, release, cfg.student.max_new_tokens)
+    return evaluate_release(student, cases, cfg.policy, cfg.release.eval_pace_s, progress)
+
+
+def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase], out: Path):
+    """The bundled release v0: the default skill, a head on ``cases``, its thresholds.
+
+    Deterministic for the same cases, weights and seed (``gemma-teacher releases
+    build-default`` rewrites ``shared/data/release``).
+    """
+    from shared.skill import default_skill
+
+    skill = default_skill().model_copy(update={"created_at": 0.0})  # reproducible bytes
+    fit, cal = split_fit(cases, cfg.release.calibration_fraction, cfg.train.seed)
+    student = Student(backend, skill_release(skill), cfg.student.max_new_tokens)
+    head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
+    note = (
+        f"bundled default: the default skill, a {head.kind} safety head fit on {len(fit)} of "
+        f"the bundled labelled scenes, thresholds calibrated on the other {len(cal)}"
+    )
+    files = build_files(0, skill, head, calibration, model=backend.name,
+                        metrics={"head": head.info}, note=note)  # fmt: skip
+    manifest = json.loads(files["manifest.json"])
+    manifest["created_at"] = 0.0  # reproducible bytes
+    files["manifest.json"] = json.dumps(manifest, indent=1).encode()
+    return write_release(out, files), timing
+
+
+def copy_release(release: Release, out: Path) -> Path:
+    """Copy a release folder (e.g. to hand to ``gemma-edge run --release``)."""
+    if release.path is None:
+        raise StoreError(f"release v{release.version} has no folder")
+    shutil.copytree(release.path, out, dirs_exist_ok=False)
+    return out
