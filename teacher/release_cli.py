@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and calibrate its thresholds (reproducible: same weights, same bytes).",
     )
     build.add_argument(
-        "--out", default=str(default_release_dir()), help="where to write it (default: in the package)"
+        "--out",
+        default=str(default_release_dir()),
+        help="where to write it (default: in the package)",
     )
 
 
@@ -85,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         rows = [("v0 (bundled)" + (" *" if active in (None, 0) else ""), default_metrics())]
         for number in registry.versions():
             gate = registry.gate_doc(number)
-            rows.append((f"v{number}" + (" *" if active == number else ""), gate.get("candidate", {})))
+            rows.append(
+                (f"v{number}" + (" *" if active == number else ""), gate.get("candidate", {}))
+            )
         print(table(rows))
         print("* = active (what the server pushes to edges); metrics on the frozen split")
         return 0
@@ -150,9 +154,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         doc = {
             "labels": args.labels,
-            "reports": [
-                {**r.summary(), "cases": [c.to_json() for c in r.cases]} for r in reports
-            ],
+            "reports": [{**r.summary(), "cases": [c.to_json() for c in r.cases]} for r in reports],
         }
         Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0

@@ -285,9 +285,13 @@ def build_release(
     splits: Splits | None = None,
     note: str = "",
     progress: bool = True,
+    keep_refused: bool = False,
 ) -> BuildResult:
     """Build a release (the active skill unless ``skill``; ``adapter``: PEFT files), gate
-    it against the active release on the frozen split, save and activate it if it passed."""
+    it against the active release on the frozen split, save and activate it if it passed.
+
+    ``keep_refused`` stores a refused release too (never active), to inspect or score it.
+    """
     registry = ReleaseRegistry(cfg.home)
     active = registry.active()
     skill = skill or active.skill
@@ -319,13 +323,14 @@ def build_release(
     result = BuildResult(None, verdict, after, before, calibration, timing)
     if not verdict.passed:
         logger.warning("release refused: %s", "; ".join(verdict.reasons))
-        return result
+        if not keep_refused:
+            return result
     metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
     files = build_files(version, skill, head, calibration, adapter, parent=active.version,
                         model=backend.name, metrics=metrics, note=note)  # fmt: skip
     saved = registry.add(files, result.report())
     result.version, result.path = version, saved.path
-    if activate:
+    if activate and verdict.passed:
         registry.activate(version)
     return result
 

@@ -257,6 +257,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--no-activate", action="store_true", help="save a passing release inactive"
     )
+    parser.add_argument(
+        "--keep-refused",
+        action="store_true",
+        help="store a release the gate refused (inactive, never pushed) to inspect or eval it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -339,6 +344,7 @@ def run(args) -> int:
         splits=splits,
         note="head only" if args.head_only else f"LoRA ({trained.steps} steps) + head",
         progress=not args.no_progress,
+        keep_refused=args.keep_refused,
     )
     report = {**result.report(), "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(report, indent=1))
@@ -351,7 +357,8 @@ def run(args) -> int:
         print(f"release v{result.version} saved in {result.path}"
               + ("" if args.no_activate else " and active"))  # fmt: skip
         return 0
-    print("not saved: " + "; ".join(result.verdict.reasons))
+    kept = f" (kept inactive as v{result.version} in {result.path})" if result.version else ""
+    print("refused" + kept + ": " + "; ".join(result.verdict.reasons))
     return 1
 
 

@@ -163,13 +163,13 @@ class RecordingLink:
 
     def __init__(self):
         self.cases: list[tuple[Escalation, bytes | None]] = []
-        self.versions = (0, 0)
+        self.versions = (0, 0, 0)
 
     def escalate(self, esc: Escalation, frame: bytes | None = None) -> None:
         self.cases.append((esc, frame))
 
-    def set_versions(self, skill_version: int, adapter_version: int) -> None:
-        self.versions = (skill_version, adapter_version)
+    def set_versions(self, skill_version: int, adapter_version: int, release: int = 0) -> None:
+        self.versions = (skill_version, adapter_version, release)
 
     def depth(self) -> int:
         return len(self.cases)
@@ -197,12 +197,12 @@ def test_link_gets_every_escalation_and_pushes_apply_to_the_next_input(tmp_path)
     evs = [e for e in events(out) if e["type"] == "answer"]
     assert [e["skill_version"] for e in evs] == [0, 0, 3, 3]
     assert [e["adapter_version"] for e in evs] == [0, 0, 4, 4]
-    assert backend.active == "v4" and backend.loaded["v4"] == tmp_path / "adapter-v4"
+    assert backend.loaded[backend.active] == tmp_path / "adapter-v4"
     assert [esc.input for esc, _ in link.cases] == ["fire one", "smoke two"]
     esc = link.cases[1][0]
     assert esc.reasons == ["safety_keyword"] and esc.safety_keyword
     assert (esc.skill_version, esc.adapter_version) == (3, 4) and esc.edge_id == "edge-1"
-    assert link.versions == (3, 4)
+    assert link.versions == (3, 4, 0)  # legacy pushes run as a bare release
     assert any(e["type"] == "review" for e in events(out))
 
 

@@ -189,7 +189,8 @@ def test_train_cli_builds_and_exports_the_dataset(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[0])["dataset"]["eval"] == 8
-    assert len(out.read_text().splitlines()) == 40
+    splits = json.loads(done.stdout.splitlines()[0])["splits"]
+    assert splits["frozen"] == 8 and splits["fit"] + splits["calibration"] == 32
+    assert len(out.read_text().splitlines()) == splits["fit"]  # the LoRA trains on fit only
     empty = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no reviewed cases" in empty.stderr

@@ -1,8 +1,9 @@
 """The LoRA recipe on a tiny randomly initialised Gemma 3 (real tokenizer): fast, CPU-only.
 
-Proves: the answer-only loss equals the full-logit loss on the answer tokens; an adapter
-that does not beat the active student is not saved; a passing one becomes the active
-version with its files and metadata; training resumes from a safetensors+JSON checkpoint.
+Proves: the answer-only loss equals the full-logit loss on the answer tokens; training
+returns a PEFT adapter (safetensors) and leaves the base model as it was; the adapter is
+trained under the edge's prompt (demonstrations included); training resumes from a
+safetensors+JSON checkpoint. Gating lives with releases (tests/teacher/test_release.py).
 """
 
 import json
@@ -10,11 +11,9 @@ import json
 import pytest
 
 from shared.config import TeacherConfig
-from shared.evaluation import EvalReport, bundled_cases
+from shared.evaluation import bundled_cases
 from shared.skill import default_skill
-from teacher import gate
 from teacher.dataset import build_dataset
-from teacher.registry import Registry
 
 pytestmark = pytest.mark.slow  # needs the model cache for the real tokenizer
 
@@ -81,35 +80,42 @@ def test_answer_only_loss_matches_the_full_vocabulary_loss(tokenizer):
     assert float(ours) == pytest.approx(float(full), rel=1e-5)
 
 
-def test_a_useless_adapter_is_not_saved(tmp_path, tokenizer):
+def test_training_returns_a_peft_adapter_and_leaves_the_base_model(tmp_path, tokenizer):
+    from peft import PeftModel
+    from safetensors.numpy import load
+
     from teacher.train import train_adapter
 
-    cfg, ds = small_setup(tmp_path, learning_rate=1e-12)  # trains nothing
-    result = train_adapter(cfg, ds, tiny_model(), tokenizer, max_steps=2)
-    assert not result.verdict.passed
-    assert any("no gain" in r for r in result.verdict.reasons)
-    assert Registry(tmp_path, "adapters").versions() == []
+    cfg, ds = small_setup(tmp_path)
+    model = tiny_model()
+    before = {n for n, _ in model.named_parameters()}
+    result = train_adapter(cfg, ds, default_skill(), model, tokenizer, max_steps=2)
+    assert {n for n, _ in model.named_parameters()} == before  # no LoRA layers left behind
+    assert set(result.adapter) == {"adapter_config.json", "adapter_model.safetensors"}
+    tensors = load(result.adapter["adapter_model.safetensors"])
+    assert tensors and all("lora_" in name for name in tensors)
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    for name, data in result.adapter.items():
+        (folder / name).write_bytes(data)
+    assert isinstance(PeftModel.from_pretrained(tiny_model(), str(folder)), PeftModel)
     report = json.loads((result.run_dir / "report.json").read_text())
-    assert report["passed"] is False and report["version"] is None and report["reasons"]
+    assert report["steps"] == 2
     curves = json.loads((result.run_dir / "curves.json").read_text())
     assert len(curves["train"]) == 2 and curves["eval"]
     assert (result.run_dir / "curves.png").stat().st_size > 1000
 
 
-def test_a_passing_adapter_becomes_the_active_version(tmp_path, tokenizer, monkeypatch):
-    from teacher.train import train_adapter
+def test_the_adapter_trains_under_the_edges_prompt_with_demonstrations(tmp_path, tokenizer):
+    from teacher.batches import tokenize
 
-    monkeypatch.setattr(gate, "compare", lambda before, after: gate.GateVerdict(True, []))
-    cfg, ds = small_setup(tmp_path)
-    result = train_adapter(cfg, ds, tiny_model(), tokenizer, max_steps=1)
-    registry = Registry(tmp_path, "adapters")
-    active = registry.active()
-    assert result.version == 1 and active is not None and active.number == 1
-    names = {e.name for e, _ in active.files()}
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
-    assert active.meta["dataset_sha256"] == ds.sha256
-    assert active.meta["after"]["n"] == len(ds.eval)
-    assert active.meta["instructions"] == default_skill().instructions
+    skill = default_skill()
+    ds = build_dataset(bundled_cases("dev_scenes.jsonl"), tmp_path, skill.instructions, 0.1, 0,
+                       freeze=False)  # fmt: skip
+    item = tokenize(ds.train[:1], tokenizer, skill.instructions, 512, skill.demos)[0]
+    prompt = tokenizer.decode(item.ids[: item.n_prompt], skip_special_tokens=True)
+    assert prompt == skill.prompt(ds.train[0].input)  # exactly what Student sends the edge model
+    assert skill.demos[0].input in prompt
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path, tokenizer):
@@ -117,7 +123,8 @@ def test_training_resumes_from_its_checkpoint(tmp_path, tokenizer):
 
     cfg, ds = small_setup(tmp_path, checkpoint_every=1, epochs=2.0)
     run_dir = tmp_path / "run"
-    first = train_adapter(cfg, ds, tiny_model(), tokenizer, run_dir=run_dir, max_steps=2)
+    skill = default_skill()
+    first = train_adapter(cfg, ds, skill, tiny_model(), tokenizer, run_dir=run_dir, max_steps=2)
     checkpoint = run_dir / "checkpoint"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         "adapter.safetensors",
@@ -125,26 +132,7 @@ def test_training_resumes_from_its_checkpoint(tmp_path, tokenizer):
         "state.json",
     ]
     assert json.loads((checkpoint / "state.json").read_text())["step"] == 2
-    second = train_adapter(cfg, ds, tiny_model(), tokenizer, run_dir=run_dir, resume=True)
+    second = train_adapter(cfg, ds, skill, tiny_model(), tokenizer, run_dir=run_dir, resume=True)
     assert first.steps == 2 and second.steps == 4
     steps = [s for s, _ in second.history["train"]]
     assert steps == [1, 2, 3, 4]  # the history carried over, nothing re-trained
-
-
-@pytest.mark.parametrize(
-    "before, after, passed",
-    [
-        ((0.5, 0.0, 0.5), (0.75, 1.0, 0.8), True),
-        ((0.5, 1.0, 0.5), (0.5, 1.0, 0.5), False),  # no gain
-        ((0.5, 1.0, 0.5), (0.7, 0.9, 0.6), False),  # format fell
-        ((0.6, 1.0, 0.9), (0.7, 1.0, 0.6), False),  # safety recall fell
-        ((0.6, 0.5, 0.9), (0.6, 0.8, 0.88), True),  # small recall dip within tolerance
-    ],
-)
-def test_gate_rules(before, after, passed):
-    def report(agree, fmt, recall):
-        return EvalReport(n=10, format_ok=fmt, safety_agreement=agree, safety_recall=recall)
-
-    verdict = gate.compare(report(*before), report(*after))
-    assert verdict.passed is passed
-    assert bool(verdict.reasons) is not passed

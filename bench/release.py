@@ -1,0 +1,181 @@
+"""Benchmark: releases judged as the edge runs them, on scenes no release ever saw.
+
+    .venv/bin/python bench/release.py [--lora] [--epochs 1] [--limit N]
+
+1. Builds releases with the real commands, each in a fresh teacher home, from the
+   project's 300 labelled scenes (shared/data/scenes.jsonl + dev_scenes.jsonl):
+   - head only: ``gemma-teacher train --no-store --labels … --home H --head-only``
+   - head + LoRA (``--lora``): the same without ``--head-only`` (fp32 CPU; minutes)
+   and times each command (model load included).
+2. Scores, in one process with one backend, through ``teacher.harness`` (the edge's own
+   Student + policy.decide) on ``bench/data/heldout_scenes.jsonl`` (160 hand-written
+   scenes, never used for training or calibration):
+   - "today": the default skill as edges ran it before releases (no head; confidence,
+     keyword, format and audit rules);
+   - the bundled default release v0 (default skill + head + thresholds);
+   - the head-only release, and the head + LoRA release.
+3. Latency with the head against without it: the same release and inputs, hidden states
+   asked for or not, alternated input by input in the same process.
+
+Writes bench/results/release.json, release.md (the table) and release.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+HELDOUT = ROOT / "bench" / "data" / "heldout_scenes.jsonl"
+LABELS = [ROOT / "shared" / "data" / "scenes.jsonl", ROOT / "shared" / "data" / "dev_scenes.jsonl"]
+
+
+def train(home: Path, head_only: bool, epochs: float) -> tuple[float, dict, int]:
+    """Run ``gemma-teacher train`` like a person would; (seconds, its JSON report, exit)."""
+    command = [sys.executable, "-m", "teacher", "train", "--no-store", "--home", str(home),
+               "--no-progress", "--keep-refused"]  # fmt: skip
+    for path in LABELS:
+        command += ["--labels", str(path)]
+    command += ["--head-only"] if head_only else ["--epochs", str(epochs), "--batch-size", "8",
+                                                  "--lr", "3e-4"]  # fmt: skip
+    print("$", " ".join(command), flush=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    out = done.stdout
+    print(out[-3000:], done.stderr[-2000:] if done.returncode not in (0, 1) else "", flush=True)
+    start = out.find('{\n "version"')
+    report = json.loads(out[start : out.index("\n}\n", start) + 2]) if start >= 0 else {}
+    return seconds, report, done.returncode
+
+
+def latency_with_and_without_head(student, cases, rounds: int = 1) -> dict:
+    """p50 answer latency of one release, hidden states asked for or not (alternated)."""
+    with_head, without = [], []
+    for _ in range(rounds):
+        for case in cases:
+            request = student.request(case.input)
+            for layers, sink in ((request.hidden_layers, with_head), ((), without)):
+                t0 = time.perf_counter()
+                gen = student.backend.generate(replace(request, hidden_layers=layers))
+                if layers:
+                    student.head.p_unsafe(student.head.features(gen))
+                sink.append(time.perf_counter() - t0)
+    p50w, p50o = statistics.median(with_head), statistics.median(without)
+    return {"n": len(with_head), "p50_with_head_s": round(p50w, 4),
+            "p50_without_head_s": round(p50o, 4), "ratio": round(p50w / p50o, 3)}  # fmt: skip
+
+
+def plot(rows: list[tuple[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label, _ in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, key, title in zip(
+        axes,
+        ("system_recall", "teacher_calls_per_100", "false_alerts_per_100"),
+        ("system safety recall", "teacher calls per 100 inputs", "false local alerts per 100"),
+        strict=True,
+    ):
+        values = [doc[key] for _, doc in rows]
+        ax.bar(labels, values, color=["#999", "#4a90d9", "#2e7d32", "#8e24aa"][: len(rows)])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.2f}" if key == "system_recall" else f"{v:.0f}", ha="center",
+                    va="bottom")  # fmt: skip
+        if key == "system_recall":
+            ax.axhline(0.95, color="red", linestyle="--", linewidth=1)
+            ax.set_ylim(0, 1.05)
+    fig.suptitle(f"{rows[0][1]['n']} held-out scenes, scored through the edge's own code")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lora", action="store_true", help="also build a head + LoRA release")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--limit", type=int, help="score only the first N held-out scenes")
+    parser.add_argument("--work", type=Path, default=RESULTS / "release-work")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    from shared.config import TeacherConfig
+    from shared.evaluation import load_labeled
+    from shared.release import default_release, load_release, skill_release
+    from shared.skill import default_skill
+    from shared.student import Student
+    from teacher.harness import table
+    from teacher.releases import evaluate
+    from teacher.upskill import make_backend
+
+    builds: dict[str, dict] = {}
+    for name, head_only in (("head-only", True), ("head+LoRA", False)):
+        if name == "head+LoRA" and not args.lora:
+            continue
+        home = args.work / name
+        done = home / "build.json"
+        if done.is_file():
+            print(f"{name}: reusing the release built in {home}")
+            builds[name] = json.loads(done.read_text())
+            continue
+        seconds, report, code = train(home, head_only, args.epochs)
+        builds[name] = {"seconds": round(seconds, 1), "exit": code, "report": report}
+        done.write_text(json.dumps(builds[name], indent=1))
+
+    cfg = TeacherConfig()
+    backend = make_backend(cfg.student)
+    cases = load_labeled(HELDOUT)[: args.limit]
+    releases = [("today (default skill, no head)", skill_release(default_skill())),
+                ("default release v0", default_release())]  # fmt: skip
+    for name, build in builds.items():
+        number = build["report"].get("version")
+        if number:
+            gate = "passed" if build["report"].get("passed") else "refused"
+            folder = args.work / name / "releases" / f"v{number}"
+            releases.append((f"{name} v{number} ({gate})", load_release(folder)))
+    rows, reports = [], {}
+    for label, release in releases:
+        report = evaluate(cfg, backend, release, cases)
+        rows.append((label, report.summary()))
+        reports[label] = {**report.summary(), "calibration": release.calibration.model_dump()
+                          if release.calibration else None}  # fmt: skip
+        print(table(rows[-1:]), flush=True)
+    latency = latency_with_and_without_head(Student(backend, default_release()), cases[:40])
+    text = table(rows)
+    today = rows[0][1]["teacher_calls_per_100"]
+    lines = [
+        f"# Releases on {len(cases)} held-out scenes (bench/data/heldout_scenes.jsonl)",
+        "",
+        "```",
+        text,
+        "```",
+        "",
+        f"today's default-skill edge: {today:.1f} teacher calls per 100 inputs",
+        f"latency with the head vs without (same release, same inputs, alternated): {latency}",
+        "release builds (wall seconds, model load included): "
+        + json.dumps({k: v["seconds"] for k, v in builds.items()}),
+    ]
+    print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "release.md").write_text("\n".join(lines) + "\n")
+    doc = {"heldout": str(HELDOUT.relative_to(ROOT)), "n": len(cases), "releases": reports,
+           "latency_head": latency, "builds": builds}  # fmt: skip
+    (args.out / "release.json").write_text(json.dumps(doc, indent=1))
+    plot(rows, args.out / "release.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Releases: the folder format, the build (head + thresholds), the harness and the gate.
+
+Fast: a scripted student with hidden states (``tests.fakes.FeatureBackend``) stands in
+for the model; the release files, registries and the policy are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.calibration import conservative
+from shared.config import TeacherConfig
+from shared.errors import PushRejected
+from shared.head import fit_head
+from shared.release import (
+    build_files,
+    check_files,
+    default_release,
+    load_release,
+    skill_release,
+    write_release,
+)
+from shared.skill import default_skill
+from shared.student import Student
+from teacher import gate
+from teacher.harness import evaluate_release
+from teacher.releases import ReleaseRegistry, build_release
+from tests.fakes import FeatureBackend, hazard_cases
+
+
+def small_head(dim: int = 8):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, dim))
+    y = [i % 2 == 0 for i in range(20)]
+    x[::2, 0] += 3
+    return fit_head(x, y, layers=(1, 2))
+
+
+def adapter_files() -> dict[str, bytes]:
+    import numpy as np
+    from safetensors.numpy import save
+
+    tensors = {"base_model.model.x.lora_A.weight": np.zeros((2, 4), dtype=np.float32)}
+    return {
+        "adapter_config.json": json.dumps({"peft_type": "LORA", "r": 2}).encode(),
+        "adapter_model.safetensors": save(tensors),
+    }
+
+
+# ---------------------------------------------------------------- the folder format
+def test_a_release_round_trips_and_every_file_is_checked(tmp_path):
+    files = build_files(3, default_skill(), small_head(), conservative(), adapter_files())
+    release = write_release(tmp_path / "v3", files)
+    again = load_release(tmp_path / "v3")
+    assert again.version == release.version == 3 and again.skill.version == 3
+    assert again.adapter_dir == tmp_path / "v3" and again.head.dim == 8
+    assert again.calibration == conservative()
+    names = {f.name for f in again.manifest.files}
+    assert names == {"skill.json", "head.safetensors", *adapter_files()}
+    head = tmp_path / "v3" / "head.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 1
+    head.write_bytes(bytes(data))
+    with pytest.raises(PushRejected, match="head.safetensors: sha256"):
+        load_release(tmp_path / "v3")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: f.pop("manifest.json"), "no manifest.json"),
+        (lambda f: f.update({"extra.bin": b"x"}), "not in the manifest: extra.bin"),
+        (lambda f: f.pop("skill.json"), "skill.json is missing"),
+        (lambda f: f.update({"skill.json": f["skill.json"] + b" "}), "skill.json: size"),
+        (lambda f: f.update({"manifest.json": b"{"}), "manifest.json is not valid"),
+    ],
+)
+def test_a_bad_release_is_refused_naming_what_is_wrong(change, message):
+    files = build_files(2, default_skill(), small_head(), conservative())
+    change(files)
+    with pytest.raises(PushRejected, match=message):
+        check_files(files)
+
+
+def test_half_an_adapter_is_refused():
+    files = build_files(2, default_skill(), None, None, adapter_files())
+    assert check_files(files).version == 2
+    del files["adapter_model.safetensors"]
+    manifest = json.loads(files["manifest.json"])
+    manifest["files"] = [f for f in manifest["files"] if f["name"] != "adapter_model.safetensors"]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with pytest.raises(PushRejected, match="adapter lacks adapter_model.safetensors"):
+        check_files(files)
+
+
+def test_the_bundled_default_release_has_a_calibrated_head():
+    release = default_release()
+    assert release.version == 0 and release.head is not None and release.head.kind == "hidden"
+    cal = release.calibration
+    assert cal is not None and cal.guaranteed and cal.recall_target == 0.95
+    assert 0 <= cal.lower <= cal.upper <= 1
+    assert release.skill.instructions == default_skill().instructions
+    assert release.skill.demos == default_skill().demos
+
+
+# ---------------------------------------------------------------- build, harness, gate
+def config(tmp_path, **policy) -> TeacherConfig:
+    cfg = TeacherConfig(home=tmp_path / "teacher")
+    for key, value in policy.items():
+        setattr(cfg.policy, key, value)
+    cfg.policy.audit_every = 0
+    cfg.student.max_new_tokens = 16
+    return cfg
+
+
+def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
+    cfg = config(tmp_path)
+    backend = FeatureBackend()
+    result = build_release(cfg, backend, hazard_cases(400), progress=False)
+    assert result.verdict.passed, result.verdict.reasons
+    assert result.version == 1
+    registry = ReleaseRegistry(cfg.home)
+    assert registry.active_number() == 1
+    release = registry.active()
+    assert release.head is not None and release.head.layers == (1, 2)
+    cal = release.calibration
+    assert cal.guaranteed and cal.lower <= cal.upper
+    # The candidate answered through the edge's code: every hazard caught, few calls.
+    c = result.candidate
+    assert c.system_recall == 1.0 and c.auc == 1.0 and c.teacher_calls_per_100 < 20
+    assert release.manifest.metrics["frozen"]["system_recall"] == 1.0
+    assert json.loads((release.path / "gate.json").read_text())["passed"] is True
+
+
+def test_too_few_cases_for_the_guarantee_escalate_conservatively(tmp_path):
+    cfg = config(tmp_path)
+    result = build_release(cfg, FeatureBackend(), hazard_cases(60), progress=False,
+                           keep_refused=True)  # fmt: skip
+    cal = result.calibration
+    assert not cal.guaranteed and cal.lower == 0.0 and "needed" in cal.note
+    # Nothing is ruled out: every hazard the student does not alert on goes to the teacher.
+    assert result.candidate.system_recall == 1.0
+
+
+def test_the_gate_refuses_an_adapter_that_answers_no_under_the_edges_prompt(tmp_path):
+    """The measured failure: an adapter scored without demonstrations looked good, and
+    under the edge's real prompt said "SAFETY: no" to every hazard."""
+    cfg = config(tmp_path)
+    backend = FeatureBackend(bad_adapter="bad-adapter")
+    cases = hazard_cases(400)
+    assert build_release(cfg, backend, cases, progress=False).verdict.passed  # v1: head only
+    folder = tmp_path / "bad-adapter"
+    folder.mkdir()
+    for name, data in adapter_files().items():
+        (folder / name).write_bytes(data)
+    frozen = cases[:40]
+    # Scored the old way (instructions only, no demonstrations) it looks perfect ...
+    old_way = skill_release(default_skill().model_copy(update={"demos": ()}), folder)
+    old = evaluate_release(Student(backend, old_way), frozen, cfg.policy, progress=False)
+    assert old.words_accuracy == 1.0
+    # ... but the edge runs it with its demonstrations: the harness sees what edges would.
+    candidate = evaluate_release(Student(backend, skill_release(default_skill(), folder)),
+                                 frozen, cfg.policy, progress=False)  # fmt: skip
+    active = evaluate_release(Student(backend, ReleaseRegistry(cfg.home).active()), frozen,
+                              cfg.policy, progress=False)  # fmt: skip
+    assert candidate.recall == 0.0 and candidate.system_recall < 0.95
+    verdict = gate.compare(candidate, active, cfg.policy.recall_target)
+    assert not verdict.passed
+    assert any("below the target 0.95" in r for r in verdict.reasons)
+    assert any("fell against the active release v1" in r for r in verdict.reasons)
+    # Built as a release (head refit on the adapter's own states), it is refused too.
+    built = build_release(cfg, backend, cases, adapter=adapter_files(), progress=False)
+    assert not built.verdict.passed and built.version is None
+    assert ReleaseRegistry(cfg.home).active_number() == 1
+
+
+def test_gate_rules_are_named():
+    from teacher.harness import HarnessReport
+
+    def rep(release, recall, calls, accuracy):
+        return HarnessReport(release, 100, 1.0, accuracy, 1.0, 1.0, 0.5, 1.0, 1.0, recall,
+                             calls, 0.0, 0.0, 0.0, 0.1, 0.2)  # fmt: skip
+
+    active = rep(1, 0.97, 30.0, 0.9)
+    assert gate.compare(rep(2, 0.98, 20.0, 0.9), active, 0.95).passed
+    assert gate.compare(rep(2, 0.97, 30.0, 0.95), active, 0.95).passed  # more accurate
+    refused = gate.compare(rep(2, 0.94, 10.0, 0.99), active, 0.95)
+    assert [r.split(" ")[0:3] for r in refused.reasons] == [
+        ["system", "safety", "recall"],
+        ["system", "safety", "recall"],
+    ]
+    no_gain = gate.compare(rep(2, 0.97, 30.0, 0.9), active, 0.95)
+    assert no_gain.reasons == [
+        "no gain over the active release: teacher calls per 100 30.0 -> 30.0, "
+        "student accuracy 0.900 -> 0.900"
+    ]
