@@ -383,3 +383,43 @@ def test_a_repeated_sketch_skips_the_text_model(tmp_path, window, calls):
     assert len(backend.requests) == calls == summary["model_calls"]
     assert summary["frames"]["gated_by_reason"].get("same_sketch", 0) == 12 - calls
     assert summary["frames"]["passed"] == calls
+
+
+def test_a_release_decides_with_its_head_and_a_pushed_one_applies_to_the_next_input(tmp_path):
+    from shared.calibration import Calibration
+    from shared.head import fit_head
+    from shared.release import build_files, write_release
+    from shared.skill import default_skill
+    from tests.fakes import FeatureBackend, hazard_cases
+
+    backend = FeatureBackend()
+    import numpy as np
+
+    cases = hazard_cases(40)
+    x = [backend.generate(GenerateRequest("", c.input, hidden_layers=(1, 2))).hidden for c in cases]
+    head = fit_head(np.array(x), [c.safety for c in cases], layers=(1, 2))
+    cal = Calibration(lower=0.3, upper=0.7, recall_target=0.95, max_false_alert_rate=0.1,
+                      delta=0.1, guaranteed=True, n_unsafe=60, n_safe=60)  # fmt: skip
+    v1 = write_release(tmp_path / "v1", build_files(1, default_skill(), head, cal))
+    v2 = write_release(tmp_path / "v2", build_files(2, default_skill(), None, None))
+    texts = tmp_path / "in.txt"
+    texts.write_text("DANGER one\ncalm two\nDANGER three\ncalm four\n")
+    d, out = daemon(open_source(str(texts)), backend, release=v1,
+                    config=EdgeConfig(policy=PolicyConfig(audit_every=0)))  # fmt: skip
+    original = backend.generate
+
+    def generate(request):
+        if request.input == "calm two":  # a push arrives mid-input from the link's thread
+            d.on_release(v2)
+        return original(request)
+
+    backend.generate = generate
+    d.run(progress=False)
+    evs = [e for e in events(out) if e["type"] == "answer"]
+    assert [e["release"] for e in evs] == [1, 1, 2, 2]
+    first, second = evs[0], evs[1]
+    assert first["p_unsafe"] > 0.9 and first["alert"] and first["safety_event"]
+    assert not first["decision"]["escalate"]  # caught locally: no teacher call
+    assert second["p_unsafe"] < 0.1 and not second["alert"] and not second["decision"]["escalate"]
+    assert evs[2]["p_unsafe"] is None  # v2 has no head: the words and confidence rules decide
+    assert events(out)[-1]["release"] == 2

@@ -85,7 +85,7 @@ def link_config(tmp_path, endpoint: str) -> LinkConfig:
 def stack(tmp_path):
     """A running teacher (labels reviewer) and a connected edge link with recorders."""
     server = teacher(tmp_path, reviewer=LabelsReviewer(cases=LABELS))
-    got = {"reviews": [], "skills": [], "adapters": []}
+    got = {"reviews": [], "skills": [], "adapters": [], "releases": []}
     link = LinkClient(
         link_config(tmp_path, server.endpoint),
         "e1",
@@ -93,6 +93,7 @@ def stack(tmp_path):
         on_review=got["reviews"].append,
         on_skill=got["skills"].append,
         on_adapter=lambda v, p: got["adapters"].append((v, p)),
+        on_release=got["releases"].append,
     )
     link.start()
     yield server, link, got
@@ -180,6 +181,56 @@ def test_adapter_push_installs_and_a_bad_one_is_refused_keeping_the_old(stack, t
     assert updates.active_adapter(tmp_path / "edge" / "state") == (good.number, folder)
     assert not (tmp_path / "edge" / "state" / "adapters" / f"v{bad.number}").exists()
     assert len(got["adapters"]) == 1
+
+
+def test_a_release_is_pushed_whole_installed_reported_and_rolled_back(stack, tmp_path):
+    from shared.calibration import conservative
+    from shared.release import build_files, default_release
+    from teacher.releases import ReleaseRegistry
+
+    server, link, got = stack
+    state = tmp_path / "edge" / "state"
+    registry = ReleaseRegistry(server.config.home)
+    head = default_release().head
+    for version in (1, 2):
+        skill = default_skill().model_copy(update={"name": f"release {version}"})
+        files = build_files(version, skill, head, conservative(), adapter_files())
+        registry.add(files, {"passed": True})
+    registry.activate(2)
+    # The edge reports what it RUNS; the link alone reports what it installed.
+    wait_for(lambda: link.release_version == 2)
+    link.set_versions(0, 0, 2)
+    wait_for(lambda: server.edges.get("e1") and server.edges["e1"].release_version == 2)
+    assert [r.version for r in got["releases"]] == [2]
+    release = updates.active_release(state)
+    assert release.version == 2 and release.skill.name == "release 2"
+    assert release.adapter_dir == state / "releases" / "v2" and release.head is not None
+    registry.activate(1)  # rollback: the whole older release goes out
+    wait_for(lambda: link.release_version == 1)
+    link.set_versions(0, 0, 1)
+    assert updates.active_release(state).skill.name == "release 1"
+    registry.activate(0)  # back to the bundled release: it is pushed too
+    wait_for(lambda: link.release_version == 0)
+    assert updates.active_release(state).version == 0
+    assert [r.version for r in got["releases"]] == [2, 1, 0]
+
+
+def test_a_tampered_release_push_is_refused_and_the_old_one_stays(tmp_path):
+    from shared.messages import ReleasePush
+    from shared.release import build_files
+
+    files = build_files(4, default_skill(), None, None, adapter_files())
+    names = ["manifest.json", *sorted(n for n in files if n != "manifest.json")]
+    push = ReleasePush(version=4, files=[file_entry(n, files[n]) for n in names])
+    assert updates.install_release(tmp_path, push, [files[n] for n in names]).version == 4
+    bad = build_files(5, default_skill(), None, None, adapter_files())
+    bad_payloads = [bad[n] for n in names]
+    bad_payloads[1] = bad_payloads[1][:-1] + b"X"  # tampered after the manifest was written
+    entries = [file_entry(n, d) for n, d in zip(names, bad_payloads, strict=True)]
+    with pytest.raises(PushRejected, match="sha256"):
+        updates.install_release(tmp_path, ReleasePush(version=5, files=entries), bad_payloads)
+    assert updates.active_release(tmp_path).version == 4
+    assert not (tmp_path / "releases" / "v5").exists()
 
 
 def test_tampered_or_malformed_pushes_are_refused(tmp_path):

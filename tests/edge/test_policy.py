@@ -243,3 +243,58 @@ def test_decide_is_pure():
     again = decide(answer(conf=0.2), context, CFG)
     assert first == again
     assert context.recent_escalations == (999.0,) and context.last_escalated == {"x": 1.0}
+
+
+# --------------------------------------------------------------- the release's safety head
+from edge.policy import UNCERTAIN_SAFETY  # noqa: E402
+from shared.calibration import Calibration  # noqa: E402
+
+CAL = Calibration(lower=0.2, upper=0.8, recall_target=0.95, max_false_alert_rate=0.1,
+                  delta=0.1, guaranteed=True, n_unsafe=100, n_safe=100)  # fmt: skip
+
+
+def headed(p, text="A cat sleeps.", safety=False, conf=0.9, ok=True) -> Answer:
+    return Answer(text, safety, conf, ok, "raw", None, p)
+
+
+@pytest.mark.parametrize(
+    "case, ans, text, reasons, alert",
+    [
+        ("ruled out", headed(0.05), "A cat sleeps.", (), False),
+        ("ruled out, low stated confidence ignored", headed(0.05, conf=0.1), "A cat.", (), False),
+        ("uncertain band", headed(0.5), "A cat sleeps.", (UNCERTAIN_SAFETY,), False),
+        ("lower bound is in the band", headed(0.2), "A cat sleeps.", (UNCERTAIN_SAFETY,), False),
+        ("alert", headed(0.9), "A man lies still.", (), True),
+        ("alert even if the words say no", headed(0.95, safety=False), "x", (), True),
+        ("keyword, head alerts: caught already", headed(0.9), "Smoke rises.", (), True),
+        ("keyword, head rules out: still escalated", headed(0.1), "Smoke rises.",
+         (SAFETY_KEYWORD,), False),  # fmt: skip
+        ("format break still escalates", headed(0.1, ok=False), "A cat.", (FORMAT_ERROR,), False),
+    ],
+)
+def test_the_head_decides_with_the_release_thresholds(case, ans, text, reasons, alert):
+    d = decide(ans, ctx(text, calibration=CAL), CFG)
+    assert d.reasons == reasons, case
+    assert d.alert is alert and d.escalate is bool(reasons)
+    assert d.p_unsafe == ans.p_unsafe
+
+
+def test_without_a_head_the_words_alert_and_the_confidence_rules_apply():
+    d = decide(answer(safety=True, conf=0.3), ctx(calibration=CAL), CFG)
+    assert d.alert and d.reasons == (LOW_CONFIDENCE,)
+
+
+def test_budget_and_cooldown_never_drop_a_case_the_head_cannot_rule_out():
+    config = PolicyConfig(audit_every=0, cooldown_s=60, budget_per_minute=1)
+    busy = ctx(now=100.0, recent_escalations=(99.0, 99.5), last_escalated={"k": 99.0}, key="k",
+               calibration=CAL)  # fmt: skip
+    uncertain = decide(headed(0.5), busy, config)
+    assert uncertain.escalate and uncertain.suppressed is None
+    broken = decide(headed(0.05, ok=False), busy, config)
+    assert not broken.escalate and broken.suppressed == "cooldown"
+
+
+def test_the_stateful_policy_passes_the_release_calibration():
+    policy = EscalationPolicy(PolicyConfig(audit_every=0))
+    assert policy.decide(headed(0.5), "a", "a", 1.0, CAL).reasons == (UNCERTAIN_SAFETY,)
+    assert policy.decide(headed(0.5), "b", "b", 2.0, None).reasons == ()  # no thresholds: no head
