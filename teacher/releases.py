@@ -115,6 +115,28 @@ class ReleaseRegistry:
         tmp.replace(self.root / "active")
         return release
 
+    def ensure(self) -> Release:
+        """From now on releases decide what edges run (the server pushes only them).
+
+        A home without an active release adopts what its edges run now: the legacy
+        skill and adapter registries' active versions as a new release (no head), or the
+        bundled release v0.
+        """
+        if self.active_number() is not None:
+            return self.active()
+        legacy = legacy_release(self.home)
+        if legacy is None:
+            return self.activate(0)
+        adapter = None
+        if legacy.adapter_dir is not None:
+            adapter = {name: (legacy.adapter_dir / name).read_bytes() for name in ADAPTER_FILES}
+        number = self.next_number()
+        files = build_files(number, legacy.skill, None, None, adapter,
+                            note="adopted from the skill and adapter registries")  # fmt: skip
+        self.add(files, {"adopted": True})
+        logger.warning("adopted the active skill and adapter as release v%d", number)
+        return self.activate(number)
+
     def gate_doc(self, number: int) -> dict:
         path = self.path(number) / GATE_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -293,7 +315,7 @@ def build_release(
     ``keep_refused`` stores a refused release too (never active), to inspect or score it.
     """
     registry = ReleaseRegistry(cfg.home)
-    active = registry.active()
+    active = registry.ensure()
     skill = skill or active.skill
     splits = splits or make_splits(cfg, cases, skill)
     max_new = cfg.student.max_new_tokens

@@ -23,6 +23,7 @@ whatever version is active.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -433,6 +434,7 @@ def run(args: argparse.Namespace) -> int:
     registry = Registry(cfg.home, "skills")
     student = make_backend(cfg.student)
     writer = writer_backend(cfg, student)
+    built = None
     try:
         result = run_upskill(
             cases,
@@ -444,6 +446,14 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=not args.quiet,
         )
+        if result.decision.activated:
+            # The skill won on words; what edges get is a release around it (head fit on
+            # its prompt, thresholds), gated through the edge's own code.
+            from teacher.releases import build_release
+
+            built = build_release(cfg, student, cases, skill=result.skill,
+                                  note=f"upskill: {result.skill.name}",
+                                  progress=not args.quiet)  # fmt: skip
     finally:
         student.close()
         if writer is not None and writer is not student:
@@ -453,4 +463,10 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(result, out, "upskill", command)
     print(markdown(result, command))
     print(f"report: {paths['md']} {paths['json']} {paths['png']}")
+    if built is not None:
+        (out / "release.json").write_text(json.dumps(built.report(), indent=1))
+        if built.verdict.passed:
+            print(f"release v{built.version} (skill v{result.skill.version}) is active")
+        else:
+            print("no release: " + "; ".join(built.verdict.reasons))
     return 0

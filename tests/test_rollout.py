@@ -182,6 +182,7 @@ def test_a_live_edge_uses_a_pushed_skill_then_a_pushed_adapter(stack):
     scene = "A cat is sleeping on a sofa."
     first = ask(edge, events_file, scene)
     assert (first["skill_version"], first["adapter_version"]) == (0, 0)
+    assert first["release"] == 0 and first["p_unsafe"] is not None  # the bundled release
 
     skills = Registry(home, "skills")
     skill = default_skill().model_copy(
@@ -218,4 +219,27 @@ def test_a_live_edge_uses_a_pushed_skill_then_a_pushed_adapter(stack):
     assert third["adapter_version"] == 1 and third["skill_version"] == 1
     # Same skill and input, a strong random adapter: the model's answer changed.
     assert third["raw"] != second["raw"]
+    assert edge.poll() is None  # never restarted
+    # A release (skill + adapter + head + thresholds) is pushed as one message and used by
+    # the very next input; rolling back to v0 sends the bundled release back out.
+    from shared.release import build_files, default_release
+    from teacher.releases import ReleaseRegistry
+
+    bundled = default_release()
+    files = build_files(1, bundled.skill, bundled.head, bundled.calibration,
+                        {p.name: p.read_bytes() for p in source.iterdir()})  # fmt: skip
+    releases = ReleaseRegistry(home)
+    releases.add(files, {"passed": True})
+    releases.activate(1)
+    installed = tmp_path / "edge" / "releases" / "active"
+    wait_for(lambda: installed.exists() and installed.read_text().strip() == "1", 60,
+             "the release push to be installed", edge)  # fmt: skip
+    fourth = ask(edge, events_file, scene)
+    assert fourth["release"] == 1 and fourth["p_unsafe"] is not None
+    assert fourth["adapter_version"] == 1  # the release's own adapter
+    releases.activate(0)
+    wait_for(lambda: installed.read_text().strip() == "0", 60, "the rollback to v0", edge)
+    fifth = ask(edge, events_file, scene)
+    assert fifth["release"] == 0 and fifth["adapter_version"] == 0
+    assert fifth["raw"] == first["raw"] and fifth["p_unsafe"] is not None
     assert edge.poll() is None  # never restarted
