@@ -267,8 +267,13 @@ def headed(p, text="A cat sleeps.", safety=False, conf=0.9, ok=True) -> Answer:
         ("alert", headed(0.9), "A man lies still.", (), True),
         ("alert even if the words say no", headed(0.95, safety=False), "x", (), True),
         ("keyword, head alerts: caught already", headed(0.9), "Smoke rises.", (), True),
-        ("keyword, head rules out: still escalated", headed(0.1), "Smoke rises.",
-         (SAFETY_KEYWORD,), False),  # fmt: skip
+        (
+            "keyword, head rules out: still escalated",
+            headed(0.1),
+            "Smoke rises.",
+            (SAFETY_KEYWORD,),
+            False,
+        ),  # fmt: skip
         ("format break still escalates", headed(0.1, ok=False), "A cat.", (FORMAT_ERROR,), False),
     ],
 )
