@@ -105,9 +105,9 @@ class SafetyHead:
             "weight": self.weight.astype(np.float32),
             "bias": np.array([self.bias], dtype=np.float32),
         }
-        meta = {"kind": self.kind, "layers": json.dumps(list(self.layers)),
-                "info": json.dumps(self.info, sort_keys=True)}  # fmt: skip
-        return save(tensors, metadata=meta)
+        # One metadata key: safetensors orders several at random, and the bytes must not vary.
+        doc = {"kind": self.kind, "layers": list(self.layers), "info": self.info}
+        return save(tensors, metadata={"head": json.dumps(doc, sort_keys=True)})
 
     def save(self, path: Path) -> None:
         Path(path).write_bytes(self.to_bytes())
@@ -119,17 +119,17 @@ class SafetyHead:
 
         try:
             tensors = load(data)
-            meta = _metadata(data)
+            meta = json.loads(_metadata(data)["head"])
             return cls(
                 kind=meta["kind"],
-                layers=tuple(int(i) for i in json.loads(meta.get("layers", "[]"))),
+                layers=tuple(int(i) for i in meta["layers"]),
                 mean=tensors["mean"].astype(np.float64),
                 std=tensors["std"].astype(np.float64),
                 weight=tensors["weight"].astype(np.float64),
                 bias=float(tensors["bias"][0]),
-                info=json.loads(meta.get("info", "{}")),
+                info=dict(meta.get("info", {})),
             )
-        except (SafetensorError, KeyError, ValueError, IndexError, TypeError) as exc:
+        except (SafetensorError, KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
             raise ModelError(f"{source}: not a safety head ({type(exc).__name__}: {exc})") from None
 
     @classmethod

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -180,16 +179,30 @@ def save_frozen(home: Path, ids: list[str]) -> None:
     tmp.replace(path)
 
 
+def frozen_member(case_id: str, fraction: float, seed: int) -> bool:
+    """Whether a case belongs to the frozen split: a pure function of its id.
+
+    So the bundled release (built from the bundled scenes minus their members) never
+    trained on a case that any teacher home freezes for its gate.
+    """
+    digest = hashlib.sha256(f"{seed}:frozen:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
 def choose_eval(examples: list[Example], fraction: float, seed: int) -> list[str]:
-    """Ids of a stratified (by safety label) share of the real (non-synthetic) examples."""
-    rng = random.Random(seed)
+    """Ids of the real (non-synthetic) examples that are ``frozen_member``s; a label with
+    three or more examples and no member lends its first example by hash order."""
     ids: list[str] = []
     for label in (True, False):
         pool = sorted(
-            e.id for e in examples if e.safety == label and e.origin not in ("synthetic", "generic")
-        )
-        rng.shuffle(pool)
-        ids += pool[: round(len(pool) * fraction)]
+            (e.id for e in examples
+             if e.safety == label and e.origin not in ("synthetic", "generic")),
+            key=lambda i: hashlib.sha256(f"{seed}:frozen:{i}".encode()).digest(),
+        )  # fmt: skip
+        members = [i for i in pool if frozen_member(i, fraction, seed)]
+        if not members and len(pool) >= 3:
+            members = pool[:1]
+        ids += members
     return ids
 
 

@@ -377,13 +377,18 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
     """
     from shared.skill import default_skill
 
+    from teacher.dataset import frozen_member
+
     skill = default_skill().model_copy(update={"created_at": 0.0})  # reproducible bytes
-    fit, cal = split_fit(cases, cfg.release.calibration_fraction, cfg.train.seed)
+    # Never train on a case a teacher home would freeze for its gate: v0 is scored fairly.
+    kept = [c for c in cases if not frozen_member(c.id, cfg.train.eval_fraction, cfg.train.seed)]
+    fit, cal = split_fit(kept, cfg.release.calibration_fraction, cfg.train.seed)
     student = Student(backend, skill_release(skill), cfg.student.max_new_tokens)
     head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
     note = (
         f"bundled default: the default skill, a {head.kind} safety head fit on {len(fit)} of "
-        f"the bundled labelled scenes, thresholds calibrated on the other {len(cal)}"
+        f"the bundled labelled scenes, thresholds calibrated on {len(cal)} others; the "
+        f"{len(cases) - len(kept)} that teacher homes freeze for their gate are left out"
     )
     files = build_files(0, skill, head, calibration, model=backend.name,
                         metrics={"head": head.info}, note=note)  # fmt: skip

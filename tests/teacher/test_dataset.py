@@ -63,7 +63,7 @@ def test_frozen_split_is_reused_across_rounds_and_never_holds_synthetic(tmp_path
     first = build_dataset(cases, tmp_path, INSTR, 0.25, 0)
     assert frozen_path(tmp_path).is_file()
     eval_ids = {e.id for e in first.eval}
-    assert len(eval_ids) == 10 and sum(e.safety for e in first.eval) == 5
+    assert 5 <= len(eval_ids) <= 15 and 0 < sum(e.safety for e in first.eval) < len(eval_ids)
     assert not eval_ids & {e.id for e in first.train}
     more = [
         LabeledCase(
@@ -190,7 +190,9 @@ def test_train_cli_builds_and_exports_the_dataset(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     splits = json.loads(done.stdout.splitlines()[0])["splits"]
-    assert splits["frozen"] == 8 and splits["fit"] + splits["calibration"] == 32
+    assert 4 <= splits["frozen"] <= 12 and splits["fit"] + splits["calibration"] + splits[
+        "frozen"
+    ] == 40
     assert len(out.read_text().splitlines()) == splits["fit"]  # the LoRA trains on fit only
     empty = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no reviewed cases" in empty.stderr

@@ -1,0 +1,361 @@
+"""``gemma-edge demo``: the whole loop on one machine, round after round.
+
+    gemma-edge demo --quick            # 2 short rounds, a few minutes on a 2-core CPU
+    gemma-edge demo                    # 4 rounds of 80 fresh scenes
+    gemma-edge demo --full             # upskill and a LoRA as well as the head
+
+What runs, all of it real and on loopback, with the embedded Gemma 3 270M (no network,
+no Ollama):
+
+1. a temporary home with CurveZMQ keys (``teacher.keys``): the teacher's pair and one
+   edge's, on the teacher's allow-list;
+2. ``gemma-teacher serve`` as a subprocess; its reviewer is ``labels``: a labelled file
+   stands in for the teacher (a person, or an Ollama teacher in a real deployment);
+3. ``gemma-edge run`` as a subprocess reading inputs on stdin, linked to the teacher,
+   starting on the bundled release v0;
+4. per round: the round's fresh scenes (``shared/data/demo/scenes.jsonl``, one site, never
+   seen by any release) go to the edge; the demo waits until every escalation is stored,
+   reviewed and the review is back at the edge; then ``gemma-teacher train --head-only``
+   (``--full``: ``upskill`` then ``train``) builds a release from the reviews, gated
+   against the active one; the server pushes it; the edge takes it without restarting
+   and the next round shows it in every event;
+5. a table per round (from the edge's own events, scored against the scenario's labels)
+   and ``report.json`` + ``report.png`` in ``--out``.
+
+It knows how to start and watch the parts, not how any part works inside.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from shared.errors import GemmaEdgeError
+from shared.evaluation import LabeledCase, load_labeled
+from shared.rounds import Outcome, RoundRow, plot, round_row, table
+
+logger = logging.getLogger(__name__)
+
+EDGE_ID = "demo-edge"
+TEACHER_NAME = "labels stand in for the teacher (a person, or an Ollama teacher in a real deployment)"
+QUICK = {"rounds": 2, "per_round": 24}
+FULL = {"rounds": 4, "per_round": 80}
+ANSWER_TIMEOUT_S = 600
+REVIEW_TIMEOUT_S = 300
+PUSH_TIMEOUT_S = 300
+
+
+def scenario_path() -> Path:
+    return Path(str(files("shared").joinpath("data/demo/scenes.jsonl")))
+
+
+def scenario(rounds: int, per_round: int) -> list[list[LabeledCase]]:
+    """The bundled scenario's first ``per_round`` scenes of each of ``rounds`` rounds."""
+    path = scenario_path()
+    by_round: dict[int, list[LabeledCase]] = {}
+    docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for doc, case in zip(docs, load_labeled(path), strict=True):
+        by_round.setdefault(int(doc["round"]), []).append(case)
+    if rounds > len(by_round):
+        raise GemmaEdgeError(
+            f"--rounds {rounds}: the bundled scenario has {len(by_round)} rounds of fresh scenes"
+        )
+    return [by_round[r][:per_round] for r in sorted(by_round)[:rounds]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line being written
+    return out
+
+
+class Demo:
+    """The processes and files of one demo run; ``run`` plays the rounds."""
+
+    def __init__(self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int):
+        self.work = work
+        self.rounds = rounds
+        self.full = full
+        self.threads = threads
+        self.home = work / "teacher"
+        self.events = work / "events.jsonl"
+        self.teacher: subprocess.Popen | None = None
+        self.edge: subprocess.Popen | None = None
+        self.rows: list[RoundRow] = []
+        self.builds: list[dict] = []
+
+    # ------------------------------------------------------------ set-up
+    def write_configs(self) -> tuple[Path, Path]:
+        from teacher.keys import init_keys, new_edge
+
+        keys = self.home / "keys"
+        init_keys(keys)
+        _, edge_secret = new_edge(keys, EDGE_ID)
+        port = free_port()
+        labels = self.work / "labels.jsonl"  # what the teacher "knows": every scenario label
+        shutil.copyfile(scenario_path(), labels)
+        student = {"embedded": {"threads": self.threads}}
+        teacher = {
+            "home": str(self.home),
+            "server": {"bind": f"tcp://127.0.0.1:{port}", "keys_dir": str(keys),
+                       "heartbeat_s": 0.5},  # fmt: skip
+            "reviewer": {"backend": "labels", "labels": str(labels)},
+            "student": student,
+            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-4},
+        }
+        edge = {
+            "edge_id": EDGE_ID,
+            "state_dir": str(self.work / "edge"),
+            "model": student,
+            "link": {
+                "teacher": f"tcp://127.0.0.1:{port}",
+                "edge_secret_key": str(edge_secret),
+                "teacher_public_key": str(keys / "teacher.key"),
+                "heartbeat_s": 0.5,
+                "outbox": str(self.work / "edge" / "outbox.sqlite"),
+            },
+        }
+        paths = self.work / "teacher.yaml", self.work / "edge.yaml"
+        for path, doc in zip(paths, (teacher, edge), strict=True):
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return paths
+
+    def start(self) -> None:
+        teacher_cfg, edge_cfg = self.write_configs()
+        self.teacher_cfg = teacher_cfg
+        self.teacher = subprocess.Popen(
+            [sys.executable, "-m", "teacher", "serve", "--config", str(teacher_cfg)],
+            stdout=subprocess.PIPE,
+            stderr=(self.work / "teacher.log").open("w"),
+            text=True,
+        )
+        line = self.teacher.stdout.readline()
+        if "serving" not in line:
+            raise GemmaEdgeError(f"the teacher did not start: see {self.work / 'teacher.log'}")
+        say(f"teacher: {line.strip()}; reviewer: {TEACHER_NAME}")
+        self.edge = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(edge_cfg), "--source", "-",
+             "--events", str(self.events), "--no-progress"],  # fmt: skip
+            stdin=subprocess.PIPE,
+            stderr=(self.work / "edge.log").open("w"),
+            text=True,
+        )
+        say(f"edge {EDGE_ID}: pid {self.edge.pid}, CurveZMQ link to the teacher")
+
+    def stop(self) -> None:
+        if self.edge is not None and self.edge.poll() is None:
+            self.edge.stdin.close()  # end of input: the edge finishes and exits 0
+            try:
+                self.edge.wait(60)
+            except subprocess.TimeoutExpired:
+                self.edge.kill()
+        if self.teacher is not None and self.teacher.poll() is None:
+            self.teacher.send_signal(signal.SIGTERM)
+            try:
+                self.teacher.wait(30)
+            except subprocess.TimeoutExpired:
+                self.teacher.kill()
+
+    # ------------------------------------------------------------ waiting
+    def _alive(self) -> None:
+        for name, proc in (("edge", self.edge), ("teacher", self.teacher)):
+            if proc is not None and proc.poll() is not None:
+                raise GemmaEdgeError(
+                    f"the {name} exited ({proc.returncode}); see {self.work / (name + '.log')}"
+                )
+
+    def wait(self, cond, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            self._alive()
+            if time.monotonic() > deadline:
+                raise GemmaEdgeError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------ one round
+    def play(self, index: int, cases: list[LabeledCase]) -> RoundRow:
+        before = len([e for e in events(self.events) if e.get("type") == "answer"])
+        bar = tqdm(total=len(cases), desc=f"round {index}: the edge answers", unit="input",
+                   file=sys.stderr)  # fmt: skip
+        answered: list[dict] = []
+        for case in cases:
+            self.edge.stdin.write(case.input + "\n")
+            self.edge.stdin.flush()
+            target = before + len(answered) + 1
+            self.wait(lambda t=target: self._answers() >= t, ANSWER_TIMEOUT_S,
+                      f"the edge's answer to {case.input[:40]!r}")  # fmt: skip
+            answered = self._answers_since(before)
+            bar.update()
+        bar.close()
+        escalated = {e["case_id"] for e in answered if e.get("case_id")}
+        reviewed = lambda: escalated <= self._reviewed()  # noqa: E731
+        with tqdm(total=len(escalated), desc=f"round {index}: stored and reviewed",
+                  unit="case", file=sys.stderr) as bar:  # fmt: skip
+            def progress() -> bool:
+                done = len(escalated & self._reviewed())
+                bar.update(done - bar.n)
+                return reviewed()
+
+            self.wait(progress, REVIEW_TIMEOUT_S, "every escalation to be reviewed")
+        outcomes = [outcome(e, c.safety) for e, c in zip(answered, cases, strict=True)]
+        return round_row(f"round {index}", outcomes)
+
+    def _answers(self) -> int:
+        return sum(1 for e in events(self.events) if e.get("type") == "answer")
+
+    def _answers_since(self, before: int) -> list[dict]:
+        return [e for e in events(self.events) if e.get("type") == "answer"][before:]
+
+    def _reviewed(self) -> set[str]:
+        return {e["case_id"] for e in events(self.events) if e.get("type") == "review"}
+
+    # ------------------------------------------------------------ releases
+    def improve(self, index: int) -> dict:
+        """Build a release from everything reviewed so far; wait until the edge has it."""
+        steps = [["upskill", "--quiet"], ["train"]] if self.full else [["train", "--head-only"]]
+        doc: dict = {"after_round": index, "steps": []}
+        for step in steps:
+            say(f"teacher: gemma-teacher {' '.join(step)} (from the reviews so far)")
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "teacher", *step, "--config", str(self.teacher_cfg)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            seconds = round(time.perf_counter() - t0, 1)
+            doc["steps"].append({"command": step, "exit": done.returncode, "seconds": seconds})
+            (self.work / f"round{index}-{step[0]}.out").write_text(done.stdout)
+            if done.returncode not in (0, 1):
+                raise GemmaEdgeError(f"gemma-teacher {step[0]} failed ({done.returncode}); "
+                                     f"see {self.work / f'round{index}-{step[0]}.out'}")  # fmt: skip
+            for line in done.stdout.splitlines():
+                if line.startswith(("release v", "refused", "not saved", "no release")):
+                    say(f"teacher: {line}")
+        from teacher.releases import ReleaseRegistry
+
+        active = ReleaseRegistry(self.home).active_number() or 0
+        doc["release"] = active
+        pointer = self.work / "edge" / "releases" / "active"
+        if active:
+            self.wait(lambda: pointer.is_file() and pointer.read_text().strip() == str(active),
+                      PUSH_TIMEOUT_S, f"the edge to install release v{active}")  # fmt: skip
+            say(f"edge: installed release v{active}; it answers with it from the next input")
+        return doc
+
+    # ------------------------------------------------------------ the whole run
+    def run(self) -> list[RoundRow]:
+        self.start()
+        try:
+            for index, cases in enumerate(self.rounds):
+                row = self.play(index, cases)
+                self.rows.append(row)
+                print(table(self.rows[-1:]), file=sys.stderr)
+                if index < len(self.rounds) - 1:
+                    self.builds.append(self.improve(index))
+        finally:
+            self.stop()
+        return self.rows
+
+
+def outcome(event: dict, truth: bool) -> Outcome:
+    p = event.get("p_unsafe")
+    verdict = (p >= 0.5) if p is not None else event.get("safety")
+    return Outcome(
+        truth=truth,
+        alert=bool(event.get("alert")),
+        escalated=bool(event["decision"]["escalate"]),
+        verdict=verdict,
+        format_ok=bool(event.get("format_ok")),
+        latency_s=float(event.get("latency_s") or 0.0),
+        release=int(event.get("release") or 0),
+    )
+
+
+def say(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK['rounds']} rounds of {QUICK['per_round']} scenes "
+                        "(a few minutes on a 2-core CPU)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help=f"rounds to play (default {FULL['rounds']})")
+    parser.add_argument("--per-round", type=int, help="scenes per round (default: 80)")
+    parser.add_argument("--full", action="store_true",
+                        help="improve with upskill and a LoRA too, not only the head (slower)")  # fmt: skip
+    parser.add_argument("--out", default="gemma-edge-demo", help="where report.json and "
+                        "report.png go (default: ./gemma-edge-demo/)")  # fmt: skip
+    parser.add_argument("--work", help="keep the demo's home, logs and events here "
+                        "(default: a temporary folder, removed afterwards)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+
+
+def run(args) -> int:
+    plan = QUICK if args.quick else FULL
+    rounds_n = args.rounds or plan["rounds"]
+    per_round = args.per_round or plan["per_round"]
+    if rounds_n < 1 or per_round < 1:
+        raise GemmaEdgeError("--rounds and --per-round must be at least 1")
+    rounds = scenario(rounds_n, per_round)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    temp = None if args.work else tempfile.TemporaryDirectory(prefix="gemma-edge-demo-")
+    work = Path(args.work or temp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"gemma-edge demo: {rounds_n} rounds of {per_round} fresh scenes from one site; "
+        f"work folder {work}")  # fmt: skip
+    t0 = time.perf_counter()
+    demo = Demo(work, rounds, args.full, args.threads)
+    try:
+        rows = demo.run()
+    finally:
+        if temp is not None:
+            for name in ("edge.log", "teacher.log"):
+                if (work / name).exists():
+                    shutil.copyfile(work / name, out / name)
+            temp.cleanup()
+    seconds = time.perf_counter() - t0
+    print(table(rows))
+    doc = {
+        "command": "gemma-edge " + " ".join(sys.argv[1:]),
+        "seconds": round(seconds, 1),
+        "teacher": TEACHER_NAME,
+        "mode": "full (upskill + LoRA + head)" if args.full else "head and thresholds",
+        "rounds": [r.to_json() for r in rows],
+        "builds": demo.builds,
+    }
+    (out / "report.json").write_text(json.dumps(doc, indent=1))
+    plot(rows, out / "report.png")
+    first, last = rows[0], rows[-1]
+    print(
+        f"\nteacher calls per 100 inputs: {first.teacher_calls_per_100:.0f} in round 0 -> "
+        f"{last.teacher_calls_per_100:.0f} in round {len(rows) - 1}; system safety recall "
+        + ", ".join("-" if r.system_recall is None else f"{r.system_recall:.2f}" for r in rows)
+        + f"\nreport: {out / 'report.json'} {out / 'report.png'} ({seconds / 60:.1f} min)"
+    )
+    return 0
