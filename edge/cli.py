@@ -8,6 +8,7 @@ DESCRIPTION = """\
 Run a small Gemma on an input stream; escalate what it is unsure of to a teacher box.
 
 examples:
+  gemma-edge demo --quick                         # the whole loop: edge + teacher, 2 rounds
   gemma-edge run --source scenes                  # bundled sample scenes, embedded Gemma 3 270M
   gemma-edge run --source video.avi --config edge.yaml
   gemma-edge run --source rtsp://camera.local:8554/cam --config edge.yaml
@@ -15,6 +16,15 @@ examples:
 """
 
 COMMANDS = [
+    Subcommand(
+        "demo",
+        "edge.demo",
+        "Run the whole loop on this machine: a real edge and a real teacher over CurveZMQ, "
+        "round after round of fresh scenes; the edge needs its teacher less each round.",
+        "examples:\n  gemma-edge demo --quick              # a few minutes\n"
+        "  gemma-edge demo                      # 4 rounds of 80 scenes (under 30 minutes)\n"
+        "  gemma-edge demo --full --out report/ # upskill and a LoRA as well as the head",
+    ),
     Subcommand(
         "run",
         "edge.run",

@@ -322,6 +322,8 @@ class EdgeDaemon:
             event["case_id"] = self._escalate(item, text, gen.text, answer, decision, release, jpeg)
         safety = decision.safety_keyword or decision.alert
         event["safety_event"] = safety
+        if self.link is not None:
+            self.link.count_input(release.version)
         self.events.write(event)
         if safety:
             self.stats.safety_events += 1
@@ -372,6 +374,7 @@ class EdgeDaemon:
             adapter_version=self.adapter_version,
             release_version=release.version,
             p_unsafe=answer.p_unsafe,
+            alert=decision.alert,
             has_frame=jpeg is not None,
         )
         try:

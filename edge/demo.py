@@ -49,7 +49,9 @@ from shared.rounds import Outcome, RoundRow, plot, round_row, table
 logger = logging.getLogger(__name__)
 
 EDGE_ID = "demo-edge"
-TEACHER_NAME = "labels stand in for the teacher (a person, or an Ollama teacher in a real deployment)"
+TEACHER_NAME = (
+    "labels stand in for the teacher (a person, or an Ollama teacher in a real deployment)"
+)
 QUICK = {"rounds": 2, "per_round": 24}
 FULL = {"rounds": 4, "per_round": 80}
 ANSWER_TIMEOUT_S = 600
@@ -121,8 +123,11 @@ class Demo:
         student = {"embedded": {"threads": self.threads}}
         teacher = {
             "home": str(self.home),
-            "server": {"bind": f"tcp://127.0.0.1:{port}", "keys_dir": str(keys),
-                       "heartbeat_s": 0.5},  # fmt: skip
+            "server": {
+                "bind": f"tcp://127.0.0.1:{port}",
+                "keys_dir": str(keys),
+                "heartbeat_s": 0.5,
+            },  # fmt: skip
             "reviewer": {"backend": "labels", "labels": str(labels)},
             "student": student,
             "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-4},
@@ -158,8 +163,19 @@ class Demo:
             raise GemmaEdgeError(f"the teacher did not start: see {self.work / 'teacher.log'}")
         say(f"teacher: {line.strip()}; reviewer: {TEACHER_NAME}")
         self.edge = subprocess.Popen(
-            [sys.executable, "-m", "edge", "run", "--config", str(edge_cfg), "--source", "-",
-             "--events", str(self.events), "--no-progress"],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "run",
+                "--config",
+                str(edge_cfg),
+                "--source",
+                "-",
+                "--events",
+                str(self.events),
+                "--no-progress",
+            ],  # fmt: skip
             stdin=subprocess.PIPE,
             stderr=(self.work / "edge.log").open("w"),
             text=True,
@@ -215,6 +231,7 @@ class Demo:
         reviewed = lambda: escalated <= self._reviewed()  # noqa: E731
         with tqdm(total=len(escalated), desc=f"round {index}: stored and reviewed",
                   unit="case", file=sys.stderr) as bar:  # fmt: skip
+
             def progress() -> bool:
                 done = len(escalated & self._reviewed())
                 bar.update(done - bar.n)
@@ -236,7 +253,14 @@ class Demo:
     # ------------------------------------------------------------ releases
     def improve(self, index: int) -> dict:
         """Build a release from everything reviewed so far; wait until the edge has it."""
-        steps = [["upskill", "--quiet"], ["train"]] if self.full else [["train", "--head-only"]]
+        prior = []  # the teacher's own labelled scenes, besides what it reviewed here
+        for name in ("scenes.jsonl", "dev_scenes.jsonl"):
+            prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
+        steps = (
+            [["upskill", "--quiet"], ["train", *prior]]
+            if self.full
+            else [["train", "--head-only", "--no-progress", *prior]]
+        )
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:
             say(f"teacher: gemma-teacher {' '.join(step)} (from the reviews so far)")

@@ -118,6 +118,8 @@ class LinkClient:
         # What is installed under state_dir until the daemon says what it runs.
         self.skill_version, self.adapter_version = updates.installed_versions(state_dir)
         self.release_version = 0
+        self.boot = time.time()
+        self.inputs: dict[str, int] = {}  # release -> inputs the daemon answered with it
         self.connected = False  # the teacher answered within timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,6 +159,11 @@ class LinkClient:
         """The versions the daemon runs; reported in the next heartbeat."""
         self.skill_version, self.adapter_version = skill_version, adapter_version
         self.release_version = release
+
+    def count_input(self, release: int) -> None:
+        """One more input answered with ``release`` (reported in heartbeats)."""
+        key = str(release)
+        self.inputs = {**self.inputs, key: self.inputs.get(key, 0) + 1}
 
     def depth(self) -> int:
         """Cases waiting in the outbox for the teacher's acknowledgement."""
@@ -287,6 +294,8 @@ class LinkClient:
             skill_version=self.skill_version,
             adapter_version=self.adapter_version,
             release_version=self.release_version,
+            boot=self.boot,
+            inputs=self.inputs,
             outbox_depth=self.outbox.depth(),
         )
 

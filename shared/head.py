@@ -129,7 +129,14 @@ class SafetyHead:
                 bias=float(tensors["bias"][0]),
                 info=dict(meta.get("info", {})),
             )
-        except (SafetensorError, KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        except (
+            SafetensorError,
+            KeyError,
+            ValueError,
+            IndexError,
+            TypeError,
+            AttributeError,
+        ) as exc:
             raise ModelError(f"{source}: not a safety head ({type(exc).__name__}: {exc})") from None
 
     @classmethod

@@ -52,6 +52,7 @@ class Escalation(Message):
     adapter_version: int = Field(0, ge=0)
     release_version: int = Field(0, ge=0, description="The release that answered.")
     p_unsafe: float | None = Field(None, ge=0, le=1, description="The safety head's p(unsafe).")
+    alert: bool = Field(False, description="The student alerted locally too.")
     has_frame: bool = Field(False, description="A JPEG frame travels as payload 0.")
 
 
@@ -128,6 +129,10 @@ class Heartbeat(Message):
     skill_version: int = Field(0, ge=0)
     adapter_version: int = Field(0, ge=0)
     release_version: int = Field(0, ge=0, description="The release the edge runs.")
+    boot: float = Field(0.0, ge=0, description="When the edge process started (Unix time).")
+    inputs: dict[str, int] = Field(
+        default_factory=dict, max_length=256, description="Inputs answered per release since boot."
+    )
     outbox_depth: int = Field(0, ge=0)
 
 

@@ -108,8 +108,10 @@ def table(rows: Sequence[RoundRow]) -> str:
         lines.append(["-" if doc[k] is None else fmt.format(doc[k]) for k, _, fmt in COLUMNS])
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                  enumerate(zip(line, widths, strict=True)))  # fmt: skip
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )  # fmt: skip
         for line in lines
     )
 

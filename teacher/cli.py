@@ -16,6 +16,7 @@ examples:
   gemma-teacher train --head-only --labels f.jsonl # release: safety head + thresholds (seconds)
   gemma-teacher releases list                      # what edges run; `rollback N`
   gemma-teacher eval --release 2 --labels held_out.jsonl --against 0
+  gemma-teacher report --out report/               # per release and edge, from the store
   gemma-teacher export --out ollama-student/       # GGUF adapter + Modelfile for Ollama
 """
 
@@ -64,6 +65,13 @@ COMMANDS = [
         "List, show and roll back releases (what edges run); rebuild the bundled one.",
         "examples:\n  gemma-teacher releases list\n  gemma-teacher releases show 3\n"
         "  gemma-teacher releases rollback 2\n  gemma-teacher releases build-default",
+    ),
+    Subcommand(
+        "report",
+        "teacher.report",
+        "How a deployment is doing per release and edge: inputs, teacher calls per 100, "
+        "system safety recall (on the audit sample), student accuracy, format, false alerts.",
+        "example:\n  gemma-teacher report --home ~/.cache/gemma-edge/teacher --out report/",
     ),
     Subcommand(
         "eval",

@@ -376,7 +376,6 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
     build-default`` rewrites ``shared/data/release``).
     """
     from shared.skill import default_skill
-
     from teacher.dataset import frozen_member
 
     skill = default_skill().model_copy(update={"created_at": 0.0})  # reproducible bytes

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -293,6 +294,10 @@ class TeacherServer:
             edge = self._seen(user or msg.sender, identity)
             edge.skill_version, edge.adapter_version = msg.skill_version, msg.adapter_version
             edge.release_version = msg.release_version
+            try:
+                self.store.record_counts(user or msg.sender, msg.boot, msg.inputs)
+            except sqlite3.Error as exc:
+                logger.error("input counts of edge %s not stored: %s", user or msg.sender, exc)
             edge.outbox_depth = msg.outbox_depth
             self._reply(sock, identity, Heartbeat(sender="teacher"))
             self._maybe_push(sock, user or msg.sender, edge)

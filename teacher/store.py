@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS reviews (
     sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS reviews_unsent ON reviews(sent, reviewed_at);
+CREATE TABLE IF NOT EXISTS edge_counts (
+    edge_id TEXT NOT NULL,
+    boot REAL NOT NULL,
+    release INTEGER NOT NULL,
+    inputs INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (edge_id, boot, release)
+);
 CREATE TABLE IF NOT EXISTS corrections (
     case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
     safety INTEGER NOT NULL,
@@ -65,6 +73,11 @@ CREATE TABLE IF NOT EXISTS corrections (
     corrected_at REAL NOT NULL
 );
 """
+ADDED_COLUMNS = (
+    ("release_version", "INTEGER NOT NULL DEFAULT 0"),
+    ("p_unsafe", "REAL"),
+    ("alert", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 def default_store_path(home: Path | str) -> Path:
@@ -105,6 +118,10 @@ class CaseStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(cases)")}
+            for column, kind in ADDED_COLUMNS:
+                if column not in have:  # a store from before releases
+                    self._db.execute(f"ALTER TABLE cases ADD COLUMN {column} {kind}")
             if recover:
                 self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
         except sqlite3.Error as exc:
@@ -126,8 +143,9 @@ class CaseStore:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO cases (case_id, edge_id, created_at, received_at,"
                         " source, kind, input, answer, safety, confidence, reasons,"
-                        " safety_keyword, skill_version, adapter_version, frame)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " safety_keyword, skill_version, adapter_version, frame,"
+                        " release_version, p_unsafe, alert)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             esc.case_id,
                             esc.edge_id,
@@ -144,6 +162,9 @@ class CaseStore:
                             esc.skill_version,
                             esc.adapter_version,
                             frame,
+                            esc.release_version,
+                            esc.p_unsafe,
+                            int(esc.alert),
                         ),
                     )
                     result.append(cur.rowcount == 1)
@@ -152,6 +173,47 @@ class CaseStore:
                 self._db.execute("ROLLBACK")
                 raise StoreError(f"storing {len(items)} case(s) failed: {exc}") from exc
         return result
+
+    def record_counts(self, edge_id: str, boot: float, counts: dict[str, int]) -> None:
+        """An edge's inputs answered per release since it started (``boot``)."""
+        if not counts:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO edge_counts (edge_id, boot, release, inputs, updated_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (edge_id, boot, release) DO UPDATE SET"
+                " inputs=max(inputs, excluded.inputs), updated_at=excluded.updated_at",
+                [(edge_id, boot, int(r), int(n), now) for r, n in counts.items()],
+            )
+
+    def input_counts(self) -> dict[tuple[str, int], int]:
+        """(edge, release) -> inputs answered, summed over the edge's restarts."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT edge_id, release, SUM(inputs) FROM edge_counts GROUP BY edge_id, release"
+            ).fetchall()
+        return {(edge, int(release)): int(n) for edge, release, n in rows}
+
+    def report_rows(self) -> list[dict]:
+        """Every case with its release, decision and truth (a correction, else the review)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.case_id, c.edge_id, c.release_version, c.reasons, c.alert, c.p_unsafe,"
+                " c.safety, c.answer, r.safety, k.safety FROM cases c"
+                " LEFT JOIN reviews r ON r.case_id=c.case_id"
+                " LEFT JOIN corrections k ON k.case_id=c.case_id ORDER BY c.received_at"
+            ).fetchall()
+        out = []
+        for cid, edge, release, reasons, alert, p, said, answer, reviewed, corrected in rows:
+            truth = corrected if corrected is not None else reviewed
+            out.append({
+                "case_id": cid, "edge_id": edge, "release": int(release),
+                "reasons": json.loads(reasons), "alert": bool(alert), "p_unsafe": p,
+                "safety": None if said is None else bool(said), "answer": answer,
+                "truth": None if truth is None else bool(truth),
+            })  # fmt: skip
+        return out
 
     def add_case(self, esc: Escalation, frame: bytes | None = None) -> bool:
         return self.add_cases([(esc, frame)])[0]

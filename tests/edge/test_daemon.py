@@ -171,6 +171,9 @@ class RecordingLink:
     def set_versions(self, skill_version: int, adapter_version: int, release: int = 0) -> None:
         self.versions = (skill_version, adapter_version, release)
 
+    def count_input(self, release: int) -> None:
+        self.counted = getattr(self, "counted", 0) + 1
+
     def depth(self) -> int:
         return len(self.cases)
 

@@ -1,0 +1,122 @@
+"""``gemma-teacher report``: how a real deployment is doing, per release and per edge.
+
+    gemma-teacher report --home ~/.cache/gemma-edge/teacher --out report/
+
+The same table as ``gemma-edge demo``, from what the teacher knows:
+
+- inputs per release and edge: the counts every edge reports in its heartbeats;
+- teacher calls per 100 inputs: the escalations stored for that release and edge;
+- system safety recall, student accuracy, format and false alerts: estimated on the
+  AUDIT sample (every ``policy.audit_every``-th input is escalated whatever the student
+  said), the one uniform sample of traffic the teacher sees. Truth is the review, a
+  person's correction first. A hazard counts as caught when the student alerted or a
+  reason other than the audit escalated it. Reviewed cases outside the audit sample are
+  not used for these rates: they are the doubtful ones, not the traffic.
+- latency is the edges' own (their events and metrics); the teacher does not see it.
+
+Writes report.json and report.png into ``--out``. It knows nothing about sockets or
+models: it reads the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from shared.config import TeacherConfig, load_config
+from shared.errors import StoreError
+from shared.rounds import Outcome, RoundRow, plot, round_row, table
+
+AUDIT = "audit"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="teacher YAML (default: built-in defaults)")
+    parser.add_argument("--home", help="override the teacher home folder")
+    parser.add_argument("--out", default="gemma-teacher-report", help="where report.json/png go")
+
+
+def outcome(case: dict) -> Outcome:
+    p = case["p_unsafe"]
+    other = [r for r in case["reasons"] if r != AUDIT]
+    verdict = (p >= 0.5) if p is not None else case["safety"]
+    from shared.answer import parse_answer
+
+    return Outcome(
+        truth=case["truth"],
+        alert=case["alert"],
+        escalated=bool(other),
+        verdict=verdict,
+        format_ok=parse_answer(case["answer"]).format_ok,
+        latency_s=0.0,
+        release=case["release"],
+    )
+
+
+def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[RoundRow]:
+    """One row per release (all edges), then one per release and edge."""
+    groups: dict[tuple[int, str | None], list[dict]] = defaultdict(list)
+    inputs: dict[tuple[int, str | None], int] = defaultdict(int)
+    for (edge, release), n in counts.items():
+        inputs[(release, None)] += n
+        inputs[(release, edge)] += n
+    for case in cases:
+        groups[(case["release"], None)].append(case)
+        groups[(case["release"], case["edge_id"])].append(case)
+    keys = sorted(set(groups) | set(inputs), key=lambda k: (k[0], k[1] is not None, k[1] or ""))
+    rows = []
+    for release, edge in keys:
+        group = groups.get((release, edge), [])
+        audits = [outcome(c) for c in group if AUDIT in c["reasons"]]
+        label = f"v{release}" + (f" {edge}" if edge else " (all edges)")
+        row = round_row(label, audits)
+        n = inputs.get((release, edge), 0)
+        calls = 100 * len(group) / n if n else float("nan")
+        rows.append(
+            RoundRow(
+                label=label,
+                inputs=n,
+                labelled=row.labelled,
+                teacher_calls_per_100=calls,
+                system_recall=row.system_recall,
+                student_accuracy=row.student_accuracy,
+                format_ok=row.format_ok if audits else float("nan"),
+                false_alerts_per_100=row.false_alerts_per_100,
+                p50_s=float("nan"),
+                p95_s=float("nan"),
+                release=release,
+                hazards=row.hazards,
+                missed=row.missed,
+            )
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from teacher.store import CaseStore, default_store_path
+
+    cfg = load_config(args.config, TeacherConfig)
+    home = Path(args.home) if args.home else cfg.home
+    path = default_store_path(home)
+    if not path.is_file():
+        raise StoreError(f"no store at {path}: has a teacher served from {home}?")
+    store = CaseStore(path, recover=False)
+    try:
+        rows = rows_for(store.report_rows(), store.input_counts())
+    finally:
+        store.close()
+    if not rows:
+        print(f"nothing to report yet: no edge has reported inputs to {path}")
+        return 0
+    print(table(rows))
+    print("rates on the audit sample (labelled = audited and reviewed); latency: see the edges")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"home": str(home), "rows": [r.to_json() for r in rows]}
+    (out / "report.json").write_text(json.dumps(doc, indent=1))
+    plot([r for r in rows if r.label.endswith("(all edges)")], out / "report.png",
+         "per release, all edges (rates on the audit sample)")  # fmt: skip
+    print(f"report: {out / 'report.json'} {out / 'report.png'}")
+    return 0
