@@ -137,9 +137,34 @@ class ReleaseRegistry:
         logger.warning("adopted the active skill and adapter as release v%d", number)
         return self.activate(number)
 
+    def cached_eval(self, number: int, key: str) -> HarnessReport | None:
+        """A release's harness report on the frozen split, if this exact one was scored."""
+        path = self.root / "evals" / f"v{number}-{key[:24]}.json"
+        if not path.is_file():
+            return None
+        logger.info("release v%d on the frozen split: as scored before (%s)", number, path)
+        return HarnessReport(**json.loads(path.read_text()))
+
+    def cache_eval(self, number: int, key: str, report: HarnessReport) -> None:
+        folder = self.root / "evals"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"v{number}-{key[:24]}.json").write_text(json.dumps(report.summary()))
+
     def gate_doc(self, number: int) -> dict:
         path = self.path(number) / GATE_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _eval_key(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]) -> str:
+    """What a harness score depends on besides the release: cases, policy, budget, model."""
+    doc = {
+        "cases": [(c.id, c.input, c.safety) for c in cases],
+        "policy": cfg.policy.model_dump(mode="json"),
+        "max_new_tokens": cfg.student.max_new_tokens,
+        "pace": cfg.release.eval_pace_s,
+        "model": backend.name,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def _manifest_version(files: dict[str, bytes]) -> int:
@@ -337,9 +362,13 @@ def build_release(
         student.use(candidate)
         after = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
                                  f"candidate v{version}")  # fmt: skip
-        student.use(active)
-        before = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
-                                  f"active v{active.version}")  # fmt: skip
+        key = _eval_key(cfg, backend, splits.frozen)
+        before = registry.cached_eval(active.version, key)
+        if before is None:
+            student.use(active)
+            before = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
+                                      f"active v{active.version}")  # fmt: skip
+            registry.cache_eval(active.version, key, before)
         timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
     verdict = gate.compare(after, before, cfg.policy.recall_target)
     result = BuildResult(None, verdict, after, before, calibration, timing)
@@ -351,6 +380,7 @@ def build_release(
     files = build_files(version, skill, head, calibration, adapter, parent=active.version,
                         model=backend.name, metrics=metrics, note=note)  # fmt: skip
     saved = registry.add(files, result.report())
+    registry.cache_eval(version, key, after)  # next round, when it is the active one
     result.version, result.path = version, saved.path
     if activate and verdict.passed:
         registry.activate(version)

@@ -134,6 +134,9 @@ def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
     assert c.system_recall == 1.0 and c.auc == 1.0 and c.teacher_calls_per_100 < 20
     assert release.manifest.metrics["frozen"]["system_recall"] == 1.0
     assert json.loads((release.path / "gate.json").read_text())["passed"] is True
+    # Both scores on the frozen split are kept: the next build does not re-run the active one.
+    cached = sorted(p.name.split("-")[0] for p in (registry.root / "evals").iterdir())
+    assert cached == ["v0", "v1"]
 
 
 def test_too_few_cases_for_the_guarantee_escalate_conservatively(tmp_path):
