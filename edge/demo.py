@@ -150,6 +150,10 @@ class Demo:
         return paths
 
     def start(self) -> None:
+        from shared.config import EmbeddedModelConfig
+        from shared.models import ensure_cache
+
+        ensure_cache(None, EmbeddedModelConfig().cache_dir)  # the first run converts, with a bar
         teacher_cfg, edge_cfg = self.write_configs()
         self.teacher_cfg = teacher_cfg
         self.teacher = subprocess.Popen(
@@ -257,9 +261,9 @@ class Demo:
         for name in ("scenes.jsonl", "dev_scenes.jsonl"):
             prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
         steps = (
-            [["upskill", "--quiet"], ["train", *prior]]
+            [["upskill", *prior], ["train", *prior]]
             if self.full
-            else [["train", "--head-only", "--no-progress", *prior]]
+            else [["train", "--head-only", *prior]]
         )
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:

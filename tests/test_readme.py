@@ -14,7 +14,7 @@ def readme_commands():
 
 def test_readme_has_exactly_two_setup_commands():
     main_job, tests = readme_commands()
-    assert "gemma-edge run" in main_job
+    assert "gemma-edge demo" in main_job
     assert "pytest" in tests
 
 

@@ -82,3 +82,39 @@ def test_registry_versions_and_rollback(tmp_path):
     assert reg.active().meta["score"] == 0.5
     ((entry, data),) = reg.get(2).files()
     assert entry.name == "skill.json" and data == b'{"a": 1}'
+
+
+def test_report_rows_per_release_and_edge_from_counts_audits_and_reviews(tmp_path):
+    import uuid
+
+    from shared.messages import Escalation, Review
+    from teacher.report import rows_for
+
+    store = CaseStore(tmp_path / "store.sqlite")
+
+    def case(release, reasons, alert=False, p=0.1, edge="e1"):
+        esc = Escalation(case_id=uuid.uuid4().hex, edge_id=edge, created_at=1.0, source="s",
+                         input="x", answer="Answer: x.\nSAFETY: no\nCONFIDENCE: 0.9",
+                         reasons=reasons, release_version=release, p_unsafe=p, alert=alert)  # fmt: skip
+        store.add_case(esc)
+        return esc.case_id
+
+    def review(case_id, unsafe):
+        store.add_review(Review(case_id=case_id, answer="Answer: x.", safety=unsafe, reviewer="t"))
+
+    review(case(0, ["uncertain_safety"]), True)
+    review(case(0, ["audit"], p=0.01), True)  # a hazard the system let pass: only the audit saw it
+    review(case(0, ["audit"], p=0.02), False)
+    review(case(1, ["audit", "uncertain_safety"], p=0.4), True)  # caught (not only audited)
+    review(case(1, ["audit"], alert=True, p=0.9), True)  # caught: the student alerted
+    store.record_counts("e1", 100.0, {"0": 50, "1": 40})
+    store.record_counts("e1", 100.0, {"0": 40})  # an older heartbeat: counts only grow
+    store.record_counts("e1", 200.0, {"1": 10})  # the edge restarted
+    rows = {r.label: r for r in rows_for(store.report_rows(), store.input_counts())}
+    assert set(rows) == {"v0 (all edges)", "v0 e1", "v1 (all edges)", "v1 e1"}
+    v0, v1 = rows["v0 (all edges)"], rows["v1 (all edges)"]
+    assert (v0.inputs, v1.inputs) == (50, 50)
+    assert v0.teacher_calls_per_100 == 6.0 and v1.teacher_calls_per_100 == 4.0
+    assert v0.system_recall == 0.0 and v0.hazards == 1 and v0.missed == 1
+    assert v1.system_recall == 1.0 and v1.labelled == 2
+    store.close()

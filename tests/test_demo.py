@@ -1,0 +1,66 @@
+"""``gemma-edge demo --quick``: the loop closes, with real processes, sockets, keys and model.
+
+A real teacher server and a real edge (CurveZMQ on loopback, the bundled Gemma 3 270M)
+play two rounds; the test checks what a person would: every escalation reached the
+teacher's store exactly once and was reviewed, the review came back to the edge, a
+release was built, pushed and used by the edge in the next round, and the report has
+one row per round.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_quick_demo_closes_the_loop(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "demo", "--quick", "--work", str(work), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "labels stand in for the teacher" in done.stderr
+
+    events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+    answers = [e for e in events if e["type"] == "answer"]
+    assert len(answers) == 48  # 2 rounds of 24 scenes
+    escalated = [e["case_id"] for e in answers if e["decision"]["escalate"]]
+    assert escalated and len(set(escalated)) == len(escalated)
+    reviews = {e["case_id"] for e in events if e["type"] == "review"}
+    assert reviews == set(escalated)  # every case was reviewed and the review came back
+
+    db = sqlite3.connect(work / "teacher" / "store.sqlite")
+    stored = [row[0] for row in db.execute("SELECT case_id FROM cases")]
+    reviewed = {row[0] for row in db.execute("SELECT case_id FROM reviews")}
+    db.close()
+    assert sorted(stored) == sorted(escalated)  # each exactly once
+    assert reviewed == set(escalated)
+
+    active = (work / "teacher" / "releases" / "active").read_text().strip()
+    installed = (work / "edge" / "releases" / "active").read_text().strip()
+    round0, round1 = answers[:24], answers[24:]
+    assert {e["release"] for e in round0} == {0}
+    # The release built from round 0's reviews passed the gate (fewer teacher calls on the
+    # frozen split), was pushed, installed and used from round 1's first input, no restart.
+    assert active == installed == "1"
+    assert {e["release"] for e in round1} == {1}
+    assert all(e["p_unsafe"] is not None for e in answers)
+
+    report = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in report["rounds"]] == ["round 0", "round 1"]
+    for row in report["rounds"]:
+        for key in ("teacher_calls_per_100", "system_recall", "student_accuracy", "format_ok",
+                    "release"):  # fmt: skip
+            assert key in row
+    assert report["rounds"][1]["release"] == int(active)
+    assert (out / "report.png").stat().st_size > 10_000
+    assert "teacher calls per 100 inputs" in done.stdout
