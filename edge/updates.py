@@ -27,13 +27,19 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
 from shared.errors import ConfigError, PushRejected
 from shared.messages import AdapterPush, ReleasePush, SkillPush, verify_payloads
-from shared.release import Release, check_files, load_release, skill_release, write_release
+from shared.release import (
+    Release,
+    check_files,
+    load_release,
+    skill_release,
+    write_folder,
+    write_release,
+)
 from shared.release import sync_dir as _sync_dir
 from shared.release import write_synced as _write_synced
 from shared.skill import Skill, skill_from_bytes
@@ -177,23 +183,9 @@ def install_adapter(state_dir: Path, msg: AdapterPush, payloads: list[bytes]) ->
     """Verify, write ``adapters/v<N>/`` atomically and make it active; returns the folder."""
     check_adapter(msg, payloads)
     root = Path(state_dir) / "adapters"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".v{msg.version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for entry, data in zip(msg.files, payloads, strict=True):
-        _write_synced(tmp / entry.name, data)
-    _sync_dir(tmp)
     final = root / f"v{msg.version}"
-    if final.exists():  # a re-push of a version we had (e.g. a rollback): swap it whole
-        old = root / f".v{msg.version}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    _sync_dir(root)
+    # A re-push of a version we had (e.g. a rollback) is swapped in whole.
+    write_folder(final, {e.name: d for e, d in zip(msg.files, payloads, strict=True)})
     _set_active(root, msg.version)
     logger.info("installed adapter v%s in %s", msg.version, final)
     return final

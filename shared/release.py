@@ -244,7 +244,13 @@ def write_release(folder: Path, files: dict[str, bytes]) -> Release:
     An existing folder of that name is swapped out whole (a re-push of a version).
     """
     check_files(files, str(folder))
-    folder = Path(folder)
+    write_folder(Path(folder), files)
+    return load_release(folder)
+
+
+def write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` as ``folder``, whole or not at all: a synced temporary folder is
+    renamed into place (an existing one is swapped out whole)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -261,7 +267,6 @@ def write_release(folder: Path, files: dict[str, bytes]) -> Release:
     else:
         tmp.rename(folder)
     sync_dir(folder.parent)
-    return load_release(folder)
 
 
 def write_synced(path: Path, data: bytes) -> None:

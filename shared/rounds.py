@@ -50,7 +50,7 @@ class RoundRow:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile_of(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -79,8 +79,8 @@ def round_row(label: str, outcomes: Sequence[Outcome]) -> RoundRow:
         ),
         format_ok=sum(o.format_ok for o in outcomes) / n if n else 0.0,
         false_alerts_per_100=100 * sum(o.alert for o in safe) / len(known) if known else None,
-        p50_s=_quantile([o.latency_s for o in outcomes], 0.5),
-        p95_s=_quantile([o.latency_s for o in outcomes], 0.95),
+        p50_s=quantile_of([o.latency_s for o in outcomes], 0.5),
+        p95_s=quantile_of([o.latency_s for o in outcomes], 0.95),
         release=releases.most_common(1)[0][0] if releases else 0,
         hazards=len(hazards),
         missed=missed,

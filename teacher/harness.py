@@ -35,6 +35,7 @@ from shared.config import PolicyConfig
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, evaluate
 from shared.head import auc
+from shared.rounds import quantile_of
 from shared.student import Student
 
 
@@ -163,8 +164,8 @@ def report(release: int, cases: list[LabeledCase], results: list[CaseResult]) ->
         false_alerts_per_100=100 * sum(r.decision.alert for r in neg) / n,
         missed_per_100=100 * len(missed) / n,
         alerts_per_100=100 * sum(r.decision.alert for r in results) / n,
-        latency_p50_s=_quantile(latencies, 0.5),
-        latency_p95_s=_quantile(latencies, 0.95),
+        latency_p50_s=quantile_of(latencies, 0.5),
+        latency_p95_s=quantile_of(latencies, 0.95),
         missed=missed,
         reasons=reasons,
         cases=results,
@@ -185,15 +186,6 @@ def evaluate_release(
         student, cases, policy_config, pace_s, progress, desc or f"release v{version}"
     )
     return report(version, cases, results)
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 TABLE = (
