@@ -32,16 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="teacher YAML (default: built-in defaults)")
     parser.add_argument("--home", help="override the teacher home folder")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("list", help="every release with its frozen-split metrics")
-    show = sub.add_parser("show", help="one release's manifest and gate report")
+    sub.add_parser("list", help="every release with its frozen-split metrics",
+                   epilog="example:\n  gemma-teacher releases list --home ./teacher")  # fmt: skip
+    show = sub.add_parser("show", help="one release's manifest and gate report",
+                          epilog="example:\n  gemma-teacher releases show 3")  # fmt: skip
     show.add_argument("version", type=int)
-    back = sub.add_parser("rollback", help="make an older release active (0: the bundled one)")
+    back = sub.add_parser("rollback", help="make an older release active (0: the bundled one)",
+                          epilog="example:\n  gemma-teacher releases rollback 2")  # fmt: skip
     back.add_argument("version", type=int)
     build = sub.add_parser(
         "build-default",
         help="rebuild the bundled release v0 from the bundled labelled scenes",
         description="Fit the default release's safety head on the bundled labelled scenes "
         "and calibrate its thresholds (reproducible: same weights, same bytes).",
+        epilog="example:\n  gemma-teacher releases build-default",
     )
     build.add_argument(
         "--out",
