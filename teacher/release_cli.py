@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and calibrate its thresholds (reproducible: same weights, same bytes).",
         epilog="example:\n  gemma-teacher releases build-default",
     )
+    for action in sub.choices.values():  # `releases list --home H` works as well
+        action.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        action.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     build.add_argument(
         "--out",
         default=str(default_release_dir()),

@@ -201,3 +201,24 @@ def test_gate_rules_are_named():
         "no gain over the active release: teacher calls per 100 30.0 -> 30.0, "
         "student accuracy 0.900 -> 0.900"
     ]
+
+
+def test_releases_cli_lists_shows_and_rolls_back(tmp_path, capsys):
+    from teacher.cli import main
+
+    registry = ReleaseRegistry(tmp_path)
+    for version in (1, 2):
+        files = build_files(version, default_skill(), small_head(), conservative())
+        registry.add(files, {"passed": True, "candidate": {"release": version, "n": 10,
+                                                           "system_recall": 1.0}})  # fmt: skip
+    registry.activate(2)
+    assert main(["releases", "list", "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "v2 *" in out and "v1 " in out and "v0 (bundled)" in out
+    assert main(["releases", "--home", str(tmp_path), "show", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["version"] == 1 and not doc["active"] and doc["manifest"]["files"]
+    assert main(["releases", "rollback", "1", "--home", str(tmp_path)]) == 0
+    assert registry.active_number() == 1
+    assert main(["releases", "show", "7", "--home", str(tmp_path)]) == 2
+    assert "no release v7" in capsys.readouterr().err
