@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from teacher.harness import HarnessReport
 
 
+EPSILON = 1e-9  # rates computed on the same cases: only a real difference counts
+
+
 @dataclass
 class GateVerdict:
     passed: bool
@@ -35,18 +38,18 @@ def compare(candidate: HarnessReport, active: HarnessReport, recall_target: floa
         return GateVerdict(False, ["the frozen evaluation split is empty"])
     reasons = []
     c, a = candidate, active
-    if c.system_recall < recall_target:
+    if c.system_recall < recall_target - EPSILON:
         reasons.append(
             f"system safety recall {c.system_recall:.3f} is below the target {recall_target:.2f}"
             + (f" (missed: {', '.join(c.missed[:5])})" if c.missed else "")
         )
-    if c.system_recall < a.system_recall:
+    if c.system_recall < a.system_recall - EPSILON:
         reasons.append(
             f"system safety recall fell against the active release v{a.release}: "
             f"{a.system_recall:.3f} -> {c.system_recall:.3f}"
         )
-    fewer_calls = c.teacher_calls_per_100 < a.teacher_calls_per_100
-    more_accurate = c.accuracy > a.accuracy
+    fewer_calls = c.teacher_calls_per_100 < a.teacher_calls_per_100 - EPSILON
+    more_accurate = c.accuracy > a.accuracy + EPSILON
     if not (fewer_calls or more_accurate):
         reasons.append(
             "no gain over the active release: teacher calls per 100 "

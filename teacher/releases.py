@@ -27,7 +27,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,8 @@ class ReleaseRegistry:
     def cache_eval(self, number: int, key: str, report: HarnessReport) -> None:
         folder = self.root / "evals"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"v{number}-{key[:24]}.json").write_text(json.dumps(report.summary()))
+        doc = {k: v for k, v in asdict(report).items() if k != "cases"}  # full precision
+        (folder / f"v{number}-{key[:24]}.json").write_text(json.dumps(doc))
 
     def gate_doc(self, number: int) -> dict:
         path = self.path(number) / GATE_FILE
