@@ -222,3 +222,26 @@ def test_releases_cli_lists_shows_and_rolls_back(tmp_path, capsys):
     assert registry.active_number() == 1
     assert main(["releases", "show", "7", "--home", str(tmp_path)]) == 2
     assert "no release v7" in capsys.readouterr().err
+
+
+def test_an_ollama_student_gets_a_head_calibrated_on_its_verdict_logprobs(tmp_path):
+    """No hidden states over HTTP: the release's head is a logistic fit on the log-odds of
+    the SAFETY verdict token, and every answer of the Ollama edge carries its p_unsafe."""
+    from shared.config import OllamaModelConfig
+    from shared.ollama_backend import OllamaBackend
+    from tests.ollama_server import FakeOllama
+
+    def reply(body):
+        unsafe = "DANGER" in body["messages"][-1]["content"]
+        return f"Answer: A scene.\nSAFETY: {'yes' if unsafe else 'no'}\nCONFIDENCE: 0.5"
+
+    cfg = config(tmp_path)
+    with FakeOllama(models={"gemma3:270m"}, reply=reply) as server:
+        backend = OllamaBackend(OllamaModelConfig(host=server.url, model="gemma3:270m"), 16)
+        result = build_release(cfg, backend, hazard_cases(100), progress=False,
+                               keep_refused=True)  # fmt: skip
+        release = load_release(result.path)
+        assert release.head.kind == "verdict" and release.head.dim == 1
+        answered = Student(backend, release).answer("DANGER at the dock")
+    assert answered.answer.p_unsafe > 0.9
+    assert result.candidate.auc == 1.0 and result.candidate.system_recall == 1.0
