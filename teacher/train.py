@@ -43,6 +43,7 @@ from tqdm import tqdm
 from shared.config import TeacherConfig, TrainConfig, load_config
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, load_labeled
+from shared.release import ADAPTER_FILES
 from shared.skill import Skill
 from teacher.batches import answer_loss, collate, eval_loss, plan_batches, tokenize
 from teacher.checkpoint import load_checkpoint, save_checkpoint, trainable_params, write_curves
@@ -206,7 +207,7 @@ def train_adapter(
 
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        files = {p.name: p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+        files = {name: (Path(tmp) / name).read_bytes() for name in ADAPTER_FILES}
     model.unload()  # the caller's base model, without LoRA layers again
     result = TrainResult(
         run_dir,

@@ -364,9 +364,11 @@ def test_real_cli_on_the_embedded_model(tmp_path):
     answers = {e["id"]: e for e in evs if e["type"] == "answer"}
     assert set(answers) == {"a", "b", "c"}
     assert all(e["raw"].startswith("Answer:") and e["latency_s"] > 0 for e in answers.values())
-    assert answers["a"]["decision"]["escalate"] and answers["a"]["decision"]["keywords"] == [
-        "flames"
-    ]
+    a = answers["a"]
+    assert a["decision"]["keywords"] == ["flames"] and a["release"] == 0
+    # The bundled release's head is sure: a local alert (no teacher call is needed for it).
+    assert a["alert"] and a["safety_event"] and a["p_unsafe"] > 0.9
+    assert a["alert"] or a["decision"]["escalate"]
     assert "safety_keyword" not in answers["c"]["decision"]["reasons"]
     assert "3 inputs from" in done.stderr and evs[-1]["type"] == "summary"
 
