@@ -35,13 +35,13 @@ class RoundRow:
     label: str
     inputs: int
     labelled: int  # inputs whose truth is known
-    teacher_calls_per_100: float
+    teacher_calls_per_100: float | None  # None: the inputs are not known
     system_recall: float | None  # of the known hazards, share alerted or escalated
     student_accuracy: float | None
     format_ok: float
     false_alerts_per_100: float | None
-    p50_s: float
-    p95_s: float
+    p50_s: float | None  # None: not seen from here (the teacher's report)
+    p95_s: float | None
     release: int
     hazards: int
     missed: int
@@ -125,7 +125,7 @@ def plot(rows: Sequence[RoundRow], path, title: str = "") -> None:
 
     labels = [f"{r.label}\n(v{r.release})" for r in rows]
     fig, left = plt.subplots(figsize=(max(5, 1.6 * len(rows) + 2), 4))
-    calls = [r.teacher_calls_per_100 for r in rows]
+    calls = [r.teacher_calls_per_100 or 0.0 for r in rows]
     bars = left.bar(labels, calls, color="#4a90d9", label="teacher calls per 100 inputs")
     left.bar_label(bars, fmt="%.0f")
     left.set_ylabel("teacher calls per 100 inputs")

@@ -73,7 +73,7 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
         label = f"v{release}" + (f" {edge}" if edge else " (all edges)")
         row = round_row(label, audits)
         n = inputs.get((release, edge), 0)
-        calls = 100 * len(group) / n if n else float("nan")
+        calls = 100 * len(group) / n if n else None
         rows.append(
             RoundRow(
                 label=label,
@@ -82,10 +82,10 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
                 teacher_calls_per_100=calls,
                 system_recall=row.system_recall,
                 student_accuracy=row.student_accuracy,
-                format_ok=row.format_ok if audits else float("nan"),
+                format_ok=row.format_ok,
                 false_alerts_per_100=row.false_alerts_per_100,
-                p50_s=float("nan"),
-                p95_s=float("nan"),
+                p50_s=None,
+                p95_s=None,
                 release=release,
                 hazards=row.hazards,
                 missed=row.missed,
