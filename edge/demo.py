@@ -74,6 +74,9 @@ def scenario(rounds: int, per_round: int) -> list[list[LabeledCase]]:
         raise GemmaEdgeError(
             f"--rounds {rounds}: the bundled scenario has {len(by_round)} rounds of fresh scenes"
         )
+    most = min(len(cases) for cases in by_round.values())
+    if per_round > most:
+        raise GemmaEdgeError(f"--per-round {per_round}: each round has {most} scenes")
     return [by_round[r][:per_round] for r in sorted(by_round)[:rounds]]
 
 
@@ -235,7 +238,8 @@ class Demo:
         escalated = {e["case_id"] for e in answered if e.get("case_id")}
         reviewed = lambda: escalated <= self._reviewed()  # noqa: E731
         with tqdm(total=len(escalated), desc=f"round {index}: stored and reviewed",
-                  unit="case", file=sys.stderr) as bar:  # fmt: skip
+                  unit="case", file=sys.stderr,
+                  bar_format="{desc}: {n_fmt}/{total_fmt} {bar} {elapsed}") as bar:  # fmt: skip
 
             def progress() -> bool:
                 done = len(escalated & self._reviewed())
@@ -268,7 +272,10 @@ class Demo:
         )
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:
-            say(f"teacher: gemma-teacher {' '.join(step)} (from the reviews so far)")
+            shown = [a for a in step if not a.endswith(".jsonl") and a != "--labels"]
+            say(f"teacher: gemma-teacher {' '.join(shown)}: a release from the reviews so far "
+                "and the bundled labelled scenes (head features, thresholds, then the gate "
+                "scores it against the running release)")  # fmt: skip
             t0 = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "teacher", *step, "--config", str(self.teacher_cfg)],
@@ -276,7 +283,9 @@ class Demo:
                 text=True,
             )
             seconds = round(time.perf_counter() - t0, 1)
-            doc["steps"].append({"command": step, "exit": done.returncode, "seconds": seconds})
+            outcome = "built" if done.returncode == 0 else "refused by the gate"
+            doc["steps"].append({"command": step, "exit": done.returncode, "outcome": outcome,
+                                 "seconds": seconds})  # fmt: skip
             (self.work / f"round{index}-{step[0]}.out").write_text(done.stdout)
             if done.returncode not in (0, 1):
                 raise GemmaEdgeError(f"gemma-teacher {step[0]} failed ({done.returncode}); "
@@ -333,32 +342,37 @@ def say(text: str) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK['rounds']} rounds of {QUICK['per_round']} scenes "
-                        "(a few minutes on a 2-core CPU)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, help=f"rounds to play (default {FULL['rounds']})")
-    parser.add_argument("--per-round", type=int, help="scenes per round (default: 80)")
+                        "(about 5 minutes on a quiet 2-core CPU)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, help=f"rounds to play, 1 to {FULL['rounds']} "
+                        f"(default {FULL['rounds']}; --quick: {QUICK['rounds']})")  # fmt: skip
+    parser.add_argument("--per-round", type=int, help=f"scenes per round, 1 to 80 (default "
+                        f"{FULL['per_round']}; --quick: {QUICK['per_round']})")  # fmt: skip
     parser.add_argument("--full", action="store_true",
                         help="improve with upskill and a LoRA too, not only the head (slower)")  # fmt: skip
     parser.add_argument("--out", default="gemma-edge-demo", help="where report.json and "
                         "report.png go (default: ./gemma-edge-demo/)")  # fmt: skip
     parser.add_argument("--work", help="keep the demo's home, logs and events here "
                         "(default: a temporary folder, removed afterwards)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads per process (default 2)")  # fmt: skip
 
 
 def run(args) -> int:
     plan = QUICK if args.quick else FULL
-    rounds_n = args.rounds or plan["rounds"]
-    per_round = args.per_round or plan["per_round"]
+    rounds_n = plan["rounds"] if args.rounds is None else args.rounds
+    per_round = plan["per_round"] if args.per_round is None else args.per_round
     if rounds_n < 1 or per_round < 1:
         raise GemmaEdgeError("--rounds and --per-round must be at least 1")
     rounds = scenario(rounds_n, per_round)
+    per_round = min(len(r) for r in rounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     temp = None if args.work else tempfile.TemporaryDirectory(prefix="gemma-edge-demo-")
     work = Path(args.work or temp.name)
     work.mkdir(parents=True, exist_ok=True)
-    say(f"gemma-edge demo: {rounds_n} rounds of {per_round} fresh scenes from one site; "
-        f"work folder {work}")  # fmt: skip
+    keep = "" if args.work else " (temporary: --work DIR keeps it)"
+    say(f"gemma-edge demo: {rounds_n} round(s) of {per_round} fresh scenes from one site; "
+        f"work folder {work}{keep}")  # fmt: skip
     t0 = time.perf_counter()
     demo = Demo(work, rounds, args.full, args.threads)
     try:
@@ -386,6 +400,7 @@ def run(args) -> int:
         f"\nteacher calls per 100 inputs: {first.teacher_calls_per_100:.0f} in round 0 -> "
         f"{last.teacher_calls_per_100:.0f} in round {len(rows) - 1}; system safety recall "
         + ", ".join("-" if r.system_recall is None else f"{r.system_recall:.2f}" for r in rows)
-        + f"\nreport: {out / 'report.json'} {out / 'report.png'} ({seconds / 60:.1f} min)"
+        + f"\nreport: {out / 'report.json'} {out / 'report.png'} ({seconds / 60:.1f} min); "
+        f"logs: {(work if args.work else out) / 'edge.log'}, teacher.log beside it"
     )
     return 0

@@ -43,6 +43,9 @@ CANDIDATES = 64  # int8-head candidates rescored exactly per step
 DRAFT_TOKENS = 8  # prompt-lookup draft length verified per forward
 _INT8_HEADS: dict[int, tuple[Any, Any]] = {}  # id(weight) -> (weakref to it, packed int8)
 _INT8_LOCK = threading.Lock()
+# transformers 5.x renamed past_key_values to cache and warns on every call; both work
+# until 5.40, and the old name works on every 5.x this project allows.
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
 
 Pick = tuple[int, TokenLogprob]
 

@@ -170,6 +170,8 @@ def _check_adapter(files: dict[str, bytes], where: str) -> None:
 # ---------------------------------------------------------------- reading
 def read_files(folder: Path) -> dict[str, bytes]:
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(str(folder), [("<folder>", str(folder), "no such release folder")])
     if not (folder / MANIFEST).is_file():
         raise ConfigError(str(folder), [("<folder>", str(folder), f"no {MANIFEST}: not a release")])
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}

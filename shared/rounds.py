@@ -124,7 +124,7 @@ def plot(rows: Sequence[RoundRow], path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r.label}\n(v{r.release})" for r in rows]
-    fig, left = plt.subplots(figsize=(max(5, 1.6 * len(rows) + 2), 4))
+    fig, left = plt.subplots(figsize=(max(8, 1.6 * len(rows) + 3), 4.5))
     calls = [r.teacher_calls_per_100 or 0.0 for r in rows]
     bars = left.bar(labels, calls, color="#4a90d9", label="teacher calls per 100 inputs")
     left.bar_label(bars, fmt="%.0f")
@@ -133,11 +133,13 @@ def plot(rows: Sequence[RoundRow], path, title: str = "") -> None:
     right = left.twinx()
     recall = [r.system_recall if r.system_recall is not None else float("nan") for r in rows]
     right.plot(labels, recall, "o-", color="#2e7d32", label="system safety recall")
-    right.axhline(0.95, color="#c62828", linestyle="--", linewidth=1, label="recall target 0.95")
+    right.axhline(0.95, color="#c62828", linestyle="--", linewidth=1,
+                  label="recall target 0.95 (right axis)")  # fmt: skip
     right.set_ylim(0, 1.05)
     right.set_ylabel("system safety recall")
     handles = [bars, *right.get_lines()]
-    left.legend(handles, [h.get_label() for h in handles], loc="lower left", fontsize=8)
+    left.legend(handles, [h.get_label() for h in handles], loc="upper center", fontsize=8,
+                bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)  # fmt: skip
     left.set_title(title or "teacher calls per 100 inputs and system safety recall, round by round")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -13,7 +13,7 @@ examples:
   gemma-teacher cases list --unreviewed
   gemma-teacher upskill --config teacher.yaml      # better prompt for the student
   gemma-teacher train --config teacher.yaml        # release: LoRA + safety head + thresholds
-  gemma-teacher train --head-only --labels f.jsonl # release: safety head + thresholds (seconds)
+  gemma-teacher train --head-only --labels f.jsonl # release: safety head + thresholds (~1-2 min)
   gemma-teacher releases list                      # what edges run; `rollback N`
   gemma-teacher eval --release 2 --labels held_out.jsonl --against 0
   gemma-teacher report --out report/               # per release and edge, from the store

@@ -179,13 +179,18 @@ def save_frozen(home: Path, ids: list[str]) -> None:
     tmp.replace(path)
 
 
-def frozen_member(case_id: str, fraction: float, seed: int) -> bool:
-    """Whether a case belongs to the frozen split: a pure function of its id.
+def case_key(text: str) -> str:
+    """What identifies a case for splitting: its words, case-folded. Not its id: an edge
+    draws a fresh random id for every escalation, and the split must not depend on it."""
+    return " ".join(text.lower().split())
 
-    So the bundled release (built from the bundled scenes minus their members) never
-    trained on a case that any teacher home freezes for its gate.
-    """
-    digest = hashlib.sha256(f"{seed}:frozen:{case_id}".encode()).digest()
+
+def frozen_member(text: str, fraction: float, seed: int) -> bool:
+    """Whether a case (by its input ``text``) belongs to the frozen split: a pure function
+    of the text, so the bundled release (built from the bundled scenes minus their
+    members) never trained on a case that any teacher home freezes for its gate, and the
+    same reviews make the same split in every run."""
+    digest = hashlib.sha256(f"{seed}:frozen:{case_key(text)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
@@ -195,13 +200,13 @@ def choose_eval(examples: list[Example], fraction: float, seed: int) -> list[str
     ids: list[str] = []
     for label in (True, False):
         pool = sorted(
-            (e.id for e in examples
+            (e for e in examples
              if e.safety == label and e.origin not in ("synthetic", "generic")),
-            key=lambda i: hashlib.sha256(f"{seed}:frozen:{i}".encode()).digest(),
+            key=lambda e: hashlib.sha256(f"{seed}:frozen:{case_key(e.input)}".encode()).digest(),
         )  # fmt: skip
-        members = [i for i in pool if frozen_member(i, fraction, seed)]
+        members = [e.id for e in pool if frozen_member(e.input, fraction, seed)]
         if not members and len(pool) >= 3:
-            members = pool[:1]
+            members = [pool[0].id]
         ids += members
     return ids
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from teacher.harness import HarnessReport
 
-
 EPSILON = 1e-9  # rates computed on the same cases: only a real difference counts
 
 

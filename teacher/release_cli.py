@@ -66,11 +66,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="release number in the registry (0: the bundled default), or a release folder",
     )
     parser.add_argument(
-        "--labels", action="append", required=True, metavar="JSONL", help="labelled cases"
+        "--labels",
+        action="append",
+        required=True,
+        metavar="JSONL",
+        help="labelled cases, one JSON object a line with input, safety (true/false) and "
+        "keywords, as shared/data/scenes.jsonl; may repeat",
     )
     parser.add_argument("--against", help="another release to score side by side")
     parser.add_argument("--json", metavar="FILE", help="also write the reports (and per-case) here")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _config(args) -> TeacherConfig:

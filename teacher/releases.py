@@ -52,6 +52,7 @@ from shared.release import (
 from shared.skill import Skill
 from shared.student import Student
 from teacher import gate
+from teacher.dataset import case_key
 from teacher.harness import HarnessReport, evaluate_release
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class ReleaseRegistry:
         if number == 0:
             return default_release()
         if number not in self.versions():
-            raise StoreError(f"no release v{number} in {self.root} (have: {self.versions()})")
+            have = ", ".join(f"v{n}" for n in [0, *self.versions()])
+            raise StoreError(f"no release v{number} in {self.root} (have: {have}; v0 is bundled)")
         return load_release(self.path(number))
 
     def next_number(self) -> int:
@@ -210,13 +212,14 @@ def make_splits(cfg: TeacherConfig, cases: list[LabeledCase], skill: Skill) -> S
 def split_fit(
     cases: list[LabeledCase], calibration_fraction: float, seed: int
 ) -> tuple[list[LabeledCase], list[LabeledCase]]:
-    """(fit, calibration), per label, by a seeded hash of the case id (stable as cases come)."""
+    """(fit, calibration), per label, by a seeded hash of the case's text (stable as cases
+    come, and the same in every run)."""
     fit: list[LabeledCase] = []
     cal: list[LabeledCase] = []
     for label in (True, False):
         group = sorted(
             (c for c in cases if c.safety is label),
-            key=lambda c: hashlib.sha256(f"{seed}:cal:{c.id}".encode()).hexdigest(),
+            key=lambda c: hashlib.sha256(f"{seed}:cal:{case_key(c.input)}".encode()).hexdigest(),
         )
         cut = round(len(group) * calibration_fraction)
         cal += group[:cut]
@@ -269,13 +272,13 @@ def fit_and_calibrate(
     """Fit the head on the fit split, then the thresholds on the calibration split."""
     kind, layers = head_kind(student.backend)
     t0 = time.perf_counter()
-    x_fit = features(student, splits.fit, kind, layers, "head features")
+    x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
     t_features = time.perf_counter() - t0
     head = fit_head(
         x_fit, [c.safety for c in splits.fit], kind=kind, layers=layers, l2=cfg.release.head_l2
     )
     t_fit = time.perf_counter() - t0 - t_features
-    x_cal = features(student, splits.calibration, kind, layers, "calibration")
+    x_cal = features(student, splits.calibration, kind, layers, "2/3 thresholds (calibration)")
     p_cal = head.p_unsafe_many(x_cal)
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
@@ -362,19 +365,19 @@ def build_release(
         t0 = time.perf_counter()
         student.use(candidate)
         after = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
-                                 f"candidate v{version}")  # fmt: skip
+                                 f"3/3 gate: candidate v{version} on the frozen split")  # fmt: skip
         key = _eval_key(cfg, backend, splits.frozen)
         before = registry.cached_eval(active.version, key)
         if before is None:
             student.use(active)
             before = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
-                                      f"active v{active.version}")  # fmt: skip
+                                      f"3/3 gate: active v{active.version} on the frozen split")  # fmt: skip
             registry.cache_eval(active.version, key, before)
         timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
     verdict = gate.compare(after, before, cfg.policy.recall_target)
     result = BuildResult(None, verdict, after, before, calibration, timing)
     if not verdict.passed:
-        logger.warning("release refused: %s", "; ".join(verdict.reasons))
+        logger.info("release refused: %s", "; ".join(verdict.reasons))
         if not keep_refused:
             return result
     metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
@@ -411,7 +414,7 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
 
     skill = default_skill().model_copy(update={"created_at": 0.0})  # reproducible bytes
     # Never train on a case a teacher home would freeze for its gate: v0 is scored fairly.
-    kept = [c for c in cases if not frozen_member(c.id, cfg.train.eval_fraction, cfg.train.seed)]
+    kept = [c for c in cases if not frozen_member(c.input, cfg.train.eval_fraction, cfg.train.seed)]
     fit, cal = split_fit(kept, cfg.release.calibration_fraction, cfg.train.seed)
     student = Student(backend, skill_release(skill), cfg.student.max_new_tokens)
     head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
