@@ -46,16 +46,27 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
     assert reviewed == set(escalated)
 
     active = (work / "teacher" / "releases" / "active").read_text().strip()
-    installed = (work / "edge" / "releases" / "active").read_text().strip()
+    pointer = work / "edge" / "releases" / "active"  # absent: the edge still runs bundled v0
+    installed = pointer.read_text().strip() if pointer.exists() else "0"
     round0, round1 = answers[:24], answers[24:]
     assert {e["release"] for e in round0} == {0}
-    # The release built from round 0's reviews passed the gate (fewer teacher calls on the
-    # frozen split), was pushed, installed and used from round 1's first input, no restart.
-    assert active == installed == "1"
-    assert {e["release"] for e in round1} == {1}
+    report = json.loads((out / "report.json").read_text())
+    build = report["builds"][0]
+    train = (work / "round0-train.out").read_text()
+    if active == "1":
+        # The release built from round 0's reviews passed the gate: it was pushed, installed
+        # and used from round 1's first input, with no restart.
+        assert installed == "1" and build["steps"][-1]["outcome"] == "built"
+        assert {e["release"] for e in round1} == {1}
+    else:
+        # It was built, scored against v0 through the edge's code and refused: the rule is
+        # named and the edge kept what it had (tests/test_rollout.py pushes one live).
+        assert active == "0" and build["steps"][-1]["outcome"] == "refused by the gate"
+        assert "refused" in train and (work / "teacher" / "releases" / "v1").exists() is False
+        assert {e["release"] for e in round1} == {0}
+    assert '"candidate"' in train and '"active"' in train  # both scored on the frozen split
     assert all(e["p_unsafe"] is not None for e in answers)
 
-    report = json.loads((out / "report.json").read_text())
     assert [r["label"] for r in report["rounds"]] == ["round 0", "round 1"]
     for row in report["rounds"]:
         for key in ("teacher_calls_per_100", "system_recall", "student_accuracy", "format_ok",
