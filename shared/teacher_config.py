@@ -1,0 +1,204 @@
+"""YAML configuration of the teacher box, as pydantic models (see ``shared.config``).
+
+Same rules as the edge's: unknown keys are refused, every field has bounds and a
+description, and ``shared.config.load_config`` reports a bad file by key path, value
+and reason. It knows nothing about what the settings do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.config import (
+    DEFAULT_HOME,
+    ModelConfig,
+    OllamaModelConfig,
+    PolicyConfig,
+    Strict,
+)
+
+
+class ReviewerConfig(Strict):
+    backend: Literal["ollama", "embedded", "labels"] = Field(
+        "labels", description="Who reviews: an Ollama model, a local model, or labelled JSONL."
+    )
+    labels: Path | None = Field(
+        None, description="Labelled JSONL (input, safety, keywords[, answer]) for 'labels'."
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(
+            backend="ollama", ollama=OllamaModelConfig(model="gemma3:27b"), max_new_tokens=96
+        ),
+        description="Backend settings when backend is 'ollama' or 'embedded'.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Review worker threads.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Cases reviewed together.")
+
+    @model_validator(mode="after")
+    def _labels_need_file(self) -> ReviewerConfig:
+        if self.backend == "labels" and self.labels is None:
+            raise ValueError("reviewer.backend is 'labels' but reviewer.labels names no file")
+        return self
+
+
+class ServerConfig(Strict):
+    bind: str = Field("tcp://127.0.0.1:5555", description="ROUTER endpoint the edges connect to.")
+    insecure: bool = Field(
+        False, description="Plain-text ZeroMQ without CurveZMQ. Only for local tests."
+    )
+    keys_dir: Path = Field(
+        DEFAULT_HOME / "teacher" / "keys",
+        description="Teacher key pair and the allow-list of edge public keys.",
+    )
+    max_message_bytes: int = Field(
+        8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from an edge."
+    )
+    heartbeat_s: float = Field(2.0, gt=0, le=3600, description="Heartbeat interval.")
+    commit_batch: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Most escalations stored in one transaction before they are acknowledged.",
+    )
+    edge_timeout_s: float = Field(
+        10.0, gt=0, le=86_400, description="An edge silent this long counts as disconnected."
+    )
+    push_retry_s: float = Field(
+        30.0, gt=0, le=86_400, description="Wait before pushing the same version to an edge again."
+    )
+
+
+class UpskillConfig(Strict):
+    candidates: int = Field(6, ge=1, le=100, description="Candidate skills per round.")
+    rounds: int = Field(2, ge=1, le=20, description="Rounds of candidate generation.")
+    demos: int = Field(4, ge=0, le=64, description="Few-shot demonstrations per candidate.")
+    holdout_fraction: float = Field(
+        0.3, gt=0, lt=1, description="Share of the evaluation set held out for the final gate."
+    )
+    max_eval_cases: int = Field(
+        40, ge=1, le=100_000, description="Most cases scored per candidate."
+    )
+    seed: int = Field(0, description="Random seed for splits and demonstration picks.")
+    select_fraction: float = Field(
+        0.4,
+        gt=0,
+        lt=1,
+        description="Share of the non-held-out cases that ranks candidates; the rest is the "
+        "pool demonstrations are picked from.",
+    )
+    writer: Literal["auto", "reviewer", "none"] = Field(
+        "auto",
+        description="Who writes candidate prompts besides the built-in variants: 'reviewer' "
+        "asks the reviewer model; 'auto' does so only for an Ollama reviewer (the bundled "
+        "base model and label files cannot write prompts); 'none' never.",
+    )
+    max_balanced_drop: float | None = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A winner may lose at most this much balanced safety agreement (mean of "
+        "recall and specificity) against the active skill, on the selection and the held-out "
+        "split; stops 'flag everything' from winning on recall. Empty: no such check.",
+    )
+    race: bool = Field(
+        True,
+        description="Score each round's candidates on half the selection split first and "
+        "only the better half on the rest (saves a quarter of the student's time).",
+    )
+    min_gain: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="How much the winner's held-out score must exceed the active skill's.",
+    )
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class TrainConfig(Strict):
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(4.0, gt=0, le=1000, description="Passes over the training set.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps warming up.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Sequences per step.")
+    max_length: int = Field(256, ge=16, le=32768, description="Longest training sequence.")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of cases frozen as the evaluation split."
+    )
+    early_stop_patience: int = Field(
+        2, ge=0, le=100, description="Evaluations of rising eval loss before stopping (0 = off)."
+    )
+    seed: int = Field(0, description="Random seed.")
+    evals_per_epoch: int = Field(
+        2, ge=1, le=1000, description="Evaluation-loss checks per epoch (for early stopping)."
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, le=1_000_000, description="Steps between resumable checkpoints."
+    )
+    gate_max_new_tokens: int = Field(
+        40, ge=8, le=512, description="Token budget per answer when the gate scores a student."
+    )
+    generic_examples: Path | None = Field(
+        None, description="JSONL of {prompt, completion} mixed in against forgetting."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where training runs: fp32 on CPU, bf16 on CUDA."
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model body (CUDA only; ~2.7x faster steps, minutes to compile).",
+    )
+
+
+class ReleaseConfig(Strict):
+    calibration_fraction: float = Field(
+        0.55,
+        gt=0,
+        lt=1,
+        description="Share of the non-frozen cases that calibrates the thresholds (never seen "
+        "by the head or the LoRA); the rest trains them.",
+    )
+    head_l2: float = Field(
+        1e-2, gt=0, le=100, description="L2 penalty of the logistic safety head."
+    )
+    eval_pace_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Seconds between inputs when the harness replays cases through the "
+        "policy (budget and cooldown run on this clock).",
+    )
+
+
+class TeacherConfig(Strict):
+    home: Path = Field(
+        DEFAULT_HOME / "teacher", description="Store, registries and runs live here."
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    reviewer: ReviewerConfig = Field(
+        default_factory=lambda: ReviewerConfig(backend="embedded", model=ModelConfig())
+    )
+    student: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="The student as the edges run it (used to score skills and adapters).",
+    )
+    upskill: UpskillConfig = Field(default_factory=UpskillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="The escalation policy as the edges run it (releases are scored with it; "
+        "recall_target sets the calibration goal).",
+    )
+    release: ReleaseConfig = Field(default_factory=lambda: ReleaseConfig())
