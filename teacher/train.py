@@ -47,7 +47,7 @@ from shared.release import ADAPTER_FILES
 from shared.skill import Skill
 from teacher.batches import answer_loss, collate, eval_loss, plan_batches, tokenize
 from teacher.checkpoint import load_checkpoint, save_checkpoint, trainable_params, write_curves
-from teacher.dataset import Dataset, choose_eval, dedupe, export_chat, to_examples
+from teacher.dataset import Dataset, Example, choose_eval, dedupe, export_chat, to_examples
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,15 @@ class TrainResult:
         }
 
 
-def fit_dataset(cases: list[LabeledCase], skill: Skill, seed: int) -> Dataset:
-    """Training examples from the fit split; a small stratified share for the eval loss."""
+def fit_dataset(
+    cases: list[LabeledCase], skill: Skill, seed: int, generic: list[Example] = ()
+) -> Dataset:
+    """Training examples from the fit split (plus ``generic`` ones against forgetting); a
+    small stratified share of the fit split for the eval loss."""
     examples, _ = to_examples(cases)
     examples, _ = dedupe(examples)
     held = set(choose_eval(examples, EARLY_STOP_FRACTION, seed))
-    train = [e for e in examples if e.id not in held]
+    train = [e for e in examples if e.id not in held] + list(generic)
     evals = [e for e in examples if e.id in held] or train[:1]
     stats = {"train": len(train), "eval_loss": len(evals)}
     return Dataset(train, evals, skill.instructions, stats)
@@ -319,7 +322,12 @@ def run(args) -> int:
     sizes = {"fit": len(splits.fit), "calibration": len(splits.calibration),
              "frozen": len(splits.frozen)}  # fmt: skip
     print(json.dumps({"cases": len(cases), "splits": sizes}))
-    dataset = fit_dataset(splits.fit, skill, cfg.train.seed)
+    generic = []
+    if cfg.train.generic_examples:
+        from teacher.dataset import load_generic
+
+        generic = load_generic(cfg.train.generic_examples)
+    dataset = fit_dataset(splits.fit, skill, cfg.train.seed, generic)
     if args.export_dataset:
         n = export_chat(dataset, Path(args.export_dataset))
         print(f"wrote {n} examples to {args.export_dataset}")
