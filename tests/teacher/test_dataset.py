@@ -190,9 +190,10 @@ def test_train_cli_builds_and_exports_the_dataset(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     splits = json.loads(done.stdout.splitlines()[0])["splits"]
-    assert 3 <= splits["frozen"] <= 16 and splits["fit"] + splits["calibration"] + splits[
-        "frozen"
-    ] == 40
+    assert (
+        3 <= splits["frozen"] <= 16
+        and splits["fit"] + splits["calibration"] + splits["frozen"] == 40
+    )
     assert len(out.read_text().splitlines()) == splits["fit"]  # the LoRA trains on fit only
     empty = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no reviewed cases" in empty.stderr
