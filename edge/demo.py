@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from shared.errors import GemmaEdgeError
 from shared.evaluation import LabeledCase, load_labeled
-from shared.rounds import Outcome, RoundRow, plot, round_row, table
+from shared.rounds import Outcome, RoundRow, plot, round_row, student_verdict, table
 
 logger = logging.getLogger(__name__)
 
@@ -321,13 +321,11 @@ class Demo:
 
 
 def outcome(event: dict, truth: bool) -> Outcome:
-    p = event.get("p_unsafe")
-    verdict = (p >= 0.5) if p is not None else event.get("safety")
     return Outcome(
         truth=truth,
         alert=bool(event.get("alert")),
         escalated=bool(event["decision"]["escalate"]),
-        verdict=verdict,
+        verdict=student_verdict(event.get("p_unsafe"), event.get("safety")),
         format_ok=bool(event.get("format_ok")),
         latency_s=float(event.get("latency_s") or 0.0),
         release=int(event.get("release") or 0),

@@ -59,6 +59,8 @@ from shared.skill import Skill
 
 logger = logging.getLogger(__name__)
 
+MAX_COUNTED_RELEASES = 64  # releases whose input counts a heartbeat carries
+
 WINDOW = 1000  # most cases in flight (sent, not yet acknowledged)
 DRAIN = 2000  # most incoming messages handled before the loop looks around again
 PERMANENT = ("malformed", "too_large", "rejected")  # teacher will never accept the case
@@ -163,7 +165,10 @@ class LinkClient:
     def count_input(self, release: int) -> None:
         """One more input answered with ``release`` (reported in heartbeats)."""
         key = str(release)
-        self.inputs = {**self.inputs, key: self.inputs.get(key, 0) + 1}
+        counts = {**self.inputs, key: self.inputs.get(key, 0) + 1}
+        if len(counts) > MAX_COUNTED_RELEASES:  # the oldest release counted goes first
+            counts.pop(next(iter(counts)))
+        self.inputs = counts  # replaced whole: the link thread reads it without a lock
 
     def depth(self) -> int:
         """Cases waiting in the outbox for the teacher's acknowledgement."""

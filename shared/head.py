@@ -119,11 +119,7 @@ class SafetyHead:
 
         try:
             tensors = load(data)
-            raw = _metadata(data)
-            if "head" in raw:
-                meta = json.loads(raw["head"])
-            else:  # the first format: one metadata key per field
-                meta = {k: json.loads(raw[k]) if k != "kind" else raw[k] for k in raw}
+            meta = json.loads(_metadata(data)["head"])
             return cls(
                 kind=meta["kind"],
                 layers=tuple(int(i) for i in meta["layers"]),

@@ -58,9 +58,6 @@ class Manifest(BaseModel):
     metrics: dict = Field(default_factory=dict, description="Evaluation when it was built.")
     note: str = Field("", max_length=4096)
 
-    def entry(self, name: str) -> FileEntry | None:
-        return next((f for f in self.files if f.name == name), None)
-
 
 @dataclass(frozen=True)
 class Release:

@@ -19,6 +19,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 
+def student_verdict(p_unsafe: float | None, safety: bool | None) -> bool | None:
+    """The student's own judgement: its safety head at 0.5 where it has one, else the
+    answer's SAFETY line (None when neither said anything)."""
+    return p_unsafe >= 0.5 if p_unsafe is not None else safety
+
+
 @dataclass(frozen=True)
 class Outcome:
     truth: bool | None  # unsafe? None: unknown

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from shared.answer import Answer, parse_answer, verdict_confidence
 from shared.backend import Backend, GenerateRequest, Generation
@@ -47,6 +48,7 @@ class Student:
         self.max_new_tokens = max_new_tokens
         self.release = release
         self.head: SafetyHead | None = None
+        self._adapter: tuple | None = None  # which adapter files the backend has active
         self.use(release)
 
     @property
@@ -57,17 +59,20 @@ class Student:
         """Run ``release`` from the next answer on: its adapter is loaded (or the base
         model restored) first; a failure raises ModelError and keeps the old release."""
         set_adapter = getattr(self.backend, "set_adapter", None)
-        if release.adapter_dir is not None:
-            if set_adapter is None:
-                raise ModelError(
-                    f"release v{release.version} has a LoRA adapter but the "
-                    f"{self.backend.name} backend cannot load one"
-                )
+        if release.adapter_dir is None:
+            if set_adapter is not None and getattr(self.backend, "active_adapter", None):
+                set_adapter(None)
+        elif set_adapter is None:
+            raise ModelError(
+                f"release v{release.version} has a LoRA adapter but the "
+                f"{self.backend.name} backend cannot load one"
+            )
+        elif _adapter_key(release.adapter_dir) != self._adapter:
+            # A new skill over the same adapter files (a skill file edit) does not reload it.
             name = f"release-{release.version}"
             self.backend.load_adapter(name, release.adapter_dir)
             set_adapter(name)
-        elif set_adapter is not None and getattr(self.backend, "active_adapter", None):
-            set_adapter(None)
+        self._adapter = _adapter_key(release.adapter_dir)
         self.release = release
         self.head = usable_head(self.backend, release.head)
 
@@ -87,6 +92,17 @@ class Student:
         """The release's answer to one input; BackendError propagates."""
         gen = self.backend.generate(self.request(text, image))
         return Answered(gen, judge(gen, self.head))
+
+
+def _adapter_key(folder: Path | None) -> tuple | None:
+    """The adapter files' identity: folder, size and modification time of the weights."""
+    if folder is None:
+        return None
+    try:
+        st = (Path(folder) / "adapter_model.safetensors").stat()
+    except OSError:
+        return (str(folder),)
+    return (str(folder), st.st_size, st.st_mtime_ns)
 
 
 def judge(gen: Generation, head: SafetyHead | None) -> Answer:

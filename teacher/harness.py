@@ -35,7 +35,7 @@ from shared.config import PolicyConfig
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, evaluate
 from shared.head import auc
-from shared.rounds import quantile_of
+from shared.rounds import quantile_of, student_verdict
 from shared.student import Student
 
 
@@ -50,10 +50,8 @@ class CaseResult:
 
     @property
     def verdict(self) -> bool | None:
-        """The student's own safety verdict: the head at 0.5 where there is one."""
-        if self.answer.p_unsafe is not None:
-            return self.answer.p_unsafe >= 0.5
-        return self.answer.safety
+        """The student's own safety verdict (``shared.rounds.student_verdict``)."""
+        return student_verdict(self.answer.p_unsafe, self.answer.safety)
 
     @property
     def caught(self) -> bool:

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     registry = ReleaseRegistry(cfg.home)
     active = registry.active_number()
     if args.action == "list":
-        rows = [("v0 (bundled)" + (" *" if active in (None, 0) else ""), default_metrics())]
+        rows = [("v0 (bundled)" + (" *" if active in (None, 0) else ""), {})]
         for number in registry.versions():
             gate = registry.gate_doc(number)
             rows.append(
@@ -124,11 +124,6 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build-default":
         return build_default(cfg, Path(args.out))
     raise StoreError(f"unknown action {args.action!r}")
-
-
-def default_metrics() -> dict:
-    manifest = load_release(default_release_dir()).manifest
-    return manifest.metrics.get("frozen", {})
 
 
 def build_default(cfg: TeacherConfig, out: Path) -> int:

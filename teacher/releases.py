@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -429,11 +428,3 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
     manifest["created_at"] = 0.0  # reproducible bytes
     files["manifest.json"] = json.dumps(manifest, indent=1).encode()
     return write_release(out, files), timing
-
-
-def copy_release(release: Release, out: Path) -> Path:
-    """Copy a release folder (e.g. to hand to ``gemma-edge run --release``)."""
-    if release.path is None:
-        raise StoreError(f"release v{release.version} has no folder")
-    shutil.copytree(release.path, out, dirs_exist_ok=False)
-    return out

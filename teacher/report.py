@@ -25,9 +25,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from shared.answer import parse_answer
 from shared.config import TeacherConfig, load_config
 from shared.errors import StoreError
-from shared.rounds import Outcome, RoundRow, plot, round_row, table
+from shared.rounds import Outcome, RoundRow, plot, round_row, student_verdict, table
 
 AUDIT = "audit"
 
@@ -39,16 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def outcome(case: dict) -> Outcome:
-    p = case["p_unsafe"]
     other = [r for r in case["reasons"] if r != AUDIT]
-    verdict = (p >= 0.5) if p is not None else case["safety"]
-    from shared.answer import parse_answer
 
     return Outcome(
         truth=case["truth"],
         alert=case["alert"],
         escalated=bool(other),
-        verdict=verdict,
+        verdict=student_verdict(case["p_unsafe"], case["safety"]),
         format_ok=parse_answer(case["answer"]).format_ok,
         latency_s=0.0,
         release=case["release"],

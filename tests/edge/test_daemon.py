@@ -368,7 +368,6 @@ def test_real_cli_on_the_embedded_model(tmp_path):
     assert a["decision"]["keywords"] == ["flames"] and a["release"] == 0
     # The bundled release's head is sure: a local alert (no teacher call is needed for it).
     assert a["alert"] and a["safety_event"] and a["p_unsafe"] > 0.9
-    assert a["alert"] or a["decision"]["escalate"]
     assert "safety_keyword" not in answers["c"]["decision"]["reasons"]
     assert "3 inputs from" in done.stderr and evs[-1]["type"] == "summary"
 

@@ -245,3 +245,20 @@ def test_an_ollama_student_gets_a_head_calibrated_on_its_verdict_logprobs(tmp_pa
         answered = Student(backend, release).answer("DANGER at the dock")
     assert answered.answer.p_unsafe > 0.9
     assert result.candidate.auc == 1.0 and result.candidate.system_recall == 1.0
+
+
+def test_a_new_skill_over_the_same_adapter_does_not_reload_it(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    for name, data in adapter_files().items():
+        (folder / name).write_bytes(data)
+    backend = FeatureBackend()
+    loads = []
+    backend.load_adapter = lambda name, path: loads.append(path)  # count the loads
+    student = Student(backend, skill_release(default_skill(), folder))
+    student.use(skill_release(default_skill().model_copy(update={"name": "edited"}), folder))
+    assert loads == [folder] and student.skill.name == "edited"
+    student.use(skill_release(default_skill(), None))
+    assert backend.active_adapter is None
+    student.use(skill_release(default_skill(), folder))  # back to it: loaded again
+    assert loads == [folder, folder]
