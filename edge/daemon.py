@@ -131,6 +131,11 @@ class EdgeDaemon:
         with self._lock:
             self._pending = release
 
+    def prepare_release(self, release: Release) -> None:
+        """Before a pushed release becomes active (link thread): load its adapter, or have
+        Ollama build its model; raises (ModelError, BackendError) if this edge cannot run it."""
+        self.student.prepare(release)
+
     def on_skill(self, skill: Skill) -> None:
         """A legacy skill push: run it bare (a head fit for another prompt does not apply)."""
         adapter = self._pending.adapter_dir if self._pending else self.release.adapter_dir

@@ -95,7 +95,8 @@ class LinkClient:
     link's own thread: keep them short and thread-safe. ``on_skill`` and
     ``on_adapter`` run only after the pushed files were verified and installed
     under ``state_dir``; an exception in a callback is logged and does not stop
-    the link.
+    the link. ``prepare_release`` is the exception: it runs before a pushed release
+    becomes active, and if it raises, the push is refused with its reason.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class LinkClient:
         on_adapter: Callable[[int, Path], None] | None = None,
         on_ack: Callable[[str, bool], None] | None = None,
         on_release: Callable[[Release], None] | None = None,
+        prepare_release: Callable[[Release], None] | None = None,
     ):
         self.config = config
         self.edge_id = edge_id
@@ -115,6 +117,7 @@ class LinkClient:
         self.on_review, self.on_skill, self.on_adapter = on_review, on_skill, on_adapter
         self.on_ack = on_ack
         self.on_release = on_release
+        self.prepare_release = prepare_release  # may raise: the push is then refused
         self._keys = None if config.insecure or not config.teacher else _load_keys(config)
         self.outbox = Outbox(config.outbox, config.outbox_max)
         # What is installed under state_dir until the daemon says what it runs.
@@ -347,7 +350,9 @@ class LinkClient:
         kind = {SkillPush: "skill", AdapterPush: "adapter", ReleasePush: "release"}[type(msg)]
         try:
             if isinstance(msg, ReleasePush):
-                release = updates.install_release(self.state_dir, msg, payloads)
+                release = updates.install_release(
+                    self.state_dir, msg, payloads, self.prepare_release
+                )
                 self.release_version = msg.version
                 self._callback(self.on_release, release)
             elif isinstance(msg, SkillPush):

@@ -75,6 +75,7 @@ def make_link(config: EdgeConfig, daemon: EdgeDaemon):
         on_skill=daemon.on_skill,
         on_adapter=daemon.on_adapter,
         on_release=daemon.on_release,
+        prepare_release=daemon.prepare_release,
     )
     daemon.attach_link(link)
     link.start()

@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from shared.errors import ConfigError, PushRejected
+from shared.errors import ConfigError, GemmaEdgeError, PushRejected
 from shared.messages import AdapterPush, ReleasePush, SkillPush, verify_payloads
 from shared.release import (
     Release,
@@ -70,8 +71,17 @@ def installed_versions(state_dir: Path) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- releases
-def install_release(state_dir: Path, msg: ReleasePush, payloads: list[bytes]) -> Release:
-    """Verify the whole release, write ``releases/v<N>/`` atomically, make it active."""
+def install_release(
+    state_dir: Path,
+    msg: ReleasePush,
+    payloads: list[bytes],
+    prepare: Callable[[Release], None] | None = None,
+) -> Release:
+    """Verify the whole release, write ``releases/v<N>/`` atomically, make it active.
+
+    ``prepare`` (the daemon's: load the adapter, or build the Ollama model) runs before the
+    ``active`` pointer moves; if it raises, the push is refused with its reason and the old
+    release stays active."""
     reason = verify_payloads(msg, payloads)
     if reason:
         raise PushRejected(f"release v{msg.version}: {reason}")
@@ -81,6 +91,11 @@ def install_release(state_dir: Path, msg: ReleasePush, payloads: list[bytes]) ->
         raise PushRejected(f"release push v{msg.version} carries a manifest of v{manifest.version}")
     root = Path(state_dir) / "releases"
     release = write_release(root / f"v{msg.version}", files)
+    if prepare is not None:
+        try:
+            prepare(release)
+        except GemmaEdgeError as exc:
+            raise PushRejected(f"release v{msg.version} cannot run here: {exc}") from exc
     _set_active(root, msg.version)
     logger.info("installed %s", release.describe())
     return release

@@ -69,6 +69,15 @@ class OllamaModelConfig(Strict):
     stream: bool = Field(
         True, description="Stream the reply (measures time to first token); same result."
     )
+    release_model: str = Field(
+        "gemma-edge-student",
+        min_length=1,
+        pattern=r"^[a-z0-9][a-z0-9._/-]*$",
+        description="Name of the models built for releases with an adapter (tag :r<N>).",
+    )
+    keep_release_models: int = Field(
+        3, ge=2, le=100, description="Release models kept on the server (older are deleted)."
+    )
 
 
 class ModelConfig(Strict):

@@ -204,8 +204,9 @@ class EmbeddedBackend:
     def adapters(self) -> list[str]:
         return sorted(self._adapters)
 
-    def load_adapter(self, name: str, path: Path) -> None:
+    def load_adapter(self, name: str, path: Path, system: str = "") -> None:
         """Load a PEFT LoRA adapter directory under ``name``; it is not activated.
+        (``system``, the prompt it was trained under, is for backends that bake it in.)
 
         Loading again under a loaded name replaces that adapter (and, if it is the
         active one, the new weights become active); if the new one fails to load, the

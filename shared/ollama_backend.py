@@ -13,6 +13,16 @@ The reply is streamed so the time to first token is measured; with ``logprobs`` 
 the server's per-token log-probabilities (top 5 alternatives) are returned for
 ``shared.answer.verdict_confidence``. Servers too old for logprobs simply send none.
 
+A release with a LoRA adapter becomes an Ollama model of its own (``load_adapter``): the
+adapter is converted to GGUF (``shared.gguf_adapter``), uploaded as a blob
+(``/api/blobs/<digest>``), and ``/api/create`` builds ``<release_model>:r<N>`` FROM the
+configured base with that ADAPTER, the release's SYSTEM prompt and a TEMPLATE that renders
+the messages into the document the adapter was trained on (ending in ``Answer:``, which
+the backend puts back in front of the reply). ``set_adapter`` switches the model the next
+request uses; ``None`` goes back to the base. Release models beyond the newest
+``keep_release_models`` (never the one in use) are deleted. A failed upload or create
+raises ModelError and changes nothing.
+
 Errors (``shared.errors``), each naming the host and the model:
 ``BackendUnavailable`` when the server cannot be reached or times out, ``ModelNotFound``
 when it answers 404 / "not found", ``BackendError`` for anything else it reports.
@@ -25,7 +35,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,8 +45,14 @@ import ollama
 
 from shared.backend import GenerateRequest, Generation, TokenLogprob
 from shared.config import OllamaModelConfig
-from shared.errors import BackendError, BackendUnavailable, ModelNotFound
-from shared.skill import INPUT_LABEL
+from shared.errors import BackendError, BackendUnavailable, ModelError, ModelNotFound
+from shared.gguf_adapter import (
+    ADAPTER_GGUF,
+    STUDENT_PARAMETERS,
+    STUDENT_TEMPLATE,
+    write_gguf_adapter,
+)
+from shared.skill import ANSWER_PRIMER, INPUT_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +67,85 @@ class OllamaBackend:
         self.max_new_tokens = max_new_tokens
         self.name = f"ollama:{self.config.model}"
         self._client = ollama.Client(host=self.config.host, timeout=self.config.timeout_s)
+        self._models: dict[str, str] = {}  # adapter name -> the Ollama model built for it
+        self._active: str | None = None
+        self.model_name = self.config.model  # the model requests go to now (base or a release's)
+
+    # ------------------------------------------------------------ release models
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def load_adapter(self, name: str, path: Path, system: str = "") -> None:
+        """Build the Ollama model ``<release_model>:<name>`` for the PEFT LoRA in ``path``:
+        upload it as a GGUF blob, then create FROM the base with ADAPTER, SYSTEM and the
+        student TEMPLATE. Not activated; ModelError (naming the step) if any step fails."""
+        target = f"{self.config.release_model}:{name}"
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="gemma-edge-gguf-") as tmp:
+            gguf_path = Path(tmp) / ADAPTER_GGUF
+            write_gguf_adapter(Path(path), gguf_path, name)
+            try:
+                digest = self._client.create_blob(gguf_path)
+            except (ollama.ResponseError, ConnectionError, httpx.TransportError) as exc:
+                raise ModelError(
+                    f"Ollama at {self.config.host} did not take the adapter blob for "
+                    f"{target}: {_reason(exc)}"
+                ) from exc
+        try:
+            status = ""
+            for progress in self._client.create(
+                model=target,
+                from_=self.config.model,
+                adapters={ADAPTER_GGUF: digest},
+                system=system or None,
+                template=STUDENT_TEMPLATE,
+                parameters=STUDENT_PARAMETERS,
+                stream=True,
+            ):
+                status = progress.status or status
+                logger.debug("ollama create %s: %s", target, status)
+        except (ollama.ResponseError, ConnectionError, httpx.TransportError) as exc:
+            raise ModelError(
+                f"Ollama at {self.config.host} could not create {target} from "
+                f"{self.config.model!r}: {_reason(exc)}"
+            ) from exc
+        if status != "success":
+            raise ModelError(
+                f"Ollama at {self.config.host} ended creating {target} with {status!r}, "
+                "not 'success'"
+            )
+        self._models[name] = target
+        logger.info("built %s (adapter %s) in %.2f s", target, digest[:19],
+                    time.perf_counter() - t0)  # fmt: skip
+        self._prune(keep={target, self.model_name})
+
+    def set_adapter(self, name: str | None) -> None:
+        """Send the next requests to the model built for ``name``; None: the base model."""
+        if name is not None and name not in self._models:
+            raise ModelError(f"no Ollama model was built for adapter {name!r}")
+        self._active = name
+        self.model_name = self._models[name] if name is not None else self.config.model
+
+    def _prune(self, keep: set[str]) -> None:
+        """Delete release models beyond the newest ``keep_release_models`` (not ``keep``)."""
+        prefix = f"{self.config.release_model}:r"
+        try:
+            names = [m.model for m in self._client.list().models if m.model]
+        except (ollama.ResponseError, ConnectionError, httpx.TransportError) as exc:
+            logger.warning("could not list Ollama models to prune: %s", _reason(exc))
+            return
+        ours = [n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()]
+        ours.sort(key=lambda n: int(n[len(prefix) :]), reverse=True)
+        for old in ours[self.config.keep_release_models :]:
+            if old in keep:
+                continue
+            try:
+                self._client.delete(old)
+                logger.info("deleted the old release model %s", old)
+            except (ollama.ResponseError, ConnectionError, httpx.TransportError) as exc:
+                logger.warning("could not delete %s: %s", old, _reason(exc))
+            self._models = {k: v for k, v in self._models.items() if v != old}
 
     def messages(self, request: GenerateRequest) -> list[dict[str, Any]]:
         """The chat messages for a request (system, demonstration turns, the input)."""
@@ -56,7 +153,8 @@ class OllamaBackend:
         for demo in request.demos:
             messages.append({"role": "user", "content": f"{INPUT_LABEL} {demo.input.strip()}"})
             messages.append({"role": "assistant", "content": demo.answer.strip()})
-        last: dict[str, Any] = {"role": "user", "content": f"{INPUT_LABEL} {request.input}"}
+        text = " ".join(request.input.split())
+        last: dict[str, Any] = {"role": "user", "content": f"{INPUT_LABEL} {text}"}
         if request.image is not None:
             last["images"] = [base64.b64encode(request.image).decode("ascii")]
         messages.append(last)
@@ -68,7 +166,7 @@ class OllamaBackend:
         if request.stop:
             options["stop"] = list(request.stop)
         kwargs: dict[str, Any] = {
-            "model": self.config.model,
+            "model": self.model_name,
             "messages": self.messages(request),
             "options": options,
             "keep_alive": self.config.keep_alive,
@@ -88,20 +186,22 @@ class OllamaBackend:
         except ollama.ResponseError as exc:
             if exc.status_code == 404 or "not found" in str(exc.error).lower():
                 raise ModelNotFound(
-                    f"Ollama at {self.config.host} has no model {self.config.model!r}: "
-                    f"{exc.error} (run: ollama pull {self.config.model})"
+                    f"Ollama at {self.config.host} has no model {self.model_name!r}: "
+                    f"{exc.error} (run: ollama pull {self.model_name})"
                 ) from exc
             raise BackendError(
-                f"Ollama at {self.config.host} failed for model {self.config.model!r}: "
+                f"Ollama at {self.config.host} failed for model {self.model_name!r}: "
                 f"{exc.error} (HTTP {exc.status_code})"
             ) from exc
         except (ConnectionError, httpx.TransportError) as exc:
             raise BackendUnavailable(
                 f"Ollama at {self.config.host} is unreachable or timed out "
-                f"(model {self.config.model!r}, timeout {self.config.timeout_s} s): {exc}"
+                f"(model {self.model_name!r}, timeout {self.config.timeout_s} s): {exc}"
             ) from exc
         total = time.perf_counter() - t0
         text = _cut(text, request.stop)
+        if self._active is not None:  # the release template ends in the primer
+            text = f"{ANSWER_PRIMER} {text.lstrip()}"
         return Generation(
             text=text.strip(),
             tokens=int(final.eval_count or len(logprobs or ()) or 0),
@@ -129,7 +229,7 @@ class OllamaBackend:
         if final is None:
             raise BackendError(
                 f"Ollama at {self.config.host} ended the stream for model "
-                f"{self.config.model!r} without a final (done) message"
+                f"{self.model_name!r} without a final (done) message"
             )
         return "".join(parts), final, (logprobs or None), ttft
 
@@ -151,3 +251,9 @@ def _cut(text: str, stops: tuple[str, ...]) -> str:
     """Ollama drops the stop sequence itself; cut again in case a server does not."""
     found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return text[: min(found)] if found else text
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ollama.ResponseError):
+        return f"{exc.error} (HTTP {exc.status_code})"
+    return str(exc) or type(exc).__name__

@@ -21,6 +21,7 @@ It knows nothing about sources, sockets, thresholds or escalation.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,12 +49,34 @@ class Student:
         self.max_new_tokens = max_new_tokens
         self.release = release
         self.head: SafetyHead | None = None
-        self._adapter: tuple | None = None  # which adapter files the backend has active
+        self._loaded: dict[tuple, str] = {}  # adapter files' identity -> backend adapter name
+        self._lock = threading.Lock()
         self.use(release)
 
     @property
     def skill(self) -> Skill:
         return self.release.skill
+
+    def prepare(self, release: Release) -> None:
+        """Load ``release``'s adapter into the backend without activating it (an Ollama
+        backend builds the release's model here). ModelError if it cannot: an edge then
+        refuses the push and keeps what it runs. Safe from another thread than ``answer``."""
+        if release.adapter_dir is None:
+            return
+        if getattr(self.backend, "set_adapter", None) is None:
+            raise ModelError(
+                f"release v{release.version} has a LoRA adapter but the "
+                f"{self.backend.name} backend cannot load one"
+            )
+        key = _adapter_key(release.adapter_dir)
+        with self._lock:
+            if key in self._loaded:
+                return  # a new skill over the same adapter files does not reload them
+        name = f"r{release.version}"
+        self.backend.load_adapter(name, release.adapter_dir, system=release.skill.instructions)
+        with self._lock:  # a name loaded again replaces what it held before
+            self._loaded = {k: n for k, n in self._loaded.items() if n != name}
+            self._loaded[key] = name
 
     def use(self, release: Release) -> None:
         """Run ``release`` from the next answer on: its adapter is loaded (or the base
@@ -62,17 +85,12 @@ class Student:
         if release.adapter_dir is None:
             if set_adapter is not None and getattr(self.backend, "active_adapter", None):
                 set_adapter(None)
-        elif set_adapter is None:
-            raise ModelError(
-                f"release v{release.version} has a LoRA adapter but the "
-                f"{self.backend.name} backend cannot load one"
-            )
-        elif _adapter_key(release.adapter_dir) != self._adapter:
-            # A new skill over the same adapter files (a skill file edit) does not reload it.
-            name = f"release-{release.version}"
-            self.backend.load_adapter(name, release.adapter_dir)
-            set_adapter(name)
-        self._adapter = _adapter_key(release.adapter_dir)
+        else:
+            self.prepare(release)
+            with self._lock:
+                name = self._loaded[_adapter_key(release.adapter_dir)]
+            if getattr(self.backend, "active_adapter", None) != name:
+                set_adapter(name)
         self.release = release
         self.head = usable_head(self.backend, release.head)
 

@@ -82,7 +82,7 @@ class FeatureBackend(ScriptedBackend):
         self.loaded: dict[str, object] = {}
         self.active_adapter: str | None = None
 
-    def load_adapter(self, name, path) -> None:
+    def load_adapter(self, name, path, system="") -> None:
         self.loaded[name] = path
 
     def set_adapter(self, name) -> None:

@@ -10,6 +10,18 @@ and ``logprobs`` / ``top_logprobs`` (each chunk carries ``logprobs``: a list of
 gets HTTP 404 with ``{"error": "model \\"NAME\\" not found, try pulling it first"}``.
 Also GET ``/api/version`` and ``/api/tags``.
 
+Models are created as the docs describe: ``HEAD /api/blobs/<digest>`` answers 200 if the
+blob is there, else 404; ``POST /api/blobs/<digest>`` stores the body and answers 201, or
+400 when the body's SHA-256 is not the digest; ``POST /api/create`` (``model``, ``from``,
+``adapters`` / ``files`` as name -> digest, ``system``, ``template``, ``parameters``,
+``stream`` default true) answers 400 for a digest never uploaded, 404 for an unknown
+``from``, else a stream of ``{"status": ...}`` lines ending in ``success`` (the model then
+answers chats); ``DELETE /api/delete`` answers 200, or 404 for an unknown model. A model
+created with a ``template`` that ends in ``Answer:`` replies without that primer, as a
+model continuing its prompt does. Knob: ``create_error`` (an ``{"error": ...}`` line
+instead of ``success``, and no model). Creates and deletes are kept in ``created`` and
+``deleted``.
+
 Test knobs: ``reply`` (text or a function of the request body), ``delay_s`` before
 answering, ``fail_status`` (answer that HTTP status with an error body), and
 ``stream_error`` (an ``{"error": ...}`` line in the middle of a stream, as Ollama
@@ -18,6 +30,7 @@ sends when generation fails part-way). Every request body is kept in ``requests`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -72,6 +85,11 @@ class FakeOllama:
         self.fail_status: int | None = None
         self.stream_error: str | None = None
         self.requests: list[dict[str, Any]] = []
+        self.blobs: dict[str, bytes] = {}
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self.templates: dict[str, str] = {}
+        self.create_error: str | None = None
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -96,6 +114,8 @@ class FakeOllama:
         if model not in self.models:
             return 404, {"error": f'model "{model}" not found, try pulling it first'}
         text = self.reply(body) if callable(self.reply) else self.reply
+        if self.templates.get(model, "").endswith("Answer:") and text.startswith("Answer:"):
+            text = text[len("Answer:") :]
         options = body.get("options") or {}
         reason = "stop"
         for stop in options.get("stop") or ():
@@ -162,6 +182,35 @@ class FakeOllama:
         )
         return 200, chunks
 
+    def _create(self, body: dict[str, Any]) -> tuple[int, list[dict[str, Any]] | dict[str, Any]]:
+        digests = {**(body.get("files") or {}), **(body.get("adapters") or {})}
+        missing = [d for d in digests.values() if d not in self.blobs]
+        if missing:
+            return 400, {"error": f"blob {missing[0]} not found"}
+        base = body.get("from")
+        if base and base not in self.models:
+            return 404, {"error": f'model "{base}" not found, try pulling it first'}
+        self.created.append(body)
+        lines = [{"status": "reading model metadata"}]
+        if body.get("adapters"):
+            lines.append({"status": "creating adapter layer"})
+        if body.get("system"):
+            lines.append({"status": "creating system layer"})
+        if body.get("template"):
+            lines.append({"status": "creating template layer"})
+        lines.append({"status": "writing manifest"})
+        if self.create_error is not None:
+            lines.append({"error": self.create_error})
+        else:
+            lines.append({"status": "success"})
+            self.models.add(body["model"])
+            if body.get("template"):
+                self.templates[body["model"]] = body["template"]
+        if body.get("stream", True) is False:
+            last = lines[-1]
+            return (500, last) if "error" in last else (200, last)
+        return 200, lines
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
@@ -192,16 +241,63 @@ class FakeOllama:
                 else:
                     self._send(404, {"error": "404 page not found"})
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if self.path != "/api/chat":
-                    self._send(404, {"error": "404 page not found"})
-                    return
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _json(self, raw: bytes) -> dict[str, Any] | None:
                 try:
-                    body = json.loads(raw)
+                    return json.loads(raw)
                 except json.JSONDecodeError as exc:
                     self._send(400, {"error": f"invalid JSON: {exc}"})
+                    return None
+
+            def do_HEAD(self) -> None:
+                digest = self.path.removeprefix("/api/blobs/")
+                self.send_response(200 if digest in fake.blobs else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_DELETE(self) -> None:
+                body = self._json(self._body())
+                if body is None:
+                    return
+                if self.path != "/api/delete":
+                    self._send(404, {"error": "404 page not found"})
+                elif body.get("model") not in fake.models:
+                    self._send(404, {"error": f"model '{body.get('model')}' not found"})
+                else:
+                    fake.models.discard(body["model"])
+                    fake.deleted.append(body["model"])
+                    self._send(200, {})
+
+            def do_POST(self) -> None:
+                raw = self._body()
+                if self.path.startswith("/api/blobs/"):
+                    digest = self.path.removeprefix("/api/blobs/")
+                    if digest != "sha256:" + hashlib.sha256(raw).hexdigest():
+                        self._send(400, {"error": "digest mismatch"})
+                        return
+                    fake.blobs[digest] = raw
+                    self._send(201, {})
+                    return
+                if self.path not in ("/api/chat", "/api/create"):
+                    self._send(404, {"error": "404 page not found"})
+                    return
+                body = self._json(raw)
+                if body is None:
+                    return
+                if self.path == "/api/create":
+                    status, doc = fake._create(body)
+                    self._send(status, doc, ndjson=isinstance(doc, list))
                     return
                 fake.requests.append(body)
                 if fake.delay_s:

@@ -151,7 +151,7 @@ class AdapterBackend(ScriptedBackend):
         self.loaded: dict[str, Path] = {}
         self.active = None
 
-    def load_adapter(self, name: str, path: Path) -> None:
+    def load_adapter(self, name: str, path: Path, system: str = "") -> None:
         self.loaded[name] = path
 
     def set_adapter(self, name: str | None) -> None:

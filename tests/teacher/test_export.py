@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from teacher.export import gguf_tensor_name, modelfile
+from shared.gguf_adapter import STUDENT_TEMPLATE, gguf_tensor_name, modelfile
 from teacher.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_export_writes_a_gguf_lora_adapter_and_a_modelfile(home, tmp_path):
     out = tmp_path / "ollama"
     done = cli("export", "--home", str(home), "--out", str(out), "--base", "gemma3:270m")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["version"] == 2
+    assert json.loads(done.stdout)["exported"] == "adapter v2"  # no release: the legacy one
     reader = gguf.GGUFReader(out / "adapter.gguf")
     fields = {name: reader.fields[name] for name in reader.fields}
 
@@ -100,8 +100,34 @@ def test_export_writes_a_gguf_lora_adapter_and_a_modelfile(home, tmp_path):
     assert 'SYSTEM """Describe the scene."""' in text_file
 
 
-def test_modelfile_template_renders_the_training_prompt():
-    assert "Scene: {{ .Prompt }}\nAnswer:" in modelfile("x", "y")
+def test_modelfile_carries_the_student_template_and_stops():
+    text = modelfile("x", "y")
+    assert f'TEMPLATE """{STUDENT_TEMPLATE}"""' in text
+    assert 'PARAMETER stop "\\nScene:"' in text and "PARAMETER temperature 0" in text
+
+
+def test_export_takes_the_active_release_and_says_when_it_has_no_adapter(home, tmp_path):
+    from shared.release import build_files
+    from shared.skill import default_skill
+    from teacher.releases import ReleaseRegistry
+
+    adapter = Registry(home, "adapters").active().path
+    files = {
+        n: (adapter / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")
+    }
+    skill = default_skill().model_copy(update={"instructions": "Release instructions."})
+    releases = ReleaseRegistry(home)
+    releases.add(build_files(1, skill, None, None, files), {})
+    releases.add(build_files(2, skill, None, None, None), {})
+    releases.activate(1)
+    out = tmp_path / "release"
+    done = cli("export", "--home", str(home), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["exported"] == "release v1"
+    assert 'SYSTEM """Release instructions."""' in (out / "Modelfile").read_text()
+    assert json.loads((out / "skill.json").read_text())["instructions"] == "Release instructions."
+    bare = cli("export", "--home", str(home), "--out", str(out), "--release", "2")
+    assert bare.returncode == 2 and "release v2 has no LoRA adapter" in bare.stderr
 
 
 def test_adapters_list_show_and_rollback(home):
@@ -122,4 +148,4 @@ def test_adapters_list_show_and_rollback(home):
 
 def test_export_without_an_adapter_is_a_clear_error(tmp_path):
     done = cli("export", "--home", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert done.returncode == 2 and "no active adapter" in done.stderr
+    assert done.returncode == 2 and "no active release or adapter" in done.stderr

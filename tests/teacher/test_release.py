@@ -254,11 +254,11 @@ def test_a_new_skill_over_the_same_adapter_does_not_reload_it(tmp_path):
         (folder / name).write_bytes(data)
     backend = FeatureBackend()
     loads = []
-    backend.load_adapter = lambda name, path: loads.append(path)  # count the loads
+    backend.load_adapter = lambda name, path, system="": loads.append(path)  # count the loads
     student = Student(backend, skill_release(default_skill(), folder))
     student.use(skill_release(default_skill().model_copy(update={"name": "edited"}), folder))
     assert loads == [folder] and student.skill.name == "edited"
     student.use(skill_release(default_skill(), None))
     assert backend.active_adapter is None
-    student.use(skill_release(default_skill(), folder))  # back to it: loaded again
-    assert loads == [folder, folder]
+    student.use(skill_release(default_skill(), folder))  # back to it: still loaded
+    assert loads == [folder] and backend.active_adapter == "r0"
