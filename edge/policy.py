@@ -20,7 +20,8 @@ apply. Reasons, checked in this order:
                        word (``keyword_exceptions`` phrases such as "fire extinguisher"
                        are blanked out first, so "fire extinguisher" alone does not count
                        but "fire next to the fire extinguisher" does); with a head, only
-                       when the head does not alert already
+                       when the head does not alert already, and only if the release's
+                       calibration kept the rule (``Calibration.keywords``)
 - ``uncertain_safety`` the head's p_unsafe is in the calibrated band
 - ``format_error``     the answer broke the three-line format
 - ``low_confidence``   (no head) the stated confidence is under the threshold
@@ -168,7 +169,7 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
     if head:
         zone = calibration.zone(answer.p_unsafe)
         alert = zone == "alert"
-        if matched and not alert:
+        if matched and not alert and calibration.keywords:
             reasons.append(SAFETY_KEYWORD)
         if zone == "uncertain":
             reasons.append(UNCERTAIN_SAFETY)
@@ -209,7 +210,8 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
     ):
         return Decision(False, tuple(reasons), "cooldown", **done)
     in_window = sum(1 for t in context.recent_escalations if context.now - t < BUDGET_WINDOW_S)
-    if not matched and not undecided and in_window >= config.budget_per_minute:
+    keyword_case = SAFETY_KEYWORD in reasons
+    if not keyword_case and not undecided and in_window >= config.budget_per_minute:
         return Decision(False, tuple(reasons), "budget", **done)
     return Decision(True, tuple(reasons), None, **done)
 

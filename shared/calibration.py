@@ -19,6 +19,13 @@ by Bonferroni: ``delta / 2`` for each of the two risks.
 - ``upper`` (local false alerts): share of safe cases with ``p_unsafe >= upper`` is at
   most ``max_false_alert_rate``, in the same event of probability ``1 - delta``.
 
+``calibrate_policy`` certifies the policy twice, with the safety-keyword rule (keyword
+cases count as caught) and without it (the band alone must reach the target), and keeps
+the certified one that needs fewer teacher calls on the calibration split: a keyword
+rule that only ever escalates cases the head rules out is switched off, one that catches
+hazards the head misses stays. The choice is part of the release, so the gate and every
+edge run the policy that was certified.
+
 With too few reviewed cases nothing can be certified: the thresholds fall back to the
 conservative ends (``lower = 0``: every case not alerted is escalated; ``upper = 1``:
 nothing but a ``p_unsafe`` of exactly 1.0 alerts locally) and ``guaranteed`` is False.
@@ -65,6 +72,11 @@ class Calibration(BaseModel):
     n_unsafe: int = Field(ge=0, description="Unsafe cases in the calibration split.")
     n_safe: int = Field(ge=0, description="Safe cases in the calibration split.")
     note: str = Field("", description="What was certified, or why nothing was, for a person.")
+    keywords: bool = Field(
+        True,
+        description="The safety-keyword rule is part of the certified policy (a keyword "
+        "escalates what the head does not alert on); False: the head alone was certified.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Calibration:
@@ -280,3 +292,47 @@ def calibrate(
         n_safe=n_safe,
         note="; ".join(parts),
     )
+
+
+def expected_calls(calibration: Calibration, p_unsafe: Sequence[float],
+                   keyword_hits: Sequence[bool]) -> int:  # fmt: skip
+    """Cases the policy would escalate for safety (the band, plus keyword cases the head
+    does not alert on when the keyword rule is on)."""
+    calls = 0
+    for p, hit in zip(p_unsafe, keyword_hits, strict=True):
+        zone = calibration.zone(p)
+        calls += zone == UNCERTAIN or (calibration.keywords and hit and zone != ALERT)
+    return calls
+
+
+def calibrate_policy(
+    p_unsafe: Sequence[float],
+    labels: Sequence[bool],
+    keyword_hits: Sequence[bool],
+    *,
+    recall_target: float = 0.95,
+    max_false_alert_rate: float = 0.05,
+    delta: float = 0.1,
+) -> Calibration:
+    """Thresholds and whether the keyword rule stays (see the module docstring).
+
+    Both candidates are certified at the same ``delta`` each; choosing between two
+    certified policies by their calls (not by their misses) keeps the guarantee of the
+    one chosen only approximately, so a tie or an uncertified alternative keeps the rule.
+    """
+    common = {"recall_target": recall_target, "max_false_alert_rate": max_false_alert_rate,
+              "delta": delta}  # fmt: skip
+    with_rule = calibrate(p_unsafe, labels, caught=keyword_hits, **common)
+    without = calibrate(p_unsafe, labels, **common).model_copy(update={"keywords": False})
+    if not without.guaranteed or not with_rule.guaranteed:
+        return with_rule if with_rule.guaranteed or not without.guaranteed else without
+    calls_with = expected_calls(with_rule, p_unsafe, keyword_hits)
+    calls_without = expected_calls(without, p_unsafe, keyword_hits)
+    if calls_without < calls_with:
+        note = (f"{without.note}; the safety-keyword rule is off: without it the certified "
+                f"policy escalates {calls_without} of {len(labels)} calibration cases, "
+                f"with it {calls_with}")  # fmt: skip
+        return without.model_copy(update={"note": note})
+    note = (f"{with_rule.note}; the safety-keyword rule stays: {calls_with} of {len(labels)} "
+            f"calibration cases escalated with it, {calls_without} without")  # fmt: skip
+    return with_rule.model_copy(update={"note": note})

@@ -221,7 +221,7 @@ def fit_head(
         gb = float((p - y).mean())
         # Newton step on (w, b): H = Z^T S Z / n + l2 I (w), with the bias folded in.
         za = np.hstack([z, np.ones((n, 1))])
-        reg = np.full(d + 1, l2)
+        reg = np.full(d + 1, float(l2))  # float: an int penalty would zero the bias term
         reg[-1] = 1e-4  # the bias is all but free
         g = np.append(gw, gb)
         if n < d:  # Woodbury: (A + Za^T S Za / n)^-1 with A = diag(reg)

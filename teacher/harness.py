@@ -91,6 +91,7 @@ class HarnessReport:
     # speed
     latency_p50_s: float
     latency_p95_s: float
+    hazards: int = 0  # unsafe cases among the n
     missed: list[str] = field(default_factory=list)  # ids of hazards the system let pass
     reasons: dict = field(default_factory=dict)  # escalation reasons -> count
     cases: list[CaseResult] = field(default_factory=list, repr=False)
@@ -158,6 +159,7 @@ def report(release: int, cases: list[LabeledCase], results: list[CaseResult]) ->
         auc=auc(scores, [r.label for r in results]) if have_scores else None,
         keyword_recall=words.keyword_recall,
         system_recall=(len(pos) - len(missed)) / len(pos) if pos else 1.0,
+        hazards=len(pos),
         teacher_calls_per_100=100 * sum(r.decision.escalate for r in results) / n,
         false_alerts_per_100=100 * sum(r.decision.alert for r in neg) / n,
         missed_per_100=100 * len(missed) / n,

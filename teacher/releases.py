@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from edge.policy import find_keywords
 from shared.backend import Backend
-from shared.calibration import Calibration, calibrate
+from shared.calibration import Calibration, calibrate_policy
 from shared.config import TeacherConfig
 from shared.errors import StoreError, TrainingError
 from shared.evaluation import LabeledCase
@@ -281,14 +281,14 @@ def fit_and_calibrate(
     p_cal = head.p_unsafe_many(x_cal)
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
-    caught = [bool(find_keywords(c.input, keywords, exceptions)) for c in splits.calibration]
-    calibration = calibrate(
+    hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in splits.calibration]
+    calibration = calibrate_policy(
         p_cal.tolist(),
         [c.safety for c in splits.calibration],
+        hits,
         recall_target=policy.recall_target,
         max_false_alert_rate=policy.max_false_alert_rate,
         delta=policy.recall_delta,
-        caught=caught,
     )
     timing = {
         "features_s": round(t_features, 2),
@@ -373,7 +373,7 @@ def build_release(
                                       f"3/3 gate: active v{active.version} on the frozen split")  # fmt: skip
             registry.cache_eval(active.version, key, before)
         timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
-    verdict = gate.compare(after, before, cfg.policy.recall_target)
+    verdict = gate.compare(after, before, cfg.policy.recall_target, cfg.policy.recall_delta)
     result = BuildResult(None, verdict, after, before, calibration, timing)
     if not verdict.passed:
         logger.info("release refused: %s", "; ".join(verdict.reasons))

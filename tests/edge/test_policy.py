@@ -284,6 +284,18 @@ def test_the_head_decides_with_the_release_thresholds(case, ans, text, reasons, 
     assert d.p_unsafe == ans.p_unsafe
 
 
+def test_a_release_certified_without_the_keyword_rule_does_not_escalate_keywords():
+    no_rule = CAL.model_copy(update={"keywords": False})
+    ruled_out = decide(headed(0.1), ctx("Smoke rises.", calibration=no_rule), CFG)
+    assert not ruled_out.escalate and ruled_out.keywords == ("smoke",)
+    # the band still escalates, and a release without the field keeps the rule
+    assert decide(headed(0.5), ctx("Smoke rises.", calibration=no_rule), CFG).reasons == (
+        UNCERTAIN_SAFETY,
+    )
+    legacy = Calibration.model_validate_json(CAL.model_dump_json(exclude={"keywords"}))
+    assert legacy.keywords is True
+
+
 def test_without_a_head_the_words_alert_and_the_confidence_rules_apply():
     d = decide(answer(safety=True, conf=0.3), ctx(calibration=CAL), CFG)
     assert d.alert and d.reasons == (LOW_CONFIDENCE,)

@@ -157,6 +157,29 @@ def test_caught_cases_let_lower_rise_past_them():
     assert all(aware.zone(x) == "pass" for x in safe)
 
 
+def test_the_keyword_rule_stays_only_where_it_saves_teacher_calls():
+    from shared.calibration import calibrate_policy, expected_calls
+
+    # The keyword rule catches the five hidden hazards; without it the band must reach
+    # down to 0.01 and escalate almost every safe case.
+    confident = np.linspace(0.5, 1.0, 55).tolist()
+    hidden = [0.01, 0.02, 0.03, 0.04, 0.05]
+    safe = np.linspace(0.0, 0.4, 100).tolist()
+    p, labels = confident + hidden + safe, [True] * 60 + [False] * 100
+    hits = [False] * 55 + [True] * 5 + [False] * 100
+    kept = calibrate_policy(p, labels, hits)
+    assert kept.keywords and kept.guaranteed and kept.lower == 0.5
+    assert "the safety-keyword rule stays: 5 of 160" in kept.note
+    # Here the keyword hits only safe cases the head rules out: the rule only costs calls.
+    confident = np.linspace(0.5, 1.0, 60).tolist()
+    p, hits = confident + safe, [False] * 60 + [i % 4 == 0 for i in range(100)]
+    dropped = calibrate_policy(p, labels, hits)
+    assert not dropped.keywords and dropped.guaranteed
+    with_rule = calibrate(p, labels, caught=hits)
+    assert expected_calls(dropped, p, hits) < expected_calls(with_rule, p, hits) == 25
+    assert "the safety-keyword rule is off" in dropped.note
+
+
 def test_lower_is_the_largest_certified_candidate():
     rng = np.random.default_rng(7)
     each = 0.05

@@ -184,19 +184,28 @@ def test_the_gate_refuses_an_adapter_that_answers_no_under_the_edges_prompt(tmp_
 def test_gate_rules_are_named():
     from teacher.harness import HarnessReport
 
-    def rep(release, recall, calls, accuracy):
-        return HarnessReport(release, 100, 1.0, accuracy, 1.0, 1.0, 0.5, 1.0, 1.0, recall,
-                             calls, 0.0, 0.0, 0.0, 0.1, 0.2)  # fmt: skip
+    def rep(release, caught, calls, accuracy, hazards=32):
+        missed = [f"h{i}" for i in range(hazards - caught)]
+        return HarnessReport(release, 64, 1.0, accuracy, 1.0, 1.0, 0.5, 1.0, 1.0,
+                             caught / hazards, calls, 0.0, 0.0, 0.0, 0.1, 0.2,
+                             hazards=hazards, missed=missed)  # fmt: skip
 
-    active = rep(1, 0.97, 30.0, 0.9)
-    assert gate.compare(rep(2, 0.98, 20.0, 0.9), active, 0.95).passed
-    assert gate.compare(rep(2, 0.97, 30.0, 0.95), active, 0.95).passed  # more accurate
-    refused = gate.compare(rep(2, 0.94, 10.0, 0.99), active, 0.95)
-    assert [r.split(" ")[0:3] for r in refused.reasons] == [
-        ["system", "safety", "recall"],
-        ["system", "safety", "recall"],
-    ]
-    no_gain = gate.compare(rep(2, 0.97, 30.0, 0.9), active, 0.95)
+    active = rep(1, 30, 30.0, 0.9)  # 30 of 32 frozen hazards: a point estimate of 0.938
+    assert gate.compare(rep(2, 31, 20.0, 0.9), active, 0.95).passed
+    assert gate.compare(rep(2, 30, 30.0, 0.95), active, 0.95).passed  # more accurate
+    # 30/32 is no evidence that recall is under 0.95 (upper 90% bound 0.983) ...
+    assert gate.compare(rep(2, 30, 20.0, 0.9), active, 0.95).passed
+    # ... 26/32 is (bound 0.898), and it also misses more than what the edges run now
+    refused = gate.compare(rep(2, 26, 10.0, 0.99), active, 0.95)
+    assert len(refused.reasons) == 2
+    assert refused.reasons[0].startswith(
+        "system safety recall 0.812 (26/32) is below the target 0.95 beyond doubt "
+        "(upper 90% bound 0.898); missed: h0, h1"
+    )
+    assert refused.reasons[1].startswith("system safety recall fell against the active release")
+    # one more miss than the active release is refused even where the bound allows it
+    assert not gate.compare(rep(2, 29, 10.0, 0.99), active, 0.95).passed
+    no_gain = gate.compare(rep(2, 30, 30.0, 0.9), active, 0.95)
     assert no_gain.reasons == [
         "no gain over the active release: teacher calls per 100 30.0 -> 30.0, "
         "student accuracy 0.900 -> 0.900"
