@@ -76,6 +76,11 @@ class OllamaBackend:
     def active_adapter(self) -> str | None:
         return self._active
 
+    @property
+    def adapters(self) -> list[str]:
+        """Adapter names whose Ollama model this backend built and has not pruned."""
+        return sorted(self._models)
+
     def load_adapter(self, name: str, path: Path, system: str = "") -> None:
         """Build the Ollama model ``<release_model>:<name>`` for the PEFT LoRA in ``path``:
         upload it as a GGUF blob, then create FROM the base with ADAPTER, SYSTEM and the

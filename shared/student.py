@@ -70,8 +70,11 @@ class Student:
             )
         key = _adapter_key(release.adapter_dir)
         with self._lock:
-            if key in self._loaded:
-                return  # a new skill over the same adapter files does not reload them
+            name = self._loaded.get(key)
+        # a new skill over the same adapter files does not reload them, unless the backend
+        # let them go since (an Ollama server prunes old release models)
+        if name is not None and name in getattr(self.backend, "adapters", (name,)):
+            return
         name = f"r{release.version}"
         self.backend.load_adapter(name, release.adapter_dir, system=release.skill.instructions)
         with self._lock:  # a name loaded again replaces what it held before

@@ -136,13 +136,20 @@ def test_an_unknown_base_is_a_clear_error(server, tmp_path):
 
 def test_old_release_models_are_pruned_but_never_the_one_in_use(server, tmp_path):
     backend = backend_for(server)  # keeps 2
-    student = Student(backend, release(tmp_path, 1))
+    first = release(tmp_path, 1)
+    student = Student(backend, first)
     for version in (2, 3, 4):
         student.use(release(tmp_path, version, seed=version))
     ours = sorted(m for m in server.models if m.startswith("gemma-edge-student:"))
     assert ours == ["gemma-edge-student:r3", "gemma-edge-student:r4"]
     assert server.deleted == ["gemma-edge-student:r1", "gemma-edge-student:r2"]
     assert backend.model_name == "gemma-edge-student:r4"
+    student.use(first)  # a rollback to a pruned release (same files) builds it again
+    assert backend.model_name == "gemma-edge-student:r1" and server.created[-1]["model"].endswith(
+        ":r1"
+    )
+    student.answer("A cat sleeps.")
+    assert server.requests[-1]["model"] == "gemma-edge-student:r1"
 
 
 # ---------------------------------------------------------------- real processes
