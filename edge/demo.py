@@ -1,7 +1,7 @@
 """``gemma-edge demo``: the whole loop on one machine, round after round.
 
     gemma-edge demo --quick            # 2 short rounds, a few minutes on a 2-core CPU
-    gemma-edge demo                    # 4 rounds of 80 fresh scenes
+    gemma-edge demo                    # 8 rounds of 80 fresh scenes
     gemma-edge demo --full             # upskill and a LoRA as well as the head
 
 What runs, all of it real and on loopback, with the embedded Gemma 3 270M (no network,
@@ -53,7 +53,7 @@ TEACHER_NAME = (
     "labels stand in for the teacher (a person, or an Ollama teacher in a real deployment)"
 )
 QUICK = {"rounds": 2, "per_round": 24}
-FULL = {"rounds": 4, "per_round": 80}
+FULL = {"rounds": 8, "per_round": 80}
 ANSWER_TIMEOUT_S = 600
 REVIEW_TIMEOUT_S = 300
 PUSH_TIMEOUT_S = 300

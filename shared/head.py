@@ -190,11 +190,15 @@ def fit_head(
     layers: Sequence[int] = (),
     l2: float = 1e-2,
     iterations: int = 50,
+    prior: SafetyHead | None = None,
 ) -> SafetyHead:
     """Standardise, then L2-regularised logistic regression by Newton's method.
 
     ``l2`` is the penalty per case on the standardised weights (the objective is the mean
-    log-loss + l2/2 |w|^2), so it means the same for 40 cases or 4,000. Newton on the
+    log-loss + l2/2 |w - w0|^2), so it means the same for 40 cases or 4,000. ``w0`` is 0,
+    or with a ``prior`` head (the parent release's) its weights, in its standardisation:
+    the new head is the parent moved only as far as the new cases ask, so a few dozen
+    reviews cannot swing it on what they do not cover. Newton on the
     dual-sized system: with d features and n cases it solves an n x n system when n < d
     (the hidden head: ~1,300 features, a few hundred cases), else d x d.
     """
@@ -207,17 +211,30 @@ def fit_head(
             f"fit_head: the {len(y)} training cases all have one label; "
             "a safety head needs unsafe and safe cases"
         )
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    std[std < 1e-6] = 1.0
+    if prior is not None and prior.dim != x.shape[1]:
+        raise ModelError(
+            f"fit_head: the prior head has {prior.dim} features, the cases {x.shape[1]}"
+        )
+    if prior is not None:  # the parent's scale, so its weights are the centre of the penalty
+        mean, std, w0 = prior.mean, prior.std, np.asarray(prior.weight, dtype=np.float64)
+    else:
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std[std < 1e-6] = 1.0
+        w0 = np.zeros(x.shape[1])
     z = (x - mean) / std
     n, d = z.shape
-    w = np.zeros(d)
-    b = math.log(y.mean() / (1 - y.mean()))
+    w = w0.copy()
+    b = math.log(y.mean() / (1 - y.mean())) if prior is None else float(prior.bias)
+
+    def objective(w: np.ndarray, b: float) -> float:
+        m = z @ w + b
+        return float(np.mean(np.logaddexp(0.0, m) - y * m) + 0.5 * l2 * np.sum((w - w0) ** 2))
+
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
         s = np.clip(p * (1 - p), 1e-9, None)
-        gw = z.T @ (p - y) / n + l2 * w
+        gw = z.T @ (p - y) / n + l2 * (w - w0)
         gb = float((p - y).mean())
         # Newton step on (w, b): H = Z^T S Z / n + l2 I (w), with the bias folded in.
         za = np.hstack([z, np.ones((n, 1))])
@@ -232,12 +249,21 @@ def fit_head(
         else:
             hess = (za.T * s) @ za / n + np.diag(reg)
             step = np.linalg.solve(hess, g)
-        w -= step[:-1]
-        b -= step[-1]
-        if float(np.abs(step).max()) < 1e-8:
+        # Backtracking: from a start that already separates the cases (a prior head), the
+        # curvature is nearly zero and a full Newton step can overshoot.
+        f, t = objective(w, b), 1.0
+        while True:
+            w_new, b_new = w - t * step[:-1], b - t * step[-1]
+            if objective(w_new, b_new) <= f + 1e-12 or t < 1e-6:
+                break
+            t /= 2
+        w, b = w_new, b_new
+        if float(np.abs(t * step).max()) < 1e-8:
             break
     p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
     info = {"n": int(n), "unsafe": int(y.sum()), "l2": l2, "train_auc": round(auc(p, y), 4)}
+    if prior is not None:
+        info["prior"] = True  # pulled toward the parent release's head, not toward 0
     return SafetyHead(kind, tuple(int(i) for i in layers), mean, std, w, float(b), info)
 
 

@@ -171,7 +171,14 @@ class ReleaseConfig(Strict):
         "by the head or the LoRA); the rest trains them.",
     )
     head_l2: float = Field(
-        1e-2, gt=0, le=100, description="L2 penalty of the logistic safety head."
+        1e-2, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
+    )
+    prior_l2: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="Pull of a new head toward the running release's head when both read the "
+        "same features (same skill prompt, same adapter); 0 fits every head from scratch.",
     )
     eval_pace_s: float = Field(
         2.0,

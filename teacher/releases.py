@@ -265,17 +265,41 @@ def features(
     return np.asarray(rows, dtype=np.float64)
 
 
+def prior_head(
+    parent: Release, skill: Skill, adapter: dict[str, bytes] | None
+) -> SafetyHead | None:
+    """The parent's head when a head for (skill, adapter) reads the same features: the same
+    prompt prefix and the same adapter weights (or none). Else None: fit from scratch."""
+    if parent.head is None or parent.skill.prompt_prefix() != skill.prompt_prefix():
+        return None
+    if parent.adapter_dir is None or not adapter:
+        return parent.head if parent.adapter_dir is None and not adapter else None
+    same = all((parent.adapter_dir / name).read_bytes() == adapter[name] for name in ADAPTER_FILES)
+    return parent.head if same else None
+
+
 def fit_and_calibrate(
-    cfg: TeacherConfig, student: Student, splits: Splits
+    cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
 ) -> tuple[SafetyHead, Calibration, dict]:
-    """Fit the head on the fit split, then the thresholds on the calibration split."""
+    """Fit the head on the fit split (pulled toward ``prior``, the running release's head,
+    when given and ``release.prior_l2`` > 0), then the thresholds on the calibration split."""
     kind, layers = head_kind(student.backend)
     t0 = time.perf_counter()
     x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
     t_features = time.perf_counter() - t0
-    head = fit_head(
-        x_fit, [c.safety for c in splits.fit], kind=kind, layers=layers, l2=cfg.release.head_l2
+    labels = [c.safety for c in splits.fit]
+    usable = (
+        prior is not None
+        and cfg.release.prior_l2 > 0
+        and prior.kind == kind
+        and tuple(prior.layers) == tuple(layers)
+        and prior.dim == x_fit.shape[1]
     )
+    if usable:
+        head = fit_head(x_fit, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2,
+                        prior=prior)  # fmt: skip
+    else:
+        head = fit_head(x_fit, labels, kind=kind, layers=layers, l2=cfg.release.head_l2)
     t_fit = time.perf_counter() - t0 - t_features
     x_cal = features(student, splits.calibration, kind, layers, "2/3 thresholds (calibration)")
     p_cal = head.p_unsafe_many(x_cal)
@@ -356,7 +380,9 @@ def build_release(
             for name in ADAPTER_FILES:
                 (adapter_dir / name).write_bytes(adapter[name])
         student = Student(backend, skill_release(skill, adapter_dir), max_new)
-        head, calibration, timing = fit_and_calibrate(cfg, student, splits)
+        prior = prior_head(active, skill, adapter)
+        head, calibration, timing = fit_and_calibrate(cfg, student, splits, prior)
+        timing["prior"] = f"v{active.version}" if head.info.get("prior") else None
         version = registry.next_number()
         files = build_files(version, skill, head, calibration, adapter, parent=active.version,
                             model=backend.name, note=note)  # fmt: skip

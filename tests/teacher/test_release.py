@@ -12,7 +12,7 @@ import pytest
 
 from shared.calibration import conservative
 from shared.config import TeacherConfig
-from shared.errors import PushRejected
+from shared.errors import ModelError, PushRejected
 from shared.head import fit_head
 from shared.release import (
     build_files,
@@ -137,6 +137,40 @@ def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
     # Both scores on the frozen split are kept: the next build does not re-run the active one.
     cached = sorted(p.name.split("-")[0] for p in (registry.root / "evals").iterdir())
     assert cached == ["v0", "v1"]
+
+
+def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_features(tmp_path):
+    from teacher.releases import prior_head
+
+    cfg = config(tmp_path)
+    backend = FeatureBackend()
+    first = build_release(cfg, backend, hazard_cases(400), progress=False)
+    assert first.version == 1 and first.timing["prior"] is None  # v0's head reads other layers
+    running = ReleaseRegistry(cfg.home).active()
+    assert prior_head(running, running.skill, None) is running.head
+    other = running.skill.model_copy(update={"instructions": "Judge it."})
+    assert prior_head(running, other, None) is None  # another prompt: other features
+    assert prior_head(running, running.skill, adapter_files()) is None  # another adapter
+    second = build_release(cfg, backend, hazard_cases(400), progress=False, keep_refused=True)
+    assert second.timing["prior"] == "v1"
+    head = ReleaseRegistry(cfg.home).get(second.version).head
+    assert head.info.get("prior") is True and head.layers == running.head.layers
+
+
+def test_a_prior_holds_a_head_where_the_cases_do_not_pull(tmp_path):
+    import numpy as np
+
+    parent = small_head()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 8))  # six cases with no signal at all
+    y = [True, False] * 3
+    strong = fit_head(x, y, layers=(1, 2), l2=100.0, prior=parent)
+    assert np.allclose(strong.mean, parent.mean) and np.allclose(strong.std, parent.std)
+    assert np.abs(strong.weight - parent.weight).max() < 0.05 * np.abs(parent.weight).max()
+    scratch = fit_head(x, y, layers=(1, 2), l2=1)  # an int penalty works too
+    assert np.isfinite(scratch.weight).all() and abs(scratch.bias) < 5
+    with pytest.raises(ModelError, match="prior head has 8 features"):
+        fit_head(x[:, :4], y, l2=1.0, prior=parent)
 
 
 def test_too_few_cases_for_the_guarantee_escalate_conservatively(tmp_path):
