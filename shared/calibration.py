@@ -24,7 +24,9 @@ cases count as caught) and without it (the band alone must reach the target), an
 the certified one that needs fewer teacher calls on the calibration split: a keyword
 rule that only ever escalates cases the head rules out is switched off, one that catches
 hazards the head misses stays. The choice is part of the release, so the gate and every
-edge run the policy that was certified.
+edge run the policy that was certified. Teachers use it only with ``release.keyword_rule:
+certify``: by default the rule always stays, because the hazards it exists for (a weapon,
+a fire) can be rare in the calibration cases and still occur at a site.
 
 With too few reviewed cases nothing can be certified: the thresholds fall back to the
 conservative ends (``lower = 0``: every case not alerted is escalated; ``upper = 1``:

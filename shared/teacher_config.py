@@ -173,6 +173,12 @@ class ReleaseConfig(Strict):
     head_l2: float = Field(
         1e-2, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
     )
+    keyword_rule: Literal["keep", "certify"] = Field(
+        "keep",
+        description="keep: every release keeps the safety-keyword rule (rare severe hazards, "
+        "a weapon, may be absent from the calibration cases); certify: keep it only where "
+        "it saves teacher calls at the certified recall on the calibration split.",
+    )
     prior_l2: float = Field(
         10.0,
         ge=0,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from edge.policy import find_keywords
 from shared.backend import Backend
-from shared.calibration import Calibration, calibrate_policy
+from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.config import TeacherConfig
 from shared.errors import StoreError, TrainingError
 from shared.evaluation import LabeledCase
@@ -306,14 +306,13 @@ def fit_and_calibrate(
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
     hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in splits.calibration]
-    calibration = calibrate_policy(
-        p_cal.tolist(),
-        [c.safety for c in splits.calibration],
-        hits,
-        recall_target=policy.recall_target,
-        max_false_alert_rate=policy.max_false_alert_rate,
-        delta=policy.recall_delta,
-    )
+    goal = {"recall_target": policy.recall_target, "delta": policy.recall_delta,
+            "max_false_alert_rate": policy.max_false_alert_rate}  # fmt: skip
+    cal_labels = [c.safety for c in splits.calibration]
+    if cfg.release.keyword_rule == "certify":
+        calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, **goal)
+    else:
+        calibration = calibrate(p_cal.tolist(), cal_labels, caught=hits, **goal)
     timing = {
         "features_s": round(t_features, 2),
         "fit_s": round(t_fit, 3),

@@ -129,6 +129,7 @@ def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
     assert release.head is not None and release.head.layers == (1, 2)
     cal = release.calibration
     assert cal.guaranteed and cal.lower <= cal.upper
+    assert cal.keywords is True  # release.keyword_rule "keep" is the default
     # The candidate answered through the edge's code: every hazard caught, few calls.
     c = result.candidate
     assert c.system_recall == 1.0 and c.auc == 1.0 and c.teacher_calls_per_100 < 20
