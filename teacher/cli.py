@@ -95,8 +95,10 @@ COMMANDS = [
     Subcommand(
         "export",
         "teacher.export",
-        "Export the student for Ollama (GGUF LoRA + Modelfile).",
-        "example:\n  gemma-teacher export --out ollama-student/",
+        "Export a release's LoRA for Ollama and llama.cpp (GGUF adapter + Modelfile).",
+        "examples:\n  gemma-teacher export --out ollama-student/            # the active release\n"
+        "  gemma-teacher export --out r3/ --release 3 --base gemma3:270m\n"
+        "  ollama create gemma-edge-student -f ollama-student/Modelfile",
     ),
     Subcommand(
         "check-config",
