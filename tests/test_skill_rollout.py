@@ -106,9 +106,10 @@ def stack(tmp_path):
     wait_for(lambda: "e1" in server.edges)
 
     def answer(text: str) -> GenerateRequest:
-        before = len(edge_model.requests)
+        before, written = len(edge_model.requests), len(answer_events(out))
         source.q.put(text)
         wait_for(lambda: len(edge_model.requests) > before)
+        wait_for(lambda: len(answer_events(out)) > written)  # the event follows the request
         return edge_model.requests[-1]
 
     yield server, teacher_cfg, daemon, answer, out
