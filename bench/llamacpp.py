@@ -25,6 +25,7 @@ Prints two tables, writes bench/results/llamacpp.json and llamacpp.png.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -132,20 +133,17 @@ def worker(engine: str, release_dir: Path, gguf: Path | None, out: Path) -> None
     prefix = skill.prompt_prefix()
     prompts = [prefix + render_input(text) for text in INPUTS]
     if engine == "llamacpp":
-        run = LlamaCpp(gguf)
-        run._prompts = prompts
+        run = LlamaCpp(gguf, prompts)
     else:
         run = Embedded(release.adapter_dir if gguf is not None else None, skill)
     doc = {"engine": engine, "adapter": gguf is not None, "prompt_ids": run.ids(prompts[0])}
-    doc["agree_texts"] = [
-        run.greedy(i, p, AGREE_TOKENS, cold=True)[0] for i, p in enumerate(prompts)
-    ]
+    doc["agree_texts"] = [run.greedy(i, AGREE_TOKENS, cold=True)[0] for i in range(len(INPUTS))]
     doc["agree_tops"] = getattr(run, "tops", [])  # embedded: top-5 log-probs at each step
     rows = []
     for rep in range(2):
-        for i, p in enumerate(prompts):
-            cold = run.greedy(i, p, DECODE_TOKENS, cold=True)
-            warm = run.greedy(i, p, DECODE_TOKENS, cold=False)
+        for i in range(len(INPUTS)):
+            cold = run.greedy(i, DECODE_TOKENS, cold=True)
+            warm = run.greedy(i, DECODE_TOKENS, cold=False)
             rows.append({"rep": rep, "input": i, "cold": cold[1], "warm": warm[1]})
     doc["timings"] = rows
     doc["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -153,7 +151,7 @@ def worker(engine: str, release_dir: Path, gguf: Path | None, out: Path) -> None
 
 
 class LlamaCpp:
-    def __init__(self, lora: Path | None):
+    def __init__(self, lora: Path | None, prompts: list[str]):
         from llama_cpp import Llama
 
         from shared.models import bundled_gguf
@@ -161,16 +159,18 @@ class LlamaCpp:
         kwargs = {"lora_path": str(lora)} if lora is not None else {}
         self.llm = Llama(model_path=str(bundled_gguf().path), n_ctx=2048, n_threads=THREADS,
                          n_threads_batch=THREADS, verbose=False, seed=0, **kwargs)  # fmt: skip
+        self.prompts = prompts
 
     def ids(self, prompt: str) -> list[int]:
         return self.llm.tokenize(prompt.encode(), add_bos=True, special=False)
 
-    def greedy(self, i: int, prompt: str, n: int, cold: bool) -> tuple[str, dict]:
-        ids = self.ids(prompt)
+    def greedy(self, i: int, n: int, cold: bool) -> tuple[str, dict]:
+        """Input ``i``, ``n`` greedy tokens; cold, or after input i+1 (same prefix) was run."""
+        ids = self.ids(self.prompts[i])
         self.llm.reset()
         reused = 0
         if not cold:  # the previous input (same skill prefix) is what the KV cache holds
-            other = self.ids(self._prompts[(i + 1) % len(self._prompts)])
+            other = self.ids(self.prompts[(i + 1) % len(self.prompts)])
             self.llm.eval(other)
             pairs = enumerate(zip(other, ids, strict=False))
             reused = next((k for k, (a, b) in pairs if a != b), len(ids))
@@ -204,7 +204,8 @@ class Embedded:
     def ids(self, prompt: str) -> list[int]:
         return list(self.backend.tokenizer(prompt).input_ids)
 
-    def greedy(self, i: int, prompt: str, n: int, cold: bool) -> tuple[str, dict]:
+    def greedy(self, i: int, n: int, cold: bool) -> tuple[str, dict]:
+        """As ``LlamaCpp.greedy``, through ``EmbeddedBackend.generate``."""
         from shared.skill import ANSWER_PRIMER
 
         if cold:
@@ -216,7 +217,8 @@ class Embedded:
         text = gen.text[len(ANSWER_PRIMER) :]
         if n == AGREE_TOKENS:
             self.tops.append([lp.top for lp in gen.logprobs or ()])
-        processed = len(self.ids(prompt)) if cold else gen.prompt_tokens  # cold: prefix too
+        # cold: the prefix was processed too
+        processed = len(self.ids(self.skill.prompt(INPUTS[i]))) if cold else gen.prompt_tokens
         return text, _timing(processed, gen.ttft_s, gen.total_s, gen.tokens)
 
     def _request(self, text: str, n: int):
@@ -243,20 +245,20 @@ def agreement(llama_tokens: list[str], embedded_tokens: list[str]) -> int:
     return agree
 
 
-def pieces(text: str) -> list[str]:
-    """llama.cpp's greedy text split back into its tokens (the bundled tokenizer)."""
+@functools.lru_cache(maxsize=1)
+def _vocab():
     from llama_cpp import Llama
 
     from shared.models import bundled_gguf
 
-    global _VOCAB
-    if _VOCAB is None:
-        _VOCAB = Llama(model_path=str(bundled_gguf().path), vocab_only=True, verbose=False)
-    ids = _VOCAB.tokenize(text.encode(), add_bos=False, special=False)
-    return [_VOCAB.detokenize([t]).decode("utf-8", errors="replace") for t in ids]
+    return Llama(model_path=str(bundled_gguf().path), vocab_only=True, verbose=False)
 
 
-_VOCAB = None
+def pieces(text: str) -> list[str]:
+    """A greedy text split back into its tokens by the bundled tokenizer (llama.cpp's)."""
+    vocab = _vocab()
+    ids = vocab.tokenize(text.encode(), add_bos=False, special=False)
+    return [vocab.detokenize([t]).decode("utf-8", errors="replace") for t in ids]
 
 
 def median(rows: list[dict], phase: str, key: str) -> float:
