@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -90,11 +91,15 @@ def install_release(
     if manifest.version != msg.version:
         raise PushRejected(f"release push v{msg.version} carries a manifest of v{manifest.version}")
     root = Path(state_dir) / "releases"
-    release = write_release(root / f"v{msg.version}", files)
+    folder = root / f"v{msg.version}"
+    new = not folder.exists()
+    release = write_release(folder, files)
     if prepare is not None:
         try:
             prepare(release)
         except GemmaEdgeError as exc:
+            if new:  # nothing of a refused release stays behind (a re-push keeps its folder)
+                shutil.rmtree(folder, ignore_errors=True)
             raise PushRejected(f"release v{msg.version} cannot run here: {exc}") from exc
     _set_active(root, msg.version)
     logger.info("installed %s", release.describe())

@@ -217,6 +217,7 @@ def test_a_live_ollama_edge_takes_a_pushed_release_and_refuses_one_it_cannot_bui
                  "the edge to refuse release v2", edge)  # fmt: skip
         assert "failed to load adapter" in teacher_log.read_text()
         assert active.read_text().strip() == "1"  # the old release stays active
+        assert not (tmp_path / "edge" / "releases" / "v2").exists()  # and no trace of v2
         second = ask("A cat is sleeping on a sofa.")
         assert second["release"] == 1
         assert server.requests[-1]["model"] == "gemma-edge-student:r1"
