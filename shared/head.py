@@ -267,6 +267,32 @@ def fit_head(
     return SafetyHead(kind, tuple(int(i) for i in layers), mean, std, w, float(b), info)
 
 
+def average_heads(heads: Sequence[SafetyHead], info: dict | None = None) -> SafetyHead:
+    """One head whose log-odds are the mean of ``heads``' log-odds (a linear head again).
+
+    Each head computes ``w_k . (x - m_k) / s_k + b_k``; their mean is ``W . x + B`` with
+    ``W = mean(w_k / s_k)`` and ``B = mean(b_k - w_k . m_k / s_k)``, written back in the
+    heads' mean standardisation. Cross-fitting ships this: the heads fitted with one fold
+    each left out, whose out-of-fold scores chose the thresholds.
+    """
+    if not heads:
+        raise ModelError("average_heads: no heads")
+    first = heads[0]
+    for head in heads[1:]:
+        if (head.kind, head.layers, head.dim) != (first.kind, first.layers, first.dim):
+            raise ModelError(
+                f"average_heads: a {head.kind} head on layers {head.layers} ({head.dim} "
+                f"features) cannot join a {first.kind} head on {first.layers} ({first.dim})"
+            )
+    raw_w = np.mean([h.weight / h.std for h in heads], axis=0)
+    raw_b = float(np.mean([h.bias - float(np.dot(h.weight / h.std, h.mean)) for h in heads]))
+    mean = np.mean([h.mean for h in heads], axis=0)
+    std = np.mean([h.std for h in heads], axis=0)
+    weight = raw_w * std
+    bias = raw_b + float(np.dot(raw_w, mean))
+    return SafetyHead(first.kind, first.layers, mean, std, weight, bias, dict(info or {}))
+
+
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Area under the ROC curve (ties count half); 0.5 when one class is absent."""
     s = np.asarray(scores, dtype=np.float64)

@@ -170,8 +170,17 @@ class ReleaseConfig(Strict):
         description="Share of the non-frozen cases that calibrates the thresholds (never seen "
         "by the head or the LoRA); the rest trains them.",
     )
+    calibration: Literal["crossfit", "split"] = Field(
+        "crossfit",
+        description="crossfit: every reviewed case trains and calibrates: `folds` heads, "
+        "each fitted with one fold left out, score their fold; the thresholds are "
+        "certified on those out-of-fold scores and the release ships the heads' average; "
+        "split: a head on the fit share, thresholds on the never-trained calibration share "
+        "(`calibration_fraction`; the exact finite-sample guarantee, on fewer cases).",
+    )
+    folds: int = Field(5, ge=2, le=50, description="Folds of the crossfit calibration.")
     head_l2: float = Field(
-        1e-2, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
+        0.1, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
     )
     keyword_rule: Literal["keep", "certify"] = Field(
         "keep",
@@ -180,7 +189,7 @@ class ReleaseConfig(Strict):
         "it saves teacher calls at the certified recall on the calibration split.",
     )
     prior_l2: float = Field(
-        10.0,
+        0.0,
         ge=0,
         le=1000,
         description="Pull of a new head toward the running release's head when both read the "

@@ -6,12 +6,29 @@
 A build is a straight line::
 
     cases ─► frozen split (teacher.dataset, persisted) + the rest, split per label into
-             fit (head, LoRA) and calibration (thresholds; never trained on)
-    fit   ─► hidden states at the last prompt token, from the release's own prompt and
+             fit (the LoRA) and calibration (never trained on by the LoRA)
+    head  ─► hidden states at the last prompt token, from the release's own prompt and
              adapter through ``shared.student.Student`` ─► logistic head (shared.head)
-    cal   ─► p(unsafe) ─► thresholds with a recall guarantee (shared.calibration)
+             ─► p(unsafe) ─► thresholds with a recall guarantee (shared.calibration)
     frozen split ─► teacher.harness on the candidate and on the active release
              ─► teacher.gate.compare ─► saved and activated only if it passed
+
+The head and its thresholds come from one of two recipes (``release.calibration``):
+
+- ``crossfit`` (default): every reviewed case (without a LoRA: fit and calibration
+  split; with one: the calibration split, which the LoRA never saw) both trains and
+  calibrates. ``release.folds`` heads are fitted, each with one fold (a seeded hash of
+  the text) left out, and score that fold; Learn-then-Test certifies the thresholds on
+  those out-of-fold scores; the release ships the average of the fold heads (one linear
+  head). With a few hundred reviews this doubles both the head's cases and the
+  calibration's, and the calibration's unsafe count decides how many misses the recall
+  bound tolerates (none under 93 at 0.95). The guarantee is then the cross-conformal
+  one (Vovk 2015; Barber, Candes, Ramdas, Tibshirani 2021): each score is honest for
+  the head that made it, and the shipped average is close to each of them, not identical;
+  the gate re-scores the shipped release on the frozen split, and the per-round report
+  measures system recall on fresh inputs.
+- ``split``: one head on the fit split, thresholds on the calibration split: the exact
+  finite-sample guarantee for the shipped head, on about half the cases.
 
 The active release, when the registry has none, is what edges run without one: the
 skill and adapter registries' active versions read as a release (legacy), else the
@@ -38,7 +55,14 @@ from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.config import TeacherConfig
 from shared.errors import StoreError, TrainingError
 from shared.evaluation import LabeledCase
-from shared.head import SafetyHead, default_layers, fit_head, verdict_logodds
+from shared.head import (
+    SafetyHead,
+    auc,
+    average_heads,
+    default_layers,
+    fit_head,
+    verdict_logodds,
+)
 from shared.release import (
     ADAPTER_FILES,
     Release,
@@ -278,47 +302,110 @@ def prior_head(
     return parent.head if same else None
 
 
-def fit_and_calibrate(
-    cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
-) -> tuple[SafetyHead, Calibration, dict]:
-    """Fit the head on the fit split (pulled toward ``prior``, the running release's head,
-    when given and ``release.prior_l2`` > 0), then the thresholds on the calibration split."""
-    kind, layers = head_kind(student.backend)
-    t0 = time.perf_counter()
-    x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
-    t_features = time.perf_counter() - t0
-    labels = [c.safety for c in splits.fit]
+def fold_of(case: LabeledCase, folds: int, seed: int) -> int:
+    """The crossfit fold of a case: a seeded hash of its text (stable as cases come)."""
+    digest = hashlib.sha256(f"{seed}:fold:{case_key(case.input)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % folds
+
+
+def _fit(cfg: TeacherConfig, x: np.ndarray, labels: list[bool], kind: str,
+         layers: tuple[int, ...], prior: SafetyHead | None) -> SafetyHead:  # fmt: skip
+    """One head: pulled toward ``prior`` when it reads the same features, else from 0."""
     usable = (
         prior is not None
         and cfg.release.prior_l2 > 0
         and prior.kind == kind
         and tuple(prior.layers) == tuple(layers)
-        and prior.dim == x_fit.shape[1]
+        and prior.dim == x.shape[1]
     )
     if usable:
-        head = fit_head(x_fit, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2,
+        return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2,
                         prior=prior)  # fmt: skip
+    return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.head_l2)
+
+
+def crossfit(
+    cfg: TeacherConfig, x: np.ndarray, cases: list[LabeledCase], kind: str,
+    layers: tuple[int, ...], prior: SafetyHead | None = None,
+) -> tuple[SafetyHead, np.ndarray]:  # fmt: skip
+    """(the average of the fold heads, every case's out-of-fold p(unsafe)).
+
+    Fold k's head is fitted on the other folds and scores fold k, so every score comes
+    from a head that never saw the case; the thresholds are certified on those scores.
+    """
+    k = cfg.release.folds
+    fold = np.array([fold_of(c, k, cfg.train.seed) for c in cases])
+    labels = np.array([c.safety for c in cases])
+    scores = np.zeros(len(cases))
+    heads = []
+    for f in range(k):
+        out = fold == f
+        if not out.any():
+            continue
+        train = ~out
+        if len(set(labels[train].tolist())) < 2:
+            raise TrainingError(
+                f"crossfit fold {f} leaves {int(train.sum())} case(s) without both verdicts: "
+                "review more unsafe and safe cases first"
+            )
+        head = _fit(cfg, x[train], labels[train].tolist(), kind, layers, prior)
+        scores[out] = head.p_unsafe_many(x[out])
+        heads.append(head)
+    info = {"n": len(cases), "unsafe": int(labels.sum()), "l2": heads[0].info["l2"],
+            "folds": len(heads), "oof_auc": round(auc(scores, labels), 4)}  # fmt: skip
+    if heads[0].info.get("prior"):
+        info["prior"] = True
+    return average_heads(heads, info), scores
+
+
+def fit_and_calibrate(
+    cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
+) -> tuple[SafetyHead, Calibration, dict]:
+    """The head and its certified thresholds (``release.calibration``, see the module
+    docstring); the head is pulled toward ``prior`` (the running release's head) when
+    given and ``release.prior_l2`` > 0."""
+    kind, layers = head_kind(student.backend)
+    t0 = time.perf_counter()
+    mode = cfg.release.calibration
+    if mode == "crossfit":
+        # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
+        # then only the cases it never saw (the calibration split) train and calibrate.
+        adapter = student.release.adapter_dir is not None
+        cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
+        x = features(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
+        t_features = time.perf_counter() - t0
+        head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior)
+        fit_cases = len(cal_cases)
+        t_fit = time.perf_counter() - t0 - t_features
     else:
-        head = fit_head(x_fit, labels, kind=kind, layers=layers, l2=cfg.release.head_l2)
-    t_fit = time.perf_counter() - t0 - t_features
-    x_cal = features(student, splits.calibration, kind, layers, "2/3 thresholds (calibration)")
-    p_cal = head.p_unsafe_many(x_cal)
+        x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
+        t_features = time.perf_counter() - t0
+        head = _fit(cfg, x_fit, [c.safety for c in splits.fit], kind, layers, prior)
+        fit_cases = len(splits.fit)
+        t_fit = time.perf_counter() - t0 - t_features
+        cal_cases = splits.calibration
+        x_cal = features(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
+        p_cal = head.p_unsafe_many(x_cal)
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
-    hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in splits.calibration]
+    hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in cal_cases]
     goal = {"recall_target": policy.recall_target, "delta": policy.recall_delta,
             "max_false_alert_rate": policy.max_false_alert_rate}  # fmt: skip
-    cal_labels = [c.safety for c in splits.calibration]
+    cal_labels = [c.safety for c in cal_cases]
     if cfg.release.keyword_rule == "certify":
         calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, **goal)
     else:
         calibration = calibrate(p_cal.tolist(), cal_labels, caught=hits, **goal)
+    if mode == "crossfit":
+        method = f"{calibration.method}, on out-of-fold scores ({head.info['folds']}-fold crossfit)"
+        calibration = calibration.model_copy(update={"method": method})
     timing = {
         "features_s": round(t_features, 2),
         "fit_s": round(t_fit, 3),
         "calibration_s": round(time.perf_counter() - t0 - t_features - t_fit, 2),
-        "fit_cases": len(splits.fit),
-        "calibration_cases": len(splits.calibration),
+        "calibration": mode,
+        "fit_cases": fit_cases,
+        "calibration_cases": len(cal_cases),
     }
     logger.info("head %s, %s; %s", head.info, calibration.note, timing)
     return head, calibration, timing

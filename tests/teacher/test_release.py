@@ -144,6 +144,7 @@ def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_featur
     from teacher.releases import prior_head
 
     cfg = config(tmp_path)
+    cfg.release.prior_l2 = 10.0  # off by default
     backend = FeatureBackend()
     first = build_release(cfg, backend, hazard_cases(400), progress=False)
     assert first.version == 1 and first.timing["prior"] is None  # v0's head reads other layers
@@ -156,6 +157,62 @@ def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_featur
     assert second.timing["prior"] == "v1"
     head = ReleaseRegistry(cfg.home).get(second.version).head
     assert head.info.get("prior") is True and head.layers == running.head.layers
+
+
+def test_crossfit_trains_and_calibrates_on_every_review_with_honest_scores(tmp_path):
+    import numpy as np
+
+    from teacher.releases import crossfit
+
+    cfg = config(tmp_path)
+    rng = np.random.default_rng(3)
+    cases = hazard_cases(120)
+    x = rng.normal(size=(120, 6))
+    x[:, 0] += [2.0 if c.safety else 0.0 for c in cases]
+    head, scores = crossfit(cfg, x, cases, "hidden", (1, 2))
+    assert head.info["folds"] == 5 and head.info["n"] == 120 and 0.8 < head.info["oof_auc"] <= 1
+    # The shipped head is the fold heads' average: between them, close to a head on all.
+    full = fit_head(x, [c.safety for c in cases], layers=(1, 2), l2=cfg.release.head_l2)
+    assert np.corrcoef(head.p_unsafe_many(x), full.p_unsafe_many(x))[0, 1] > 0.98
+    # Out of fold: flipping one case's label moves every head but the one that scores it.
+    flipped = list(cases)
+    flipped[7] = flipped[7].__class__(**{**flipped[7].__dict__, "safety": not cases[7].safety})
+    _, again = crossfit(cfg, x, flipped, "hidden", (1, 2))
+    assert again[7] == pytest.approx(scores[7], abs=1e-12)
+    assert not np.allclose(np.delete(again, 7), np.delete(scores, 7))
+
+
+def test_a_crossfit_release_calibrates_on_all_reviews_and_split_on_its_share(tmp_path):
+    cfg = config(tmp_path)
+    built = build_release(cfg, FeatureBackend(), hazard_cases(400), progress=False)
+    cal, timing = built.calibration, built.timing
+    assert timing["calibration"] == "crossfit" and "5-fold crossfit" in cal.method
+    assert cal.n_unsafe + cal.n_safe == timing["calibration_cases"] == timing["fit_cases"]
+    head = ReleaseRegistry(cfg.home).active().head
+    assert head.info["folds"] == 5
+    cfg2 = config(tmp_path / "split")
+    cfg2.release.calibration = "split"
+    split = build_release(cfg2, FeatureBackend(), hazard_cases(400), progress=False)
+    assert split.timing["calibration"] == "split" and "crossfit" not in split.calibration.method
+    assert split.calibration.n_unsafe + split.calibration.n_safe < cal.n_unsafe + cal.n_safe
+    assert split.timing["fit_cases"] + split.timing["calibration_cases"] == timing["fit_cases"]
+
+
+def test_average_heads_is_the_mean_of_their_log_odds():
+    import numpy as np
+
+    from shared.head import average_heads
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 8)) * 5 + 3
+    heads = [fit_head(x[i::3], [j % 2 == 0 for j in range(10)], layers=(1, 2)) for i in range(3)]
+    mean = average_heads(heads, {"folds": 3})
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    expected = np.mean([logit(h.p_unsafe_many(x)) for h in heads], axis=0)
+    assert np.allclose(logit(mean.p_unsafe_many(x)), expected, atol=1e-9)
+    assert mean.info == {"folds": 3} and mean.layers == (1, 2)
+    with pytest.raises(ModelError, match="cannot join"):
+        average_heads([heads[0], fit_head(x[:, :4], [j % 2 == 0 for j in range(30)])])
 
 
 def test_a_prior_holds_a_head_where_the_cases_do_not_pull(tmp_path):
@@ -287,7 +344,8 @@ def test_an_ollama_student_gets_a_head_calibrated_on_its_verdict_logprobs(tmp_pa
         release = load_release(result.path)
         assert release.head.kind == "verdict" and release.head.dim == 1
         answered = Student(backend, release).answer("DANGER at the dock")
-    assert answered.answer.p_unsafe > 0.9
+        calm = Student(backend, release).answer("calm at the dock")
+    assert answered.answer.p_unsafe > 0.8 and calm.answer.p_unsafe < 0.2
     assert result.candidate.auc == 1.0 and result.candidate.system_recall == 1.0
 
 
