@@ -265,17 +265,20 @@ class Demo:
         prior = []  # the teacher's own labelled scenes, besides what it reviewed here
         for name in ("scenes.jsonl", "dev_scenes.jsonl"):
             prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
+        traffic = ["--traffic", str(self.events)]  # what the edge settled by itself
         steps = (
-            [["upskill", *prior], ["train", *prior]]
+            [["upskill", *prior], ["train", *prior, *traffic]]
             if self.full
-            else [["train", "--head-only", *prior]]
+            else [["train", "--head-only", *prior, *traffic]]
         )
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:
-            shown = [a for a in step if not a.endswith(".jsonl") and a != "--labels"]
-            say(f"teacher: gemma-teacher {' '.join(shown)}: a release from the reviews so far "
-                "and the bundled labelled scenes (head features, thresholds, then the gate "
-                "scores it against the running release)")  # fmt: skip
+            shown = [
+                a for a in step if not a.endswith(".jsonl") and a not in ("--labels", "--traffic")
+            ]
+            say(f"teacher: gemma-teacher {' '.join(shown)}: a release from the reviews so far, "
+                "the bundled labelled scenes and the inputs the edge settled itself (head "
+                "features, thresholds, then the gate scores it against the running release)")  # fmt: skip
             t0 = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "teacher", *step, "--config", str(self.teacher_cfg)],

@@ -30,6 +30,10 @@ The head and its thresholds come from one of two recipes (``release.calibration`
 - ``split``: one head on the fit split, thresholds on the calibration split: the exact
   finite-sample guarantee for the shipped head, on about half the cases.
 
+Either way the head may also train on the edges' own traffic (``teacher.traffic``:
+inputs an edge alerted on or passed by itself, labelled with what it did), never scored,
+never calibrated on, never in the frozen split.
+
 The active release, when the registry has none, is what edges run without one: the
 skill and adapter registries' active versions read as a release (legacy), else the
 bundled default release. It knows nothing about sockets; the server pushes
@@ -43,7 +47,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -213,13 +217,21 @@ def legacy_release(home: Path) -> Release | None:
 @dataclass(frozen=True)
 class Splits:
     fit: list[LabeledCase]  # trains the head (and the LoRA)
-    calibration: list[LabeledCase]  # chooses the thresholds; never trained on
+    calibration: list[LabeledCase]  # chooses the thresholds; never trained on by the LoRA
     frozen: list[LabeledCase]  # the gate's split (persisted by teacher.dataset)
+    traffic: list[LabeledCase] = field(default_factory=list)  # self-labelled: head only
 
 
-def make_splits(cfg: TeacherConfig, cases: list[LabeledCase], skill: Skill) -> Splits:
-    """Redact, dedupe and split (see the module docstring)."""
+def make_splits(
+    cfg: TeacherConfig,
+    cases: list[LabeledCase],
+    skill: Skill,
+    traffic: list[LabeledCase] = (),
+) -> Splits:
+    """Redact, dedupe and split (see the module docstring); ``traffic``: the edges'
+    self-labelled inputs (``teacher.traffic``), minus any input with a real label."""
     from teacher.dataset import build_dataset
+    from teacher.traffic import unlabelled_only
 
     dataset = build_dataset(
         cases, cfg.home, skill.instructions, cfg.train.eval_fraction, cfg.train.seed
@@ -229,7 +241,8 @@ def make_splits(cfg: TeacherConfig, cases: list[LabeledCase], skill: Skill) -> S
         raise TrainingError("the frozen evaluation split is empty: nothing to gate on")
     rest = [e.labeled() for e in dataset.train if e.origin != "generic"]
     fit, cal = split_fit(rest, cfg.release.calibration_fraction, cfg.train.seed)
-    return Splits(fit, cal, frozen)
+    labelled = [*cases, *frozen, *rest]  # the redacted texts and the raw ones
+    return Splits(fit, cal, frozen, unlabelled_only(list(traffic), labelled))
 
 
 def split_fit(
@@ -327,12 +340,16 @@ def _fit(cfg: TeacherConfig, x: np.ndarray, labels: list[bool], kind: str,
 def crossfit(
     cfg: TeacherConfig, x: np.ndarray, cases: list[LabeledCase], kind: str,
     layers: tuple[int, ...], prior: SafetyHead | None = None,
+    extra: tuple[np.ndarray, list[bool]] | None = None,
 ) -> tuple[SafetyHead, np.ndarray]:  # fmt: skip
     """(the average of the fold heads, every case's out-of-fold p(unsafe)).
 
     Fold k's head is fitted on the other folds and scores fold k, so every score comes
     from a head that never saw the case; the thresholds are certified on those scores.
+    ``extra`` (features, labels): self-labelled traffic, in every fold's training, never
+    scored.
     """
+    x_extra, y_extra = extra if extra is not None else (np.zeros((0, x.shape[1])), [])
     k = cfg.release.folds
     fold = np.array([fold_of(c, k, cfg.train.seed) for c in cases])
     labels = np.array([c.safety for c in cases])
@@ -348,11 +365,14 @@ def crossfit(
                 f"crossfit fold {f} leaves {int(train.sum())} case(s) without both verdicts: "
                 "review more unsafe and safe cases first"
             )
-        head = _fit(cfg, x[train], labels[train].tolist(), kind, layers, prior)
+        head = _fit(cfg, np.vstack([x[train], x_extra]), labels[train].tolist() + list(y_extra),
+                    kind, layers, prior)  # fmt: skip
         scores[out] = head.p_unsafe_many(x[out])
         heads.append(head)
     info = {"n": len(cases), "unsafe": int(labels.sum()), "l2": heads[0].info["l2"],
             "folds": len(heads), "oof_auc": round(auc(scores, labels), 4)}  # fmt: skip
+    if len(y_extra):
+        info["self_labelled"] = len(y_extra)
     if heads[0].info.get("prior"):
         info["prior"] = True
     return average_heads(heads, info), scores
@@ -367,6 +387,11 @@ def fit_and_calibrate(
     kind, layers = head_kind(student.backend)
     t0 = time.perf_counter()
     mode = cfg.release.calibration
+    extra = None
+    if splits.traffic:
+        x_extra = features(student, splits.traffic, kind, layers,
+                           "head features (edge traffic, self-labelled)")  # fmt: skip
+        extra = (x_extra, [c.safety for c in splits.traffic])
     if mode == "crossfit":
         # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
         # then only the cases it never saw (the calibration split) train and calibrate.
@@ -374,13 +399,18 @@ def fit_and_calibrate(
         cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
         x = features(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
         t_features = time.perf_counter() - t0
-        head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior)
+        head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)
         fit_cases = len(cal_cases)
         t_fit = time.perf_counter() - t0 - t_features
     else:
         x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
         t_features = time.perf_counter() - t0
-        head = _fit(cfg, x_fit, [c.safety for c in splits.fit], kind, layers, prior)
+        y_fit = [c.safety for c in splits.fit]
+        if extra is not None:
+            x_fit, y_fit = np.vstack([x_fit, extra[0]]), y_fit + extra[1]
+        head = _fit(cfg, x_fit, y_fit, kind, layers, prior)
+        if extra is not None:
+            head.info["self_labelled"] = len(extra[1])
         fit_cases = len(splits.fit)
         t_fit = time.perf_counter() - t0 - t_features
         cal_cases = splits.calibration
@@ -406,6 +436,7 @@ def fit_and_calibrate(
         "calibration": mode,
         "fit_cases": fit_cases,
         "calibration_cases": len(cal_cases),
+        "self_labelled_cases": len(splits.traffic),
     }
     logger.info("head %s, %s; %s", head.info, calibration.note, timing)
     return head, calibration, timing

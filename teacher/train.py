@@ -237,6 +237,15 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-store", action="store_true", help="ignore the teacher's case store")
     parser.add_argument(
+        "--traffic",
+        action="append",
+        default=[],
+        metavar="EVENTS_JSONL",
+        help="an edge's event log (gemma-edge run --events): the inputs it alerted on or "
+        "passed by itself train the safety head, labelled with what it did (never the "
+        "thresholds or the gate)",
+    )
+    parser.add_argument(
         "--dataset", help="take the cases from this chat JSONL (as written by --export-dataset)"
     )
     parser.add_argument(
@@ -318,9 +327,14 @@ def run(args) -> int:
         cfg.home = Path(args.home)
     cases = gather_cases(cfg, args)
     skill = ReleaseRegistry(cfg.home).active().skill
-    splits = make_splits(cfg, cases, skill)
+    traffic = []
+    if args.traffic:
+        from teacher.traffic import load_traffic
+
+        traffic = load_traffic([Path(p) for p in args.traffic])
+    splits = make_splits(cfg, cases, skill, traffic)
     sizes = {"fit": len(splits.fit), "calibration": len(splits.calibration),
-             "frozen": len(splits.frozen)}  # fmt: skip
+             "frozen": len(splits.frozen), "self_labelled": len(splits.traffic)}  # fmt: skip
     print(json.dumps({"cases": len(cases), "splits": sizes}))
     generic = []
     if cfg.train.generic_examples:
