@@ -57,7 +57,8 @@ COMMANDS = [
         "Build a release from reviewed cases: a LoRA adapter (unless --head-only), a safety "
         "head and calibrated thresholds; gate it against the active release; activate it.",
         "examples:\n  gemma-teacher train --config teacher.yaml\n"
-        "  gemma-teacher train --no-store --labels scenes.jsonl --home ./teacher --head-only",
+        "  gemma-teacher train --no-store --labels scenes.jsonl --home ./teacher --head-only\n"
+        "  gemma-teacher train --head-only --traffic edge-events.jsonl  # + what edges settled",
     ),
     Subcommand(
         "releases",

@@ -65,6 +65,10 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
         assert "refused" in train and (work / "teacher" / "releases" / "v1").exists() is False
         assert {e["release"] for e in round1} == {0}
     assert '"candidate"' in train and '"active"' in train  # both scored on the frozen split
+    # The inputs round 0's edge settled by itself trained the head (self-labelled).
+    settled = sum(1 for e in round0 if not e["decision"]["escalate"])
+    sizes = json.loads(train.splitlines()[0])["splits"]
+    assert 0 < sizes["self_labelled"] <= settled
     assert all(e["p_unsafe"] is not None for e in answers)
 
     assert [r["label"] for r in report["rounds"]] == ["round 0", "round 1"]

@@ -1,0 +1,92 @@
+"""Self-training on the edges' own traffic: which inputs become cases, with which label,
+and that they train the head but never calibrate it or reach the frozen split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared.config import TeacherConfig
+from shared.errors import ConfigError
+from shared.skill import default_skill
+from teacher.releases import crossfit, make_splits
+from teacher.traffic import load_traffic
+from tests.fakes import hazard_cases
+
+
+def answer(text: str, *, escalate=False, alert=False, p=0.5, **extra) -> dict:
+    decision = {"escalate": escalate, "reasons": ["audit"] if escalate else []}
+    return {"type": "answer", "input": text, "p_unsafe": p, "alert": alert,
+            "decision": decision, **extra}  # fmt: skip
+
+
+def write(path, docs, tail: str = "") -> None:
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs) + tail)
+
+
+def test_what_an_edge_settled_itself_becomes_a_case_labelled_with_what_it_did(tmp_path):
+    events = tmp_path / "events.jsonl"
+    write(
+        events,
+        [
+            answer("A forklift reverses towards a man.", alert=True, p=0.97),
+            answer("A cat sleeps on the sofa.", p=0.01),
+            answer("Smoke rises from the fryer.", escalate=True, p=0.4),  # the review labels it
+            answer("No head decided this one.", p=None),
+            {"type": "review", "case_id": "c1", "input": "A cat sleeps on the sofa."},
+            answer("Call   Jane at jane@example.com by the door.", p=0.02),
+            answer("A cat sleeps on the sofa.", alert=True, p=0.9),  # the latest decision wins
+        ],
+        tail='{"type": "answer", "inp',
+    )  # a line still being written
+    cases = {c.input: c for c in load_traffic([events])}
+    assert set(cases) == {
+        "A forklift reverses towards a man.",
+        "A cat sleeps on the sofa.",
+        "Call [NAME] at [EMAIL] by the door.",  # redacted like every other case
+    }
+    assert cases["A forklift reverses towards a man."].safety is True
+    assert cases["A cat sleeps on the sofa."].safety is True
+    assert all(c.origin == "self" and c.id.startswith("self-") for c in cases.values())
+
+
+def test_a_broken_line_in_the_middle_is_an_error_naming_it(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        json.dumps(answer("A cat.")) + "\n{not json\n" + json.dumps(answer("B.")) + "\n"
+    )
+    with pytest.raises(ConfigError, match="line 2"):
+        load_traffic([events])
+    with pytest.raises(ConfigError, match="missing.jsonl"):
+        load_traffic([tmp_path / "missing.jsonl"])
+
+
+def test_traffic_with_a_real_label_or_in_the_frozen_split_is_dropped(tmp_path):
+    cfg = TeacherConfig(home=tmp_path / "teacher")
+    cases = hazard_cases(200)
+    events = tmp_path / "events.jsonl"
+    write(events, [answer(c.input, alert=not c.safety) for c in cases[:60]]  # wrong labels
+          + [answer(f"new scene {i}", alert=i % 2 == 0) for i in range(10)])  # fmt: skip
+    splits = make_splits(cfg, cases, default_skill(), load_traffic([events]))
+    assert sorted(c.input for c in splits.traffic) == sorted(f"new scene {i}" for i in range(10))
+    frozen = {c.input for c in splits.frozen}
+    assert frozen and not frozen & {c.input for c in splits.traffic}
+
+
+def test_self_labelled_cases_train_every_fold_but_are_never_scored(tmp_path):
+    cfg = TeacherConfig(home=tmp_path / "teacher")
+    rng = np.random.default_rng(4)
+    cases = hazard_cases(100)
+    x = rng.normal(size=(100, 6))
+    x[:, 0] += [2.0 if c.safety else 0.0 for c in cases]
+    x_extra = rng.normal(size=(40, 6))
+    x_extra[:, 1] += 3.0  # the site's own direction, only the traffic shows it
+    y_extra = [bool(v > 1.5) for v in x_extra[:, 1]]
+    plain, scores = crossfit(cfg, x, cases, "hidden", (1, 2))
+    head, with_traffic = crossfit(cfg, x, cases, "hidden", (1, 2), extra=(x_extra, y_extra))
+    assert len(with_traffic) == len(scores) == 100  # only reviewed cases are scored
+    assert head.info["self_labelled"] == 40 and "self_labelled" not in plain.info
+    assert not np.allclose(with_traffic, scores)  # the traffic moved every fold's head
+    assert abs(head.weight[1]) > abs(plain.weight[1])
