@@ -101,11 +101,13 @@ def events(path: Path) -> list[dict]:
 class Demo:
     """The processes and files of one demo run; ``run`` plays the rounds."""
 
-    def __init__(self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int):
+    def __init__(self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int,
+                 seed: int = 0):  # fmt: skip
         self.work = work
         self.rounds = rounds
         self.full = full
         self.threads = threads
+        self.seed = seed
         self.home = work / "teacher"
         self.events = work / "events.jsonl"
         self.teacher: subprocess.Popen | None = None
@@ -134,7 +136,7 @@ class Demo:
             },  # fmt: skip
             "reviewer": {"backend": "labels", "labels": str(labels)},
             "student": student,
-            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-4},
+            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-4, "seed": self.seed},
         }
         edge = {
             "edge_id": EDGE_ID,
@@ -354,6 +356,9 @@ def add_arguments(parser) -> None:
                         "report.png go (default: ./gemma-edge-demo/)")  # fmt: skip
     parser.add_argument("--work", help="keep the demo's home, logs and events here "
                         "(default: a temporary folder, removed afterwards)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the teacher's seed: which reviews are frozen for the gate, "
+                        "calibrate, or fall in which crossfit fold (default 0)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads per process (default 2)")  # fmt: skip
 
@@ -375,7 +380,7 @@ def run(args) -> int:
     say(f"gemma-edge demo: {rounds_n} round(s) of {per_round} fresh scenes from one site; "
         f"work folder {work}{keep}")  # fmt: skip
     t0 = time.perf_counter()
-    demo = Demo(work, rounds, args.full, args.threads)
+    demo = Demo(work, rounds, args.full, args.threads, args.seed)
     try:
         rows = demo.run()
     finally:
