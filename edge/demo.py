@@ -16,7 +16,8 @@ no Ollama):
 4. per round: the round's fresh scenes (``shared/data/demo/scenes.jsonl``, one site, never
    seen by any release) go to the edge; the demo waits until every escalation is stored,
    reviewed and the review is back at the edge; then ``gemma-teacher train --head-only``
-   (``--full``: ``upskill`` then ``train``) builds a release from the reviews, gated
+   (``--full``: ``upskill`` then ``train``) builds a release from the reviews and from the
+   inputs the edge settled by itself (``--traffic``: its event log, self-labelled), gated
    against the active one; the server pushes it; the edge takes it without restarting
    and the next round shows it in every event;
 5. a table per round (from the edge's own events, scored against the scenario's labels)
