@@ -7,32 +7,13 @@ A build is a straight line::
 
     cases ─► frozen split (teacher.dataset, persisted) + the rest, split per label into
              fit (the LoRA) and calibration (never trained on by the LoRA)
-    head  ─► hidden states at the last prompt token, from the release's own prompt and
-             adapter through ``shared.student.Student`` ─► logistic head (shared.head)
-             ─► p(unsafe) ─► thresholds with a recall guarantee (shared.calibration)
+    head  ─► hidden states at the last prompt token ─► logistic head ─► p(unsafe)
+             ─► thresholds with a recall guarantee (teacher.head_fit)
     frozen split ─► teacher.harness on the candidate and on the active release
              ─► teacher.gate.compare ─► saved and activated only if it passed
 
-The head and its thresholds come from one of two recipes (``release.calibration``):
-
-- ``crossfit`` (default): every reviewed case (without a LoRA: fit and calibration
-  split; with one: the calibration split, which the LoRA never saw) both trains and
-  calibrates. ``release.folds`` heads are fitted, each with one fold (a seeded hash of
-  the text) left out, and score that fold; Learn-then-Test certifies the thresholds on
-  those out-of-fold scores; the release ships the average of the fold heads (one linear
-  head). With a few hundred reviews this doubles both the head's cases and the
-  calibration's, and the calibration's unsafe count decides how many misses the recall
-  bound tolerates (none under 93 at 0.95). The guarantee is then the cross-conformal
-  one (Vovk 2015; Barber, Candes, Ramdas, Tibshirani 2021): each score is honest for
-  the head that made it, and the shipped average is close to each of them, not identical;
-  the gate re-scores the shipped release on the frozen split, and the per-round report
-  measures system recall on fresh inputs.
-- ``split``: one head on the fit split, thresholds on the calibration split: the exact
-  finite-sample guarantee for the shipped head, on about half the cases.
-
-Either way the head may also train on the edges' own traffic (``teacher.traffic``:
-inputs an edge alerted on or passed by itself, labelled with what it did), never scored,
-never calibrated on, never in the frozen split.
+The head and its thresholds come from ``teacher.head_fit`` (crossfit by default; the
+edges' self-labelled traffic may train the head, never calibrate it).
 
 The active release, when the registry has none, is what edges run without one: the
 skill and adapter registries' active versions read as a release (legacy), else the
@@ -47,26 +28,14 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from edge.policy import find_keywords
 from shared.backend import Backend
-from shared.calibration import Calibration, calibrate, calibrate_policy
+from shared.calibration import Calibration
 from shared.config import TeacherConfig
-from shared.errors import StoreError, TrainingError
+from shared.errors import StoreError
 from shared.evaluation import LabeledCase
-from shared.head import (
-    SafetyHead,
-    auc,
-    average_heads,
-    default_layers,
-    fit_head,
-    verdict_logodds,
-)
 from shared.release import (
     ADAPTER_FILES,
     Release,
@@ -79,8 +48,8 @@ from shared.release import (
 from shared.skill import Skill
 from shared.student import Student
 from teacher import gate
-from teacher.dataset import case_key
 from teacher.harness import HarnessReport, evaluate_release
+from teacher.head_fit import Splits, fit_and_calibrate, make_splits, prior_head, split_fit
 
 logger = logging.getLogger(__name__)
 
@@ -211,235 +180,6 @@ def legacy_release(home: Path) -> Release | None:
         return None
     adapter = adapters.active()
     return skill_release(current_skill(skills), adapter.path if adapter else None)
-
-
-# ---------------------------------------------------------------- splits
-@dataclass(frozen=True)
-class Splits:
-    fit: list[LabeledCase]  # trains the head (and the LoRA)
-    calibration: list[LabeledCase]  # chooses the thresholds; never trained on by the LoRA
-    frozen: list[LabeledCase]  # the gate's split (persisted by teacher.dataset)
-    traffic: list[LabeledCase] = field(default_factory=list)  # self-labelled: head only
-
-
-def make_splits(
-    cfg: TeacherConfig,
-    cases: list[LabeledCase],
-    skill: Skill,
-    traffic: list[LabeledCase] = (),
-) -> Splits:
-    """Redact, dedupe and split (see the module docstring); ``traffic``: the edges'
-    self-labelled inputs (``teacher.traffic``), minus any input with a real label."""
-    from teacher.dataset import build_dataset
-    from teacher.traffic import unlabelled_only
-
-    dataset = build_dataset(
-        cases, cfg.home, skill.instructions, cfg.train.eval_fraction, cfg.train.seed
-    )
-    frozen = [e.labeled() for e in dataset.eval]
-    if not frozen:
-        raise TrainingError("the frozen evaluation split is empty: nothing to gate on")
-    rest = [e.labeled() for e in dataset.train if e.origin != "generic"]
-    fit, cal = split_fit(rest, cfg.release.calibration_fraction, cfg.train.seed)
-    labelled = [*cases, *frozen, *rest]  # the redacted texts and the raw ones
-    return Splits(fit, cal, frozen, unlabelled_only(list(traffic), labelled))
-
-
-def split_fit(
-    cases: list[LabeledCase], calibration_fraction: float, seed: int
-) -> tuple[list[LabeledCase], list[LabeledCase]]:
-    """(fit, calibration), per label, by a seeded hash of the case's text (stable as cases
-    come, and the same in every run)."""
-    fit: list[LabeledCase] = []
-    cal: list[LabeledCase] = []
-    for label in (True, False):
-        group = sorted(
-            (c for c in cases if c.safety is label),
-            key=lambda c: hashlib.sha256(f"{seed}:cal:{case_key(c.input)}".encode()).hexdigest(),
-        )
-        cut = round(len(group) * calibration_fraction)
-        cal += group[:cut]
-        fit += group[cut:]
-    for name, part in (("fit", fit), ("calibration", cal)):
-        if len({c.safety for c in part}) < 2:
-            raise TrainingError(
-                f"the {name} split has {len(part)} case(s) without both verdicts: "
-                "review more unsafe and safe cases first"
-            )
-    return fit, cal
-
-
-# ---------------------------------------------------------------- head + thresholds
-def head_kind(backend: Backend) -> tuple[str, tuple[int, ...]]:
-    """``hidden`` (with the default layers) where the backend gives hidden states."""
-    config = getattr(getattr(backend, "model", None), "config", None)
-    layers = getattr(config, "num_hidden_layers", None)
-    if layers:
-        return "hidden", default_layers(int(layers))
-    return "verdict", ()
-
-
-def features(
-    student: Student, cases: list[LabeledCase], kind: str, layers: tuple[int, ...], desc: str
-) -> np.ndarray:
-    """The head's inputs for ``cases``, from the release's own prompt and adapter.
-
-    ``hidden``: the request ``Student`` builds, run for its prompt only (the features
-    come from the prefill an edge runs before it decodes). ``verdict``: a full answer.
-    """
-    from dataclasses import replace
-
-    rows = []
-    for case in tqdm(cases, desc=desc, unit="case", leave=False):
-        request = student.request(case.input)
-        if kind == "hidden":
-            gen = student.backend.generate(replace(request, max_new_tokens=0, hidden_layers=layers))
-            rows.append(gen.hidden)
-        else:
-            gen = student.backend.generate(request)
-            value = verdict_logodds(gen.text, gen.logprobs)
-            rows.append([0.0 if value is None else value])
-    return np.asarray(rows, dtype=np.float64)
-
-
-def prior_head(
-    parent: Release, skill: Skill, adapter: dict[str, bytes] | None
-) -> SafetyHead | None:
-    """The parent's head when a head for (skill, adapter) reads the same features: the same
-    prompt prefix and the same adapter weights (or none). Else None: fit from scratch."""
-    if parent.head is None or parent.skill.prompt_prefix() != skill.prompt_prefix():
-        return None
-    if parent.adapter_dir is None or not adapter:
-        return parent.head if parent.adapter_dir is None and not adapter else None
-    same = all((parent.adapter_dir / name).read_bytes() == adapter[name] for name in ADAPTER_FILES)
-    return parent.head if same else None
-
-
-def fold_of(case: LabeledCase, folds: int, seed: int) -> int:
-    """The crossfit fold of a case: a seeded hash of its text (stable as cases come)."""
-    digest = hashlib.sha256(f"{seed}:fold:{case_key(case.input)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % folds
-
-
-def _fit(cfg: TeacherConfig, x: np.ndarray, labels: list[bool], kind: str,
-         layers: tuple[int, ...], prior: SafetyHead | None) -> SafetyHead:  # fmt: skip
-    """One head: pulled toward ``prior`` when it reads the same features, else from 0."""
-    usable = (
-        prior is not None
-        and cfg.release.prior_l2 > 0
-        and prior.kind == kind
-        and tuple(prior.layers) == tuple(layers)
-        and prior.dim == x.shape[1]
-    )
-    if usable:
-        return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2,
-                        prior=prior)  # fmt: skip
-    return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.head_l2)
-
-
-def crossfit(
-    cfg: TeacherConfig, x: np.ndarray, cases: list[LabeledCase], kind: str,
-    layers: tuple[int, ...], prior: SafetyHead | None = None,
-    extra: tuple[np.ndarray, list[bool]] | None = None,
-) -> tuple[SafetyHead, np.ndarray]:  # fmt: skip
-    """(the average of the fold heads, every case's out-of-fold p(unsafe)).
-
-    Fold k's head is fitted on the other folds and scores fold k, so every score comes
-    from a head that never saw the case; the thresholds are certified on those scores.
-    ``extra`` (features, labels): self-labelled traffic, in every fold's training, never
-    scored.
-    """
-    x_extra, y_extra = extra if extra is not None else (np.zeros((0, x.shape[1])), [])
-    k = cfg.release.folds
-    fold = np.array([fold_of(c, k, cfg.train.seed) for c in cases])
-    labels = np.array([c.safety for c in cases])
-    scores = np.zeros(len(cases))
-    heads = []
-    for f in range(k):
-        out = fold == f
-        if not out.any():
-            continue
-        train = ~out
-        if len(set(labels[train].tolist())) < 2:
-            raise TrainingError(
-                f"crossfit fold {f} leaves {int(train.sum())} case(s) without both verdicts: "
-                "review more unsafe and safe cases first"
-            )
-        head = _fit(cfg, np.vstack([x[train], x_extra]), labels[train].tolist() + list(y_extra),
-                    kind, layers, prior)  # fmt: skip
-        scores[out] = head.p_unsafe_many(x[out])
-        heads.append(head)
-    info = {"n": len(cases), "unsafe": int(labels.sum()), "l2": heads[0].info["l2"],
-            "folds": len(heads), "oof_auc": round(auc(scores, labels), 4)}  # fmt: skip
-    if len(y_extra):
-        info["self_labelled"] = len(y_extra)
-    if heads[0].info.get("prior"):
-        info["prior"] = True
-    return average_heads(heads, info), scores
-
-
-def fit_and_calibrate(
-    cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
-) -> tuple[SafetyHead, Calibration, dict]:
-    """The head and its certified thresholds (``release.calibration``, see the module
-    docstring); the head is pulled toward ``prior`` (the running release's head) when
-    given and ``release.prior_l2`` > 0."""
-    kind, layers = head_kind(student.backend)
-    t0 = time.perf_counter()
-    mode = cfg.release.calibration
-    extra = None
-    if splits.traffic:
-        x_extra = features(student, splits.traffic, kind, layers,
-                           "head features (edge traffic, self-labelled)")  # fmt: skip
-        extra = (x_extra, [c.safety for c in splits.traffic])
-    if mode == "crossfit":
-        # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
-        # then only the cases it never saw (the calibration split) train and calibrate.
-        adapter = student.release.adapter_dir is not None
-        cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
-        x = features(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
-        t_features = time.perf_counter() - t0
-        head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)
-        fit_cases = len(cal_cases)
-        t_fit = time.perf_counter() - t0 - t_features
-    else:
-        x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
-        t_features = time.perf_counter() - t0
-        y_fit = [c.safety for c in splits.fit]
-        if extra is not None:
-            x_fit, y_fit = np.vstack([x_fit, extra[0]]), y_fit + extra[1]
-        head = _fit(cfg, x_fit, y_fit, kind, layers, prior)
-        if extra is not None:
-            head.info["self_labelled"] = len(extra[1])
-        fit_cases = len(splits.fit)
-        t_fit = time.perf_counter() - t0 - t_features
-        cal_cases = splits.calibration
-        x_cal = features(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
-        p_cal = head.p_unsafe_many(x_cal)
-    policy = cfg.policy
-    keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
-    hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in cal_cases]
-    goal = {"recall_target": policy.recall_target, "delta": policy.recall_delta,
-            "max_false_alert_rate": policy.max_false_alert_rate}  # fmt: skip
-    cal_labels = [c.safety for c in cal_cases]
-    if cfg.release.keyword_rule == "certify":
-        calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, **goal)
-    else:
-        calibration = calibrate(p_cal.tolist(), cal_labels, caught=hits, **goal)
-    if mode == "crossfit":
-        method = f"{calibration.method}, on out-of-fold scores ({head.info['folds']}-fold crossfit)"
-        calibration = calibration.model_copy(update={"method": method})
-    timing = {
-        "features_s": round(t_features, 2),
-        "fit_s": round(t_fit, 3),
-        "calibration_s": round(time.perf_counter() - t0 - t_features - t_fit, 2),
-        "calibration": mode,
-        "fit_cases": fit_cases,
-        "calibration_cases": len(cal_cases),
-        "self_labelled_cases": len(splits.traffic),
-    }
-    logger.info("head %s, %s; %s", head.info, calibration.note, timing)
-    return head, calibration, timing
 
 
 # ---------------------------------------------------------------- build + gate

@@ -3,7 +3,7 @@
 A straight-line recipe, read top to bottom::
 
     setup     cases (store + labelled files) ─► frozen split + fit + calibration
-              (teacher.releases.make_splits); model (fp32 on CPU, bf16 on CUDA), PEFT LoRA
+              (teacher.head_fit.make_splits); model (fp32 on CPU, bf16 on CUDA), PEFT LoRA
     train     on the fit split only, under the EDGE's prompt (the active release's skill:
               instructions AND demonstrations, so the adapter learns the prompt it will
               answer with); AdamW, cosine schedule with warm-up; loss on answer tokens
@@ -306,7 +306,8 @@ def gather_cases(cfg: TeacherConfig, args) -> list[LabeledCase]:
 
 
 def run(args) -> int:
-    from teacher.releases import ReleaseRegistry, build_release, make_splits
+    from teacher.head_fit import make_splits
+    from teacher.releases import ReleaseRegistry, build_release
 
     cfg = load_config(args.config, TeacherConfig)
     if cfg.student.embedded.threads:

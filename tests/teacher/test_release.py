@@ -141,7 +141,7 @@ def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
 
 
 def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_features(tmp_path):
-    from teacher.releases import prior_head
+    from teacher.head_fit import prior_head
 
     cfg = config(tmp_path)
     cfg.release.prior_l2 = 10.0  # off by default
@@ -162,7 +162,7 @@ def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_featur
 def test_crossfit_trains_and_calibrates_on_every_review_with_honest_scores(tmp_path):
     import numpy as np
 
-    from teacher.releases import crossfit
+    from teacher.head_fit import crossfit
 
     cfg = config(tmp_path)
     rng = np.random.default_rng(3)

@@ -11,7 +11,7 @@ import pytest
 from shared.config import TeacherConfig
 from shared.errors import ConfigError
 from shared.skill import default_skill
-from teacher.releases import crossfit, make_splits
+from teacher.head_fit import crossfit, make_splits
 from teacher.traffic import load_traffic
 from tests.fakes import hazard_cases
 
