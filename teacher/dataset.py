@@ -185,13 +185,18 @@ def case_key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def case_hash(text: str, purpose: str, seed: int) -> bytes:
+    """A seeded hash of a case's text for one ``purpose`` ("frozen", "cal", "fold"): splits
+    that depend on the words only, are stable as cases come, and differ by purpose."""
+    return hashlib.sha256(f"{seed}:{purpose}:{case_key(text)}".encode()).digest()
+
+
 def frozen_member(text: str, fraction: float, seed: int) -> bool:
     """Whether a case (by its input ``text``) belongs to the frozen split: a pure function
     of the text, so the bundled release (built from the bundled scenes minus their
     members) never trained on a case that any teacher home freezes for its gate, and the
     same reviews make the same split in every run."""
-    digest = hashlib.sha256(f"{seed}:frozen:{case_key(text)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+    return int.from_bytes(case_hash(text, "frozen", seed)[:8], "big") < fraction * 2**64
 
 
 def choose_eval(examples: list[Example], fraction: float, seed: int) -> list[str]:
@@ -202,7 +207,7 @@ def choose_eval(examples: list[Example], fraction: float, seed: int) -> list[str
         pool = sorted(
             (e for e in examples
              if e.safety == label and e.origin not in ("synthetic", "generic")),
-            key=lambda e: hashlib.sha256(f"{seed}:frozen:{case_key(e.input)}".encode()).digest(),
+            key=lambda e: case_hash(e.input, "frozen", seed),
         )  # fmt: skip
         members = [e.id for e in pool if frozen_member(e.input, fraction, seed)]
         if not members and len(pool) >= 3:

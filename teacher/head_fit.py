@@ -36,7 +36,6 @@ gates a release from what this returns).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head
 from shared.release import ADAPTER_FILES, Release
 from shared.skill import Skill
 from shared.student import Student
-from teacher.dataset import case_key
+from teacher.dataset import case_hash
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def split_fit(
     for label in (True, False):
         group = sorted(
             (c for c in cases if c.safety is label),
-            key=lambda c: hashlib.sha256(f"{seed}:cal:{case_key(c.input)}".encode()).hexdigest(),
+            key=lambda c: case_hash(c.input, "cal", seed),
         )
         cut = round(len(group) * calibration_fraction)
         cal += group[:cut]
@@ -163,8 +162,7 @@ def prior_head(
 
 def fold_of(case: LabeledCase, folds: int, seed: int) -> int:
     """The crossfit fold of a case: a seeded hash of its text (stable as cases come)."""
-    digest = hashlib.sha256(f"{seed}:fold:{case_key(case.input)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % folds
+    return int.from_bytes(case_hash(case.input, "fold", seed)[:8], "big") % folds
 
 
 def _fit(cfg: TeacherConfig, x: np.ndarray, labels: list[bool], kind: str,
