@@ -167,8 +167,9 @@ class ReleaseConfig(Strict):
         0.55,
         gt=0,
         lt=1,
-        description="Share of the non-frozen cases that calibrates the thresholds (never seen "
-        "by the head or the LoRA); the rest trains them.",
+        description="Share of the non-frozen cases the LoRA never trains on; with "
+        "calibration: split, also the share that calibrates the thresholds (the rest "
+        "trains the head).",
     )
     calibration: Literal["crossfit", "split"] = Field(
         "crossfit",
@@ -179,6 +180,13 @@ class ReleaseConfig(Strict):
         "(`calibration_fraction`; the exact finite-sample guarantee, on fewer cases).",
     )
     folds: int = Field(5, ge=2, le=50, description="Folds of the crossfit calibration.")
+    max_self_labelled: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="Most self-labelled traffic cases (train --traffic) a head trains on: "
+        "the most recent; each costs one prefill per build.",
+    )
     head_l2: float = Field(
         0.1, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
     )

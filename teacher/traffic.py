@@ -49,8 +49,10 @@ def traffic_case(event: dict) -> LabeledCase | None:
     return LabeledCase(f"self-{digest}", text, bool(event.get("alert")), (), None, ORIGIN)
 
 
-def load_traffic(paths: list[Path]) -> list[LabeledCase]:
-    """Self-labelled cases from edge event logs, one per input (its latest decision).
+def load_traffic(paths: list[Path], limit: int | None = None) -> list[LabeledCase]:
+    """Self-labelled cases from edge event logs, one per input (its latest decision), the
+    ``limit`` most recently seen (every build computes their features again, and an
+    edge's log only grows).
 
     A line that is not JSON is an error naming the file and line, except the last line of
     a file, which the edge may still be writing.
@@ -67,8 +69,11 @@ def load_traffic(paths: list[Path]) -> list[LabeledCase]:
                 raise bad_line(Path(path), number, line, exc) from None
             case = traffic_case(event) if isinstance(event, dict) else None
             if case is not None:
-                cases[case_key(case.input)] = case
-    return list(cases.values())
+                key = case_key(case.input)
+                cases.pop(key, None)  # seen again: it moves to the end, as the newest
+                cases[key] = case
+    kept = list(cases.values())
+    return kept if limit is None else kept[max(0, len(kept) - limit) :]
 
 
 def unlabelled_only(traffic: list[LabeledCase], labelled: list[LabeledCase]) -> list[LabeledCase]:

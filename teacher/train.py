@@ -332,7 +332,7 @@ def run(args) -> int:
     if args.traffic:
         from teacher.traffic import load_traffic
 
-        traffic = load_traffic([Path(p) for p in args.traffic])
+        traffic = load_traffic([Path(p) for p in args.traffic], cfg.release.max_self_labelled)
     splits = make_splits(cfg, cases, skill, traffic)
     sizes = {"fit": len(splits.fit), "calibration": len(splits.calibration),
              "frozen": len(splits.frozen), "self_labelled": len(splits.traffic)}  # fmt: skip

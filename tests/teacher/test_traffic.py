@@ -50,6 +50,10 @@ def test_what_an_edge_settled_itself_becomes_a_case_labelled_with_what_it_did(tm
     assert cases["A forklift reverses towards a man."].safety is True
     assert cases["A cat sleeps on the sofa."].safety is True
     assert all(c.origin == "self" and c.id.startswith("self-") for c in cases.values())
+    # A cap keeps the most recently seen: the cat (seen again last) and the redacted call.
+    newest = [c.input for c in load_traffic([events], limit=2)]
+    assert newest == ["Call [NAME] at [EMAIL] by the door.", "A cat sleeps on the sofa."]
+    assert load_traffic([events], limit=0) == []
 
 
 def test_a_broken_line_in_the_middle_is_an_error_naming_it(tmp_path):
