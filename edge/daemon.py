@@ -15,9 +15,11 @@ teacher link's thread (or a changed skill file, or a legacy skill/adapter push) 
 handed over under a lock and takes effect on the NEXT input; nothing restarts.
 
 SIGINT/SIGTERM (``handle_signal``, installed by ``edge.run``): the input in progress
-finishes, events are flushed, a summary is printed to stderr, exit status 0. A backend
-error on one input is logged, written as an ``error`` event, counted, and the daemon
-goes on.
+finishes, events are flushed, a summary is printed to stderr, exit status 0. Whatever
+fails while judging one input (a backend error, a safety head computing no probability,
+a field the escalation cannot carry) is logged, written as an ``error`` event and the
+input escalated with reason ``judge_error``; an escalation the outbox cannot take is
+alerted locally (``not_queued``). No input is dropped, and the daemon goes on.
 
 This module knows no model, pixel or socket details, nor how its parts are built from
 the configuration: it runs the parts it is given.
@@ -34,16 +36,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from edge.canary import check_release
 from edge.events import EventLog, SafetyHooks
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
-from edge.policy import EscalationPolicy, text_scene_key
+from edge.policy import JUDGE_ERROR, Decision, EscalationPolicy, text_scene_key
 from edge.sketch import SceneSketcher, to_jpeg
 from edge.skillfile import ActiveSkill
 from edge.sources import Item, Source
+from shared.answer import Answer
 from shared.backend import Backend
 from shared.config import EdgeConfig
-from shared.errors import BackendError, GemmaEdgeError, LinkError, StoreError
+from shared.errors import BackendError, GemmaEdgeError, LinkError, ModelError, StoreError
 from shared.messages import Escalation, Review
 from shared.release import Release, default_release, skill_release
 from shared.skill import Skill
@@ -52,6 +58,12 @@ from shared.student import Student
 logger = logging.getLogger(__name__)
 
 SAME_SKETCH = "same_sketch"
+NOT_QUEUED = "not_queued"  # an escalation the outbox could not take: alerted locally
+
+
+def _probability(value: float | None) -> float | None:
+    """``value`` if it is a probability, else None."""
+    return value if value is None or 0.0 <= value <= 1.0 else None
 
 
 class _Stop(Exception):
@@ -133,8 +145,14 @@ class EdgeDaemon:
 
     def prepare_release(self, release: Release) -> None:
         """Before a pushed release becomes active (link thread): load its adapter, or have
-        Ollama build its model; raises (ModelError, BackendError) if this edge cannot run it."""
+        Ollama build its model, then check it and run its canaries (``edge.canary``);
+        raises ModelError (or BackendError) with the reasons if this edge cannot run it as
+        the teacher certified it."""
         self.student.prepare(release)
+        problems = check_release(self.student, release, self.config.policy)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ModelError("; ".join(problems[:3]) + more)
 
     def on_skill(self, skill: Skill) -> None:
         """A legacy skill push: run it bare (a head fit for another prompt does not apply)."""
@@ -186,10 +204,19 @@ class EdgeDaemon:
         self._report_versions()
         logger.warning("now running %s", pending.describe())
 
+    @property
+    def head_live(self) -> bool:
+        """The running release's safety head judges inputs (False: it has none, or this
+        backend cannot feed it and the confidence rules decide)."""
+        return self.student.head is not None
+
     def _report_versions(self) -> None:
         if self.link is not None:
             self.link.set_versions(
-                self.release.skill.version, self.adapter_version, self.release.version
+                self.release.skill.version,
+                self.adapter_version,
+                self.release.version,
+                head_live=self.head_live,
             )
 
     # ------------------------------------------------------------ the loop
@@ -288,11 +315,8 @@ class EdgeDaemon:
         started = time.perf_counter()
         try:
             answered = self.student.answer(text, jpeg)
-        except BackendError as exc:
-            self.stats.backend_errors += 1
-            self.metrics.backend_errors.inc()
-            logger.error("backend failed on input %d of %s: %s", item.index, item.source, exc)
-            self.events.write({"type": "error", **base, "error": str(exc)})
+        except Exception as exc:  # whatever fails, the input is escalated, never dropped
+            self._judge_failed(item, base, text, jpeg, release, exc)
             return
         latency = time.perf_counter() - started
         self.metrics.latency.observe(latency)
@@ -324,13 +348,43 @@ class EdgeDaemon:
             self.stats.suppressed[decision.suppressed] += 1
             self.metrics.suppressed.labels(decision.suppressed).inc()
         if decision.escalate:
-            event["case_id"] = self._escalate(item, text, gen.text, answer, decision, release, jpeg)
-        safety = decision.safety_keyword or decision.alert
+            event["case_id"], queued = self._escalate(
+                item, text, gen.text, answer, decision, release, jpeg
+            )
+            if not queued:  # the teacher will not see it: alert here instead
+                event["alert"] = True
+                event["decision"]["reasons"].append(NOT_QUEUED)
+        safety = decision.safety_keyword or event["alert"]
         event["safety_event"] = safety
         if self.link is not None:
             self.link.count_input(release.version)
         self.events.write(event)
         if safety:
+            self.stats.safety_events += 1
+            if self.hooks is not None:
+                self.hooks.submit(event)
+
+    def _judge_failed(self, item, base, text, jpeg, release, exc: Exception) -> None:
+        """The model or its head failed on this input: an ``error`` event, and the input
+        escalated with reason ``judge_error`` (alerted here when it cannot be queued)."""
+        if isinstance(exc, BackendError):
+            self.stats.backend_errors += 1
+            self.metrics.backend_errors.inc()
+        what = f"{type(exc).__name__}: {exc}"
+        logger.error("judging input %d of %s failed, escalating it: %s",
+                     item.index, item.source, what)  # fmt: skip
+        answer = Answer("", None, None, False, "")
+        decision = Decision(True, (JUDGE_ERROR,))
+        case_id, queued = self._escalate(item, text, "", answer, decision, release, jpeg, what)
+        event = {"type": "error", **base, "error": str(exc)[:2000],
+                 "error_type": type(exc).__name__, "case_id": case_id,
+                 "decision": decision.to_json(), "alert": not queued,
+                 "release": release.version}  # fmt: skip
+        if not queued:
+            event["decision"]["reasons"].append(NOT_QUEUED)
+        event["safety_event"] = not queued
+        self.events.write(event)
+        if not queued:
             self.stats.safety_events += 1
             if self.hooks is not None:
                 self.hooks.submit(event)
@@ -351,43 +405,61 @@ class EdgeDaemon:
             self._sketches = {k: t for k, t in self._sketches.items() if now - t < window}
         return False
 
-    def _escalate(self, item, text, raw, answer, decision, release, jpeg) -> str:
+    def _escalate(self, item, text, raw, answer, decision, release, jpeg,
+                  error: str = "") -> tuple[str, bool]:  # fmt: skip
+        """Queue the case for the teacher: (case id, queued). Not queued (the outbox is
+        full or broken): the caller alerts locally, so the input is never lost."""
         case_id = uuid.uuid4().hex
         self.stats.escalations += 1
         for reason in decision.reasons:
             self.stats.escalation_reasons[reason] += 1
             self.metrics.escalations.labels(reason).inc()
         if self.link is None:
-            return case_id
+            return case_id, True  # recorded in the events: that is where it goes
         if item.frame is None or not self.config.link.send_frames:
             jpeg = None
         elif jpeg is None:  # encoded here, for escalations only, when the model took text
             jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
-        esc = Escalation(
-            case_id=case_id,
-            edge_id=self.config.edge_id,
-            created_at=self.clock(),
-            source=item.source[-1024:],
-            kind=item.kind,
-            input=text[:16_384],
-            answer=raw[:16_384],
-            safety=answer.safety,
-            confidence=answer.best_confidence,
-            reasons=list(decision.reasons),
-            safety_keyword=decision.safety_keyword,
-            skill_version=release.skill.version,
-            adapter_version=self.adapter_version,
-            release_version=release.version,
-            p_unsafe=answer.p_unsafe,
-            alert=decision.alert,
-            has_frame=jpeg is not None,
-        )
+        reasons = list(decision.reasons)
+        p_unsafe, confidence = _probability(answer.p_unsafe), _probability(answer.best_confidence)
+        if (p_unsafe, confidence) != (answer.p_unsafe, answer.best_confidence):
+            reasons.append(JUDGE_ERROR)  # what the model computed is not a probability
+        fields = {
+            "case_id": case_id,
+            "edge_id": self.config.edge_id,
+            "created_at": self.clock(),
+            "source": item.source[-1024:],
+            "kind": item.kind,
+            "input": text[:16_384],
+            "answer": (raw or (f"[{error}]" if error else ""))[:16_384],
+            "safety": answer.safety,
+            "confidence": confidence,
+            "reasons": list(dict.fromkeys(reasons)),
+            "safety_keyword": decision.safety_keyword,
+            "skill_version": release.skill.version,
+            "adapter_version": self.adapter_version,
+            "release_version": release.version,
+            "p_unsafe": p_unsafe,
+            "alert": decision.alert,
+            "has_frame": jpeg is not None,
+        }
+        try:
+            esc = Escalation(**fields)
+        except ValidationError as exc:  # keep the case: the fields that cannot be wrong
+            logger.error("escalation %s: %s; sending it without the model's fields",
+                         case_id, exc.errors()[0]["msg"])  # fmt: skip
+            fields.update(safety=None, confidence=None, p_unsafe=None, answer="",
+                          reasons=list(dict.fromkeys([*reasons, JUDGE_ERROR]))[:16])  # fmt: skip
+            fields["source"] = str(fields["source"])[-256:] or "?"
+            esc = Escalation(**fields)
         try:
             self.link.escalate(esc, jpeg)
             self.metrics.queue_depth.set(self.link.depth())
         except (LinkError, StoreError) as exc:
-            logger.error("escalation %s not queued for the teacher: %s", case_id, exc)
-        return case_id
+            logger.error("escalation %s not queued for the teacher, alerting locally: %s",
+                         case_id, exc)  # fmt: skip
+            return case_id, False
+        return case_id, True
 
     # ------------------------------------------------------------ reporting
     def summary_event(self) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import shlex
 import subprocess
@@ -33,7 +34,23 @@ PUB_TOPIC = b"safety"
 
 
 def dumps(event: dict) -> str:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    """One strict JSON line: a non-finite float (NaN, inf) becomes null, never bare NaN."""
+    try:
+        return json.dumps(
+            event, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
+        )
+    except ValueError:
+        return json.dumps(_finite(event), ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class EventLog:

@@ -25,7 +25,6 @@ It knows nothing about models, the policy or the daemon's loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -53,6 +52,7 @@ from shared.messages import (
     decode,
     encode,
     error_code,
+    peek,
 )
 from shared.release import Release
 from shared.skill import Skill
@@ -81,11 +81,24 @@ def _load_keys(config: LinkConfig) -> tuple[bytes, bytes, bytes]:
     return public, secret, server
 
 
-def _is_error(frames: list[bytes]) -> bool:
+def _row_problem(item) -> str | None:
+    """Why an outbox row is not the escalation it claims to be (None: it is)."""
+    frames = [item.doc] if item.frame is None else [item.doc, item.frame]
     try:
-        return json.loads(frames[0]).get("type") == "error"
-    except (ValueError, AttributeError, IndexError):
-        return False
+        msg, _ = decode(frames)
+    except MessageError as exc:
+        return f"unreadable: {exc}"
+    except Exception as exc:  # a row corrupted into another SQLite type
+        return f"unreadable: {type(exc).__name__}: {exc}"
+    if not isinstance(msg, Escalation):
+        return f"holds a {msg.type} message, not an escalation"
+    if msg.case_id != item.case_id:
+        return f"its document says case {msg.case_id}"
+    return None
+
+
+def _is_error(frames: list[bytes]) -> bool:
+    return peek(frames).get("type") == "error"
 
 
 class LinkClient:
@@ -123,6 +136,7 @@ class LinkClient:
         # What is installed under state_dir until the daemon says what it runs.
         self.skill_version, self.adapter_version = updates.installed_versions(state_dir)
         self.release_version = 0
+        self.head_live: bool | None = None
         self.boot = time.time()
         self.inputs: dict[str, int] = {}  # release -> inputs the daemon answered with it
         self.connected = False  # the teacher answered within timeout_s
@@ -160,10 +174,18 @@ class LinkClient:
         self.outbox.put(esc, frame)
         self._wake()
 
-    def set_versions(self, skill_version: int, adapter_version: int, release: int = 0) -> None:
-        """The versions the daemon runs; reported in the next heartbeat."""
+    def set_versions(
+        self,
+        skill_version: int,
+        adapter_version: int,
+        release: int = 0,
+        head_live: bool | None = None,
+    ) -> None:
+        """The versions the daemon runs and whether the release's head is live; reported
+        in the next heartbeat."""
         self.skill_version, self.adapter_version = skill_version, adapter_version
         self.release_version = release
+        self.head_live = head_live
 
     def count_input(self, release: int) -> None:
         """One more input answered with ``release`` (reported in heartbeats)."""
@@ -282,6 +304,11 @@ class LinkClient:
             return cursor
         now = time.monotonic()
         for item in self.outbox.after(cursor, room):
+            problem = _row_problem(item)
+            if problem is not None:  # never sent again and again: the dead table keeps it
+                self.outbox.bury(item.case_id, f"cannot be sent: {problem}")
+                cursor = item.seq
+                continue
             frames = [item.doc] if item.frame is None else [item.doc, item.frame]
             if not self._send(sock, frames):
                 break
@@ -302,6 +329,7 @@ class LinkClient:
             skill_version=self.skill_version,
             adapter_version=self.adapter_version,
             release_version=self.release_version,
+            head_live=self.head_live,
             boot=self.boot,
             inputs=self.inputs,
             outbox_depth=self.outbox.depth(),
@@ -366,9 +394,10 @@ class LinkClient:
         except PushRejected as exc:
             logger.warning("refused %s push v%s: %s", kind, msg.version, exc)
             return PushResult(kind=kind, version=msg.version, accepted=False, reason=str(exc))
-        except OSError as exc:
-            logger.error("could not install %s v%s: %s", kind, msg.version, exc)
-            return PushResult(kind=kind, version=msg.version, accepted=False, reason=str(exc))
+        except Exception as exc:  # a disk error, or a check that broke: refused, never active
+            logger.exception("could not install %s v%s", kind, msg.version)
+            reason = f"{type(exc).__name__}: {exc}"[:4000]
+            return PushResult(kind=kind, version=msg.version, accepted=False, reason=reason)
         return PushResult(kind=kind, version=msg.version, accepted=True)
 
     def _callback(self, fn: Callable | None, *args) -> None:

@@ -8,8 +8,15 @@ power cut. A row leaves the outbox only when the teacher acknowledges its case i
 The outbox is bounded (``max_cases``). When it is full, the oldest case that is not
 safety-relevant is dropped to make room (the oldest safety case only when nothing
 else is left); every drop is counted (``dropped``) and logged. A case the teacher
-refuses for good (malformed, too large) moves to a ``dead`` table with the reason,
-so it is kept for a person but no longer resent.
+refuses for good (malformed, too large), or a row that no longer holds the escalation
+its key names (``edge.link``), moves to a ``dead`` table with the reason, so it is kept
+for a person but no longer resent.
+
+At open, ``PRAGMA quick_check``: a damaged file (or one that is not a database) is
+moved aside whole as ``<name>.corrupt-<unix time>`` and every row that can still be
+read is copied into a fresh outbox, with one log line saying how many were kept and
+how many rows could not be read. Only a file that cannot be opened at all (permissions,
+a full disk) stops the edge with a one-line error naming it.
 
 Rows keep the escalation's encoded JSON document, so a resend sends the same bytes.
 It knows nothing about sockets, the teacher or the daemon.
@@ -50,6 +57,55 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
+COLUMNS = {
+    "outbox": "seq, case_id, doc, frame, safety, queued_at",
+    "dead": "case_id, doc, frame, reason, dead_at",
+    "counters": "name, value",
+}
+
+
+def _salvage(path: Path) -> tuple[list[tuple[str, tuple]], int]:
+    """Every row of a damaged outbox file that can be read: a table scan, and where the
+    scan breaks, one lookup per key (each reads only the pages on its own path)."""
+    rows: list[tuple[str, tuple]] = []
+    lost = 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return rows, 0
+    try:
+        for table, columns in COLUMNS.items():
+            got: list[tuple] = []
+            try:
+                got = db.execute(f"SELECT {columns} FROM {table}").fetchall()
+            except sqlite3.Error:
+                if table == "outbox":
+                    got, lost = _rows_by_seq(db, columns)
+            rows += [(table, r) for r in got]
+    finally:
+        db.close()
+    return rows, lost
+
+
+def _rows_by_seq(db: sqlite3.Connection, columns: str) -> tuple[list[tuple], int]:
+    top = 0
+    for query in ("SELECT MAX(seq) FROM outbox", "SELECT seq FROM sqlite_sequence"):
+        try:
+            top = max(top, int(db.execute(query).fetchone()[0] or 0))
+        except (sqlite3.Error, TypeError, ValueError):
+            continue
+    got, lost = [], 0
+    for seq in range(1, min(top, 10_000_000) + 1):
+        try:
+            row = db.execute(f"SELECT {columns} FROM outbox WHERE seq=?", (seq,)).fetchone()
+        except sqlite3.Error:
+            lost += 1
+            continue
+        if row is not None:
+            got.append(row)
+    return got, lost
+
+
 @dataclass(frozen=True)
 class Pending:
     """One queued escalation: its order, id, encoded JSON document and optional frame."""
@@ -69,14 +125,69 @@ class Outbox:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the outbox {self.path}: {exc}") from exc
+        try:
+            self._open()
+            problem = self._check()
+        except sqlite3.DatabaseError as exc:  # not a database at all, or unreadable
+            problem = str(exc)
+        if problem is not None:
+            self._recover(problem)
+
+    def _open(self) -> None:
+        try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
             self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.OperationalError as exc:  # permissions, a full disk, a lock
             raise StoreError(f"cannot open the outbox {self.path}: {exc}") from exc
+
+    def _check(self) -> str | None:
+        """``PRAGMA quick_check``: None if the file is sound, else what it found first."""
+        rows = self._db.execute("PRAGMA quick_check(5)").fetchall()
+        found = [str(r[0]) for r in rows]
+        return None if found == ["ok"] else "; ".join(found)
+
+    def _recover(self, problem: str) -> None:
+        """A damaged outbox file is moved aside whole (``<name>.corrupt-<time>``) and every
+        row that can still be read is copied into a fresh one, so nothing readable is lost
+        and the edge keeps escalating."""
+        try:
+            self._db.close()
+        except (AttributeError, sqlite3.Error):
+            pass
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{self.path}{suffix}")
+                if part.exists():
+                    part.replace(Path(f"{aside}{suffix}"))
+        except OSError as exc:
+            raise StoreError(
+                f"the outbox {self.path} is damaged ({problem}) and cannot be moved aside: {exc}"
+            ) from exc
+        rows, lost = _salvage(aside)
+        self._open()
+        kept = {"outbox": 0, "dead": 0}
+        self._db.execute("BEGIN IMMEDIATE")
+        for table, values in rows:
+            marks = ",".join("?" * len(values))
+            try:
+                n = self._db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", values)
+                kept[table] += n.rowcount
+            except sqlite3.Error:
+                lost += 1
+        self._db.execute("COMMIT")
+        self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        logger.error(
+            "the outbox %s was damaged (%s): moved to %s; %d queued and %d dead case(s) "
+            "recovered into a new outbox, %d unreadable row(s) left behind",
+            self.path, problem[:200], aside.name, kept["outbox"], kept["dead"], lost,
+        )  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
@@ -176,9 +287,7 @@ class Outbox:
                 raise StoreError(f"cannot move case {case_id} to the dead table: {exc}") from exc
             self._count -= moved
         if moved:
-            logger.error(
-                "teacher refused case %s for good (%s); kept in dead table", case_id, reason
-            )
+            logger.error("case %s moved to the dead table, not resent: %s", case_id, reason)
         return bool(moved)
 
     def _rollback(self) -> None:

@@ -58,6 +58,7 @@ FORMAT_ERROR = "format_error"
 LOW_CONFIDENCE = "low_confidence"
 LOW_PROB_CONFIDENCE = "low_prob_confidence"
 AUDIT = "audit"
+JUDGE_ERROR = "judge_error"  # the input could not be judged (set by the daemon, not here)
 REASONS = (
     SAFETY_KEYWORD,
     UNCERTAIN_SAFETY,
@@ -65,6 +66,7 @@ REASONS = (
     LOW_CONFIDENCE,
     LOW_PROB_CONFIDENCE,
     AUDIT,
+    JUDGE_ERROR,
 )
 BUDGET_WINDOW_S = 60.0
 MIN_CALIBRATION = 10
@@ -105,6 +107,13 @@ class Decision:
             "threshold": round(self.threshold, 4),
             "alert": self.alert,
         }
+
+
+def outcome(decision: Decision) -> str:
+    """What the system does with the input: ``alert`` locally, ``escalate`` it, or ``pass``."""
+    if decision.alert:
+        return "alert"
+    return "escalate" if decision.escalate else "pass"
 
 
 @lru_cache(maxsize=32)

@@ -20,6 +20,9 @@ file's size and SHA-256, the skill, the head, the adapter) before its folder is 
 ``active_release`` reads the active one back, or, on an edge that only ever got
 legacy skill and adapter pushes, reads those as a release (no head).
 
+At start, ``repair_releases`` makes ``active`` name a complete release again after a
+crash in the middle of a swap or a damaged file (see there); it logs what it found.
+
 It knows nothing about sockets or models; the daemon hot-reloads from what it returns.
 """
 
@@ -106,12 +109,73 @@ def install_release(
     return release
 
 
-def active_release(state_dir: Path) -> Release | None:
-    """The installed active release; else legacy pushes read as one; else None."""
+def _complete(folder: Path) -> Release | None:
+    """The release in ``folder`` if it is whole and every file checks out, else None."""
+    try:
+        return load_release(folder)
+    except (GemmaEdgeError, OSError) as exc:
+        logger.debug("%s is not a complete release: %s", folder, exc)
+        return None
+
+
+def _version_of(folder: Path) -> int | None:
+    name = folder.name.lstrip(".").split(".")[0]
+    return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else None
+
+
+def repair_releases(state_dir: Path) -> Release | None:
+    """Make ``releases/active`` name a complete release, and return that release.
+
+    A crash in the middle of a swap (``write_folder``) can leave the active folder renamed
+    to ``.v<N>.old`` or its replacement at ``.v<N>.tmp``; a disk can damage a file. The
+    active version's folder is used when it checks out; else a whole ``.v<N>.old`` /
+    ``.v<N>.tmp`` of that version is put back; else the newest complete release becomes
+    active. One log line says what was found. None: no release was ever activated here,
+    or none is complete (the edge then runs legacy pushes or the bundled default)."""
     root = Path(state_dir) / "releases"
+    if not (root / "active").is_file():
+        return None
     version = _active(root)
-    if (root / "active").is_file() and (root / f"v{version}").is_dir():
-        return load_release(root / f"v{version}")
+    folder = root / f"v{version}"
+    release = _complete(folder)
+    if release is not None:
+        return release
+    found = "missing" if not folder.exists() else "damaged"
+    for spare in (root / f".v{version}.old", root / f".v{version}.tmp"):
+        candidate = _complete(spare) if spare.is_dir() else None
+        if candidate is not None and candidate.version == version:
+            if folder.exists():
+                shutil.rmtree(folder.with_name(f".{folder.name}.bad"), ignore_errors=True)
+                folder.rename(folder.with_name(f".{folder.name}.bad"))
+            spare.rename(folder)
+            _sync_dir(root)
+            logger.error("releases/active names v%d, whose folder was %s: restored it from %s",
+                         version, found, spare.name)  # fmt: skip
+            return load_release(folder)
+    others = sorted(
+        (v, p)
+        for p in root.glob("v*")
+        if p.is_dir() and (v := _version_of(p)) not in (None, version)
+    )
+    for other, path in reversed(others):
+        candidate = _complete(path)
+        if candidate is not None:
+            _set_active(root, other)
+            logger.error("releases/active names v%d, whose folder is %s: running v%d, the "
+                         "newest complete release, instead", version, found, other)  # fmt: skip
+            return candidate
+    logger.error("releases/active names v%d, whose folder is %s, and no other release here "
+                 "is complete: running the bundled default", version, found)  # fmt: skip
+    (root / "active").unlink(missing_ok=True)
+    return None
+
+
+def active_release(state_dir: Path) -> Release | None:
+    """The installed active release (repaired first, ``repair_releases``); else legacy
+    pushes read as one; else None."""
+    release = repair_releases(state_dir)
+    if release is not None:
+        return release
     skill = active_skill(state_dir)
     adapter = active_adapter(state_dir)
     if skill is None and adapter is None:

@@ -63,6 +63,16 @@ class SafetyHead:
                 f"safety head shapes disagree: weight {self.weight.shape}, mean "
                 f"{self.mean.shape}, std {self.std.shape}"
             )
+        for name in ("mean", "std", "weight"):
+            bad = int(np.count_nonzero(~np.isfinite(getattr(self, name))))
+            if bad:
+                raise ModelError(f"safety head {name} has {bad} non-finite values (NaN or inf)")
+        if not math.isfinite(self.bias):
+            raise ModelError(f"safety head bias is {self.bias} (not finite)")
+        if d and float(np.min(np.abs(self.std))) <= 0.0:
+            raise ModelError("safety head std has a zero: standardising would divide by zero")
+        if any(i < 0 for i in self.layers):
+            raise ModelError(f"safety head layers {self.layers}: a layer index is negative")
 
     @property
     def dim(self) -> int:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import MessageError
@@ -23,6 +25,7 @@ from shared.errors import MessageError
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 2**20  # default cap on one whole multipart message
 MAX_JSON_BYTES = 256 * 2**10  # the JSON document itself
+MAX_JSON_DEPTH = 32  # nesting of arrays and objects in it (our documents need 4)
 CaseId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 EdgeId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -129,6 +132,12 @@ class Heartbeat(Message):
     skill_version: int = Field(0, ge=0)
     adapter_version: int = Field(0, ge=0)
     release_version: int = Field(0, ge=0, description="The release the edge runs.")
+    head_live: bool | None = Field(
+        None,
+        description="The release's safety head judges inputs (False: the edge runs the "
+        "release without it, so its certified thresholds are not what decides); None: a "
+        "teacher's own heartbeat, or an edge too old to say.",
+    )
     boot: float = Field(0.0, ge=0, description="When the edge process started (Unix time).")
     inputs: dict[str, int] = Field(
         default_factory=dict, max_length=256, description="Inputs answered per release since boot."
@@ -216,12 +225,7 @@ def decode(
         raise MessageError(
             f"too_large: JSON document is {len(head)} bytes, the limit is {MAX_JSON_BYTES}"
         )
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"malformed: frame 0 is not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise MessageError("malformed: frame 0 is not a JSON object")
+    doc = parse_document(head)
     kind = doc.get("type")
     if kind not in TYPES:
         raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
@@ -242,6 +246,50 @@ def decode(
     if len(payloads) != count:
         raise MessageError(f"malformed: {kind} declares {count} payload(s), got {len(payloads)}")
     return msg, payloads
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, counted without parsing it
+    (brackets inside strings do not count), so a hostile document cannot recurse."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = str(data).encode("utf-8", "replace")
+    bare = np.frombuffer(_STRING.sub(b'""', bytes(data)), dtype=np.uint8)
+    step = np.isin(bare, _OPEN).astype(np.int32) - np.isin(bare, _CLOSE).astype(np.int32)
+    return int(np.cumsum(step).max(initial=0))
+
+
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+def parse_document(head: bytes) -> dict:
+    """Frame 0 as a JSON object, after the size and nesting limits; MessageError if not."""
+    if len(head) > MAX_JSON_BYTES:
+        raise MessageError(
+            f"too_large: JSON document is {len(head)} bytes, the limit is {MAX_JSON_BYTES}"
+        )
+    depth = json_depth(head)
+    if depth > MAX_JSON_DEPTH:
+        raise MessageError(f"malformed: JSON nests {depth} deep, the limit is {MAX_JSON_DEPTH}")
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MessageError(f"malformed: frame 0 is not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise MessageError("malformed: frame 0 is not a JSON object")
+    return doc
+
+
+def peek(frames: list[bytes]) -> dict:
+    """Frame 0 as a JSON object, or {} where it is none (never raises): to read the
+    ``type`` or ``case_id`` of a message that did not decode."""
+    try:
+        return parse_document(bytes(frames[0]))
+    except (MessageError, IndexError, TypeError):
+        return {}
 
 
 def error_code(exc: MessageError) -> str:

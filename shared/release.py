@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from importlib.resources import files as package_files
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,6 +47,30 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 KNOWN_FILES = (SKILL_FILE, HEAD_FILE, *ADAPTER_FILES)
 
 
+class Canary(BaseModel):
+    """One input the teacher's harness answered with this release, for the edge to rerun.
+
+    An edge runs every canary through its own ``Student`` and policy before it activates
+    the release (``edge.canary``): a non-finite p(unsafe), one further than
+    ``Manifest.canary_tolerance`` from the teacher's, or a canary hazard that would pass
+    refuses the release.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    id: str = Field("", max_length=128)
+    input: str = Field(min_length=1, max_length=4096)
+    unsafe: bool = Field(description="The label: a hazard (True) or a safe scene.")
+    p_unsafe: float | None = Field(
+        None, ge=0, le=1, description="What the teacher's harness computed (None: no head)."
+    )
+    decision: Literal["alert", "escalate", "pass"] = Field(
+        description="What the release's policy did with it in the teacher's harness."
+    )
+
+
+DEFAULT_CANARY_TOLERANCE = 0.05
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: int = Field(1, ge=1, le=1, description="Release folder format.")
@@ -57,6 +82,16 @@ class Manifest(BaseModel):
     calibration: Calibration | None = Field(None, description="The escalation thresholds.")
     metrics: dict = Field(default_factory=dict, description="Evaluation when it was built.")
     note: str = Field("", max_length=4096)
+    canaries: list[Canary] = Field(
+        default_factory=list, max_length=32, description="Inputs an edge reruns first."
+    )
+    canary_tolerance: float = Field(
+        DEFAULT_CANARY_TOLERANCE,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="The largest |p_unsafe - the teacher's| a canary may show on an edge.",
+    )
 
 
 @dataclass(frozen=True)
@@ -215,6 +250,8 @@ def build_files(
     model: str = "",
     metrics: dict | None = None,
     note: str = "",
+    canaries: list[Canary] | None = None,
+    canary_tolerance: float = DEFAULT_CANARY_TOLERANCE,
 ) -> dict[str, bytes]:
     """The files of a release (manifest included), in memory."""
     skill = skill.model_copy(update={"version": version})
@@ -232,6 +269,8 @@ def build_files(
         calibration=calibration,
         metrics=metrics or {},
         note=note,
+        canaries=list(canaries or []),
+        canary_tolerance=canary_tolerance,
     )
     files[MANIFEST] = manifest.model_dump_json(indent=1).encode()
     return files

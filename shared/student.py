@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Student:
         self.head: SafetyHead | None = None
         self._loaded: dict[tuple, str] = {}  # adapter files' identity -> backend adapter name
         self._lock = threading.Lock()
+        self._run = threading.RLock()  # one caller at a time drives the backend
         self.use(release)
 
     @property
@@ -81,9 +83,26 @@ class Student:
             self._loaded = {k: n for k, n in self._loaded.items() if n != name}
             self._loaded[key] = name
 
+    @contextmanager
+    def trial(self, release: Release):
+        """Run ``release`` inside the block (answers from other threads wait), then go back
+        to the release that ran before, whatever happened: how an edge tries a pushed
+        release on its canaries before it activates it."""
+        with self._run:
+            previous = self.release
+            self.use(release)
+            try:
+                yield self
+            finally:
+                self.use(previous)
+
     def use(self, release: Release) -> None:
         """Run ``release`` from the next answer on: its adapter is loaded (or the base
         model restored) first; a failure raises ModelError and keeps the old release."""
+        with self._run:
+            self._use(release)
+
+    def _use(self, release: Release) -> None:
         set_adapter = getattr(self.backend, "set_adapter", None)
         if release.adapter_dir is None:
             if set_adapter is not None and getattr(self.backend, "active_adapter", None):
@@ -110,9 +129,11 @@ class Student:
         )
 
     def answer(self, text: str, image: bytes | None = None) -> Answered:
-        """The release's answer to one input; BackendError propagates."""
-        gen = self.backend.generate(self.request(text, image))
-        return Answered(gen, judge(gen, self.head))
+        """The release's answer to one input; BackendError propagates, and a head that
+        computes no finite p(unsafe) raises ModelError (the caller escalates the input)."""
+        with self._run:
+            gen = self.backend.generate(self.request(text, image))
+            return Answered(gen, judge(gen, self.head))
 
 
 def _adapter_key(folder: Path | None) -> tuple | None:
@@ -131,31 +152,43 @@ def judge(gen: Generation, head: SafetyHead | None) -> Answer:
     answer = parse_answer(gen.text, verdict_confidence(gen.logprobs))
     if head is None:
         return answer
-    return replace(answer, p_unsafe=head.p_unsafe(head.features(gen)))
+    p = head.p_unsafe(head.features(gen))
+    if p is not None and not 0.0 <= p <= 1.0:  # NaN fails both comparisons
+        raise ModelError(f"the safety head computed p_unsafe = {p} (not a probability)")
+    return replace(answer, p_unsafe=p)
+
+
+def head_problem(backend: Backend, head: SafetyHead | None) -> str | None:
+    """Why this backend cannot feed ``head`` (None: it can, or there is no head)."""
+    if head is None or head.kind == "verdict":
+        return None
+    model = getattr(backend, "model", None)
+    config = getattr(model, "config", None)
+    if config is None:
+        return (
+            f"the safety head reads hidden states, which the {backend.name} backend does not give"
+        )
+    layers = int(getattr(config, "num_hidden_layers", 0))
+    hidden = int(getattr(config, "hidden_size", 0))
+    wrong = [i for i in head.layers if not 0 <= i <= layers]
+    if wrong:
+        return (
+            f"the safety head reads layers {list(head.layers)}, this model has layers "
+            f"0..{layers} ({', '.join(map(str, wrong))} do not exist)"
+        )
+    if hidden * len(head.layers) != head.dim:
+        return (
+            f"the safety head takes {head.dim} features at layers {list(head.layers)}; this "
+            f"model gives {hidden} x {len(head.layers)} = {hidden * len(head.layers)} "
+            "(a head fit on another model?)"
+        )
+    return None
 
 
 def usable_head(backend: Backend, head: SafetyHead | None) -> SafetyHead | None:
     """``head`` if this backend can feed it, else None (with the reason logged)."""
-    if head is None or head.kind == "verdict":
+    problem = head_problem(backend, head)
+    if problem is None:
         return head
-    model = getattr(backend, "model", None)
-    config = getattr(model, "config", None)
-    if config is None:
-        logger.warning(
-            "the release's safety head reads hidden states, which the %s backend does not "
-            "give; running without it (confidence rules decide)",
-            backend.name,
-        )
-        return None
-    layers = getattr(config, "num_hidden_layers", 0)
-    width = getattr(config, "hidden_size", 0) * len(head.layers)
-    if max(head.layers, default=0) > layers or width != head.dim:
-        logger.warning(
-            "the release's safety head was fit on another model (%d features at layers %s; "
-            "this model gives %d): running without it",
-            head.dim,
-            head.layers,
-            width,
-        )
-        return None
-    return head
+    logger.warning("%s: running without it (confidence rules decide)", problem)
+    return None

@@ -180,6 +180,21 @@ class ReleaseConfig(Strict):
         "(`calibration_fraction`; the exact finite-sample guarantee, on fewer cases).",
     )
     folds: int = Field(5, ge=2, le=50, description="Folds of the crossfit calibration.")
+    canaries: int = Field(
+        6,
+        ge=0,
+        le=32,
+        description="Frozen-split cases (half hazards the harness caught, half safe scenes) "
+        "written into each release with the p_unsafe the harness computed; an edge reruns "
+        "them before it activates the release.",
+    )
+    canary_tolerance: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="The largest |p_unsafe - the teacher's| a canary may show on an edge "
+        "(the same engine agrees to ~1e-6; another engine or a broken one does not).",
+    )
     max_self_labelled: int = Field(
         1000,
         ge=0,

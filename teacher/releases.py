@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edge.policy import outcome as decision_name
 from shared.backend import Backend
 from shared.calibration import Calibration
 from shared.config import TeacherConfig
@@ -38,6 +39,7 @@ from shared.errors import StoreError
 from shared.evaluation import LabeledCase
 from shared.release import (
     ADAPTER_FILES,
+    Canary,
     Release,
     build_files,
     default_release,
@@ -48,7 +50,7 @@ from shared.release import (
 from shared.skill import Skill
 from shared.student import Student
 from teacher import gate
-from teacher.harness import HarnessReport, evaluate_release
+from teacher.harness import CaseResult, HarnessReport, evaluate_release
 from teacher.head_fit import Splits, fit_and_calibrate, make_splits, prior_head, split_fit
 
 logger = logging.getLogger(__name__)
@@ -263,14 +265,40 @@ def build_release(
         if not keep_refused:
             return result
     metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
+    canaries = pick_canaries(after, splits.frozen, cfg.release.canaries)
     files = build_files(version, skill, head, calibration, adapter, parent=active.version,
-                        model=backend.name, metrics=metrics, note=note)  # fmt: skip
+                        model=backend.name, metrics=metrics, note=note, canaries=canaries,
+                        canary_tolerance=cfg.release.canary_tolerance)  # fmt: skip
     saved = registry.add(files, result.report())
     registry.cache_eval(version, key, after)  # next round, when it is the active one
     result.version, result.path = version, saved.path
     if activate and verdict.passed:
         registry.activate(version)
     return result
+
+
+def pick_canaries(report: HarnessReport, cases: list[LabeledCase], n: int) -> list[Canary]:
+    """Up to ``n`` canaries from a harness run: hazards the system caught and safe scenes,
+    alternating, in the frozen split's order (the same cases for the same split)."""
+    text = {c.id: c.input for c in cases}
+    hazards = [r for r in report.cases if r.label and r.caught and r.id in text]
+    safe = [r for r in report.cases if not r.label and r.id in text]
+    picked: list[CaseResult] = []
+    while len(picked) < n and (hazards or safe):
+        for pool in (hazards, safe):
+            if pool and len(picked) < n:
+                picked.append(pool.pop(0))
+    return [
+        Canary(
+            id=r.id[:128],
+            input=text[r.id][:4096],
+            unsafe=r.label,
+            p_unsafe=r.answer.p_unsafe,
+            decision=decision_name(r.decision),
+        )
+        for r in picked
+        if text[r.id]
+    ]
 
 
 def evaluate(

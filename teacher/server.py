@@ -25,7 +25,6 @@ escalation claiming another ``edge_id`` is refused. It knows nothing about model
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -53,6 +52,7 @@ from shared.messages import (
     decode,
     encode,
     error_code,
+    peek,
 )
 from shared.release import default_release_dir
 from shared.release import payload as release_payload
@@ -439,20 +439,14 @@ class _Serialised:
 
 
 def _doc_type(frames: list[bytes]) -> str | None:
-    try:
-        doc = json.loads(frames[0])
-        return doc.get("type") if isinstance(doc, dict) else None
-    except (ValueError, IndexError):
-        return None
+    kind = peek(frames).get("type")
+    return kind if isinstance(kind, str) else None
 
 
 def _case_id(frames: list[bytes]) -> str | None:
     """The case id of a malformed escalation, if one can be read, so the edge can drop it."""
-    try:
-        doc = json.loads(frames[0])
-    except (ValueError, IndexError):
-        return None
-    if isinstance(doc, dict) and doc.get("type") == "escalation":
+    doc = peek(frames)
+    if doc.get("type") == "escalation":
         cid = doc.get("case_id")
         if isinstance(cid, str) and 0 < len(cid) <= 64:
             return cid

@@ -74,7 +74,7 @@ def test_scenes_all_answered_and_every_keyword_scene_escalates():
     assert sum(e["decision"]["escalate"] for e in answers) >= 7
 
 
-def test_a_backend_error_is_logged_and_the_daemon_goes_on(tmp_path):
+def test_a_backend_error_escalates_the_input_and_the_daemon_goes_on(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("one\ntwo breaks\nthree\n")
     backend = ScriptedBackend(QUIET, fail_on="breaks", error=BackendError("model fell over"))
@@ -83,7 +83,10 @@ def test_a_backend_error_is_logged_and_the_daemon_goes_on(tmp_path):
     evs = events(out)
     assert [e["type"] for e in evs] == ["answer", "error", "answer", "summary"]
     assert evs[1]["error"] == "model fell over"
+    assert evs[1]["decision"]["escalate"] and evs[1]["decision"]["reasons"] == ["judge_error"]
+    assert evs[1]["case_id"] and evs[1]["input"] == "two breaks"
     assert stats.backend_errors == 1 and stats.answered == 2
+    assert stats.escalation_reasons["judge_error"] == 1
 
 
 def test_video_frames_are_gated_before_the_model(tmp_path):
@@ -168,8 +171,9 @@ class RecordingLink:
     def escalate(self, esc: Escalation, frame: bytes | None = None) -> None:
         self.cases.append((esc, frame))
 
-    def set_versions(self, skill_version: int, adapter_version: int, release: int = 0) -> None:
+    def set_versions(self, skill_version, adapter_version, release=0, head_live=None) -> None:
         self.versions = (skill_version, adapter_version, release)
+        self.head_live = head_live
 
     def count_input(self, release: int) -> None:
         self.counted = getattr(self, "counted", 0) + 1
