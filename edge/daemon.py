@@ -479,6 +479,7 @@ class EdgeDaemon:
             "suppressed": dict(s.suppressed),
             "safety_events": s.safety_events,
             "bad_inputs": self.source.bad,
+            "oversized_inputs": self.source.oversized,
             "skill_version": self.release.skill.version,
             "adapter_version": self.adapter_version,
             "release": self.release.version,
@@ -508,5 +509,6 @@ class EdgeDaemon:
         lines.append(
             f"  safety events: {s.safety_events}; backend errors: {s.backend_errors}; "
             f"bad inputs skipped: {self.source.bad}"
+            + (f" ({self.source.oversized} over gate.max_pixels)" if self.source.oversized else "")
         )
         return "\n".join(lines)

@@ -132,7 +132,7 @@ def run(args, backend: Backend | None = None) -> int:
         raise GemmaEdgeError(f"--max-inputs must be at least 1, not {args.max_inputs}")
     skill = ActiveSkill(config.skill)
     release = load_release(Path(args.release)) if getattr(args, "release", None) else None
-    source = open_source(args.source, config.source)
+    source = open_source(args.source, config.source, config.gate.max_pixels)
     events = hooks = metrics = link = None
     try:
         events, hooks = open_events(config.events)
@@ -151,9 +151,10 @@ def run(args, backend: Backend | None = None) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         print(daemon.summary_text(), file=sys.stderr)
-        backend.close()
     finally:
         source.close()
+        if backend is not None:
+            backend.close()
         if link is not None:
             link.stop()
         if hooks is not None:

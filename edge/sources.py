@@ -16,7 +16,10 @@ sends and overwrites one slot, so a slow consumer skips frames instead of buildi
 backlog. A stream that drops is reopened with exponential back-off; the outage is
 logged once when it starts and once when it ends. A webcam or file that cannot be
 opened at all raises one ``SourceError``. A bad line or unreadable image inside a
-readable source is logged with its place, counted in ``bad``, and skipped.
+readable source is logged with its place, counted in ``bad``, and skipped. So is an
+image or frame over ``gate.max_pixels`` (``oversized``): an image file's size is read
+from its header before anything is decoded, so a small file that would decode to
+gigabytes never is.
 
 This module knows nothing about gating, models or events.
 """
@@ -48,6 +51,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 TEXT_SUFFIXES = {".txt", ".text", ".lines", ".jsonl", ".ndjson"}
 STREAM = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp|srt)://", re.IGNORECASE)
 SCENES_ALIAS = "scenes"
+DEFAULT_MAX_PIXELS = 16_777_216  # shared.config.GateConfig.max_pixels
 
 
 @dataclass
@@ -70,7 +74,8 @@ class Source:
     name: str = ""
     live: bool = False
     total: int | None = None  # number of items when known (for progress bars)
-    bad: int = 0  # lines or images skipped as unreadable
+    bad: int = 0  # lines, images or frames skipped as unreadable or over gate.max_pixels
+    oversized: int = 0  # of those, images or frames over gate.max_pixels
 
     def __iter__(self) -> Iterator[Item]:
         raise NotImplementedError
@@ -157,16 +162,57 @@ class _StringIO:
 
 
 # ---------------------------------------------------------------- images
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding it; None if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class _PixelCap:
+    """Counts and logs the frames over ``max_pixels`` (the first, then every 100th)."""
+
+    def __init__(self, max_pixels: int | None):
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+        self.oversized = 0
+
+    def over(self, width: int, height: int, where: str) -> bool:
+        if width * height <= self.max_pixels:
+            return False
+        self.oversized += 1
+        if self.oversized % 100 == 1:
+            logger.error("%s: %d x %d pixels is over gate.max_pixels (%d): skipped (%d so far)",
+                         where, width, height, self.max_pixels, self.oversized)  # fmt: skip
+        return True
+
+
 class ImageSource(Source):
-    def __init__(self, name: str, paths: list[Path]):
+    def __init__(self, name: str, paths: list[Path], max_pixels: int | None = None):
         self.name, self._paths, self.total = name, paths, len(paths)
+        self._cap = _PixelCap(max_pixels)
         self._closed = threading.Event()
+
+    @property
+    def oversized(self) -> int:
+        return self._cap.oversized
 
     def __iter__(self) -> Iterator[Item]:
         index = 0
         for path in self._paths:
             if self._closed.is_set():
                 return
+            size = image_size(path)
+            if size is None:
+                self.bad += 1
+                logger.error("%s: unreadable image skipped (no image header)", path)
+                continue
+            if self._cap.over(*size, str(path)):
+                self.bad += 1
+                continue
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is None:
                 self.bad += 1
@@ -181,8 +227,9 @@ class ImageSource(Source):
 
 # ---------------------------------------------------------------- video files
 class VideoFileSource(Source):
-    def __init__(self, path: Path, config: SourceConfig):
+    def __init__(self, path: Path, config: SourceConfig, max_pixels: int | None = None):
         self.name, self.config = str(path), config
+        self._pixels = _PixelCap(max_pixels)
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
             raise SourceError(f"cannot open {path} as a video (OpenCV/FFmpeg could not read it)")
@@ -203,6 +250,11 @@ class VideoFileSource(Source):
                         raise SourceError(f"{self.name}: no frame could be decoded")
                     return
                 t = index / self.fps
+                if self._pixels.over(frame.shape[1], frame.shape[0], f"{self.name} frame {index}"):
+                    self.bad += 1
+                    self.oversized = self._pixels.oversized
+                    index += 1
+                    continue
                 if self.config.realtime:
                     delay = start + t - time.monotonic()
                     if delay > 0 and self._closed.wait(delay):
@@ -222,8 +274,9 @@ class LiveSource(Source):
 
     live = True
 
-    def __init__(self, target: int | str, config: SourceConfig):
+    def __init__(self, target: int | str, config: SourceConfig, max_pixels: int | None = None):
         self.target, self.config = target, config
+        self._pixels = _PixelCap(max_pixels)
         self.name = f"webcam:{target}" if isinstance(target, int) else str(target)
         self.frames_read = 0
         self.frames_dropped = 0  # read by the thread but never handed out
@@ -308,6 +361,10 @@ class LiveSource(Source):
                 self._frame = None
             if frame is None:
                 continue
+            if self._pixels.over(frame.shape[1], frame.shape[0], f"{self.name} frame"):
+                self.bad += 1
+                self.oversized = self._pixels.oversized
+                continue
             yield Item(index, self.name, t, frame=frame)
             index += 1
 
@@ -319,8 +376,12 @@ class LiveSource(Source):
 
 
 # ---------------------------------------------------------------- dispatch
-def open_source(spec: str, config: SourceConfig | None = None) -> Source:
-    """The source named by ``spec`` (see the module docstring); SourceError if it cannot be."""
+def open_source(
+    spec: str, config: SourceConfig | None = None, max_pixels: int | None = None
+) -> Source:
+    """The source named by ``spec`` (see the module docstring); SourceError if it cannot be.
+
+    ``max_pixels`` (``gate.max_pixels``) bounds every image and frame it hands out."""
     config = config or SourceConfig()
     spec = spec.strip()
     if spec == SCENES_ALIAS and not Path(spec).exists():
@@ -328,21 +389,21 @@ def open_source(spec: str, config: SourceConfig | None = None) -> Source:
     if spec == "-":
         return TextSource("stdin", lambda: _NoClose(sys.stdin), jsonl=False)
     if spec.isdigit():
-        return LiveSource(int(spec), config)
+        return LiveSource(int(spec), config, max_pixels)
     if STREAM.match(spec):
-        return LiveSource(spec, config)
+        return LiveSource(spec, config, max_pixels)
     path = Path(spec).expanduser()
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise SourceError(f"folder {path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return ImageSource(str(path), images)
+        return ImageSource(str(path), images, max_pixels)
     if any(ch in spec for ch in "*?[") and not path.exists():
         matches = sorted(Path(p) for p in glob.glob(str(path)))
         images = [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
             raise SourceError(f"no images match {spec!r}")
-        return ImageSource(spec, images)
+        return ImageSource(spec, images, max_pixels)
     if not path.exists():
         raise SourceError(f"source {spec!r} not found (not a file, folder, URL or webcam index)")
     if not path.is_file():
@@ -351,8 +412,8 @@ def open_source(spec: str, config: SourceConfig | None = None) -> Source:
     if suffix in TEXT_SUFFIXES:
         return _text_file(path, str(path))
     if suffix in IMAGE_SUFFIXES:
-        return ImageSource(str(path), [path])
-    return VideoFileSource(path, config)
+        return ImageSource(str(path), [path], max_pixels)
+    return VideoFileSource(path, config, max_pixels)
 
 
 class _NoClose:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -70,14 +71,28 @@ def run_main(parser_factory: Callable[[], argparse.ArgumentParser], argv: list[s
     setup_logging(args.verbose)
     try:
         return int(args._command.load().run(args) or 0)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except GemmaEdgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except GemmaEdgeError as exc:  # one line, whatever it is
+        text = exc.one_line() if isinstance(exc, ConfigError) else " ".join(str(exc).split())
+        print(f"error: {text}", file=sys.stderr)
+        return _exit(2, argv)
     except KeyboardInterrupt:
-        return 130
+        return _exit(130, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
+    """From the installed command (``argv`` None), end the process here with ``code``: a
+    model's native threads torn down by the interpreter after an error can abort it
+    (SIGABRT, exit 134), and a supervisor must be able to tell a start-up error (2) from
+    a crash. Called in-process (tests), return the code."""
+    if argv is not None:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def check_config_command(model_type: type, path: str) -> int:

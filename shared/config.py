@@ -109,6 +109,14 @@ class SourceConfig(Strict):
 
 
 class GateConfig(Strict):
+    max_pixels: int = Field(
+        16_777_216,
+        ge=4096,
+        le=1_073_741_824,
+        description="Largest image or frame (width x height) an edge decodes or looks at; an "
+        "image file is checked from its header before it is decoded. Over it: skipped, "
+        "logged and counted. The default (16 MP, 48 MB decoded) fits a 2 GB Raspberry Pi.",
+    )
     sample_fps: float = Field(
         2.0, gt=0, le=120, description="Frames per second looked at; the rest are skipped."
     )

@@ -39,6 +39,16 @@ class ConfigError(GemmaEdgeError):
         lines += [f"  {path}: {value!r}: {reason}" for path, value, reason in problems]
         super().__init__("\n".join(lines))
 
+    def one_line(self) -> str:
+        """Every problem on one line (what a start-up error prints)."""
+        each = "; ".join(
+            reason if path == "<file>" else f"{path}: {value!r}: {reason}"
+            for path, value, reason in self.problems
+        )
+        if len(self.problems) == 1:
+            return f"{self.source}: {each}"
+        return f"{self.source}: {len(self.problems)} configuration errors: {each}"
+
 
 class MessageError(GemmaEdgeError):
     """A wire message is malformed, too large, or of an unknown type or schema version."""

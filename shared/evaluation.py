@@ -48,9 +48,17 @@ class LabeledCase:
 def jsonl_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line) of each non-blank line of a JSONL file; ConfigError if unreadable."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [("<file>", str(path), exc.strerror or str(exc))]) from None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        bad = data[exc.start : exc.start + 4]
+        raise ConfigError(
+            str(path), [(f"line {line}, byte {exc.start}", bad, "not UTF-8 text")]
+        ) from None
     return [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
 
 
@@ -63,7 +71,10 @@ def load_labeled(path: Path | str) -> list[LabeledCase]:
     """Read labelled JSONL (input, safety, keywords[, id, answer]); errors name the line."""
     path = Path(path)
     cases: list[LabeledCase] = []
-    for number, line in jsonl_lines(path):
+    lines = jsonl_lines(path)
+    if not lines:
+        raise ConfigError(str(path), [("<file>", path.name, "empty: no labelled cases in it")])
+    for number, line in lines:
         try:
             doc = json.loads(line)
             if not isinstance(doc.get("input"), str) or not doc["input"].strip():

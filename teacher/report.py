@@ -12,7 +12,9 @@ The same table as ``gemma-edge demo``, from what the teacher knows:
   person's correction first. A hazard counts as caught when the student alerted or a
   reason other than the audit escalated it. Reviewed cases outside the audit sample are
   not used for these rates: they are the doubtful ones, not the traffic.
-- latency is the edges' own (their events and metrics); the teacher does not see it.
+- latency is the edges' own (their events and metrics); the teacher does not see it;
+- every edge whose latest heartbeat says its release's safety head is not live (it runs
+  the release on confidence rules, not the certified thresholds) is named first.
 
 Writes report.json and report.png into ``--out``. It knows nothing about sockets or
 models: it reads the store.
@@ -103,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
     store = CaseStore(path, recover=False)
     try:
         rows = rows_for(store.report_rows(), store.input_counts())
+        edges = store.edges()
     finally:
         store.close()
+    blind = [e for e in edges if e["head_live"] is False]
+    for e in blind:
+        print(f"WARNING: edge {e['edge_id']} runs release v{e['release']} without its safety "
+              "head (its heartbeat says head_live: false): the certified thresholds do not "
+              "decide there")  # fmt: skip
     if not rows:
         print(f"nothing to report yet: no edge has reported inputs to {path}")
         return 0
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     print("rates on the audit sample (labelled = audited and reviewed); latency: see the edges")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"home": str(home), "rows": [r.to_json() for r in rows]}
+    doc = {"home": str(home), "rows": [r.to_json() for r in rows], "edges": edges}
     (out / "report.json").write_text(json.dumps(doc, indent=1))
     plot([r for r in rows if r.label.endswith("(all edges)")], out / "report.png",
          "per release, all edges (rates on the audit sample)")  # fmt: skip

@@ -74,6 +74,7 @@ class EdgeState:
     skill_version: int = 0
     adapter_version: int = 0
     release_version: int = 0
+    head_live: bool | None = None
     outbox_depth: int = 0
     pushed: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (version, when)
 
@@ -294,7 +295,13 @@ class TeacherServer:
             edge = self._seen(user or msg.sender, identity)
             edge.skill_version, edge.adapter_version = msg.skill_version, msg.adapter_version
             edge.release_version = msg.release_version
+            if msg.head_live is False and edge.head_live is not False:
+                logger.warning("edge %s runs release v%d WITHOUT its safety head: the "
+                               "certified thresholds do not decide there",
+                               user or msg.sender, msg.release_version)  # fmt: skip
+            edge.head_live = msg.head_live
             try:
+                self.store.record_edge(user or msg.sender, msg.release_version, msg.head_live)
                 self.store.record_counts(user or msg.sender, msg.boot, msg.inputs)
             except sqlite3.Error as exc:
                 logger.error("input counts of edge %s not stored: %s", user or msg.sender, exc)

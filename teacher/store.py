@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS edge_counts (
     updated_at REAL NOT NULL,
     PRIMARY KEY (edge_id, boot, release)
 );
+CREATE TABLE IF NOT EXISTS edges (
+    edge_id TEXT PRIMARY KEY,
+    release INTEGER NOT NULL,
+    head_live INTEGER,
+    seen_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS corrections (
     case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
     safety INTEGER NOT NULL,
@@ -186,6 +192,33 @@ class CaseStore:
                 " inputs=max(inputs, excluded.inputs), updated_at=excluded.updated_at",
                 [(edge_id, boot, int(r), int(n), now) for r, n in counts.items()],
             )
+
+    def record_edge(self, edge_id: str, release: int, head_live: bool | None) -> None:
+        """What an edge said it runs in its latest heartbeat."""
+        live = None if head_live is None else int(head_live)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO edges (edge_id, release, head_live, seen_at) VALUES (?,?,?,?)"
+                " ON CONFLICT (edge_id) DO UPDATE SET release=excluded.release,"
+                " head_live=excluded.head_live, seen_at=excluded.seen_at",
+                (edge_id, int(release), live, time.time()),
+            )
+
+    def edges(self) -> list[dict]:
+        """Every edge's latest heartbeat: release, head_live (None: not said), seen_at."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT edge_id, release, head_live, seen_at FROM edges ORDER BY edge_id"
+            ).fetchall()
+        return [
+            {
+                "edge_id": e,
+                "release": int(r),
+                "head_live": None if h is None else bool(h),
+                "seen_at": t,
+            }  # fmt: skip
+            for e, r, h, t in rows
+        ]
 
     def input_counts(self) -> dict[tuple[str, int], int]:
         """(edge, release) -> inputs answered, summed over the edge's restarts."""
