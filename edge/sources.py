@@ -162,15 +162,19 @@ class _StringIO:
 
 
 # ---------------------------------------------------------------- images
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from an image file's header, without decoding it; None if unreadable."""
+def image_pixels(path: Path) -> tuple[int, str] | None:
+    """(pixels, "W x H") from an image file's header, without decoding it; None if the
+    header cannot be read. A header past Pillow's own bomb limit counts as too large."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        return 2**62, f"over Pillow's limit ({exc})"
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
+    return width * height, f"{width} x {height}"
 
 
 class _PixelCap:
@@ -180,14 +184,18 @@ class _PixelCap:
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         self.oversized = 0
 
-    def over(self, width: int, height: int, where: str) -> bool:
-        if width * height <= self.max_pixels:
+    def over(self, pixels: int, dims: str, where: str) -> bool:
+        if pixels <= self.max_pixels:
             return False
         self.oversized += 1
         if self.oversized % 100 == 1:
-            logger.error("%s: %d x %d pixels is over gate.max_pixels (%d): skipped (%d so far)",
-                         where, width, height, self.max_pixels, self.oversized)  # fmt: skip
+            logger.error("%s: %s pixels is over gate.max_pixels (%d): skipped (%d so far)",
+                         where, dims, self.max_pixels, self.oversized)  # fmt: skip
         return True
+
+    def frame_over(self, frame: np.ndarray, where: str) -> bool:
+        height, width = frame.shape[:2]
+        return self.over(width * height, f"{width} x {height}", where)
 
 
 class ImageSource(Source):
@@ -205,7 +213,7 @@ class ImageSource(Source):
         for path in self._paths:
             if self._closed.is_set():
                 return
-            size = image_size(path)
+            size = image_pixels(path)
             if size is None:
                 self.bad += 1
                 logger.error("%s: unreadable image skipped (no image header)", path)
@@ -250,7 +258,7 @@ class VideoFileSource(Source):
                         raise SourceError(f"{self.name}: no frame could be decoded")
                     return
                 t = index / self.fps
-                if self._pixels.over(frame.shape[1], frame.shape[0], f"{self.name} frame {index}"):
+                if self._pixels.frame_over(frame, f"{self.name} frame {index}"):
                     self.bad += 1
                     self.oversized = self._pixels.oversized
                     index += 1
@@ -361,7 +369,7 @@ class LiveSource(Source):
                 self._frame = None
             if frame is None:
                 continue
-            if self._pixels.over(frame.shape[1], frame.shape[0], f"{self.name} frame"):
+            if self._pixels.frame_over(frame, f"{self.name} frame"):
                 self.bad += 1
                 self.oversized = self._pixels.oversized
                 continue
