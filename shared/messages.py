@@ -248,7 +248,7 @@ def decode(
     return msg, payloads
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: no per-char branch
 
 
 def json_depth(data: bytes) -> int:
@@ -256,13 +256,10 @@ def json_depth(data: bytes) -> int:
     (brackets inside strings do not count), so a hostile document cannot recurse."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         data = str(data).encode("utf-8", "replace")
-    bare = np.frombuffer(_STRING.sub(b'""', bytes(data)), dtype=np.uint8)
-    step = np.isin(bare, _OPEN).astype(np.int32) - np.isin(bare, _CLOSE).astype(np.int32)
+    bare = np.frombuffer(_STRING.sub(b"", bytes(data)), dtype=np.uint8)
+    step = (bare == 91).view(np.int8) + (bare == 123).view(np.int8)  # [ {
+    step = step.astype(np.int32) - (bare == 93) - (bare == 125)  # ] }
     return int(np.cumsum(step).max(initial=0))
-
-
-_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
-_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 
 
 def parse_document(head: bytes) -> dict:
