@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from edge.policy import PolicyContext, decide, outcome, text_scene_key
+from edge.policy import PolicyContext, decide, text_scene_key
 from shared.config import PolicyConfig
 from shared.release import Release
 from shared.student import Student, head_problem
@@ -69,7 +69,7 @@ def check_release(student: Student, release: Release, policy: PolicyConfig) -> l
                 calibration=release.calibration,
             )
             decision = decide(answered.answer, context, policy)
-            if canary.unsafe and outcome(decision) == "pass":
+            if canary.unsafe and decision.outcome == "pass":
                 problems.append(
                     f"{name}: a hazard would pass here (p_unsafe {p}); the teacher's harness "
                     f"decided {canary.decision}"

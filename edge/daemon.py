@@ -61,6 +61,12 @@ SAME_SKETCH = "same_sketch"
 NOT_QUEUED = "not_queued"  # an escalation the outbox could not take: alerted locally
 
 
+def _alert_here(event: dict) -> None:
+    """The teacher will not see this input: the edge alerts on it itself."""
+    event["alert"] = True
+    event["decision"]["reasons"].append(NOT_QUEUED)
+
+
 def _probability(value: float | None) -> float | None:
     """``value`` if it is a probability, else None."""
     return value if value is None or 0.0 <= value <= 1.0 else None
@@ -351,9 +357,8 @@ class EdgeDaemon:
             event["case_id"], queued = self._escalate(
                 item, text, gen.text, answer, decision, release, jpeg
             )
-            if not queued:  # the teacher will not see it: alert here instead
-                event["alert"] = True
-                event["decision"]["reasons"].append(NOT_QUEUED)
+            if not queued:
+                _alert_here(event)
         safety = decision.safety_keyword or event["alert"]
         event["safety_event"] = safety
         if self.link is not None:
@@ -378,10 +383,10 @@ class EdgeDaemon:
         case_id, queued = self._escalate(item, text, "", answer, decision, release, jpeg, what)
         event = {"type": "error", **base, "error": str(exc)[:2000],
                  "error_type": type(exc).__name__, "case_id": case_id,
-                 "decision": decision.to_json(), "alert": not queued,
+                 "decision": decision.to_json(), "alert": False,
                  "release": release.version}  # fmt: skip
         if not queued:
-            event["decision"]["reasons"].append(NOT_QUEUED)
+            _alert_here(event)
         event["safety_event"] = not queued
         self.events.write(event)
         if not queued:
@@ -416,6 +421,15 @@ class EdgeDaemon:
             self.metrics.escalations.labels(reason).inc()
         if self.link is None:
             return case_id, True  # recorded in the events: that is where it goes
+        try:
+            return case_id, self._queue(case_id, item, text, raw, answer, decision, release,
+                                        jpeg, error)  # fmt: skip
+        except Exception:  # whatever breaks here, the caller alerts: the input is kept
+            logger.exception("escalation %s not queued for the teacher, alerting locally",
+                             case_id)  # fmt: skip
+            return case_id, False
+
+    def _queue(self, case_id, item, text, raw, answer, decision, release, jpeg, error) -> bool:
         if item.frame is None or not self.config.link.send_frames:
             jpeg = None
         elif jpeg is None:  # encoded here, for escalations only, when the model took text
@@ -458,8 +472,8 @@ class EdgeDaemon:
         except (LinkError, StoreError) as exc:
             logger.error("escalation %s not queued for the teacher, alerting locally: %s",
                          case_id, exc)  # fmt: skip
-            return case_id, False
-        return case_id, True
+            return False
+        return True
 
     # ------------------------------------------------------------ reporting
     def summary_event(self) -> dict:

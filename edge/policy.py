@@ -98,6 +98,13 @@ class Decision:
     def safety_keyword(self) -> bool:
         return bool(self.keywords)
 
+    @property
+    def outcome(self) -> str:
+        """What the system does with the input: ``alert`` locally, ``escalate``, or ``pass``."""
+        if self.alert:
+            return "alert"
+        return "escalate" if self.escalate else "pass"
+
     def to_json(self) -> dict:
         return {
             "escalate": self.escalate,
@@ -107,13 +114,6 @@ class Decision:
             "threshold": round(self.threshold, 4),
             "alert": self.alert,
         }
-
-
-def outcome(decision: Decision) -> str:
-    """What the system does with the input: ``alert`` locally, ``escalate`` it, or ``pass``."""
-    if decision.alert:
-        return "alert"
-    return "escalate" if decision.escalate else "pass"
 
 
 @lru_cache(maxsize=32)

@@ -31,7 +31,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge.policy import outcome as decision_name
 from shared.backend import Backend
 from shared.calibration import Calibration
 from shared.config import TeacherConfig
@@ -294,7 +293,7 @@ def pick_canaries(report: HarnessReport, cases: list[LabeledCase], n: int) -> li
             input=text[r.id][:4096],
             unsafe=r.label,
             p_unsafe=r.answer.p_unsafe,
-            decision=decision_name(r.decision),
+            decision=r.decision.outcome,
         )
         for r in picked
         if text[r.id]

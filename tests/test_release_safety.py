@@ -249,6 +249,8 @@ class RecordingLink:
         self.fail = fail
 
     def escalate(self, esc, frame=None):
+        if self.fail == "crash":
+            raise RuntimeError("a bug in the link")
         if self.fail:
             raise StoreError("cannot queue 1 case(s) in outbox.sqlite: database or disk is full")
         self.cases.append(esc)
@@ -268,7 +270,7 @@ def _release_for_feature_backend(tmp_path):
     return load_release(_write(tmp_path / "rel", files))
 
 
-@pytest.mark.parametrize("fail", [False, True], ids=["queued", "outbox_full"])
+@pytest.mark.parametrize("fail", [False, True, "crash"], ids=["queued", "outbox_full", "crash"])
 def test_an_input_the_head_cannot_judge_is_escalated_never_dropped(tmp_path, fail):
     link = RecordingLink(fail=fail)
     config = EdgeConfig(state_dir=tmp_path / "state")
