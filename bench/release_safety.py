@@ -1,11 +1,11 @@
 """What the release-safety checks cost, and what they save, measured on this machine.
 
-    .venv/bin/python bench/release_safety.py [--canaries 6] [--pixels 10000] [--no-model]
+    .venv/bin/python bench/release_safety.py [--pixels 10000] [--no-model]
 
-1. Canary run (the real embedded Gemma 3 270M, the bundled release v0): the teacher's
-   harness answers ``--canaries`` bundled scenes (half hazards) and writes them as
-   canaries; the edge's ``check_release`` reruns them through its own Student and policy.
-   Reports the largest |p_unsafe edge - teacher| on the same engine, and the canary run's
+1. Canary run (the real embedded Gemma 3 270M): the bundled release v0 carries canaries
+   its teacher's harness computed (``gemma-teacher releases build-default``, the teacher's
+   backend settings); a default edge's ``check_release`` reruns them through its own
+   Student and policy. Reports the largest |p_unsafe edge - teacher| and the canary run's
    time as a ratio to answering one input in the same process.
 2. Pixel bomb: a PNG of ``--pixels`` x ``--pixels`` (a small file) read by plain
    ``cv2.imread`` (what the edge did) and by the edge's ``ImageSource`` with the default
@@ -105,45 +105,36 @@ def wire() -> dict:
     }
 
 
-def canaries(n: int) -> dict:
+def canaries() -> dict:
     from edge.canary import check_release
     from edge.run import make_backend
-    from shared.config import EdgeConfig, PolicyConfig
+    from shared.config import EdgeConfig
     from shared.evaluation import bundled_cases
     from shared.release import default_release
     from shared.student import Student
-    from teacher.harness import evaluate_release
-    from teacher.releases import pick_canaries
 
     config = EdgeConfig()
     backend = make_backend(config)  # what gemma-edge run builds
-    release = default_release()
+    release = default_release()  # its canaries: the teacher's harness on the frozen members
     student = Student(backend, release, config.model.max_new_tokens)
-    cases = bundled_cases("dev_scenes.jsonl")
-    hazards = [c for c in cases if c.safety][:n]
-    safe = [c for c in cases if not c.safety][:n]
-    report = evaluate_release(student, hazards + safe, PolicyConfig(), progress=False)
-    picked = pick_canaries(report, hazards + safe, n)
-    candidate = release.__class__(
-        release.manifest.model_copy(update={"canaries": picked}),
-        release.skill, release.head, release.adapter_dir, release.path,
-    )  # fmt: skip
+    probe = bundled_cases("dev_scenes.jsonl")[-1].input
+    student.answer(probe)  # warm
     t0 = time.perf_counter()
-    student.answer(cases[-1].input)
+    student.answer(probe)
     one = time.perf_counter() - t0
     t0 = time.perf_counter()
-    problems = check_release(student, candidate, config.policy)
+    problems = check_release(student, release, config.policy)
     run = time.perf_counter() - t0
-    # the largest |p edge - p teacher| on the same engine
-    diffs = []
-    for c in picked:
-        p = student.answer(c.input).answer.p_unsafe
-        diffs.append(abs(p - c.p_unsafe))
+    diffs = [abs(student.answer(c.input).answer.p_unsafe - c.p_unsafe)
+             for c in release.manifest.canaries]  # fmt: skip
+    backend.close()
     return {
-        "canaries": len(picked),
-        "hazards": sum(c.unsafe for c in picked),
+        "release": release.version,
+        "canaries": len(release.manifest.canaries),
+        "hazards": sum(c.unsafe for c in release.manifest.canaries),
+        "tolerance": release.manifest.canary_tolerance,
         "problems": problems,
-        "max_abs_dp_same_engine": max(diffs) if diffs else None,
+        "max_abs_dp_teacher_vs_edge": max(diffs) if diffs else None,
         "one_input_s": round(one, 3),
         "canary_run_s": round(run, 3),
         "ratio_to_one_input": round(run / one, 2),
@@ -152,7 +143,6 @@ def canaries(n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--canaries", type=int, default=6)
     ap.add_argument("--pixels", type=int, default=10_000)
     ap.add_argument("--no-model", action="store_true", help="skip the canary run")
     ap.add_argument("--out", default=str(ROOT / "bench/results/release_safety.json"))
@@ -161,7 +151,7 @@ def main() -> int:
     doc["pixel_bomb"] = pixel_bomb(args.pixels)
     doc["wire"] = wire()
     if not args.no_model:
-        doc["canary"] = canaries(args.canaries)
+        doc["canary"] = canaries()
     b, w = doc["pixel_bomb"], doc["wire"]
     rows = [
         ("pixel bomb: cv2.imread", f"{b['imread']['seconds']} s",
@@ -177,8 +167,8 @@ def main() -> int:
         rows += [
             ("canary run / one input", f"{c['ratio_to_one_input']}x",
              f"{c['canary_run_s']} s for {c['canaries']} canaries ({c['hazards']} hazards)"),
-            ("canary |dp| same engine", f"{c['max_abs_dp_same_engine']:.2e}",
-             f"problems: {c['problems'] or 'none'}"),
+            ("canary |dp| teacher vs edge", f"{c['max_abs_dp_teacher_vs_edge']:.2e}",
+             f"tolerance {c['tolerance']}; problems: {c['problems'] or 'none'}"),
         ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print(f"pixel bomb: {b['side']} x {b['side']} PNG of {b['file_bytes']} bytes")

@@ -312,6 +312,19 @@ def evaluate(
     return evaluate_release(student, cases, cfg.policy, cfg.release.eval_pace_s, progress)
 
 
+def v0_canaries(
+    cfg: TeacherConfig, student: Student, release: Release, frozen: list[LabeledCase]
+) -> tuple[list[Canary], float]:
+    """Canaries for v0: what it answers on the frozen members, through the same Student and
+    policy an edge reruns them with before it activates v0 (a rollback to v0 is checked
+    too). Returns them and the seconds the run took."""
+    student.use(release)
+    t0 = time.perf_counter()
+    report = evaluate_release(student, frozen, cfg.policy, cfg.release.eval_pace_s, True,
+                              "canaries: v0 on the frozen members")  # fmt: skip
+    return pick_canaries(report, frozen, cfg.release.canaries), round(time.perf_counter() - t0, 1)
+
+
 def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase], out: Path):
     """The bundled release v0: the default skill, a head on ``cases``, its thresholds.
 
@@ -323,7 +336,8 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
 
     skill = default_skill().model_copy(update={"created_at": 0.0})  # reproducible bytes
     # Never train on a case a teacher home would freeze for its gate: v0 is scored fairly.
-    kept = [c for c in cases if not frozen_member(c.input, cfg.train.eval_fraction, cfg.train.seed)]
+    frozen = [c for c in cases if frozen_member(c.input, cfg.train.eval_fraction, cfg.train.seed)]
+    kept = [c for c in cases if c not in frozen]
     fit, cal = split_fit(kept, cfg.release.calibration_fraction, cfg.train.seed)
     student = Student(backend, skill_release(skill), cfg.student.max_new_tokens)
     head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
@@ -332,9 +346,18 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
         f"the bundled labelled scenes, thresholds calibrated on {len(cal)} others; the "
         f"{len(cases) - len(kept)} that teacher homes freeze for their gate are left out"
     )
-    files = build_files(0, skill, head, calibration, model=backend.name,
-                        metrics={"head": head.info}, note=note)  # fmt: skip
-    manifest = json.loads(files["manifest.json"])
-    manifest["created_at"] = 0.0  # reproducible bytes
-    files["manifest.json"] = json.dumps(manifest, indent=1).encode()
-    return write_release(out, files), timing
+
+    def files_with(canaries: list[Canary]) -> dict[str, bytes]:
+        files = build_files(0, skill, head, calibration, model=backend.name,
+                            metrics={"head": head.info}, note=note, canaries=canaries,
+                            canary_tolerance=cfg.release.canary_tolerance)  # fmt: skip
+        manifest = json.loads(files["manifest.json"])
+        manifest["created_at"] = 0.0  # reproducible bytes
+        files["manifest.json"] = json.dumps(manifest, indent=1).encode()
+        return files
+
+    with tempfile.TemporaryDirectory(prefix="gemma-release-") as tmp:
+        canaries, timing["canary_eval_s"] = v0_canaries(
+            cfg, student, write_release(Path(tmp) / "v0", files_with([])), frozen
+        )
+    return write_release(out, files_with(canaries)), timing

@@ -663,3 +663,32 @@ def test_model_error_from_a_canary_run_keeps_the_student_on_its_release(tmp_path
     with pytest.raises(PushRejected, match="engine fell over"):
         updates.install_release(tmp_path / "state", *push_of(files, 1), daemon.prepare_release)
     assert daemon.student.release is before
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_bundled_release_passes_its_canaries_on_a_default_edge_and_a_shifted_one_does_not():
+    """v0's canaries were computed by the teacher's harness; a default edge (its own
+    backend settings) reruns them through its Student and policy, and a canary whose
+    p_unsafe disagrees by more than the tolerance refuses the release."""
+    import torch
+
+    from edge.run import make_backend
+    from shared.release import default_release
+
+    torch.set_num_threads(2)
+    config = EdgeConfig()
+    backend = make_backend(config)
+    try:
+        v0 = default_release()
+        assert len(v0.manifest.canaries) >= 4
+        assert {c.unsafe for c in v0.manifest.canaries} == {True, False}
+        student = Student(backend, v0, config.model.max_new_tokens)
+        assert check_release(student, v0, config.policy) == []
+        first = v0.manifest.canaries[0]
+        shifted = first.model_copy(update={"p_unsafe": abs(first.p_unsafe - 0.5)})
+        v0.manifest.canaries[0] = shifted
+        problems = check_release(student, v0, config.policy)
+        assert len(problems) == 1 and "teacher" in problems[0], problems
+    finally:
+        backend.close()
