@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from shared.config import TeacherConfig
+    from shared.teacher_config import TeacherConfig
     from shared.evaluation import load_labeled
     from shared.release import default_release, load_release, skill_release
     from shared.skill import default_skill

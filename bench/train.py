@@ -286,7 +286,7 @@ def recipe_cuda(args) -> dict:
     import torch
     from transformers import Gemma3ForCausalLM
 
-    from shared.config import TeacherConfig
+    from shared.teacher_config import TeacherConfig
     from shared.evaluation import bundled_cases, load_labeled
     from shared.models import load_tokenizer
     from shared.skill import default_skill

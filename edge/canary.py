@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 
-from edge.policy import PolicyContext, decide, text_scene_key
 from shared.config import PolicyConfig
+from shared.policy import PolicyContext, decide, text_scene_key
 from shared.release import Release
 from shared.student import Student, head_problem
 

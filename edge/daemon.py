@@ -11,8 +11,8 @@ link, release), so tests inject ``tests.fakes.ScriptedBackend`` and real sources
 ``edge.run`` builds them from the configuration (``gemma-edge run``). The model answers
 through ``shared.student.Student`` running one release (skill, adapter, safety head,
 thresholds), the very code the teacher evaluates releases with. A release pushed by the
-teacher link's thread (or a changed skill file, or a legacy skill/adapter push) is
-handed over under a lock and takes effect on the NEXT input; nothing restarts.
+teacher link's thread is handed over under a lock and takes effect on the NEXT input;
+nothing restarts.
 
 SIGINT/SIGTERM (``handle_signal``, installed by ``edge.run``): the input in progress
 finishes, events are flushed, a summary is printed to stderr, exit status 0. Whatever
@@ -34,7 +34,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -42,17 +41,15 @@ from edge.canary import check_release
 from edge.events import EventLog, SafetyHooks
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
-from edge.policy import JUDGE_ERROR, Decision, EscalationPolicy, text_scene_key
 from edge.sketch import SceneSketcher, to_jpeg
-from edge.skillfile import ActiveSkill
 from edge.sources import Item, Source
 from shared.answer import Answer
 from shared.backend import Backend
 from shared.config import EdgeConfig
 from shared.errors import BackendError, GemmaEdgeError, LinkError, ModelError, StoreError
 from shared.messages import Escalation, Review
-from shared.release import Release, default_release, skill_release
-from shared.skill import Skill
+from shared.policy import JUDGE_ERROR, Decision, EscalationPolicy, text_scene_key
+from shared.release import Release, default_release
 from shared.student import Student
 
 logger = logging.getLogger(__name__)
@@ -99,7 +96,6 @@ class EdgeDaemon:
         events: EventLog,
         hooks: SafetyHooks | None = None,
         metrics: EdgeMetrics | None = None,
-        skill: ActiveSkill | None = None,
         clock=time.time,
         release: Release | None = None,
     ):
@@ -109,15 +105,10 @@ class EdgeDaemon:
         self.events = events
         self.hooks = hooks
         self.metrics = metrics or EdgeMetrics()
-        self.skill = skill or ActiveSkill(config.skill)
         self.clock = clock
-        # A release given (or pushed) wins; else a skill file runs bare; else the bundled
-        # default release (default skill, a head trained on the bundled scenes).
-        self._follow_skill = release is None and self.skill.path is not None
-        if release is None:
-            release = skill_release(self.skill.current(clock())) if self._follow_skill else None
+        # The release given (gemma-edge run: --release, or a bare skill file), else the
+        # bundled default release (default skill, a head trained on the bundled scenes).
         self.student = Student(backend, release or default_release(), config.model.max_new_tokens)
-        self._skill_seen = self.student.skill
         self.link = None  # set by attach_link
         self.gate = FrameGate(config.gate)
         self.sketcher = SceneSketcher(config.sketch)
@@ -128,7 +119,6 @@ class EdgeDaemon:
         self._stop = threading.Event()
         self._busy = False
         self._pending: Release | None = None
-        self._legacy_adapter = 0
         self._lock = threading.Lock()
         self._sketches: dict[str, float] = {}  # sketch text -> when it was last answered
         self._gated_since_answer = 0
@@ -160,17 +150,6 @@ class EdgeDaemon:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ModelError("; ".join(problems[:3]) + more)
 
-    def on_skill(self, skill: Skill) -> None:
-        """A legacy skill push: run it bare (a head fit for another prompt does not apply)."""
-        adapter = self._pending.adapter_dir if self._pending else self.release.adapter_dir
-        self.on_release(skill_release(skill, adapter))
-
-    def on_adapter(self, version: int, path: Path) -> None:
-        """A legacy adapter push: the current skill with that adapter, no head."""
-        skill = self._pending.skill if self._pending else self.release.skill
-        self._legacy_adapter = version
-        self.on_release(skill_release(skill, Path(path)))
-
     def on_review(self, review: Review) -> None:
         self.stats.reviews += 1
         self.events.write(
@@ -188,11 +167,6 @@ class EdgeDaemon:
     def _apply_pending(self, now: float) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
-        if pending is None and self._follow_skill:
-            skill = self.skill.current(now)  # a changed skill file runs from this input on
-            if skill is not self._skill_seen:
-                self._skill_seen = skill
-                pending = skill_release(skill, self.release.adapter_dir)
         if pending is None:
             return
         try:
@@ -201,10 +175,8 @@ class EdgeDaemon:
             logger.error("%s not activated (keeping release v%d): %s",
                          pending.describe(), self.release.version, exc)  # fmt: skip
             return
-        if pending.adapter_dir is None:
-            self.adapter_version = 0
-        else:  # a release's adapter carries its version; a legacy push its own
-            self.adapter_version = pending.version or self._legacy_adapter
+        # a release's adapter carries the release's version
+        self.adapter_version = 0 if pending.adapter_dir is None else pending.version
         self.metrics.adapter_version.set(self.adapter_version)
         self.metrics.skill_version.set(pending.skill.version)
         self._report_versions()

@@ -7,16 +7,15 @@ thread owns the socket and does everything else:
 - sends queued cases in outbox order, up to ``WINDOW`` unacknowledged at once, and
   deletes each one when the teacher acknowledges its case id (the teacher acks only
   after its store committed the case);
-- heartbeats every ``heartbeat_s`` with the release (and skill/adapter) versions the
-  daemon runs and the outbox depth; the teacher answers each heartbeat;
+- heartbeats every ``heartbeat_s`` with the release the daemon runs (and whether its
+  safety head is live) and the outbox depth; the teacher answers each heartbeat;
 - Paranoid Pirate: if the teacher is silent for ``timeout_s`` the socket is closed
   and reopened after a back-off that doubles up to ``reconnect_max_s``; every
   unacknowledged case is sent again after a reconnect or when its ack is overdue
   (the teacher ignores duplicates, so retries are safe);
-- receives reviews (``on_review``) and release pushes (legacy skill/adapter pushes
-  too), which ``edge.updates`` verifies whole and installs atomically before
-  ``on_release`` (``on_skill``/``on_adapter``) runs and a PushResult goes back; a
-  refused push leaves the old release active;
+- receives reviews (``on_review``) and release pushes, which ``edge.updates`` verifies
+  whole and installs atomically before ``on_release`` runs and a PushResult goes back;
+  a refused push leaves the old release active;
 - answers anything malformed or oversized with an ErrorReply and a log line.
 
 CurveZMQ authenticates both ends (``insecure: true`` turns it off for local tests).
@@ -41,21 +40,18 @@ from shared.config import LinkConfig
 from shared.errors import LinkError, MessageError, PushRejected
 from shared.messages import (
     Ack,
-    AdapterPush,
     ErrorReply,
     Escalation,
     Heartbeat,
     PushResult,
     ReleasePush,
     Review,
-    SkillPush,
     decode,
     encode,
     error_code,
     peek,
 )
 from shared.release import Release
-from shared.skill import Skill
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +100,10 @@ def _is_error(frames: list[bytes]) -> bool:
 class LinkClient:
     """Durable, authenticated escalation link of one edge.
 
-    Callbacks (``on_review``, ``on_skill``, ``on_adapter``, ``on_ack``) run on the
-    link's own thread: keep them short and thread-safe. ``on_skill`` and
-    ``on_adapter`` run only after the pushed files were verified and installed
-    under ``state_dir``; an exception in a callback is logged and does not stop
-    the link. ``prepare_release`` is the exception: it runs before a pushed release
+    Callbacks (``on_review``, ``on_release``, ``on_ack``) run on the link's own thread:
+    keep them short and thread-safe. ``on_release`` runs only after the pushed release
+    was verified and installed under ``state_dir``; an exception in a callback is logged
+    and does not stop the link. ``prepare_release`` is the exception: it runs before a pushed release
     becomes active, and if it raises, the push is refused with its reason.
     """
 
@@ -118,8 +113,6 @@ class LinkClient:
         edge_id: str,
         state_dir: Path,
         on_review: Callable[[Review], None] | None = None,
-        on_skill: Callable[[Skill], None] | None = None,
-        on_adapter: Callable[[int, Path], None] | None = None,
         on_ack: Callable[[str, bool], None] | None = None,
         on_release: Callable[[Release], None] | None = None,
         prepare_release: Callable[[Release], None] | None = None,
@@ -127,14 +120,14 @@ class LinkClient:
         self.config = config
         self.edge_id = edge_id
         self.state_dir = Path(state_dir)
-        self.on_review, self.on_skill, self.on_adapter = on_review, on_skill, on_adapter
+        self.on_review = on_review
         self.on_ack = on_ack
         self.on_release = on_release
         self.prepare_release = prepare_release  # may raise: the push is then refused
         self._keys = None if config.insecure or not config.teacher else _load_keys(config)
         self.outbox = Outbox(config.outbox, config.outbox_max)
         # What is installed under state_dir until the daemon says what it runs.
-        self.skill_version, self.adapter_version = updates.installed_versions(state_dir)
+        self.skill_version = self.adapter_version = 0
         self.release_version = 0
         self.head_live: bool | None = None
         self.boot = time.time()
@@ -356,7 +349,7 @@ class LinkClient:
                 pass
             elif isinstance(msg, Review):
                 self._callback(self.on_review, msg)
-            elif isinstance(msg, (SkillPush, AdapterPush, ReleasePush)):
+            elif isinstance(msg, ReleasePush):
                 self._send(sock, encode(self._install(msg, payloads)))
             elif isinstance(msg, ErrorReply):
                 self._on_error(msg, inflight)
@@ -372,33 +365,19 @@ class LinkClient:
             self.outbox.bury(msg.case_id, f"{msg.code}: {msg.detail}")
             inflight.pop(msg.case_id, None)
 
-    def _install(
-        self, msg: SkillPush | AdapterPush | ReleasePush, payloads: list[bytes]
-    ) -> PushResult:
-        kind = {SkillPush: "skill", AdapterPush: "adapter", ReleasePush: "release"}[type(msg)]
+    def _install(self, msg: ReleasePush, payloads: list[bytes]) -> PushResult:
         try:
-            if isinstance(msg, ReleasePush):
-                release = updates.install_release(
-                    self.state_dir, msg, payloads, self.prepare_release
-                )
-                self.release_version = msg.version
-                self._callback(self.on_release, release)
-            elif isinstance(msg, SkillPush):
-                skill = updates.install_skill(self.state_dir, msg, payloads)
-                self.skill_version = msg.version
-                self._callback(self.on_skill, skill)
-            else:
-                folder = updates.install_adapter(self.state_dir, msg, payloads)
-                self.adapter_version = msg.version
-                self._callback(self.on_adapter, msg.version, folder)
+            release = updates.install_release(self.state_dir, msg, payloads, self.prepare_release)
+            self.release_version = msg.version
+            self._callback(self.on_release, release)
         except PushRejected as exc:
-            logger.warning("refused %s push v%s: %s", kind, msg.version, exc)
-            return PushResult(kind=kind, version=msg.version, accepted=False, reason=str(exc))
+            logger.warning("refused release push v%s: %s", msg.version, exc)
+            return PushResult(version=msg.version, accepted=False, reason=str(exc))
         except Exception as exc:  # a disk error, or a check that broke: refused, never active
-            logger.exception("could not install %s v%s", kind, msg.version)
+            logger.exception("could not install release v%s", msg.version)
             reason = f"{type(exc).__name__}: {exc}"[:4000]
-            return PushResult(kind=kind, version=msg.version, accepted=False, reason=reason)
-        return PushResult(kind=kind, version=msg.version, accepted=True)
+            return PushResult(version=msg.version, accepted=False, reason=reason)
+        return PushResult(version=msg.version, accepted=True)
 
     def _callback(self, fn: Callable | None, *args) -> None:
         if fn is None:

@@ -22,12 +22,12 @@ from pathlib import Path
 from edge.daemon import EdgeDaemon
 from edge.events import open_events
 from edge.metrics import EdgeMetrics
-from edge.skillfile import ActiveSkill
 from edge.sources import open_source
 from shared.backend import Backend
 from shared.config import EdgeConfig, load_config
 from shared.errors import GemmaEdgeError
-from shared.release import load_release
+from shared.release import load_release, skill_release
+from shared.skill import load_skill
 
 
 def make_backend(config: EdgeConfig) -> Backend:
@@ -56,8 +56,8 @@ def make_backend(config: EdgeConfig) -> Backend:
 def make_link(config: EdgeConfig, daemon: EdgeDaemon):
     """The teacher link when ``link.teacher`` is set, wired to the daemon's callbacks.
 
-    The release last pushed to ``state_dir`` (or legacy skill and adapter pushes, read as
-    one) is taken up first, so a restarted edge keeps what the teacher gave it.
+    The release last pushed to ``state_dir`` is taken up first, so a restarted edge keeps
+    what the teacher gave it.
     """
     if not config.link.teacher:
         return None
@@ -72,8 +72,6 @@ def make_link(config: EdgeConfig, daemon: EdgeDaemon):
         config.edge_id,
         config.state_dir,
         on_review=daemon.on_review,
-        on_skill=daemon.on_skill,
-        on_adapter=daemon.on_adapter,
         on_release=daemon.on_release,
         prepare_release=daemon.prepare_release,
     )
@@ -130,8 +128,9 @@ def run(args, backend: Backend | None = None) -> int:
     config = load_run_config(args)
     if args.max_inputs is not None and args.max_inputs < 1:
         raise GemmaEdgeError(f"--max-inputs must be at least 1, not {args.max_inputs}")
-    skill = ActiveSkill(config.skill)
     release = load_release(Path(args.release)) if getattr(args, "release", None) else None
+    if release is None and config.skill is not None:  # runs bare: no head, no thresholds
+        release = skill_release(load_skill(config.skill))
     source = open_source(args.source, config.source, config.gate.max_pixels)
     events = hooks = metrics = link = None
     try:
@@ -140,7 +139,7 @@ def run(args, backend: Backend | None = None) -> int:
         if config.metrics.port is not None:
             metrics.serve(config.metrics.host, config.metrics.port)
         backend = backend or make_backend(config)
-        daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, skill, release=release)
+        daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, release=release)
         link = make_link(config, daemon)
         previous = {
             sig: signal.signal(sig, daemon.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)

@@ -4,7 +4,7 @@ Every model forbids unknown keys and every field has bounds and a description, s
 typo'd key, a negative threshold or a wrong type fails at start with the YAML key
 path, the bad value and the reason (``load_config`` raises ``ConfigError``).
 
-The teacher box's models are in ``shared.teacher_config`` (importable from here too).
+The teacher box's models are in ``shared.teacher_config``.
 This module knows nothing about what the settings do; it only says what is valid.
 """
 
@@ -299,10 +299,12 @@ class EdgeConfig(Strict):
         description="Name of this edge (letters, digits, . _ -).",
     )
     state_dir: Path = Field(
-        DEFAULT_HOME / "edge", description="Where skills and adapters pushed to this edge live."
+        DEFAULT_HOME / "edge", description="Where the releases pushed to this edge live."
     )
     skill: Path | None = Field(
-        None, description="Skill file (YAML/JSON); empty means the bundled default skill."
+        None,
+        description="Skill file (YAML/JSON) run bare, without a safety head, when no release "
+        "was given or pushed (read at start); empty means the bundled release.",
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
@@ -323,20 +325,6 @@ class EdgeConfig(Strict):
                     "link.teacher_public_key, or set link.insecure: true for local tests"
                 )
         return self
-
-
-# ---------------------------------------------------------------- teacher (shared.teacher_config)
-_TEACHER = ("ReviewerConfig", "ServerConfig", "UpskillConfig", "LoraConfig", "TrainConfig",
-            "ReleaseConfig", "TeacherConfig")  # fmt: skip
-
-
-def __getattr__(name: str):
-    """The teacher's models live in ``shared.teacher_config``; importable from here too."""
-    if name in _TEACHER:
-        from shared import teacher_config
-
-        return getattr(teacher_config, name)
-    raise AttributeError(f"module 'shared.config' has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- loading

@@ -2,7 +2,7 @@
 
 On the wire a message is a multipart ZeroMQ message: frame 0 is the JSON document
 (with ``type`` and ``schema_version``), any further frames are binary payloads (a
-JPEG frame, a skill file, adapter files) whose count and sizes the document
+JPEG frame, the files of a release) whose count and sizes the document
 declares. ``encode`` and ``decode`` are the only way in and out; nothing is pickled.
 
 This module knows nothing about sockets: it turns models into frames and back and
@@ -88,23 +88,6 @@ class FileEntry(BaseModel):
     sha256: Sha256
 
 
-class SkillPush(Message):
-    """A new skill version; payload 0 is the skill file (JSON)."""
-
-    type: Literal["skill_push"] = "skill_push"
-    version: int = Field(ge=1)
-    file: FileEntry
-
-
-class AdapterPush(Message):
-    """A new LoRA adapter version; one payload per file, in ``files`` order."""
-
-    type: Literal["adapter_push"] = "adapter_push"
-    version: int = Field(ge=1)
-    format: Literal["peft-safetensors"] = "peft-safetensors"
-    files: list[FileEntry] = Field(min_length=1, max_length=16)
-
-
 class ReleasePush(Message):
     """A new release (``shared.release``); payload 0 is manifest.json, then its files."""
 
@@ -117,7 +100,7 @@ class PushResult(Message):
     """The edge's answer to a push: installed, or refused and why."""
 
     type: Literal["push_result"] = "push_result"
-    kind: Literal["skill", "adapter", "release"]
+    kind: Literal["release"] = "release"
     version: int = Field(ge=0)
     accepted: bool
     reason: str = Field("", max_length=2048)
@@ -155,15 +138,7 @@ class ErrorReply(Message):
 
 
 AnyMessage = Annotated[
-    Escalation
-    | Ack
-    | Review
-    | SkillPush
-    | AdapterPush
-    | ReleasePush
-    | PushResult
-    | Heartbeat
-    | ErrorReply,
+    Escalation | Ack | Review | ReleasePush | PushResult | Heartbeat | ErrorReply,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
@@ -171,13 +146,25 @@ TYPES = {
     "escalation": Escalation,
     "ack": Ack,
     "review": Review,
-    "skill_push": SkillPush,
-    "adapter_push": AdapterPush,
     "release_push": ReleasePush,
     "push_result": PushResult,
     "heartbeat": Heartbeat,
     "error": ErrorReply,
 }
+
+
+# Pushes of one skill or one adapter, retired in 0.2.0: only whole releases travel.
+RETIRED = {
+    "skill_push": "was retired in gemma-edge 0.2.0: only releases travel (release_push); "
+    "update the teacher to gemma-edge 0.2.0 or later",
+    "adapter_push": "was retired in gemma-edge 0.2.0: only releases travel (release_push); "
+    "update the teacher to gemma-edge 0.2.0 or later",
+}
+# What a teacher tells an edge that does not know release pushes.
+EDGE_TOO_OLD = (
+    "this teacher pushes whole releases only (release_push); this edge does not take them: "
+    "update it to gemma-edge 0.2.0 or later"
+)
 
 
 def sha256(data: bytes) -> str:
@@ -189,9 +176,7 @@ def file_entry(name: str, data: bytes) -> FileEntry:
 
 
 def _expected_payloads(msg: Message) -> list[FileEntry] | int:
-    if isinstance(msg, SkillPush):
-        return [msg.file]
-    if isinstance(msg, (AdapterPush, ReleasePush)):
+    if isinstance(msg, ReleasePush):
         return list(msg.files)
     if isinstance(msg, Escalation):
         return 1 if msg.has_frame else 0
@@ -227,6 +212,8 @@ def decode(
         )
     doc = parse_document(head)
     kind = doc.get("type")
+    if kind in RETIRED:
+        raise MessageError(f"unknown_type: {kind!r} {RETIRED[kind]}")
     if kind not in TYPES:
         raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
     version = doc.get("schema_version")
@@ -295,12 +282,9 @@ def error_code(exc: MessageError) -> str:
     return code if code in ("too_large", "unknown_type", "bad_version") else "malformed"
 
 
-def verify_payloads(
-    msg: SkillPush | AdapterPush | ReleasePush, payloads: list[bytes]
-) -> str | None:
+def verify_payloads(msg: ReleasePush, payloads: list[bytes]) -> str | None:
     """None if every payload matches its declared size and SHA-256, else the reason."""
-    entries = [msg.file] if isinstance(msg, SkillPush) else list(msg.files)
-    for entry, data in zip(entries, payloads, strict=True):
+    for entry, data in zip(msg.files, payloads, strict=True):
         if len(data) != entry.size:
             return f"{entry.name}: size {len(data)} != declared {entry.size}"
         digest = sha256(data)

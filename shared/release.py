@@ -322,10 +322,29 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_active(root: Path) -> int | None:
+    """The version a registry's ``<root>/active`` pointer names (the edge's
+    ``state_dir/releases`` and the teacher's ``home/releases`` alike), or None."""
+    try:
+        return int((Path(root) / "active").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def set_active(root: Path, version: int) -> None:
+    """Point ``<root>/active`` at ``version`` atomically (written, fsynced, renamed)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / "active.tmp"
+    write_synced(tmp, f"{version}\n".encode())
+    tmp.replace(root / "active")
+    sync_dir(root)
+
+
 def skill_release(skill: Skill, adapter_dir: Path | None = None, version: int = 0) -> Release:
     """An in-memory release of a bare skill (and adapter): no head, no thresholds.
 
-    What an edge runs with its own skill file, or with legacy skill/adapter pushes; the
+    What an edge runs with its own skill file (``skill`` in its configuration); the
     policy's confidence rules decide there.
     """
     data = skill.to_bytes()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.cli import check_config_command
-from shared.config import TeacherConfig
+from shared.teacher_config import TeacherConfig
 
 
 def add_arguments(parser) -> None:

@@ -42,14 +42,8 @@ COMMANDS = [
     Subcommand(
         "upskill",
         "teacher.upskill",
-        "Write, score and roll out a better skill (prompt).",
+        "Write and score better skills (prompts); the best goes into a release build.",
         "example:\n  gemma-teacher upskill --config teacher.yaml --labels scenes.jsonl",
-    ),
-    Subcommand(
-        "skills",
-        "teacher.skills",
-        "List, show and roll back skill versions.",
-        "examples:\n  gemma-teacher skills list\n  gemma-teacher skills rollback 2",
     ),
     Subcommand(
         "train",
@@ -86,12 +80,6 @@ COMMANDS = [
         "teacher.synth",
         "Top up a thin dataset with teacher-written inputs.",
         "example:\n  gemma-teacher synth --config teacher.yaml --count 100",
-    ),
-    Subcommand(
-        "adapters",
-        "teacher.adapters",
-        "List, show and roll back adapter versions.",
-        "examples:\n  gemma-teacher adapters list\n  gemma-teacher adapters rollback 1",
     ),
     Subcommand(
         "export",

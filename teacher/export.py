@@ -11,7 +11,7 @@ Writes into ``--out``::
     merged/          (``--merged``) base weights with the adapter merged in, safetensors
 
 By default it exports the active release (``gemma-teacher releases``); ``--release N``
-picks another, ``--adapter N`` a version of the legacy adapter registry. Ollama imports
+picks another. Ollama imports
 PEFT safetensors adapters only for some architectures; for a Gemma 3 student it takes a
 GGUF adapter on a GGUF base. An Ollama edge does this by itself when a release is pushed
 to it (``shared.ollama_backend``); export is for a person, or for llama.cpp.
@@ -29,11 +29,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import TeacherConfig, load_config
+from shared.config import load_config
 from shared.errors import TrainingError
 from shared.gguf_adapter import ADAPTER_GGUF, modelfile, write_gguf_adapter
 from shared.skill import Skill
-from teacher.registry import Registry
+from shared.teacher_config import TeacherConfig
 from teacher.releases import ReleaseRegistry
 
 logger = logging.getLogger(__name__)
@@ -41,37 +41,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Exportable:
-    what: str  # "release v7" / "adapter v2"
+    what: str  # "release v7"
     adapter_dir: Path
     skill: Skill | None
     instructions: str
 
 
-def pick(home: Path, release: int | None = None, adapter: int | None = None) -> Exportable:
-    """The adapter to export: a legacy adapter version, a release, or the active release
-    (else the legacy registry's active adapter). TrainingError when there is none."""
-    if adapter is not None:
-        version = Registry(home, "adapters").get(adapter)
-        return Exportable(f"adapter v{adapter}", version.path, None,
-                          version.meta.get("instructions") or "")  # fmt: skip
+def pick(home: Path, release: int | None = None) -> Exportable:
+    """The adapter of release ``release``, or of the active release. TrainingError when
+    that release has none."""
     releases = ReleaseRegistry(home)
     number = release if release is not None else releases.active_number()
-    if number is not None:
-        chosen = releases.get(number)
-        if chosen.adapter_dir is None:
-            raise TrainingError(
-                f"release v{number} has no LoRA adapter: it runs on the base model, so there "
-                "is nothing to export (train one with `gemma-teacher train`)"
-            )
-        return Exportable(f"release v{number}", chosen.adapter_dir, chosen.skill,
-                          chosen.skill.instructions)  # fmt: skip
-    version = Registry(home, "adapters").active()
-    if version is None:
+    chosen = releases.get(number or 0)
+    if chosen.adapter_dir is None:
         raise TrainingError(
-            f"no active release or adapter in {home}: train one, or name --release / --adapter"
+            f"release v{chosen.version} has no LoRA adapter: it runs on the base model, so "
+            "there is nothing to export (train one with `gemma-teacher train`)"
         )
-    return Exportable(f"adapter v{version.number}", version.path, None,
-                      version.meta.get("instructions") or "")  # fmt: skip
+    return Exportable(f"release v{chosen.version}", chosen.adapter_dir, chosen.skill,
+                      chosen.skill.instructions)  # fmt: skip
 
 
 def write_merged(cfg: TeacherConfig, adapter_dir: Path, folder: Path) -> None:
@@ -92,10 +80,9 @@ def export(
     out: Path,
     base: str,
     release: int | None = None,
-    adapter: int | None = None,
     merged: bool = False,
 ) -> dict:
-    chosen = pick(Path(cfg.home), release, adapter)
+    chosen = pick(Path(cfg.home), release)
     out.mkdir(parents=True, exist_ok=True)
     tensors = write_gguf_adapter(chosen.adapter_dir, out / ADAPTER_GGUF, chosen.what)
     (out / "Modelfile").write_text(modelfile(base, chosen.instructions))
@@ -110,10 +97,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", help="teacher YAML (default: built-in defaults)")
     parser.add_argument("--home", help="override the teacher home folder")
     parser.add_argument("--out", required=True, help="folder for adapter.gguf and Modelfile")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--release", type=int, help="release version (default: the active one)")
-    which.add_argument("--adapter", "--version", type=int, dest="adapter",
-                       help="a version of the legacy adapter registry instead")  # fmt: skip
+    parser.add_argument("--release", type=int, help="release version (default: the active one)")
     parser.add_argument("--base", default="gemma3:270m", help="Ollama base model for FROM")
     parser.add_argument("--merged", action="store_true", help="also write merged safetensors")
 
@@ -122,6 +106,6 @@ def run(args) -> int:
     cfg = load_config(args.config, TeacherConfig)
     if args.home:
         cfg.home = Path(args.home)
-    result = export(cfg, Path(args.out), args.base, args.release, args.adapter, args.merged)
+    result = export(cfg, Path(args.out), args.base, args.release, args.merged)
     print(json.dumps(result))
     return 0

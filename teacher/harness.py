@@ -4,7 +4,7 @@
     report = evaluate_release(student, cases, policy_config)      # HarnessReport
 
 Each case goes through ``Student.answer`` (the backend class, the release's prompt
-assembly, adapter, parse and safety head) and ``edge.policy.EscalationPolicy.decide``
+assembly, adapter, parse and safety head) and ``shared.policy.EscalationPolicy.decide``
 with the release's calibration, on a clock that advances ``pace_s`` per case, the
 same classes ``gemma-edge run`` uses. Upskill, train, the release gate and ``gemma-teacher
 eval`` all score through here; nothing else generates answers to score.
@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from edge.policy import Decision, EscalationPolicy, text_scene_key
 from shared.answer import Answer
 from shared.config import PolicyConfig
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, evaluate
 from shared.head import auc
+from shared.policy import Decision, EscalationPolicy, text_scene_key
 from shared.rounds import quantile_of, student_verdict
 from shared.student import Student
 

@@ -43,16 +43,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from edge.policy import find_keywords
 from shared.backend import Backend
 from shared.calibration import Calibration, calibrate, calibrate_policy
-from shared.config import TeacherConfig
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase
 from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head, verdict_logodds
+from shared.policy import find_keywords
 from shared.release import ADAPTER_FILES, Release
 from shared.skill import Skill
 from shared.student import Student
+from shared.teacher_config import TeacherConfig
 from teacher.dataset import case_hash
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import zmq.auth
 
-from shared.config import TeacherConfig, load_config
+from shared.config import load_config
 from shared.errors import LinkError
+from shared.teacher_config import TeacherConfig
 
 logger = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -20,10 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from shared.config import TeacherConfig, load_config
+from shared.config import load_config
 from shared.errors import StoreError
 from shared.evaluation import bundled_cases, load_labeled
 from shared.release import default_release_dir, load_release
+from shared.teacher_config import TeacherConfig
 from teacher.harness import table
 from teacher.releases import ReleaseRegistry
 

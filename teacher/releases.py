@@ -15,10 +15,9 @@ A build is a straight line::
 The head and its thresholds come from ``teacher.head_fit`` (crossfit by default; the
 edges' self-labelled traffic may train the head, never calibrate it).
 
-The active release, when the registry has none, is what edges run without one: the
-skill and adapter registries' active versions read as a release (legacy), else the
-bundled default release. It knows nothing about sockets; the server pushes
-``ReleaseRegistry.active``.
+The active release, when the registry has none, is the bundled default release; an old
+home's skill and adapter registries are adopted once as a release (``teacher.migrate``).
+It knows nothing about sockets; the server pushes ``ReleaseRegistry.active``.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from pathlib import Path
 
 from shared.backend import Backend
 from shared.calibration import Calibration
-from shared.config import TeacherConfig
 from shared.errors import StoreError
 from shared.evaluation import LabeledCase
 from shared.release import (
@@ -43,14 +41,18 @@ from shared.release import (
     build_files,
     default_release,
     load_release,
+    read_active,
+    set_active,
     skill_release,
     write_release,
 )
 from shared.skill import Skill
 from shared.student import Student
+from shared.teacher_config import TeacherConfig
 from teacher import gate
 from teacher.harness import CaseResult, HarnessReport, evaluate_release
 from teacher.head_fit import Splits, fit_and_calibrate, make_splits, prior_head, split_fit
+from teacher.migrate import old_active
 
 logger = logging.getLogger(__name__)
 
@@ -93,47 +95,34 @@ class ReleaseRegistry:
         return release
 
     def active_number(self) -> int | None:
-        try:
-            return int((self.root / "active").read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return read_active(self.root)
 
     def active(self) -> Release:
-        """What the edges should run: the active release, else legacy, else the default."""
+        """What the edges should run: the active release, else the bundled default."""
         number = self.active_number()
-        if number is not None:
-            return self.get(number)
-        legacy = legacy_release(self.home)
-        return legacy if legacy is not None else default_release()
+        return self.get(number) if number is not None else default_release()
 
     def activate(self, number: int) -> Release:
         release = self.get(number)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / "active.tmp"
-        tmp.write_text(f"{number}\n")
-        tmp.replace(self.root / "active")
+        set_active(self.root, number)
         return release
 
     def ensure(self) -> Release:
-        """From now on releases decide what edges run (the server pushes only them).
-
-        A home without an active release adopts what its edges run now: the legacy
-        skill and adapter registries' active versions as a new release (no head), or the
-        bundled release v0.
-        """
+        """The active release, making one active if none is: an old home's active skill
+        and adapter (``teacher.migrate``) become a release once (no head; one log line),
+        else the bundled release v0."""
         if self.active_number() is not None:
             return self.active()
-        legacy = legacy_release(self.home)
-        if legacy is None:
+        old = old_active(self.home)
+        if old is None:
             return self.activate(0)
-        adapter = None
-        if legacy.adapter_dir is not None:
-            adapter = {name: (legacy.adapter_dir / name).read_bytes() for name in ADAPTER_FILES}
         number = self.next_number()
-        files = build_files(number, legacy.skill, None, None, adapter,
-                            note="adopted from the skill and adapter registries")  # fmt: skip
-        self.add(files, {"adopted": True})
-        logger.warning("adopted the active skill and adapter as release v%d", number)
+        skill = old.skill or default_release().skill
+        files = build_files(number, skill, None, None, old.adapter,
+                            note=f"migrated from {old.describe()} (gemma-edge < 0.2.0)")  # fmt: skip
+        self.add(files, {"migrated": old.describe()})
+        logger.warning("migrated %s of this teacher home into release v%d (no safety head); "
+                       "edges get it on their next heartbeat", old.describe(), number)  # fmt: skip
         return self.activate(number)
 
     def cached_eval(self, number: int, key: str) -> HarnessReport | None:
@@ -169,18 +158,6 @@ def _eval_key(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]) ->
 
 def _manifest_version(files: dict[str, bytes]) -> int:
     return int(json.loads(files["manifest.json"])["version"])
-
-
-def legacy_release(home: Path) -> Release | None:
-    """The skill and adapter registries' active versions read as one release (no head)."""
-    from teacher.registry import Registry
-    from teacher.upskill import current_skill
-
-    skills, adapters = Registry(home, "skills"), Registry(home, "adapters")
-    if skills.active() is None and adapters.active() is None:
-        return None
-    adapter = adapters.active()
-    return skill_release(current_skill(skills), adapter.path if adapter else None)
 
 
 # ---------------------------------------------------------------- build + gate

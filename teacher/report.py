@@ -28,9 +28,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.answer import parse_answer
-from shared.config import TeacherConfig, load_config
+from shared.config import load_config
 from shared.errors import StoreError
 from shared.rounds import Outcome, RoundRow, plot, round_row, student_verdict, table
+from shared.teacher_config import TeacherConfig
 
 AUDIT = "audit"
 

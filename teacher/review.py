@@ -28,11 +28,12 @@ from typing import Protocol
 
 from shared.answer import parse_answer
 from shared.backend import Backend, GenerateRequest, generate_many
-from shared.config import ModelConfig, PolicyConfig, TeacherConfig
+from shared.config import ModelConfig, PolicyConfig
 from shared.errors import BackendError, ConfigError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.messages import Review
 from shared.skill import Skill, default_skill
+from shared.teacher_config import TeacherConfig
 from teacher.store import CaseStore, StoredCase
 
 logger = logging.getLogger(__name__)

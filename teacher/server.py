@@ -7,11 +7,11 @@ after the commit acknowledges each case id (a duplicate id is acknowledged again
 one fsync per batch, not per case.
 
 Besides escalations it
-- answers every edge heartbeat, remembers which edges are connected and what
-  release (skill/adapter) versions they run, and pushes the ACTIVE release
+- answers every edge heartbeat, remembers which edges are connected, what release
+  they run and whether its head is live, and pushes the ACTIVE release
   (``teacher.releases``) to an edge that reports a different one, as one message (so
-  a rollback is pushed too); a teacher home without releases pushes the legacy skill
-  and adapter registries' active versions instead;
+  a rollback is pushed too); an edge too old to take release pushes is told which
+  version it needs;
 - sends stored reviews that have not reached their edge yet (review workers
   store reviews and wake the loop; reviews for an absent edge wait for it);
 - answers malformed, oversized, unknown-type or wrong-version messages with an
@@ -38,17 +38,16 @@ from pathlib import Path
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from shared.config import TeacherConfig, load_config
+from shared.config import load_config
 from shared.errors import ConfigError, LinkError, MessageError, StoreError
 from shared.messages import (
+    EDGE_TOO_OLD,
     Ack,
-    AdapterPush,
     ErrorReply,
     Escalation,
     Heartbeat,
     PushResult,
     ReleasePush,
-    SkillPush,
     decode,
     encode,
     error_code,
@@ -56,8 +55,8 @@ from shared.messages import (
 )
 from shared.release import default_release_dir
 from shared.release import payload as release_payload
+from shared.teacher_config import TeacherConfig
 from teacher.keys import AllowList, teacher_keypair
-from teacher.registry import Registry, Version
 from teacher.releases import ReleaseRegistry
 from teacher.review import Reviewer, ReviewWorker, make_reviewer
 from teacher.store import CaseStore, default_store_path
@@ -71,8 +70,6 @@ ZAP_DOMAIN = b"gemma-edge"
 class EdgeState:
     identity: bytes
     last_seen: float
-    skill_version: int = 0
-    adapter_version: int = 0
     release_version: int = 0
     head_live: bool | None = None
     outbox_depth: int = 0
@@ -100,10 +97,6 @@ class TeacherServer:
         self.config = config
         self.store = store or CaseStore(default_store_path(config.home))
         self.reviewer = reviewer
-        self.registries = {
-            "skill": Registry(config.home, "skills"),
-            "adapter": Registry(config.home, "adapters"),
-        }
         self.releases = ReleaseRegistry(config.home)
         self.edges: dict[str, EdgeState] = {}
         self.endpoint: str | None = None
@@ -115,7 +108,7 @@ class TeacherServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._thread: threading.Thread | None = None
-        self._active_cache: tuple[float, dict[str, Version | None]] = (0.0, {})
+        self._active_cache: tuple[float, int] = (float("-inf"), 0)
         self._review_lock = threading.Lock()
         self._workers: list[ReviewWorker] = []
 
@@ -153,6 +146,8 @@ class TeacherServer:
         """Bind and serve until ``stop``; LinkError if keys are missing or bind fails."""
         cfg = self.config.server
         keys = None if cfg.insecure else teacher_keypair(cfg.keys_dir)
+        release = self.releases.ensure()  # an old home's skill and adapter: migrated once
+        logger.info("edges get %s", release.describe())
         ctx = zmq.Context()
         auth = None
         sock = ctx.socket(zmq.ROUTER)
@@ -293,7 +288,6 @@ class TeacherServer:
             return identity, msg, payloads[0] if payloads else None
         if isinstance(msg, Heartbeat):
             edge = self._seen(user or msg.sender, identity)
-            edge.skill_version, edge.adapter_version = msg.skill_version, msg.adapter_version
             edge.release_version = msg.release_version
             if msg.head_live is False and edge.head_live is not False:
                 logger.warning("edge %s runs release v%d WITHOUT its safety head: the "
@@ -309,6 +303,7 @@ class TeacherServer:
             self._reply(sock, identity, Heartbeat(sender="teacher"))
             self._maybe_push(sock, user or msg.sender, edge)
         elif isinstance(msg, PushResult):
+            user = user or self._name_of(identity)
             level = logging.INFO if msg.accepted else logging.WARNING
             logger.log(
                 level,
@@ -320,7 +315,11 @@ class TeacherServer:
                 msg.reason,
             )
         elif isinstance(msg, ErrorReply):
-            logger.warning("edge %s reports %s: %s", user or identity.hex(), msg.code, msg.detail)
+            user = user or self._name_of(identity)
+            logger.warning("edge %s reports %s: %s", user, msg.code, msg.detail)
+            if msg.code == "unknown_type" and "release_push" in msg.detail:
+                logger.error("edge %s is too old for this teacher: %s", user, EDGE_TOO_OLD)
+                self._reply(sock, identity, ErrorReply(code="bad_version", detail=EDGE_TOO_OLD))
         else:
             self._reply(
                 sock,
@@ -349,24 +348,27 @@ class TeacherServer:
         edge.identity, edge.last_seen = identity, time.monotonic()
         return edge
 
+    def _name_of(self, identity: bytes) -> str:
+        """The name an edge gave in its heartbeats, else its socket identity in hex."""
+        names = [name for name, edge in self.edges.items() if edge.identity == identity]
+        return names[0] if names else identity.hex()
+
     def _forget_silent_edges(self) -> None:
         limit = time.monotonic() - self.config.server.edge_timeout_s
         for name in [n for n, e in self.edges.items() if e.last_seen < limit]:
             logger.info("edge %s went silent", name)
             del self.edges[name]
 
-    def _active(self) -> dict[str, Version | int | None]:
-        at, cached = self._active_cache
+    def _active(self) -> int:
+        """The active release's number (read at most once a second)."""
+        at, number = self._active_cache
         if time.monotonic() - at > 1.0:
-            number = self.releases.active_number()
-            if number is not None:
-                cached = {"release": number}
-            else:
-                cached = {kind: reg.active() for kind, reg in self.registries.items()}
-            self._active_cache = (time.monotonic(), cached)
-        return cached
+            number = self.releases.active_number() or 0
+            self._active_cache = (time.monotonic(), number)
+        return number
 
-    def _push_release(self, sock: zmq.Socket, name: str, edge: EdgeState, number: int) -> None:
+    def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
+        number = self._active()
         if edge.release_version == number:
             return
         last = edge.pushed.get("release")
@@ -387,35 +389,6 @@ class TeacherServer:
             edge.pushed["release"] = (number, time.monotonic())
             logger.info("pushed release v%s to edge %s (it runs v%s)", number, name,
                         edge.release_version)  # fmt: skip
-
-    def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
-        active = self._active()
-        if "release" in active:
-            self._push_release(sock, name, edge, active["release"])
-            return
-        for kind, version in active.items():
-            if version is None:
-                continue
-            running = edge.skill_version if kind == "skill" else edge.adapter_version
-            if running == version.number:
-                continue
-            last = edge.pushed.get(kind)
-            if last and last[0] == version.number:
-                if time.monotonic() - last[1] < self.config.server.push_retry_s:
-                    continue
-            files = version.files()
-            if kind == "skill":
-                chosen = [f for f in files if f[0].name == "skill.json"] or files[:1]
-                msg = SkillPush(version=version.number, file=chosen[0][0])
-                payloads = [chosen[0][1]]
-            else:
-                msg = AdapterPush(version=version.number, files=[e for e, _ in files])
-                payloads = [data for _, data in files]
-            if self._reply(sock, edge.identity, msg, payloads):
-                edge.pushed[kind] = (version.number, time.monotonic())
-                logger.info(
-                    "pushed %s v%s to edge %s (it runs v%s)", kind, version.number, name, running
-                )
 
     def _send_reviews(self, sock: zmq.Socket) -> None:
         if not self.edges:

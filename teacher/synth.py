@@ -35,8 +35,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.backend import Backend, GenerateRequest
-from shared.config import TeacherConfig, load_config
+from shared.config import load_config
 from shared.errors import BackendError, ConfigError, TrainingError
+from shared.teacher_config import TeacherConfig
 from teacher.dataset import NEAR_DUPLICATE, _shingles, jaccard
 from teacher.redact import redact
 

@@ -40,11 +40,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from shared.config import TeacherConfig, TrainConfig, load_config
+from shared.config import load_config
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.release import ADAPTER_FILES
 from shared.skill import Skill
+from shared.teacher_config import TeacherConfig, TrainConfig
 from teacher.batches import answer_loss, collate, eval_loss, plan_batches, tokenize
 from teacher.checkpoint import load_checkpoint, save_checkpoint, trainable_params, write_curves
 from teacher.dataset import Dataset, Example, choose_eval, dedupe, export_chat, to_examples

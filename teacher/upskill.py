@@ -11,13 +11,15 @@ A straight-line recipe, read top to bottom (``run_upskill``):
 4. the best candidate on the selection split is the winner; it and the current skill
    are scored on the held-out split (cases that are a demonstration in either skill
    are left out of that comparison);
-5. the winner becomes skill vN in the registry (score, parent, held-out hash); it is
-   activated, which is what pushes it to the edges, only if its held-out score beats
-   the current skill's by more than ``upskill.min_gain``; otherwise the report says why.
+5. only if its held-out score beats the current skill's by more than
+   ``upskill.min_gain``, the winner (with its score, parent and held-out hash) goes to
+   the release build (``teacher.releases.build_release``: a head fit on its prompt,
+   thresholds, the release gate), which is what edges may get; otherwise the report
+   says why.
 
 Scores are ``shared.evaluation.evaluate(...).score``; every metric is kept so the
 report can show what moved. It knows nothing about sockets: the teacher server pushes
-whatever version is active.
+whatever release is active.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.backend import Backend
-from shared.config import ModelConfig, TeacherConfig, UpskillConfig, load_config, validate_config
+from shared.config import ModelConfig, load_config, validate_config
 from shared.errors import TrainingError
 from shared.evaluation import EvalReport, LabeledCase, cases_hash, evaluate
-from shared.skill import Skill, default_skill, skill_from_bytes
+from shared.skill import Skill
+from shared.teacher_config import TeacherConfig, UpskillConfig
 from teacher import candidates as cand
 from teacher.evalset import EvalSet, load_cases, split_cases
-from teacher.registry import Registry
 from teacher.skill_scoring import (
     VERDICT_CHAR,
     Run,
@@ -51,14 +53,11 @@ from teacher.skill_scoring import (
 
 logger = logging.getLogger(__name__)
 
-SKILL_FILE = "skill.json"
-
 
 # ---------------------------------------------------------------- the recipe
 @dataclass
 class Decision:
-    activated: bool
-    version: int | None
+    activated: bool  # handed to the release build (whose gate decides what edges get)
     reason: str
     winner_holdout: dict
     baseline_holdout: dict
@@ -95,15 +94,6 @@ class UpskillResult:
         }
 
 
-def current_skill(registry: Registry) -> Skill:
-    """The active version's skill, or the bundled default when none is active."""
-    version = registry.active()
-    if version is None:
-        return default_skill()
-    path = version.path / SKILL_FILE
-    return skill_from_bytes(path.read_bytes(), str(path))
-
-
 def _interleave(cases: list[LabeledCase], cap: int) -> list[LabeledCase]:
     """At most ``cap`` cases, safety and non-safety alternating (so any prefix is balanced)."""
     yes = [c for c in cases if c.safety]
@@ -117,21 +107,21 @@ def _interleave(cases: list[LabeledCase], cap: int) -> list[LabeledCase]:
 def run_upskill(
     cases: list[LabeledCase],
     student: Backend,
-    registry: Registry,
+    parent: Skill,
     cfg: UpskillConfig,
     max_new_tokens: int = 48,
     writer: Backend | None = None,
     dry_run: bool = False,
     progress: bool = True,
 ) -> UpskillResult:
+    """Find a skill that beats ``parent`` (the active release's) on the held-out split."""
     started = time.perf_counter()
     evalset = split_cases(cases, cfg.holdout_fraction, cfg.select_fraction, cfg.seed)
     select = _interleave(evalset.select, cfg.max_eval_cases)
     logger.info("split: %s", evalset.summary())
 
     # 2. the skill to beat, and what it gets wrong on the demo pool
-    parent = current_skill(registry)
-    origin = "active" if registry.active() else "default"
+    origin = "active" if parent.version else "default"
     base_cand = cand.Candidate(f"{origin} v{parent.version}", origin, 0, parent)
     # Probing part of the pool is enough to find mistakes worth demonstrating.
     probe = _interleave(evalset.train, max(8, 2 * cfg.demos))
@@ -179,7 +169,7 @@ def run_upskill(
 
     # 4. the held-out gate
     decision, skill = _gate(
-        student, registry, cfg, parent, winner, evalset, max_new_tokens, dry_run, progress
+        student, cfg, parent, winner, evalset, max_new_tokens, dry_run, progress
     )
     return UpskillResult(
         baseline,
@@ -267,7 +257,6 @@ def _writer_round(
 
 def _gate(
     student: Backend,
-    registry: Registry,
     cfg: UpskillConfig,
     parent: Skill,
     winner: Scored,
@@ -291,7 +280,7 @@ def _gate(
     who = f"v{parent.version}" + (" (bundled default)" if parent.version == 0 else "")
     if gain > cfg.min_gain and not judges:
         reason = (
-            f"not activated: {winner.candidate.name} scores {win_report.score:.3f} on "
+            f"no release built: {winner.candidate.name} scores {win_report.score:.3f} on "
             f"{len(holdout)} held-out case(s) against {base_report.score:.3f} for {who}, but "
             f"its balanced safety agreement {bal_win:.3f} is below {bal_base:.3f}: it judges "
             f"worse and only flags more (upskill.max_balanced_drop = {drop})"
@@ -303,7 +292,7 @@ def _gate(
         )
     else:
         reason = (
-            f"not activated: {winner.candidate.name} scores {win_report.score:.3f} on "
+            f"no release built: {winner.candidate.name} scores {win_report.score:.3f} on "
             f"{len(holdout)} held-out case(s), which does not beat {who} "
             f"({base_report.score:.3f}) by more than {cfg.min_gain:.3f}"
         )
@@ -316,36 +305,11 @@ def _gate(
             "name": winner.candidate.name[:128],
         }
     )
-    version = None
-    if not dry_run:
-        number = max((v.number for v in registry.versions()), default=0) + 1
-        skill = skill.model_copy(update={"version": number})
-        meta = {
-            "name": skill.name,
-            "score": skill.score,
-            "parent": parent.version,
-            "eval_hash": skill.eval_hash,
-            "select_score": round(winner.report.score, 4),
-            "baseline_score": round(base_report.score, 4),
-            "activated": beats,
-            "reason": reason,
-            "sha256": skill.sha256,
-        }
-        added = registry.add({SKILL_FILE: skill.to_bytes()}, meta)
-        if added.number != number:
-            raise TrainingError(f"registry numbered the skill v{added.number}, not v{number}")
-        version = number
-        if beats:
-            registry.activate(number)
-            logger.info("skill v%d activated: %s", number, reason)
-        else:
-            logger.info("skill v%d stored, %s", number, reason)
-    elif beats:
-        reason = "dry run, nothing stored: " + reason
+    if dry_run and beats:
+        reason = "dry run, nothing built: " + reason
     return (
         Decision(
             beats and not dry_run,
-            version,
             reason,
             win_report.summary(),
             base_report.summary(),
@@ -392,8 +356,8 @@ examples:
   gemma-teacher upskill --labels shared/data/dev_scenes.jsonl --dry-run
 
 Writes a report (table, JSON, PNG chart) under HOME/upskill/runs/ and prints the table.
-The winner is stored as skill vN; it is activated (pushed to edges) only if it beats
-the active skill on the held-out split.
+If the winner beats the active release's skill on the held-out split, a release is built
+around it (safety head, thresholds) and the release gate decides whether edges get it.
 """
 
 
@@ -431,7 +395,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.upskill = validate_config(data, UpskillConfig, "command line (upskill)")
     store = None if args.no_store else default_store_path(cfg.home)
     cases = load_cases(store, args.labels)
-    registry = Registry(cfg.home, "skills")
+    from teacher.releases import ReleaseRegistry, build_release
+
+    parent = ReleaseRegistry(cfg.home).active().skill
     student = make_backend(cfg.student)
     writer = writer_backend(cfg, student)
     built = None
@@ -439,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_upskill(
             cases,
             student,
-            registry,
+            parent,
             cfg.upskill,
             cfg.student.max_new_tokens,
             writer=writer,
@@ -449,8 +415,6 @@ def run(args: argparse.Namespace) -> int:
         if result.decision.activated:
             # The skill won on words; what edges get is a release around it (head fit on
             # its prompt, thresholds), gated through the edge's own code.
-            from teacher.releases import build_release
-
             built = build_release(cfg, student, cases, skill=result.skill,
                                   note=f"upskill: {result.skill.name}",
                                   progress=not args.quiet)  # fmt: skip
@@ -466,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
     if built is not None:
         (out / "release.json").write_text(json.dumps(built.report(), indent=1))
         if built.verdict.passed:
-            print(f"release v{built.version} (skill v{result.skill.version}) is active")
+            print(f"release v{built.version} ({result.skill.name}) is active")
         else:
             print("no release: " + "; ".join(built.verdict.reasons))
     return 0

@@ -114,9 +114,6 @@ def markdown(result: UpskillResult, command: str = "") -> str:
         "",
         f"decision: {result.decision.reason}",
     ]
-    if result.decision.version is not None:
-        state = "activated (pushed)" if result.decision.activated else "stored, not activated"
-        parts.append(f"registry: skill v{result.decision.version} {state}")
     if result.writer_notes:
         parts += ["", "writer: " + "; ".join(result.writer_notes)]
     return "\n".join(p for p in parts if p is not None) + "\n"
@@ -163,7 +160,10 @@ def chart(result: UpskillResult, path: Path) -> None:
     pair = [d.baseline_holdout["score"], d.winner_holdout["score"]]
     ax2.bar(["current", "winner"], pair, color=["#888888", "#C44E52" if d.activated else "#BBBBBB"])
     ax2.set_ylim(0, 1.1)
-    ax2.set_title("held-out " + ("(activated)" if d.activated else "(not activated)"), fontsize=9)
+    ax2.set_title(
+        "held-out " + ("(to the release build)" if d.activated else "(no release built)"),
+        fontsize=9,
+    )
     for i, v in enumerate(pair):
         ax2.text(i, v + 0.02, f"{v:.3f}", ha="center", fontsize=8)
     fig.tight_layout()

@@ -216,7 +216,7 @@ def test_a_canary_hazard_that_would_pass_refuses_the_release(tmp_path):
 
 
 def test_the_teachers_build_writes_canaries_the_edge_accepts(tmp_path):
-    from shared.config import TeacherConfig
+    from shared.teacher_config import TeacherConfig
     from teacher.releases import ReleaseRegistry, build_release
 
     cfg = TeacherConfig(home=tmp_path / "teacher")

@@ -1,9 +1,9 @@
-"""A running edge (real process, real Gemma 3 270M) takes pushed skills and adapters live.
+"""A running edge (real process, real Gemma 3 270M) takes pushed releases live.
 
 The teacher server and the edge daemon run as real subprocesses linked over ZeroMQ on
-loopback. The test activates a new skill version, then a new LoRA adapter version, in
-the teacher's registries and checks that the very next input the edge answers uses
-each, without the edge restarting (same pid, one model load).
+loopback. The test activates releases in the teacher's registry (a new skill, then that
+skill with a LoRA, then a head) and checks that the very next input the edge answers
+uses each, without the edge restarting (same pid, one model load).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import yaml
 from shared.config import EmbeddedModelConfig
 from shared.models import ensure_cache
 from shared.skill import default_skill
-from teacher.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -177,66 +176,51 @@ def ask(edge, events_file: Path, text: str, timeout: float = 300) -> dict:
     return answers(events_file)[before]
 
 
-def test_a_live_edge_uses_a_pushed_skill_then_a_pushed_adapter(stack):
+def test_a_live_edge_uses_pushed_releases_for_its_next_input_and_rolls_back(stack):
     home, edge, events_file, tmp_path = stack
     scene = "A cat is sleeping on a sofa."
     first = ask(edge, events_file, scene)
     assert (first["skill_version"], first["adapter_version"]) == (0, 0)
     assert first["release"] == 0 and first["p_unsafe"] is not None  # the bundled release
 
-    skills = Registry(home, "skills")
-    skill = default_skill().model_copy(
-        update={
-            "version": 1,
-            "instructions": "You describe what a home camera sees, then judge safety.",
-        }
-    )
-    skills.activate(skills.add({"skill.json": skill.to_bytes()}, {"note": "test"}).number)
-    installed = tmp_path / "edge" / "skills" / "active"
-    wait_for(
-        lambda: installed.exists() and installed.read_text().strip() == "1",
-        60,
-        "the skill push to be installed",
-        edge,
-    )
-    second = ask(edge, events_file, scene)
-    assert second["skill_version"] == 1
-    assert second["adapter_version"] == 0
-
-    adapters = Registry(home, "adapters")
-    source = tmp_path / "adapter-src"
-    random_lora(source)
-    files = {p.name: p.read_bytes() for p in source.iterdir()}
-    adapters.activate(adapters.add(files, {"note": "random test adapter"}).number)
-    installed = tmp_path / "edge" / "adapters" / "active"
-    wait_for(
-        lambda: installed.exists() and installed.read_text().strip() == "1",
-        60,
-        "the adapter push to be installed",
-        edge,
-    )
-    third = ask(edge, events_file, scene)
-    assert third["adapter_version"] == 1 and third["skill_version"] == 1
-    # Same skill and input, a strong random adapter: the model's answer changed.
-    assert third["raw"] != second["raw"]
-    assert edge.poll() is None  # never restarted
-    # A release (skill + adapter + head + thresholds) is pushed as one message and used by
-    # the very next input; rolling back to v0 sends the bundled release back out.
+    # A release of a new skill alone (no head) is pushed whole and answers the next input.
     from shared.release import build_files, default_release
     from teacher.releases import ReleaseRegistry
 
-    bundled = default_release()
-    files = build_files(1, bundled.skill, bundled.head, bundled.calibration,
-                        {p.name: p.read_bytes() for p in source.iterdir()})  # fmt: skip
     releases = ReleaseRegistry(home)
-    releases.add(files, {"passed": True})
-    releases.activate(1)
     installed = tmp_path / "edge" / "releases" / "active"
-    wait_for(lambda: installed.exists() and installed.read_text().strip() == "1", 60,
-             "the release push to be installed", edge)  # fmt: skip
+
+    def push(version: int, files: dict[str, bytes], what: str) -> None:
+        releases.add(files, {"passed": True})
+        releases.activate(version)
+        wait_for(lambda: installed.exists() and installed.read_text().strip() == str(version),
+                 60, f"the {what} to be installed", edge)  # fmt: skip
+
+    skill = default_skill().model_copy(
+        update={"instructions": "You describe what a home camera sees, then judge safety."}
+    )
+    push(1, build_files(1, skill, None, None), "release of a new skill")
+    second = ask(edge, events_file, scene)
+    assert (second["release"], second["skill_version"], second["adapter_version"]) == (1, 1, 0)
+    assert second["p_unsafe"] is None  # no head in that release: the confidence rules decide
+
+    source = tmp_path / "adapter-src"
+    random_lora(source)
+    adapter = {p.name: p.read_bytes() for p in source.iterdir()}
+    push(2, build_files(2, skill, None, None, adapter), "release with a LoRA")
+    third = ask(edge, events_file, scene)
+    assert third["adapter_version"] == 2 and third["release"] == 2
+    # Same skill and input, a strong random adapter: the model's answer changed.
+    assert third["raw"] != second["raw"]
+    assert edge.poll() is None  # never restarted
+    # A release (skill + adapter + head + thresholds) is used by the very next input;
+    # rolling back to v0 sends the bundled release back out.
+    bundled = default_release()
+    push(3, build_files(3, bundled.skill, bundled.head, bundled.calibration, adapter),
+         "release with a head")  # fmt: skip
     fourth = ask(edge, events_file, scene)
-    assert fourth["release"] == 1 and fourth["p_unsafe"] is not None
-    assert fourth["adapter_version"] == 1  # the release's own adapter
+    assert fourth["release"] == 3 and fourth["p_unsafe"] is not None
+    assert fourth["adapter_version"] == 3  # the release's own adapter
     releases.activate(0)
     wait_for(lambda: installed.read_text().strip() == "0", 60, "the rollback to v0", edge)
     fifth = ask(edge, events_file, scene)

@@ -1,10 +1,11 @@
-"""Upskill → registry → teacher server → edge link → the edge's next input, end to end.
+"""Upskill → release build → teacher server → edge link → the edge's next input, end to end.
 
 A real teacher server and a real edge daemon with its real link (ZeroMQ on loopback)
-run side by side; only the model is scripted. An upskill run that beats the default
-skill activates vN, the server pushes it, and the daemon, never restarted, answers its
-next input with vN. An upskill run whose winner does not beat the active skill pushes
-nothing, and the edge keeps answering with what it has.
+run side by side; only the model is scripted. An upskill winner that beats the default
+skill goes to the release build (head fit on its prompt, thresholds, the release gate);
+the server pushes the release and the daemon, never restarted, answers its next input
+with it. A winner that does not beat the active skill builds nothing, and the edge
+keeps answering with what it has.
 """
 
 from __future__ import annotations
@@ -22,20 +23,14 @@ from edge.events import EventLog
 from edge.run import make_link
 from edge.sources import Item, Source
 from shared.backend import GenerateRequest
-from shared.config import (
-    EdgeConfig,
-    LinkConfig,
-    ReviewerConfig,
-    ServerConfig,
-    TeacherConfig,
-    UpskillConfig,
-)
+from shared.config import EdgeConfig, LinkConfig
 from shared.evaluation import bundled_cases
 from shared.skill import default_skill
-from teacher.registry import Registry
+from shared.teacher_config import ReviewerConfig, ServerConfig, TeacherConfig, UpskillConfig
+from teacher.releases import ReleaseRegistry, build_release
 from teacher.server import TeacherServer
 from teacher.upskill import run_upskill
-from tests.fakes import ScriptedBackend
+from tests.fakes import FeatureBackend, ScriptedBackend, hazard_cases
 
 CASES = bundled_cases()
 TRUTH = {c.input: c.safety for c in CASES}
@@ -82,6 +77,8 @@ def stack(tmp_path):
         server=ServerConfig(bind="tcp://127.0.0.1:*", insecure=True, heartbeat_s=0.1),
         reviewer=ReviewerConfig(backend="labels", labels="unused.jsonl"),
     )
+    teacher_cfg.policy.audit_every = 0
+    teacher_cfg.student.max_new_tokens = 16
     server = TeacherServer(teacher_cfg)
     server.start()
     edge_cfg = EdgeConfig(
@@ -96,7 +93,7 @@ def stack(tmp_path):
             reconnect_max_s=0.5,
         ),
     )
-    edge_model = ScriptedBackend("Answer: A quiet room.\nSAFETY: no\nCONFIDENCE: 0.95")
+    edge_model = FeatureBackend()  # hidden states: the release's head runs here as built
     source = QueueSource()
     out = io.StringIO()
     daemon = EdgeDaemon(edge_cfg, edge_model, source, EventLog(None, stream=out))
@@ -126,36 +123,39 @@ def answer_events(out: io.StringIO) -> list[dict]:
     return [d for d in docs if d.get("type") == "answer"]
 
 
-def test_an_upskilled_skill_reaches_the_running_edge_for_its_next_input(stack):
+def test_an_upskilled_skill_reaches_the_running_edge_in_a_release_for_its_next_input(stack):
     server, cfg, daemon, answer, out = stack
     first = answer("A cat is sleeping on a sofa.")
     assert first.system == default_skill().instructions
 
-    registry = Registry(cfg.home, "skills")
     upskill = UpskillConfig(candidates=4, rounds=1)
+    parent = ReleaseRegistry(cfg.home).active().skill
     result = run_upskill(
-        CASES, student(lambda r: "missed hazard" in r.system), registry, upskill, progress=False
+        CASES, student(lambda r: "missed hazard" in r.system), parent, upskill, progress=False
     )
-    assert result.decision.activated and result.decision.version == 1
-    wait_for(lambda: server.edges["e1"].skill_version == 1)  # pushed, installed, reported
+    assert result.decision.activated
+    built = build_release(cfg, FeatureBackend(), hazard_cases(200), skill=result.skill,
+                          progress=False)  # fmt: skip
+    assert built.verdict.passed, built.verdict.reasons
+    wait_for(lambda: server.edges["e1"].release_version == built.version)  # pushed, reported
 
     nxt = answer("A bicycle is parked against a garden fence.")
     assert nxt.system == result.skill.instructions and "missed hazard" in nxt.system
     assert nxt.demos == result.skill.demos
-    assert [e["skill_version"] for e in answer_events(out)] == [0, 1]
+    assert [e["release"] for e in answer_events(out)] == [0, built.version]
+    assert answer_events(out)[-1]["p_unsafe"] is not None  # its head runs on the edge
     assert daemon.stats.items == 2  # the same daemon: nothing restarted
 
 
 def test_a_skill_that_does_not_beat_the_active_one_never_reaches_the_edge(stack):
     server, cfg, daemon, answer, out = stack
-    registry = Registry(cfg.home, "skills")
     # The student judges right only with the default skill: no candidate beats it.
     default = default_skill()
     backend = student(lambda r: r.system == default.instructions and r.demos == default.demos)
-    result = run_upskill(CASES, backend, registry, UpskillConfig(candidates=3, rounds=1),
+    result = run_upskill(CASES, backend, default, UpskillConfig(candidates=3, rounds=1),
                          progress=False)  # fmt: skip
-    assert not result.decision.activated and registry.active() is None
+    assert not result.decision.activated and "no release built" in result.decision.reason
+    assert ReleaseRegistry(cfg.home).versions() == []
     time.sleep(0.5)  # several heartbeats: a push would have happened by now
-    assert server.edges["e1"].skill_version == 0
+    assert server.edges["e1"].release_version == 0
     assert answer("A cat is sleeping on a sofa.").system == default.instructions
-    assert [e["skill_version"] for e in answer_events(out)] == [0]

@@ -22,13 +22,13 @@ import zmq
 from edge.daemon import EdgeDaemon
 from edge.events import EventLog, SafetyHooks
 from edge.metrics import EdgeMetrics
-from edge.policy import find_keywords
-from edge.skillfile import ActiveSkill
 from edge.sources import open_source
 from shared.backend import GenerateRequest
 from shared.config import EdgeConfig, PolicyConfig
-from shared.errors import BackendError
+from shared.errors import BackendError, ConfigError
 from shared.messages import Escalation, Review
+from shared.policy import find_keywords
+from shared.release import skill_release
 from shared.skill import Skill, save_skill
 from tests.edge.media import VTEST, background, scene_video, with_box, write_video
 from tests.fakes import ScriptedBackend
@@ -121,31 +121,27 @@ def test_vtest_gated_far_outnumber_model_calls_and_escalations_have_reasons():
     assert escalated and all(e["decision"]["reasons"] for e in escalated)
 
 
-def test_skill_file_is_hot_reloaded_for_the_next_input(tmp_path):
+def test_a_skill_file_runs_bare_from_the_start_and_a_broken_one_stops_it(tmp_path):
+    from edge.cli import parser
+    from edge.run import run
+
     skill_path = tmp_path / "skill.json"
     save_skill(Skill(version=1, instructions="Version one."), skill_path)
     texts = tmp_path / "in.txt"
-    texts.write_text("a\nb\nc\nd\n")
+    texts.write_text("a\nb\n")
+    events_path = tmp_path / "events.jsonl"
+    argv = ["run", "--source", str(texts), "--skill", str(skill_path), "--events",
+            str(events_path), "--no-progress"]  # fmt: skip
+    backend = ScriptedBackend(QUIET)
+    assert run(parser().parse_args(argv), backend=backend) == 0
+    assert [r.system for r in backend.requests] == ["Version one."] * 2
+    answers = [json.loads(x) for x in events_path.read_text().splitlines()]
+    assert [e["skill_version"] for e in answers if e["type"] == "answer"] == [1, 1]
+    assert all(e["p_unsafe"] is None for e in answers if e["type"] == "answer")  # no head
 
-    def answer(request: GenerateRequest) -> str:
-        if request.input == "b":  # the file changes while input b is being answered
-            save_skill(Skill(version=2, instructions="Version two."), skill_path)
-            os.utime(skill_path, ns=(time.time_ns() + 10**9,) * 2)
-        return QUIET
-
-    backend = ScriptedBackend(answer)
-    d, out = daemon(open_source(str(texts)), backend, skill=ActiveSkill(skill_path, poll_s=0))
-    d.run(progress=False)
-    assert [r.system for r in backend.requests] == ["Version one."] * 2 + ["Version two."] * 2
-    assert [e["skill_version"] for e in events(out)[:4]] == [1, 1, 2, 2]
-
-
-def test_a_broken_skill_file_keeps_the_old_skill(tmp_path):
-    skill_path = tmp_path / "skill.json"
-    save_skill(Skill(version=1, instructions="Good."), skill_path)
-    active = ActiveSkill(skill_path, poll_s=0)
     skill_path.write_text("instructions: ''\n")
-    assert active.current(1.0).instructions == "Good." and active.reloads == 0
+    with pytest.raises(ConfigError, match="skill.json"):
+        run(parser().parse_args(argv), backend=ScriptedBackend(QUIET))
 
 
 class AdapterBackend(ScriptedBackend):
@@ -189,27 +185,31 @@ def test_link_gets_every_escalation_and_pushes_apply_to_the_next_input(tmp_path)
     d, out = daemon(open_source(str(texts)), backend)
     link = RecordingLink()
     d.attach_link(link)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"x")
+    pushed = skill_release(Skill(version=3, instructions="Pushed."), adapter, version=4)
 
     original = backend.generate
 
     def generate(request):
         if request.input == "quiet":  # pushes arrive from the link's thread mid-input
-            d.on_skill(Skill(version=3, instructions="Pushed."))
-            d.on_adapter(4, tmp_path / "adapter-v4")
+            d.on_release(pushed)
             d.on_review(Review(case_id="c" * 12, answer="Answer: x", safety=True, reviewer="t"))
         return original(request)
 
     backend.generate = generate
     d.run(progress=False)
     evs = [e for e in events(out) if e["type"] == "answer"]
-    assert [e["skill_version"] for e in evs] == [0, 0, 3, 3]
+    assert [e["release"] for e in evs] == [0, 0, 4, 4]
     assert [e["adapter_version"] for e in evs] == [0, 0, 4, 4]
-    assert backend.loaded[backend.active] == tmp_path / "adapter-v4"
+    assert backend.loaded[backend.active] == adapter
     assert [esc.input for esc, _ in link.cases] == ["fire one", "smoke two"]
     esc = link.cases[1][0]
     assert esc.reasons == ["safety_keyword"] and esc.safety_keyword
-    assert (esc.skill_version, esc.adapter_version) == (3, 4) and esc.edge_id == "edge-1"
-    assert link.versions == (3, 4, 0)  # legacy pushes run as a bare release
+    assert (esc.release_version, esc.adapter_version) == (4, 4) and esc.edge_id == "edge-1"
+    assert link.versions == (3, 4, 4)  # skill, adapter, release
     assert any(e["type"] == "review" for e in events(out))
 
 

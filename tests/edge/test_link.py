@@ -14,21 +14,19 @@ from safetensors.numpy import save
 
 from edge import updates
 from edge.link import LinkClient
-from shared.config import LinkConfig, ReviewerConfig, ServerConfig, TeacherConfig
+from shared.config import LinkConfig
 from shared.errors import PushRejected
 from shared.evaluation import bundled_cases
 from shared.messages import (
-    AdapterPush,
     ErrorReply,
     Escalation,
     Heartbeat,
-    SkillPush,
     decode,
     encode,
     file_entry,
 )
 from shared.skill import default_skill
-from teacher.registry import Registry
+from shared.teacher_config import ReviewerConfig, ServerConfig, TeacherConfig
 from teacher.review import LabelsReviewer
 from teacher.server import TeacherServer
 
@@ -85,14 +83,12 @@ def link_config(tmp_path, endpoint: str) -> LinkConfig:
 def stack(tmp_path):
     """A running teacher (labels reviewer) and a connected edge link with recorders."""
     server = teacher(tmp_path, reviewer=LabelsReviewer(cases=LABELS))
-    got = {"reviews": [], "skills": [], "adapters": [], "releases": []}
+    got = {"reviews": [], "releases": []}
     link = LinkClient(
         link_config(tmp_path, server.endpoint),
         "e1",
         tmp_path / "edge" / "state",
         on_review=got["reviews"].append,
-        on_skill=got["skills"].append,
-        on_adapter=lambda v, p: got["adapters"].append((v, p)),
         on_release=got["releases"].append,
     )
     link.start()
@@ -131,29 +127,6 @@ def test_escalation_for_another_edge_is_refused_locally(stack):
         link.escalate(esc(edge="someone-else"))
 
 
-def add_skill(home, instructions: str) -> int:
-    skill = default_skill().model_copy(update={"instructions": instructions})
-    reg = Registry(home, "skills")
-    return reg.add({"skill.json": skill.to_bytes()}, {"note": instructions}).number
-
-
-def test_skill_push_installs_reports_and_rolls_back(stack, tmp_path):
-    server, link, got = stack
-    home = server.config.home
-    v1 = add_skill(home, "Version one.")
-    v2 = add_skill(home, "Version two.")
-    Registry(home, "skills").activate(v2)
-    wait_for(lambda: server.edges.get("e1") and server.edges["e1"].skill_version == v2)
-    assert got["skills"][-1].instructions == "Version two."
-    assert updates.active_skill(tmp_path / "edge" / "state")[0] == v2
-    Registry(home, "skills").activate(v1)  # rollback: the older version is pushed
-    wait_for(lambda: server.edges["e1"].skill_version == v1)
-    version, skill = updates.active_skill(tmp_path / "edge" / "state")
-    assert (version, skill.instructions) == (v1, "Version one.")
-    assert link.skill_version == v1
-    assert updates.installed_versions(tmp_path / "edge" / "state") == (v1, 0)
-
-
 def adapter_files(rank: int = 4) -> dict[str, bytes]:
     tensors = {"base_model.model.q_proj.lora_A.weight": np.ones((rank, 8), dtype=np.float32)}
     config = {"peft_type": "LORA", "r": rank, "target_modules": ["q_proj"]}
@@ -163,24 +136,26 @@ def adapter_files(rank: int = 4) -> dict[str, bytes]:
     }
 
 
-def test_adapter_push_installs_and_a_bad_one_is_refused_keeping_the_old(stack, tmp_path):
+def test_a_release_with_a_bad_adapter_is_refused_keeping_the_old(stack, tmp_path):
+    from shared.release import build_files, set_active
+    from teacher.releases import ReleaseRegistry
+
     server, link, got = stack
-    reg = Registry(server.config.home, "adapters")
-    good = reg.add(adapter_files(), {})
-    reg.activate(good.number)
-    wait_for(lambda: server.edges.get("e1") and server.edges["e1"].adapter_version == good.number)
-    folder = tmp_path / "edge" / "state" / "adapters" / f"v{good.number}"
-    assert got["adapters"] == [(good.number, folder)]
-    assert (folder / "adapter_model.safetensors").read_bytes() == adapter_files()[
-        "adapter_model.safetensors"
-    ]
-    bad = reg.add({**adapter_files(), "adapter_model.safetensors": b"not safetensors at all"}, {})
-    reg.activate(bad.number)
+    registry = ReleaseRegistry(server.config.home)
+    registry.add(build_files(1, default_skill(), None, None, adapter_files()), {})
+    registry.activate(1)
+    wait_for(lambda: link.release_version == 1)
+    state = tmp_path / "edge" / "state"
+    bad = {**adapter_files(), "adapter_model.safetensors": b"not safetensors at all"}
+    folder = registry.path(2)  # damaged on the teacher's disk: the edge must refuse it
+    folder.mkdir()
+    for name, data in build_files(2, default_skill(), None, None, bad).items():
+        (folder / name).write_bytes(data)
+    set_active(registry.root, 2)
     time.sleep(1.5)  # pushed, refused, pushed again after push_retry_s, refused again
-    assert server.edges["e1"].adapter_version == good.number
-    assert updates.active_adapter(tmp_path / "edge" / "state") == (good.number, folder)
-    assert not (tmp_path / "edge" / "state" / "adapters" / f"v{bad.number}").exists()
-    assert len(got["adapters"]) == 1
+    assert link.release_version == 1 and updates.active_release(state).version == 1
+    assert not (state / "releases" / "v2").exists()
+    assert [r.version for r in got["releases"]] == [1]
 
 
 def test_a_release_is_pushed_whole_installed_reported_and_rolled_back(stack, tmp_path):
@@ -233,23 +208,34 @@ def test_a_tampered_release_push_is_refused_and_the_old_one_stays(tmp_path):
     assert not (tmp_path / "releases" / "v5").exists()
 
 
-def test_tampered_or_malformed_pushes_are_refused(tmp_path):
-    skill = default_skill().to_bytes()
-    entry = file_entry("skill.json", skill)
-    tampered = SkillPush(version=3, file=entry)
-    with pytest.raises(PushRejected, match="sha256"):
-        updates.install_skill(tmp_path, tampered, [skill.replace(b"camera", b"camerA")])
+def _push(files: dict[str, bytes], version: int):
+    from shared.messages import ReleasePush
+
+    names = ["manifest.json", *sorted(n for n in files if n != "manifest.json")]
+    msg = ReleasePush(version=version, files=[file_entry(n, files[n]) for n in names])
+    return msg, [files[n] for n in names]
+
+
+def test_malformed_releases_are_refused_naming_what_is_wrong(tmp_path):
+    import hashlib
+
+    from shared.release import build_files
+
+    files = build_files(3, default_skill(), None, None, adapter_files())
     junk = b"{not: [a skill"
-    with pytest.raises(PushRejected, match="does not parse"):
-        updates.install_skill(
-            tmp_path, SkillPush(version=3, file=file_entry("skill.json", junk)), [junk]
-        )
-    files = adapter_files()
-    del files["adapter_config.json"]
-    push = AdapterPush(version=1, files=[file_entry(n, d) for n, d in files.items()])
-    with pytest.raises(PushRejected, match="lacks adapter_config.json"):
-        updates.install_adapter(tmp_path, push, list(files.values()))
-    assert updates.active_skill(tmp_path) is None and updates.active_adapter(tmp_path) is None
+    manifest = json.loads(files["manifest.json"])
+    for entry in manifest["files"]:
+        if entry["name"] == "skill.json":
+            entry.update(size=len(junk), sha256=hashlib.sha256(junk).hexdigest())
+    broken = {**files, "skill.json": junk, "manifest.json": json.dumps(manifest).encode()}
+    with pytest.raises(PushRejected, match="skill"):
+        updates.install_release(tmp_path, *_push(broken, 3))
+    no_config = build_files(4, default_skill(), None, None, adapter_files())
+    del no_config["adapter_config.json"]
+    with pytest.raises(PushRejected, match="adapter_config.json"):
+        updates.install_release(tmp_path, *_push(no_config, 4))
+    assert updates.active_release(tmp_path) is None
+    assert not any((tmp_path / "releases").glob("v*"))
 
 
 def test_edge_answers_garbage_from_the_teacher_with_an_error_and_keeps_going(tmp_path):
@@ -264,7 +250,7 @@ def test_edge_answers_garbage_from_the_teacher_with_an_error_and_keeps_going(tmp
         identity, *frames = router.recv_multipart()
         assert decode(frames)[0].type == "heartbeat"
         router.send_multipart([identity, b"\xff not json"])
-        router.send_multipart([identity, b'{"type": "skill_push", "schema_version": 9}'])
+        router.send_multipart([identity, b'{"type": "review", "schema_version": 9}'])
         replies = []
         deadline = time.monotonic() + 5
         while len(replies) < 2 and time.monotonic() < deadline:

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.policy import find_keywords
+from shared.policy import find_keywords
 from edge.sketch import SceneSketcher, to_jpeg
 from shared.config import PolicyConfig, SketchConfig
 from tests.edge.media import VTEST, background, fire_frame, with_box

@@ -6,13 +6,12 @@ import pytest
 from shared.errors import MessageError
 from shared.messages import (
     Ack,
-    AdapterPush,
     ErrorReply,
     Escalation,
     Heartbeat,
     PushResult,
+    ReleasePush,
     Review,
-    SkillPush,
     decode,
     encode,
     error_code,
@@ -54,18 +53,14 @@ MESSAGES = [
         ),
         [],
     ),
-    (SkillPush(version=3, file=file_entry("skill.json", b"{}")), [b"{}"]),
     (
-        AdapterPush(
+        ReleasePush(
             version=1,
-            files=[
-                file_entry("adapter_config.json", b"{}"),
-                file_entry("adapter_model.safetensors", b"abc"),
-            ],
+            files=[file_entry("manifest.json", b"{}"), file_entry("skill.json", b"abc")],
         ),
         [b"{}", b"abc"],
     ),
-    (PushResult(kind="skill", version=3, accepted=False, reason="hash"), []),
+    (PushResult(version=3, accepted=False, reason="hash"), []),
     (Heartbeat(sender="edge-1", skill_version=2, outbox_depth=5), []),
     (ErrorReply(code="malformed", detail="bad"), []),
 ]
@@ -132,7 +127,16 @@ def test_encode_checks_payload_count():
 
 
 def test_verify_payloads_catches_tampering():
-    push = SkillPush(version=1, file=file_entry("skill.json", b"good"))
-    assert verify_payloads(push, [b"good"]) is None
-    assert "sha256" in verify_payloads(push, [b"evil"])
-    assert "size" in verify_payloads(push, [b"longer"])
+    push = ReleasePush(
+        version=1, files=[file_entry("skill.json", b"good"), file_entry("manifest.json", b"m")]
+    )
+    assert verify_payloads(push, [b"good", b"m"]) is None
+    assert "sha256" in verify_payloads(push, [b"evil", b"m"])
+    assert "size" in verify_payloads(push, [b"longer", b"m"])
+
+
+@pytest.mark.parametrize("kind", ["skill_push", "adapter_push"])
+def test_the_retired_single_file_pushes_are_refused_naming_the_version_that_dropped_them(kind):
+    doc = json.dumps({"type": kind, "schema_version": 1, "version": 3}).encode()
+    with pytest.raises(MessageError, match=r"unknown_type: .*retired in gemma-edge 0\.2\.0"):
+        decode([doc])

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from shared.gguf_adapter import STUDENT_TEMPLATE, gguf_tensor_name, modelfile
-from teacher.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +24,7 @@ def cli(*args):
 
 @pytest.fixture()
 def home(tmp_path):
-    """A registry with two adapter versions of a tiny random Gemma 3 (v2 active)."""
+    """A teacher home whose active release v1 holds a LoRA of a tiny random Gemma 3."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -52,16 +51,14 @@ def home(tmp_path):
     out = tmp_path / "peft"
     model.save_pretrained(out, safe_serialization=True)
     files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    registry = Registry(tmp_path, "adapters")
-    meta = {
-        "instructions": "Describe the scene.",
-        "after": {"safety_agreement": 0.8, "safety_recall": 0.9, "format_ok": 1.0},
-        "steps": 3,
-        "dataset_sha256": "ab" * 32,
-    }
-    registry.add(files, meta)
-    registry.add(files, {**meta, "steps": 5})
-    registry.activate(2)
+    from shared.release import build_files
+    from shared.skill import default_skill
+    from teacher.releases import ReleaseRegistry
+
+    skill = default_skill().model_copy(update={"instructions": "Describe the scene."})
+    releases = ReleaseRegistry(tmp_path)
+    releases.add(build_files(1, skill, None, None, files), {})
+    releases.activate(1)
     return tmp_path
 
 
@@ -78,7 +75,7 @@ def test_export_writes_a_gguf_lora_adapter_and_a_modelfile(home, tmp_path):
     out = tmp_path / "ollama"
     done = cli("export", "--home", str(home), "--out", str(out), "--base", "gemma3:270m")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["exported"] == "adapter v2"  # no release: the legacy one
+    assert json.loads(done.stdout)["exported"] == "release v1"
     reader = gguf.GGUFReader(out / "adapter.gguf")
     fields = {name: reader.fields[name] for name in reader.fields}
 
@@ -111,41 +108,25 @@ def test_export_takes_the_active_release_and_says_when_it_has_no_adapter(home, t
     from shared.skill import default_skill
     from teacher.releases import ReleaseRegistry
 
-    adapter = Registry(home, "adapters").active().path
+    adapter = home / "releases" / "v1"
     files = {
         n: (adapter / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")
     }
     skill = default_skill().model_copy(update={"instructions": "Release instructions."})
     releases = ReleaseRegistry(home)
-    releases.add(build_files(1, skill, None, None, files), {})
-    releases.add(build_files(2, skill, None, None, None), {})
-    releases.activate(1)
+    releases.add(build_files(2, skill, None, None, files), {})
+    releases.add(build_files(3, skill, None, None, None), {})
+    releases.activate(2)
     out = tmp_path / "release"
     done = cli("export", "--home", str(home), "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["exported"] == "release v1"
+    assert json.loads(done.stdout)["exported"] == "release v2"
     assert 'SYSTEM """Release instructions."""' in (out / "Modelfile").read_text()
     assert json.loads((out / "skill.json").read_text())["instructions"] == "Release instructions."
-    bare = cli("export", "--home", str(home), "--out", str(out), "--release", "2")
-    assert bare.returncode == 2 and "release v2 has no LoRA adapter" in bare.stderr
-
-
-def test_adapters_list_show_and_rollback(home):
-    listed = cli("adapters", "--home", str(home), "list")
-    assert listed.returncode == 0, listed.stderr
-    lines = listed.stdout.splitlines()
-    assert lines[-1].startswith("*") and " 2 " in lines[-1]
-    shown = json.loads(cli("adapters", "--home", str(home), "show", "1").stdout)
-    assert shown["version"] == 1 and shown["active"] is False
-    assert {f["name"] for f in shown["files"]} >= {"adapter_model.safetensors"}
-    assert cli("adapters", "--home", str(home), "rollback", "1").returncode == 0
-    assert Registry(home, "adapters").active().number == 1
-    bad = cli("adapters", "--home", str(home), "rollback", "7")
-    assert bad.returncode == 2 and "no adapter version 7" in bad.stderr
-    assert cli("adapters", "--home", str(home), "rollback", "0").returncode == 0
-    assert Registry(home, "adapters").active() is None
+    bare = cli("export", "--home", str(home), "--out", str(out), "--release", "3")
+    assert bare.returncode == 2 and "release v3 has no LoRA adapter" in bare.stderr
 
 
 def test_export_without_an_adapter_is_a_clear_error(tmp_path):
     done = cli("export", "--home", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert done.returncode == 2 and "no active release or adapter" in done.stderr
+    assert done.returncode == 2 and "release v0 has no LoRA adapter" in done.stderr

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from shared.calibration import conservative
-from shared.config import TeacherConfig
+from shared.teacher_config import TeacherConfig
 from shared.errors import ModelError, PushRejected
 from shared.head import fit_head
 from shared.release import (

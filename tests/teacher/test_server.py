@@ -14,7 +14,8 @@ import zmq
 import zmq.auth
 
 from edge.link import LinkClient
-from shared.config import LinkConfig, ServerConfig, TeacherConfig
+from shared.config import LinkConfig
+from shared.teacher_config import ServerConfig, TeacherConfig
 from shared.messages import Ack, ErrorReply, Escalation, Heartbeat, decode, encode
 from teacher.keys import init_keys, new_edge, revoke_edge
 from teacher.server import TeacherServer
@@ -239,3 +240,82 @@ def test_cases_cli_list_show_correct(tmp_path):
     assert missing.returncode == 2 and "no case" in missing.stderr
     bad = teacher_cli("cases", "--home", str(home), "correct", case.case_id, "--safety", "maybe")
     assert bad.returncode == 2 and "yes or no" in bad.stderr
+
+
+def test_an_edge_too_old_for_release_pushes_is_told_which_version_it_needs(tmp_path, caplog):
+    """A pre-0.2 edge answers a release push with unknown_type; the teacher tells it."""
+    from shared.messages import EDGE_TOO_OLD
+    from shared.release import build_files
+    from shared.skill import default_skill
+    from teacher.releases import ReleaseRegistry
+
+    config = TeacherConfig(
+        home=tmp_path / "home",
+        server=ServerConfig(bind="tcp://127.0.0.1:*", insecure=True, push_retry_s=60),
+    )
+    registry = ReleaseRegistry(config.home)
+    registry.add(build_files(1, default_skill(), None, None), {})
+    registry.activate(1)
+    server = TeacherServer(config)
+    server.start()
+    old = zmq.Context.instance().socket(zmq.DEALER)
+    old.linger = 0
+    old.connect(server.endpoint)
+    try:
+        old.send_multipart(encode(Heartbeat(sender="old-edge")))
+        kinds = []
+        deadline = time.monotonic() + 5
+        while "release_push" not in kinds and time.monotonic() < deadline:
+            if old.poll(200):
+                kinds.append(json.loads(old.recv_multipart()[0])["type"])
+        assert "release_push" in kinds
+        # what an edge that knows no release_push answers
+        detail = "unknown_type: 'release_push' is not a message type (escalation, ack)"
+        old.send_multipart(encode(ErrorReply(code="unknown_type", detail=detail)))
+        reply = None
+        while reply is None and time.monotonic() < deadline:
+            if old.poll(200):
+                msg = decode(old.recv_multipart())[0]
+                reply = msg if isinstance(msg, ErrorReply) else None
+        assert reply is not None and reply.code == "bad_version" and reply.detail == EDGE_TOO_OLD
+        assert "gemma-edge 0.2.0 or later" in reply.detail
+        assert "edge old-edge is too old for this teacher" in caplog.text
+    finally:
+        old.close()
+        server.stop()
+        server.store.close()
+
+
+def test_an_old_home_s_skill_and_adapter_become_one_release_once(tmp_path, caplog):
+    """Teacher homes from before 0.2.0 kept skills/ and adapters/ registries; the first
+    start adopts their active versions as a release (no head), with one log line."""
+    from shared.skill import default_skill
+    from teacher.releases import ReleaseRegistry
+
+    home = tmp_path / "home"
+    skill = default_skill().model_copy(update={"version": 2, "instructions": "Old prompt."})
+    (home / "skills" / "v2").mkdir(parents=True)
+    (home / "skills" / "v2" / "skill.json").write_bytes(skill.to_bytes())
+    (home / "skills" / "active").write_text("2\n")
+    adapter = home / "adapters" / "v1"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(
+        __import__("safetensors.numpy", fromlist=["save"]).save(
+            {"a.lora_A.weight": __import__("numpy").ones((4, 8), dtype="float32")}
+        )
+    )
+    (home / "adapters" / "active").write_text("1\n")
+    registry = ReleaseRegistry(home)
+    with caplog.at_level("WARNING"):
+        release = registry.ensure()
+    assert release.version == 1 and release.head is None
+    assert release.skill.instructions == "Old prompt."
+    assert (release.adapter_dir / "adapter_model.safetensors").read_bytes() == (
+        adapter / "adapter_model.safetensors"
+    ).read_bytes()
+    lines = [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()]
+    assert lines == ["migrated skills/v2 and adapters/v1 of this teacher home into release v1 "
+                     "(no safety head); edges get it on their next heartbeat"]  # fmt: skip
+    assert registry.ensure().version == 1 and registry.versions() == [1]  # once
+    assert (home / "skills" / "v2" / "skill.json").is_file()  # nothing of the old is lost

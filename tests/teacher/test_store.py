@@ -4,7 +4,6 @@ import pytest
 
 from shared.errors import StoreError
 from shared.messages import Escalation, Review
-from teacher.registry import Registry
 from teacher.store import CaseStore
 
 
@@ -68,20 +67,6 @@ def test_person_correction_outranks_teacher(tmp_path):
     assert label.keywords == ("toaster",)
     with pytest.raises(StoreError):
         store.correct("nope-nope-nope", True)
-
-
-def test_registry_versions_and_rollback(tmp_path):
-    reg = Registry(tmp_path, "skills")
-    assert reg.active() is None
-    v1 = reg.add({"skill.json": b"{}"}, {"score": 0.5})
-    v2 = reg.add({"skill.json": b'{"a": 1}'}, {"score": 0.6})
-    assert (v1.number, v2.number) == (1, 2)
-    reg.activate(2)
-    assert reg.active().number == 2
-    reg.activate(1)
-    assert reg.active().meta["score"] == 0.5
-    ((entry, data),) = reg.get(2).files()
-    assert entry.name == "skill.json" and data == b'{"a": 1}'
 
 
 def test_report_rows_per_release_and_edge_from_counts_audits_and_reviews(tmp_path):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from shared.config import TeacherConfig
+from shared.teacher_config import TeacherConfig
 from shared.errors import ConfigError
 from shared.skill import default_skill
 from teacher.head_fit import crossfit, make_splits

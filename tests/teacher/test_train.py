@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from shared.config import TeacherConfig
+from shared.teacher_config import TeacherConfig
 from shared.evaluation import bundled_cases
 from shared.skill import default_skill
 from teacher.dataset import build_dataset

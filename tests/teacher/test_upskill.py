@@ -9,16 +9,15 @@ import uuid
 import pytest
 
 from shared.backend import GenerateRequest
-from shared.config import UpskillConfig
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, bundled_cases, cases_hash
 from shared.messages import Escalation, Review
-from shared.skill import Skill, default_skill, skill_from_bytes
+from shared.skill import Skill, default_skill
+from shared.teacher_config import UpskillConfig
 from teacher import candidates as cand
 from teacher.evalset import load_cases, merge_cases, split_cases
-from teacher.registry import Registry
 from teacher.store import CaseStore, default_store_path
-from teacher.upskill import SKILL_FILE, current_skill, run_upskill
+from teacher.upskill import run_upskill
 from teacher.upskill_report import write_report
 from tests.fakes import ScriptedBackend
 
@@ -177,7 +176,7 @@ def test_writer_garbage_is_an_error_not_a_placeholder():
 def test_later_rounds_show_the_writer_scores_and_failures():
     writer = ScriptedBackend(GOOD)
     result = run_upskill(
-        CASES, student(lambda r: True), Registry_tmp(), FAST, writer=writer, progress=False
+        CASES, student(lambda r: True), default_skill(), FAST, writer=writer, progress=False
     )
     assert len(writer.requests) == 2  # one per round
     second = writer.requests[1].input
@@ -186,29 +185,18 @@ def test_later_rounds_show_the_writer_scores_and_failures():
     assert any(s.candidate.origin == "mutation" for s in result.scored)
 
 
-def Registry_tmp():
-    import tempfile
-
-    return Registry(tempfile.mkdtemp(prefix="upskill-test-"), "skills")
-
-
 # ---------------------------------------------------------------- the gate
-def test_a_better_skill_is_stored_and_activated(tmp_path):
-    registry = Registry(tmp_path, "skills")
+def test_a_better_skill_goes_to_the_release_build_with_its_scores(tmp_path):
     # The student only judges right with the safety-first instructions.
     backend = student(lambda r: "missed hazard" in r.system)
-    result = run_upskill(CASES, backend, registry, FAST, progress=False)
+    result = run_upskill(CASES, backend, default_skill(), FAST, progress=False)
     d = result.decision
-    assert d.activated and d.version == 1
+    assert d.activated
     assert "missed hazard" in result.winner.candidate.skill.instructions
     assert d.winner_holdout["score"] > d.baseline_holdout["score"]
-    active = registry.active()
-    assert active is not None and active.number == 1
-    skill = current_skill(registry)
-    assert skill.version == 1 and skill.parent == 0
-    assert skill.score == round(d.winner_holdout["score"], 4)
+    skill = result.skill  # what the release build gets
+    assert skill.parent == 0 and skill.score == round(d.winner_holdout["score"], 4)
     assert skill.eval_hash == cases_hash([c for c in CASES if c.id in set(d.holdout_ids)])
-    assert active.meta["activated"] is True and active.meta["sha256"] == skill.sha256
     # the held-out split never supplied a demonstration, nor ranked a candidate
     holdout_inputs = {c.input for c in result.evalset.holdout}
     for s in result.scored:
@@ -220,33 +208,24 @@ def test_a_better_skill_is_stored_and_activated(tmp_path):
     assert "| **" in paths["md"].read_text()
 
 
-def test_a_skill_that_does_not_beat_the_active_one_is_not_pushed(tmp_path):
-    registry = Registry(tmp_path, "skills")
+def test_a_skill_that_does_not_beat_the_active_one_builds_nothing(tmp_path):
     mine = default_skill().model_copy(update={"version": 1, "name": "hand-tuned"})
-    registry.add({SKILL_FILE: mine.to_bytes()}, {"name": "hand-tuned", "activated": True})
-    registry.activate(1)
     # The student judges right only with the active skill's exact instructions.
     backend = student(lambda r: r.system == mine.instructions and r.demos == mine.demos)
-    result = run_upskill(CASES, backend, registry, FAST, progress=False)
+    result = run_upskill(CASES, backend, mine, FAST, progress=False)
     d = result.decision
     assert not d.activated
-    assert "not activated" in d.reason and "does not beat v1" in d.reason
-    assert registry.active().number == 1  # nothing pushed
-    stored = registry.get(2)  # the winner is kept for inspection, inactive
-    assert stored.meta["activated"] is False
-    assert skill_from_bytes((stored.path / SKILL_FILE).read_bytes()).parent == 1
+    assert "no release built" in d.reason and "does not beat v1" in d.reason
+    assert result.skill.parent == 1  # the report still shows the winner
 
 
-def test_a_tie_is_not_pushed_and_dry_run_stores_nothing(tmp_path):
-    registry = Registry(tmp_path, "skills")
+def test_a_tie_is_not_built_and_a_dry_run_builds_nothing():
     same = ScriptedBackend("Answer: Something.\nSAFETY: yes\nCONFIDENCE: 0.5")
-    result = run_upskill(CASES, same, registry, FAST, dry_run=True, progress=False)
-    assert not result.decision.activated and result.decision.version is None
-    assert registry.versions() == [] and registry.active() is None
+    result = run_upskill(CASES, same, default_skill(), FAST, dry_run=True, progress=False)
+    assert not result.decision.activated
 
 
 def test_held_out_comparison_leaves_out_demonstrated_cases(tmp_path):
-    registry = Registry(tmp_path, "skills")
     ev = split_cases(CASES, FAST.holdout_fraction, FAST.select_fraction, FAST.seed)
     leaked = ev.holdout[0]
     from shared.skill import Demo
@@ -256,9 +235,7 @@ def test_held_out_comparison_leaves_out_demonstrated_cases(tmp_path):
         instructions="Describe.",
         demos=(Demo(input=leaked.input, answer="Answer: x\nSAFETY: yes\nCONFIDENCE: 0.9"),),
     )
-    registry.add({SKILL_FILE: mine.to_bytes()}, {})
-    registry.activate(1)
-    result = run_upskill(CASES, student(lambda r: True), registry, FAST, progress=False)
+    result = run_upskill(CASES, student(lambda r: True), mine, FAST, progress=False)
     assert leaked.id not in result.decision.holdout_ids
     assert len(result.decision.holdout_ids) == len(ev.holdout) - 1
 
@@ -268,7 +245,7 @@ def test_racing_scores_only_the_better_half_on_the_whole_selection_split(tmp_pat
     result = run_upskill(
         CASES,
         backend,
-        Registry(tmp_path, "skills"),
+        default_skill(),
         FAST.model_copy(update={"rounds": 1}),
         progress=False,
     )
@@ -288,7 +265,7 @@ def test_racing_scores_only_the_better_half_on_the_whole_selection_split(tmp_pat
     run_upskill(
         CASES,
         plain,
-        Registry(tmp_path / "b", "skills"),
+        default_skill(),
         FAST.model_copy(update={"rounds": 1, "race": False}),
         progress=False,
     )
@@ -300,14 +277,14 @@ def test_student_failure_is_a_training_error(tmp_path):
 
     broken = ScriptedBackend(fail_on=" ", error=BackendError("model fell over"))
     with pytest.raises(TrainingError, match="model fell over"):
-        run_upskill(CASES, broken, Registry(tmp_path, "skills"), FAST, progress=False)
+        run_upskill(CASES, broken, default_skill(), FAST, progress=False)
 
 
 def test_writer_failure_is_reported_and_the_variants_still_run(tmp_path):
     result = run_upskill(
         CASES,
         student(lambda r: True),
-        Registry(tmp_path, "skills"),
+        default_skill(),
         FAST,
         writer=ScriptedBackend("garbage"),
         progress=False,
@@ -344,10 +321,9 @@ def test_cli_errors_are_clear_without_a_model(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
-    """The real command line on the bundled Gemma 3 270M: labels file + store → skill v1."""
+    """The real command line on the bundled Gemma 3 270M: labels file + store → a winner,
+    and a release build around it when it beat the default."""
     import subprocess
-
-    from teacher.upskill import SKILL_FILE
 
     picked = [c for c in CASES if c.safety][:3] + [c for c in CASES if not c.safety][:3]
     labels = tmp_path / "labels.jsonl"
@@ -390,16 +366,15 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
     assert split["train"]["n"] + split["select"]["n"] + split["holdout"]["n"] == 8
     assert doc["baseline"]["name"] == "default v0" and len(doc["candidates"]) == 1
     assert 0 < doc["candidates"][0]["format_ok"] <= 1  # the real student answered
-    version = Registry(tmp_path, "skills").get(1)
-    skill = skill_from_bytes((version.path / SKILL_FILE).read_bytes())
-    assert skill.version == 1 and skill.parent == 0 and skill.eval_hash
-    active = Registry(tmp_path, "skills").active()
-    assert (active is not None) == doc["decision"]["activated"] == version.meta["activated"]
+    skill = doc["skill"]
+    assert skill["parent"] == 0 and skill["eval_hash"]
+    built = tmp_path / "report" / "release.json"
+    assert built.is_file() == doc["decision"]["activated"]  # the winner went to the build
     assert (tmp_path / "report" / "upskill.png").stat().st_size > 1000
 
 
 def test_who_writes_candidates():
-    from shared.config import ReviewerConfig, TeacherConfig
+    from shared.teacher_config import ReviewerConfig, TeacherConfig
     from teacher.upskill import writer_backend
 
     embedded = TeacherConfig()  # the default reviewer is the bundled base model
@@ -435,12 +410,12 @@ def test_a_flag_everything_skill_does_not_win_on_recall_alone(tmp_path):
         return f"Answer: {req.input}\nSAFETY: {'yes' if verdict else 'no'}\nCONFIDENCE: 0.8"
 
     guarded = run_upskill(
-        CASES, ScriptedBackend(answer), Registry(tmp_path / "a", "skills"), FAST, progress=False
+        CASES, ScriptedBackend(answer), default_skill(), FAST, progress=False
     )
     unguarded = run_upskill(
         CASES,
         ScriptedBackend(answer),
-        Registry(tmp_path / "b", "skills"),
+        default_skill(),
         FAST.model_copy(update={"max_balanced_drop": None}),
         progress=False,
     )
@@ -448,5 +423,4 @@ def test_a_flag_everything_skill_does_not_win_on_recall_alone(tmp_path):
     assert unguarded.decision.activated  # on score alone the yes-man wins
     assert unguarded.decision.winner_holdout["safe_specificity"] == 0.0
     assert not guarded.decision.activated
-    assert Registry(tmp_path / "a", "skills").active() is None
     assert "judges worse" in guarded.decision.reason or "does not beat" in guarded.decision.reason

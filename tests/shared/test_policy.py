@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge.policy import (
+from shared.policy import (
     AUDIT,
     FORMAT_ERROR,
     LOW_CONFIDENCE,
@@ -246,7 +246,7 @@ def test_decide_is_pure():
 
 
 # --------------------------------------------------------------- the release's safety head
-from edge.policy import UNCERTAIN_SAFETY  # noqa: E402
+from shared.policy import UNCERTAIN_SAFETY  # noqa: E402
 from shared.calibration import Calibration  # noqa: E402
 
 CAL = Calibration(lower=0.2, upper=0.8, recall_target=0.95, max_false_alert_rate=0.1,
