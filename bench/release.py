@@ -111,11 +111,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from shared.teacher_config import TeacherConfig
     from shared.evaluation import load_labeled
     from shared.release import default_release, load_release, skill_release
     from shared.skill import default_skill
     from shared.student import Student
+    from shared.teacher_config import TeacherConfig
     from teacher.harness import table
     from teacher.releases import evaluate
     from teacher.upskill import make_backend

@@ -286,10 +286,10 @@ def recipe_cuda(args) -> dict:
     import torch
     from transformers import Gemma3ForCausalLM
 
-    from shared.teacher_config import TeacherConfig
     from shared.evaluation import bundled_cases, load_labeled
     from shared.models import load_tokenizer
     from shared.skill import default_skill
+    from shared.teacher_config import TeacherConfig
     from teacher.dataset import build_dataset
     from teacher.train import train_adapter
 

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.policy import find_keywords
 from edge.sketch import SceneSketcher, to_jpeg
 from shared.config import PolicyConfig, SketchConfig
+from shared.policy import find_keywords
 from tests.edge.media import VTEST, background, fire_frame, with_box
 
 KEYWORDS = tuple(PolicyConfig().safety_keywords)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from shared.config import EdgeConfig, load_config, validate_config
-from shared.teacher_config import TeacherConfig
 from shared.errors import ConfigError
+from shared.teacher_config import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,6 +2,8 @@
 
 import pytest
 
+from shared.answer import Answer, parse_answer
+from shared.config import PolicyConfig
 from shared.policy import (
     AUDIT,
     FORMAT_ERROR,
@@ -14,8 +16,6 @@ from shared.policy import (
     find_keywords,
     quantile,
 )
-from shared.answer import Answer, parse_answer
-from shared.config import PolicyConfig
 
 QUIET = parse_answer("Answer: A cat sleeps.\nSAFETY: no\nCONFIDENCE: 0.9")
 CFG = PolicyConfig(audit_every=0, cooldown_s=0, budget_per_minute=100)
@@ -246,8 +246,8 @@ def test_decide_is_pure():
 
 
 # --------------------------------------------------------------- the release's safety head
-from shared.policy import UNCERTAIN_SAFETY  # noqa: E402
 from shared.calibration import Calibration  # noqa: E402
+from shared.policy import UNCERTAIN_SAFETY  # noqa: E402
 
 CAL = Calibration(lower=0.2, upper=0.8, recall_target=0.95, max_false_alert_rate=0.1,
                   delta=0.1, guaranteed=True, n_unsafe=100, n_safe=100)  # fmt: skip

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from shared.calibration import conservative
-from shared.teacher_config import TeacherConfig
 from shared.errors import ModelError, PushRejected
 from shared.head import fit_head
 from shared.release import (
@@ -24,6 +23,7 @@ from shared.release import (
 )
 from shared.skill import default_skill
 from shared.student import Student
+from shared.teacher_config import TeacherConfig
 from teacher import gate
 from teacher.harness import evaluate_release
 from teacher.releases import ReleaseRegistry, build_release

@@ -15,8 +15,8 @@ import zmq.auth
 
 from edge.link import LinkClient
 from shared.config import LinkConfig
-from shared.teacher_config import ServerConfig, TeacherConfig
 from shared.messages import Ack, ErrorReply, Escalation, Heartbeat, decode, encode
+from shared.teacher_config import ServerConfig, TeacherConfig
 from teacher.keys import init_keys, new_edge, revoke_edge
 from teacher.server import TeacherServer
 from teacher.store import CaseStore, default_store_path

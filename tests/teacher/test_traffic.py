@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from shared.teacher_config import TeacherConfig
 from shared.errors import ConfigError
 from shared.skill import default_skill
+from shared.teacher_config import TeacherConfig
 from teacher.head_fit import crossfit, make_splits
 from teacher.traffic import load_traffic
 from tests.fakes import hazard_cases

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from shared.teacher_config import TeacherConfig
 from shared.evaluation import bundled_cases
 from shared.skill import default_skill
+from shared.teacher_config import TeacherConfig
 from teacher.dataset import build_dataset
 
 pytestmark = pytest.mark.slow  # needs the model cache for the real tokenizer

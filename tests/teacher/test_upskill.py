@@ -409,9 +409,7 @@ def test_a_flag_everything_skill_does_not_win_on_recall_alone(tmp_path):
             verdict = truth(req.input) and sum(map(ord, req.input)) % 2 == 0
         return f"Answer: {req.input}\nSAFETY: {'yes' if verdict else 'no'}\nCONFIDENCE: 0.8"
 
-    guarded = run_upskill(
-        CASES, ScriptedBackend(answer), default_skill(), FAST, progress=False
-    )
+    guarded = run_upskill(CASES, ScriptedBackend(answer), default_skill(), FAST, progress=False)
     unguarded = run_upskill(
         CASES,
         ScriptedBackend(answer),
