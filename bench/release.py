@@ -111,6 +111,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    from shared.backend import make_backend
     from shared.evaluation import load_labeled
     from shared.release import default_release, load_release, skill_release
     from shared.skill import default_skill
@@ -118,7 +119,6 @@ def main() -> int:
     from shared.teacher_config import TeacherConfig
     from teacher.harness import table
     from teacher.releases import evaluate
-    from teacher.upskill import make_backend
 
     builds: dict[str, dict] = {}
     for name, head_only in (("head-only", True), ("head+LoRA", False)):

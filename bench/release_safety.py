@@ -107,14 +107,14 @@ def wire() -> dict:
 
 def canaries() -> dict:
     from edge.canary import check_release
-    from edge.run import make_backend
+    from edge.run import start_backend
     from shared.config import EdgeConfig
     from shared.evaluation import bundled_cases
     from shared.release import default_release
     from shared.student import Student
 
     config = EdgeConfig()
-    backend = make_backend(config)  # what gemma-edge run builds
+    backend = start_backend(config)  # what gemma-edge run builds
     release = default_release()  # its canaries: the teacher's harness on the frozen members
     student = Student(backend, release, config.model.max_new_tokens)
     probe = bundled_cases("dev_scenes.jsonl")[-1].input

@@ -4,7 +4,7 @@
     gemma-edge run --release teacher-home/releases/v3 --source notes.txt
 
 ``load_run_config`` applies the command-line overrides to the YAML configuration;
-``make_backend`` builds the configured model backend (imported lazily: torch loads only
+``start_backend`` builds the configured model backend (imported lazily: torch loads only
 when needed); ``make_link`` builds the teacher link and wires it to the daemon's
 callbacks; ``run(args)`` opens the source, events, hooks and metrics, installs the
 SIGINT/SIGTERM handlers, runs the daemon, prints its summary and closes everything.
@@ -23,31 +23,18 @@ from edge.daemon import EdgeDaemon
 from edge.events import open_events
 from edge.metrics import EdgeMetrics
 from edge.sources import open_source
-from shared.backend import Backend
+from shared.backend import Backend, make_backend
 from shared.config import EdgeConfig, load_config
 from shared.errors import GemmaEdgeError
 from shared.release import load_release, skill_release
 from shared.skill import load_skill
 
 
-def make_backend(config: EdgeConfig) -> Backend:
-    """The configured backend (imported lazily: torch loads only when needed)."""
-    try:
-        if config.model.backend == "ollama":
-            from shared.ollama_backend import OllamaBackend
-
-            backend = OllamaBackend(config.model.ollama, config.model.max_new_tokens)
-        else:
-            from shared.embedded import EmbeddedBackend
-
-            backend = EmbeddedBackend(config.model.embedded)
-    except ImportError as exc:
-        raise GemmaEdgeError(
-            f"the {config.model.backend} backend is not installed: {exc}"
-        ) from None
+def start_backend(config: EdgeConfig) -> Backend:
+    """The configured backend (``shared.backend.make_backend``), with ``model.adapter``
+    loaded and active when one is set."""
+    backend = make_backend(config.model)
     if config.model.adapter is not None:
-        if not hasattr(backend, "load_adapter"):
-            raise GemmaEdgeError(f"model.adapter is set but the {backend.name} backend has none")
         backend.load_adapter("start", config.model.adapter)
         backend.set_adapter("start")
     return backend
@@ -138,7 +125,7 @@ def run(args, backend: Backend | None = None) -> int:
         metrics = EdgeMetrics()
         if config.metrics.port is not None:
             metrics.serve(config.metrics.host, config.metrics.port)
-        backend = backend or make_backend(config)
+        backend = backend or start_backend(config)
         daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, release=release)
         link = make_link(config, daemon)
         previous = {

@@ -10,16 +10,26 @@ per-token log-probabilities with the top alternatives at each step, and, where t
 backend has them and the request asks (``hidden_layers``), the hidden states at the last
 prompt token (``shared.head`` turns them into p(unsafe)).
 
+Every backend can be asked about LoRA adapters (``load_adapter``, ``set_adapter``,
+``adapters``, ``active_adapter``); one without them says so (``supports_adapters``
+False, ``NoAdapters``) and refuses to load one with a ModelError.
+
 Backends: ``shared.embedded.EmbeddedBackend`` (transformers, in-process, default) and
-``shared.ollama_backend.OllamaBackend``. This module knows nothing about either.
+``shared.ollama_backend.OllamaBackend``; ``make_backend`` builds the one a
+``ModelConfig`` names, for the edge and the teacher alike, importing it only then.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from shared.errors import BackendError, ModelError
 from shared.skill import STOP_SEQUENCES, Demo
+
+if TYPE_CHECKING:
+    from shared.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -62,10 +72,58 @@ class Generation:
 @runtime_checkable
 class Backend(Protocol):
     name: str
+    supports_adapters: bool  # False: load_adapter raises ModelError
 
     def generate(self, request: GenerateRequest) -> Generation: ...
 
+    def load_adapter(self, name: str, path: Path, system: str = "") -> None:
+        """Load the PEFT adapter in ``path`` under ``name`` (not active yet)."""
+        ...
+
+    def set_adapter(self, name: str | None) -> None:
+        """Answer with adapter ``name`` from now on (None: the base model)."""
+        ...
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapter names loaded now (a backend may let old ones go)."""
+        ...
+
+    @property
+    def active_adapter(self) -> str | None: ...
+
     def close(self) -> None: ...
+
+
+class NoAdapters:
+    """The adapter half of ``Backend`` for a backend that has none."""
+
+    name = "backend"
+    supports_adapters = False
+    adapters: list[str] = []
+    active_adapter: str | None = None
+
+    def load_adapter(self, name: str, path: Path, system: str = "") -> None:
+        raise ModelError(f"the {self.name} backend cannot load a LoRA adapter")
+
+    def set_adapter(self, name: str | None) -> None:
+        if name is not None:
+            raise ModelError(f"the {self.name} backend cannot load a LoRA adapter")
+
+
+def make_backend(model: ModelConfig) -> Backend:
+    """The backend ``model`` names (its module imported only now: torch loads only for
+    the embedded one). BackendError if it is not installed."""
+    try:
+        if model.backend == "ollama":
+            from shared.ollama_backend import OllamaBackend
+
+            return OllamaBackend(model.ollama, model.max_new_tokens)
+        from shared.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(model.embedded)
+    except ImportError as exc:
+        raise BackendError(f"the {model.backend} backend is not installed: {exc}") from None
 
 
 def generate_many(backend: Backend, requests: list[GenerateRequest]) -> list[Generation]:

@@ -56,6 +56,8 @@ PREFIX_CACHE_ENTRIES = 8
 class EmbeddedBackend:
     """Greedy generation with a per-skill prefix KV cache and switchable LoRA adapters."""
 
+    supports_adapters = True
+
     def __init__(
         self,
         config: EmbeddedModelConfig | None = None,

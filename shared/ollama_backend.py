@@ -62,6 +62,8 @@ TOP_LOGPROBS = 5
 class OllamaBackend:
     """Generation through an Ollama server's ``/api/chat``."""
 
+    supports_adapters = True
+
     def __init__(self, config: OllamaModelConfig | None = None, max_new_tokens: int = 48):
         self.config = config or OllamaModelConfig()
         self.max_new_tokens = max_new_tokens

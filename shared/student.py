@@ -65,7 +65,7 @@ class Student:
         refuses the push and keeps what it runs. Safe from another thread than ``answer``."""
         if release.adapter_dir is None:
             return
-        if getattr(self.backend, "set_adapter", None) is None:
+        if not self.backend.supports_adapters:
             raise ModelError(
                 f"release v{release.version} has a LoRA adapter but the "
                 f"{self.backend.name} backend cannot load one"
@@ -75,7 +75,7 @@ class Student:
             name = self._loaded.get(key)
         # a new skill over the same adapter files does not reload them, unless the backend
         # let them go since (an Ollama server prunes old release models)
-        if name is not None and name in getattr(self.backend, "adapters", (name,)):
+        if name is not None and name in self.backend.adapters:
             return
         name = f"r{release.version}"
         self.backend.load_adapter(name, release.adapter_dir, system=release.skill.instructions)
@@ -103,16 +103,15 @@ class Student:
             self._use(release)
 
     def _use(self, release: Release) -> None:
-        set_adapter = getattr(self.backend, "set_adapter", None)
         if release.adapter_dir is None:
-            if set_adapter is not None and getattr(self.backend, "active_adapter", None):
-                set_adapter(None)
+            if self.backend.active_adapter:
+                self.backend.set_adapter(None)
         else:
             self.prepare(release)
             with self._lock:
                 name = self._loaded[_adapter_key(release.adapter_dir)]
-            if getattr(self.backend, "active_adapter", None) != name:
-                set_adapter(name)
+            if self.backend.active_adapter != name:
+                self.backend.set_adapter(name)
         self.release = release
         self.head = usable_head(self.backend, release.head)
 

@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_default(cfg: TeacherConfig, out: Path) -> int:
+    from shared.backend import make_backend
     from teacher.releases import build_default as build
-    from teacher.upskill import make_backend
 
     backend = make_backend(cfg.student)
     cases = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
@@ -141,8 +141,8 @@ def build_default(cfg: TeacherConfig, out: Path) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from shared.backend import make_backend
     from teacher.releases import evaluate
-    from teacher.upskill import make_backend
 
     cfg = _config(args)
     registry = ReleaseRegistry(cfg.home)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.answer import parse_answer
-from shared.backend import Backend, GenerateRequest, generate_many
-from shared.config import ModelConfig, PolicyConfig
+from shared.backend import Backend, GenerateRequest, generate_many, make_backend
+from shared.config import PolicyConfig
 from shared.errors import BackendError, ConfigError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.messages import Review
@@ -162,17 +162,6 @@ class BackendReviewer:
                 )
             )
         return out
-
-
-def make_backend(model: ModelConfig) -> Backend:
-    """The configured teacher backend (imported only when used)."""
-    if model.backend == "embedded":
-        from shared.embedded import EmbeddedBackend
-
-        return EmbeddedBackend(model.embedded)
-    from shared.ollama_backend import OllamaBackend
-
-    return OllamaBackend(model.ollama, model.max_new_tokens)
 
 
 def make_reviewer(config: TeacherConfig, store: CaseStore | None = None) -> Reviewer:

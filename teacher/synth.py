@@ -102,8 +102,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from shared.backend import make_backend
     from shared.messages import Escalation
-    from teacher.review import make_backend
     from teacher.store import CaseStore, default_store_path
 
     cfg = load_config(args.config, TeacherConfig)

@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.backend import Backend
-from shared.config import ModelConfig, load_config, validate_config
+from shared.backend import Backend, make_backend
+from shared.config import load_config, validate_config
 from shared.errors import TrainingError
 from shared.evaluation import EvalReport, LabeledCase, cases_hash, evaluate
 from shared.skill import Skill
@@ -320,21 +320,6 @@ def _gate(
 
 
 # ---------------------------------------------------------------- backends and CLI
-def make_backend(model: ModelConfig) -> Backend:
-    """The backend a ModelConfig names (the student as edges run it, or the writer)."""
-    if model.backend == "embedded":
-        try:
-            from shared.embedded import EmbeddedBackend
-        except ImportError as exc:
-            raise TrainingError(f"the embedded backend is not available: {exc}") from exc
-        return EmbeddedBackend(model.embedded)
-    try:
-        from shared.ollama_backend import OllamaBackend
-    except ImportError as exc:
-        raise TrainingError(f"the Ollama backend is not available: {exc}") from exc
-    return OllamaBackend(model.ollama, model.max_new_tokens)  # as edge.run.make_backend
-
-
 def writer_backend(cfg: TeacherConfig, student: Backend | None = None) -> Backend | None:
     """Who writes candidate prompts (``upskill.writer``); None: built-in variants only.
     The student backend is reused when the reviewer is configured as the same model."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.backend import GenerateRequest, Generation, TokenLogprob
+from shared.backend import GenerateRequest, Generation, NoAdapters, TokenLogprob
 
 
-class ScriptedBackend:
+class ScriptedBackend(NoAdapters):
     """Answers from a function of the request (or a fixed text); records every request.
 
     ``fail_on``: inputs containing this substring raise ``error`` instead.
@@ -81,6 +81,12 @@ class FeatureBackend(ScriptedBackend):
         self.bad_adapter = bad_adapter
         self.loaded: dict[str, object] = {}
         self.active_adapter: str | None = None
+
+    supports_adapters = True
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self.loaded)
 
     def load_adapter(self, name, path, system="") -> None:
         self.loaded[name] = path

@@ -673,12 +673,12 @@ def test_the_bundled_release_passes_its_canaries_on_a_default_edge_and_a_shifted
     p_unsafe disagrees by more than the tolerance refuses the release."""
     import torch
 
-    from edge.run import make_backend
+    from edge.run import start_backend
     from shared.release import default_release
 
     torch.set_num_threads(2)
     config = EdgeConfig()
-    backend = make_backend(config)
+    backend = start_backend(config)
     try:
         v0 = default_release()
         assert len(v0.manifest.canaries) >= 4

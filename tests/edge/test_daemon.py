@@ -145,10 +145,20 @@ def test_a_skill_file_runs_bare_from_the_start_and_a_broken_one_stops_it(tmp_pat
 
 
 class AdapterBackend(ScriptedBackend):
+    supports_adapters = True
+
     def __init__(self):
         super().__init__(QUIET)
         self.loaded: dict[str, Path] = {}
         self.active = None
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self.loaded)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.active
 
     def load_adapter(self, name: str, path: Path, system: str = "") -> None:
         self.loaded[name] = path

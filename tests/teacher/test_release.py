@@ -356,7 +356,12 @@ def test_a_new_skill_over_the_same_adapter_does_not_reload_it(tmp_path):
         (folder / name).write_bytes(data)
     backend = FeatureBackend()
     loads = []
-    backend.load_adapter = lambda name, path, system="": loads.append(path)  # count the loads
+
+    def load(name, path, system=""):  # count the loads
+        loads.append(path)
+        backend.loaded[name] = path
+
+    backend.load_adapter = load
     student = Student(backend, skill_release(default_skill(), folder))
     student.use(skill_release(default_skill().model_copy(update={"name": "edited"}), folder))
     assert loads == [folder] and student.skill.name == "edited"
