@@ -41,8 +41,8 @@ from edge.outbox import Outbox  # noqa: E402
 from shared.config import LinkConfig  # noqa: E402
 from shared.evaluation import bundled_cases  # noqa: E402
 from shared.messages import Escalation  # noqa: E402
-from teacher.keys import init_keys, new_edge  # noqa: E402
-from teacher.store import default_store_path  # noqa: E402
+from teacher.data.store import default_store_path  # noqa: E402
+from teacher.serve.keys import init_keys, new_edge  # noqa: E402
 
 
 def free_port() -> int:

@@ -104,7 +104,7 @@ def make_home(work: Path, release_dir: Path | None, scale: float) -> Path:
     """A teacher home whose active release v1 carries the LoRA to export."""
     from shared.release import ADAPTER_FILES, build_files, load_release
     from shared.skill import default_skill
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     if release_dir is not None:
         source = load_release(release_dir)

@@ -7,7 +7,7 @@
    - head only: ``gemma-teacher train --no-store --labels … --home H --head-only``
    - head + LoRA (``--lora``): the same without ``--head-only`` (fp32 CPU; minutes)
    and times each command (model load included).
-2. Scores, in one process with one backend, through ``teacher.harness`` (the edge's own
+2. Scores, in one process with one backend, through ``teacher.release.harness`` (the edge's own
    Student + policy.decide) on ``bench/data/heldout_scenes.jsonl`` (160 hand-written
    scenes, never used for training or calibration):
    - "today": the default skill as edges ran it before releases (no head; confidence,
@@ -117,8 +117,8 @@ def main() -> int:
     from shared.skill import default_skill
     from shared.student import Student
     from shared.teacher_config import TeacherConfig
-    from teacher.harness import table
-    from teacher.releases import evaluate
+    from teacher.release.build import evaluate
+    from teacher.release.harness import table
 
     builds: dict[str, dict] = {}
     for name, head_only in (("head-only", True), ("head+LoRA", False)):

@@ -6,7 +6,7 @@ CPU (default; the bundled Gemma 3 270M, fp32, real examples from the labelled sc
 
   baseline: plain PEFT loop, batches in random order padded to their longest row,
             ``model(..., labels=...)`` (logits for every position over 262k tokens);
-  ours:     ``teacher.batches``: length-bucketed batches, loss on answer tokens only,
+  ours:     ``teacher.train.batches``: length-bucketed batches, loss on answer tokens only,
             the head applied only at those positions.
   Steps of the two alternate, so load from other processes hits both alike; tokens/s
   counts real (non-padding) tokens.
@@ -101,8 +101,8 @@ def bench_cpu(args) -> dict:
     from shared.evaluation import bundled_cases
     from shared.models import load_model
     from shared.skill import default_skill
-    from teacher.batches import answer_loss, collate, plan_batches, tokenize
-    from teacher.dataset import to_examples
+    from teacher.data.dataset import to_examples
+    from teacher.train.batches import answer_loss, collate, plan_batches, tokenize
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -171,7 +171,7 @@ def synthetic_batch(batch, seq, answer_fraction, vocab, device):
 
 
 def cuda_step(model, opt, batch, name, body=None):
-    from teacher.batches import answer_loss
+    from teacher.train.batches import answer_loss
 
     if name == "baseline":
         loss = baseline_loss(model, **batch)
@@ -188,7 +188,7 @@ def cuda_step(model, opt, batch, name, body=None):
 def bench_cuda(args) -> dict:
     import torch
 
-    from teacher.batches import _liger_loss
+    from teacher.train.batches import _liger_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
     out = {
@@ -279,7 +279,7 @@ def profile_step(model, opt, batch, name, body) -> str:
 
 
 def recipe_cuda(args) -> dict:
-    """The real recipe (teacher.train.train_adapter) on CUDA in bf16: random 270M-shape
+    """The real recipe (teacher.train.lora.train_adapter) on CUDA in bf16: random 270M-shape
     weights, the real tokenizer and labelled scenes; shows it runs end to end (gate included)."""
     import tempfile
 
@@ -290,8 +290,8 @@ def recipe_cuda(args) -> dict:
     from shared.models import load_tokenizer
     from shared.skill import default_skill
     from shared.teacher_config import TeacherConfig
-    from teacher.dataset import build_dataset
-    from teacher.train import train_adapter
+    from teacher.data.dataset import build_dataset
+    from teacher.train.lora import train_adapter
 
     tokenizer = load_tokenizer(Path(args.tokenizer))
     cases = bundled_cases("dev_scenes.jsonl")

@@ -41,8 +41,8 @@ COMMANDS = [
 ]
 
 
-def parser():
-    return build_parser("gemma-edge", DESCRIPTION, COMMANDS)
+def parser(argv: list[str] | None = None):
+    return build_parser("gemma-edge", DESCRIPTION, COMMANDS, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@
 What runs, all of it real and on loopback, with the embedded Gemma 3 270M (no network,
 no Ollama):
 
-1. a temporary home with CurveZMQ keys (``teacher.keys``): the teacher's pair and one
-   edge's, on the teacher's allow-list;
+1. a temporary home with CurveZMQ keys (``gemma-teacher keys``): the teacher's pair and
+   one edge's, on the teacher's allow-list;
 2. ``gemma-teacher serve`` as a subprocess; its reviewer is ``labels``: a labelled file
    stands in for the teacher (a person, or an Ollama teacher in a real deployment);
 3. ``gemma-edge run`` as a subprocess reading inputs on stdin, linked to the teacher,
@@ -23,7 +23,9 @@ no Ollama):
 5. a table per round (from the edge's own events, scored against the scenario's labels)
    and ``report.json`` + ``report.png`` in ``--out``.
 
-It knows how to start and watch the parts, not how any part works inside.
+It knows how to start and watch the parts, not how any part works inside: it drives the
+teacher through its commands and reads only the shared release layout (it imports
+nothing of ``teacher``), so it stands above both sides.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from tqdm import tqdm
 
 from shared.errors import GemmaEdgeError
 from shared.evaluation import LabeledCase, load_labeled
+from shared.release import read_active
 from shared.rounds import Outcome, RoundRow, plot, round_row, student_verdict, table
 
 logger = logging.getLogger(__name__)
@@ -119,11 +122,13 @@ class Demo:
 
     # ------------------------------------------------------------ set-up
     def write_configs(self) -> tuple[Path, Path]:
-        from teacher.keys import init_keys, new_edge
-
-        keys = self.home / "keys"
-        init_keys(keys)
-        _, edge_secret = new_edge(keys, EDGE_ID)
+        keys = self.home / "keys"  # made as a person would: `gemma-teacher keys ...`
+        for action in (["init"], ["new-edge", EDGE_ID]):
+            done = subprocess.run([sys.executable, "-m", "teacher", "keys", *action,
+                                   "--keys-dir", str(keys)], capture_output=True, text=True)  # fmt: skip
+            if done.returncode != 0:
+                raise GemmaEdgeError(f"gemma-teacher keys {action[0]} failed: {done.stderr}")
+        edge_secret = keys / "edges" / f"{EDGE_ID}.key_secret"
         port = free_port()
         labels = self.work / "labels.jsonl"  # what the teacher "knows": every scenario label
         shutil.copyfile(scenario_path(), labels)
@@ -299,9 +304,7 @@ class Demo:
             for line in done.stdout.splitlines():
                 if line.startswith(("release v", "refused", "not saved", "no release")):
                     say(f"teacher: {line}")
-        from teacher.releases import ReleaseRegistry
-
-        active = ReleaseRegistry(self.home).active_number() or 0
+        active = read_active(self.home / "releases") or 0  # the teacher's active pointer
         doc["release"] = active
         pointer = self.work / "edge" / "releases" / "active"
         if active and active != self._pushed:

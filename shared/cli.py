@@ -1,8 +1,9 @@
 """What the two command-line programs share: subcommand wiring, logging, clean errors.
 
 Each subcommand lives in the module that does the work and exposes
-``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when
-their subcommand runs, so ``--help`` stays fast. A ``GemmaEdgeError`` ends the
+``add_arguments(parser)`` and ``run(args) -> int``; only the module of the subcommand
+given on the command line is imported (``--help`` of the program imports none), so
+start-up stays fast and one broken optional dependency breaks only its own command. A ``GemmaEdgeError`` ends the
 program with its message and exit status 2 (1 for other failures), never a traceback.
 """
 
@@ -29,8 +30,11 @@ class Subcommand:
 
 
 def build_parser(
-    prog: str, description: str, commands: list[Subcommand]
+    prog: str, description: str, commands: list[Subcommand], argv: list[str] | None = None
 ) -> argparse.ArgumentParser:
+    """The program's parser. With ``argv``, only the subcommand it names gets its module
+    imported and its arguments added; without, every subcommand's (tests, docs)."""
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -54,7 +58,8 @@ def build_parser(
             default=argparse.SUPPRESS,
             help="more logging (-vv: debug)",
         )
-        command.load().add_arguments(p)
+        if chosen is None or command.name == chosen:
+            command.load().add_arguments(p)
     return parser
 
 
@@ -65,9 +70,11 @@ def setup_logging(verbose: int) -> None:
     )
 
 
-def run_main(parser_factory: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> int:
-    parser = parser_factory()
-    args = parser.parse_args(argv)
+def run_main(
+    parser_factory: Callable[[list[str] | None], argparse.ArgumentParser], argv: list[str] | None
+) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    args = parser_factory(given).parse_args(given)
     setup_logging(args.verbose)
     try:
         return int(args._command.load().run(args) or 0)

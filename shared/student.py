@@ -8,7 +8,7 @@
 demonstrations, ``shared.skill``), asks the backend for the hidden states the head needs
 at the last prompt token (the same forward pass that answers), parses the text
 (``shared.answer``) and puts the head's p(unsafe) on the answer. ``edge.daemon``
-answers every input with it, and ``teacher.harness`` scores releases with it, so a
+answers every input with it, and ``teacher.release.harness`` scores releases with it, so a
 number that decides what edges get comes from what edges run.
 
 A head that cannot apply to this backend (hidden states asked of Ollama, or a head fit on

@@ -23,31 +23,31 @@ examples:
 COMMANDS = [
     Subcommand(
         "serve",
-        "teacher.server",
+        "teacher.serve.server",
         "Accept escalations from edges, store and review them.",
         "example:\n  gemma-teacher serve --config deploy/config/teacher.yaml",
     ),
     Subcommand(
         "keys",
-        "teacher.keys",
+        "teacher.serve.keys",
         "Create the teacher's and edges' CurveZMQ keys.",
         "examples:\n  gemma-teacher keys init\n  gemma-teacher keys new-edge kitchen-cam",
     ),
     Subcommand(
         "cases",
-        "teacher.cases",
+        "teacher.serve.cases",
         "List, show and correct stored cases.",
         "examples:\n  gemma-teacher cases list\n  gemma-teacher cases correct CASE_ID --safety yes",
     ),
     Subcommand(
         "upskill",
-        "teacher.upskill",
+        "teacher.improve.cli",
         "Write and score better skills (prompts); the best goes into a release build.",
         "example:\n  gemma-teacher upskill --config teacher.yaml --labels scenes.jsonl",
     ),
     Subcommand(
         "train",
-        "teacher.train",
+        "teacher.train.cli",
         "Build a release from reviewed cases: a LoRA adapter (unless --head-only), a safety "
         "head and calibrated thresholds; gate it against the active release; activate it.",
         "examples:\n  gemma-teacher train --config teacher.yaml\n"
@@ -56,34 +56,34 @@ COMMANDS = [
     ),
     Subcommand(
         "releases",
-        "teacher.release_cli",
+        "teacher.release.cli",
         "List, show and roll back releases (what edges run); rebuild the bundled one.",
         "examples:\n  gemma-teacher releases list\n  gemma-teacher releases show 3\n"
         "  gemma-teacher releases rollback 2\n  gemma-teacher releases build-default",
     ),
     Subcommand(
         "report",
-        "teacher.report",
+        "teacher.serve.report",
         "How a deployment is doing per release and edge: inputs, teacher calls per 100, "
         "system safety recall (on the audit sample), student accuracy, format, false alerts.",
         "example:\n  gemma-teacher report --home ~/.cache/gemma-edge/teacher --out report/",
     ),
     Subcommand(
         "eval",
-        "teacher.evaluate",
+        "teacher.release.evaluate",
         "Score a release on labelled cases exactly as an edge runs it (student and system "
         "metrics).",
         "example:\n  gemma-teacher eval --release 3 --labels held_out.jsonl --against 0",
     ),
     Subcommand(
         "synth",
-        "teacher.synth",
+        "teacher.data.synth",
         "Top up a thin dataset with teacher-written inputs.",
         "example:\n  gemma-teacher synth --config teacher.yaml --count 100",
     ),
     Subcommand(
         "export",
-        "teacher.export",
+        "teacher.release.export",
         "Export a release's LoRA for Ollama and llama.cpp (GGUF adapter + Modelfile).",
         "examples:\n  gemma-teacher export --out ollama-student/            # the active release\n"
         "  gemma-teacher export --out r3/ --release 3 --base gemma3:270m\n"
@@ -98,8 +98,8 @@ COMMANDS = [
 ]
 
 
-def parser():
-    return build_parser("gemma-teacher", DESCRIPTION, COMMANDS)
+def parser(argv: list[str] | None = None):
+    return build_parser("gemma-teacher", DESCRIPTION, COMMANDS, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

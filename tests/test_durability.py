@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from edge.outbox import Outbox
-from teacher.keys import init_keys, new_edge
-from teacher.store import CaseStore, default_store_path
+from teacher.data.store import CaseStore, default_store_path
+from teacher.serve.keys import init_keys, new_edge
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGES = 4

@@ -64,7 +64,7 @@ def test_a_head_only_release_is_built_run_by_an_edge_and_scored_identically(tmp_
 
     from shared.embedded import EmbeddedBackend
     from shared.student import Student
-    from teacher.harness import answer_cases
+    from teacher.release.harness import answer_cases
 
     torch.set_num_threads(2)
     edge_config = EdgeConfig.model_validate({"model": model})

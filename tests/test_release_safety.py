@@ -92,8 +92,8 @@ def push_of(files: dict[str, bytes], version: int) -> tuple[ReleasePush, list[by
 
 def canaries_for(backend, files: dict[str, bytes], cases, tmp_path) -> list[Canary]:
     """What the teacher writes: the harness's answers with the release (teacher code)."""
-    from teacher.harness import evaluate_release
-    from teacher.releases import pick_canaries
+    from teacher.release.build import pick_canaries
+    from teacher.release.harness import evaluate_release
 
     release = load_release(_write(tmp_path / "harness", files))
     report = evaluate_release(Student(backend, release), cases, PolicyConfig(), progress=False)
@@ -217,7 +217,8 @@ def test_a_canary_hazard_that_would_pass_refuses_the_release(tmp_path):
 
 def test_the_teachers_build_writes_canaries_the_edge_accepts(tmp_path):
     from shared.teacher_config import TeacherConfig
-    from teacher.releases import ReleaseRegistry, build_release
+    from teacher.release.build import build_release
+    from teacher.release.registry import ReleaseRegistry
 
     cfg = TeacherConfig(home=tmp_path / "teacher")
     cfg.release.canaries = 4

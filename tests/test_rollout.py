@@ -185,7 +185,7 @@ def test_a_live_edge_uses_pushed_releases_for_its_next_input_and_rolls_back(stac
 
     # A release of a new skill alone (no head) is pushed whole and answers the next input.
     from shared.release import build_files, default_release
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     releases = ReleaseRegistry(home)
     installed = tmp_path / "edge" / "releases" / "active"

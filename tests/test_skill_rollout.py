@@ -27,9 +27,10 @@ from shared.config import EdgeConfig, LinkConfig
 from shared.evaluation import bundled_cases
 from shared.skill import default_skill
 from shared.teacher_config import ReviewerConfig, ServerConfig, TeacherConfig, UpskillConfig
-from teacher.releases import ReleaseRegistry, build_release
-from teacher.server import TeacherServer
-from teacher.upskill import run_upskill
+from teacher.improve.upskill import run_upskill
+from teacher.release.build import build_release
+from teacher.release.registry import ReleaseRegistry
+from teacher.serve.server import TeacherServer
 from tests.fakes import FeatureBackend, ScriptedBackend, hazard_cases
 
 CASES = bundled_cases()

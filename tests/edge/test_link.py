@@ -27,8 +27,8 @@ from shared.messages import (
 )
 from shared.skill import default_skill
 from shared.teacher_config import ReviewerConfig, ServerConfig, TeacherConfig
-from teacher.review import LabelsReviewer
-from teacher.server import TeacherServer
+from teacher.serve.review import LabelsReviewer
+from teacher.serve.server import TeacherServer
 
 LABELS = bundled_cases()
 
@@ -138,7 +138,7 @@ def adapter_files(rank: int = 4) -> dict[str, bytes]:
 
 def test_a_release_with_a_bad_adapter_is_refused_keeping_the_old(stack, tmp_path):
     from shared.release import build_files, set_active
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     server, link, got = stack
     registry = ReleaseRegistry(server.config.home)
@@ -161,7 +161,7 @@ def test_a_release_with_a_bad_adapter_is_refused_keeping_the_old(stack, tmp_path
 def test_a_release_is_pushed_whole_installed_reported_and_rolled_back(stack, tmp_path):
     from shared.calibration import conservative
     from shared.release import build_files, default_release
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     server, link, got = stack
     state = tmp_path / "edge" / "state"

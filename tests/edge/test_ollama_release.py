@@ -156,7 +156,7 @@ def test_old_release_models_are_pruned_but_never_the_one_in_use(server, tmp_path
 def test_a_live_ollama_edge_takes_a_pushed_release_and_refuses_one_it_cannot_build(
     server, tmp_path
 ):
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
     from tests.test_rollout import answers, free_port, wait_for
 
     port = free_port()

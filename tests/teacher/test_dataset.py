@@ -5,7 +5,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.evaluation import LabeledCase, bundled_cases
 from shared.messages import Escalation, Review
-from teacher.dataset import (
+from teacher.data.dataset import (
     build_dataset,
     dedupe,
     export_chat,
@@ -14,7 +14,7 @@ from teacher.dataset import (
     target_for,
     to_examples,
 )
-from teacher.store import CaseStore
+from teacher.data.store import CaseStore
 
 INSTR = "Describe the scene."
 
@@ -141,7 +141,7 @@ def test_reviewed_cases_in_a_real_store_become_examples(tmp_path):
 
 
 def test_synth_writes_new_redacted_inputs_seeded_from_real_ones(tmp_path):
-    from teacher.synth import synthesize
+    from teacher.data.synth import synthesize
     from tests.fakes import ScriptedBackend
 
     replies = iter(

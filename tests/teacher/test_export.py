@@ -53,7 +53,7 @@ def home(tmp_path):
     files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     from shared.release import build_files
     from shared.skill import default_skill
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     skill = default_skill().model_copy(update={"instructions": "Describe the scene."})
     releases = ReleaseRegistry(tmp_path)
@@ -106,7 +106,7 @@ def test_modelfile_carries_the_student_template_and_stops():
 def test_export_takes_the_active_release_and_says_when_it_has_no_adapter(home, tmp_path):
     from shared.release import build_files
     from shared.skill import default_skill
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     adapter = home / "releases" / "v1"
     files = {

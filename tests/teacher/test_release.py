@@ -24,9 +24,10 @@ from shared.release import (
 from shared.skill import default_skill
 from shared.student import Student
 from shared.teacher_config import TeacherConfig
-from teacher import gate
-from teacher.harness import evaluate_release
-from teacher.releases import ReleaseRegistry, build_release
+from teacher.release import gate
+from teacher.release.build import build_release
+from teacher.release.harness import evaluate_release
+from teacher.release.registry import ReleaseRegistry
 from tests.fakes import FeatureBackend, hazard_cases
 
 
@@ -141,7 +142,7 @@ def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
 
 
 def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_features(tmp_path):
-    from teacher.head_fit import prior_head
+    from teacher.release.head_fit import prior_head
 
     cfg = config(tmp_path)
     cfg.release.prior_l2 = 10.0  # off by default
@@ -162,7 +163,7 @@ def test_the_next_head_starts_from_the_running_one_when_it_reads_the_same_featur
 def test_crossfit_trains_and_calibrates_on_every_review_with_honest_scores(tmp_path):
     import numpy as np
 
-    from teacher.head_fit import crossfit
+    from teacher.release.head_fit import crossfit
 
     cfg = config(tmp_path)
     rng = np.random.default_rng(3)
@@ -274,7 +275,7 @@ def test_the_gate_refuses_an_adapter_that_answers_no_under_the_edges_prompt(tmp_
 
 
 def test_gate_rules_are_named():
-    from teacher.harness import HarnessReport
+    from teacher.release.harness import HarnessReport
 
     def rep(release, caught, calls, accuracy, hazards=32):
         missed = [f"h{i}" for i in range(hazards - caught)]

@@ -10,8 +10,8 @@ import pytest
 from shared.errors import BackendUnavailable
 from shared.evaluation import LabeledCase
 from shared.messages import Escalation
-from teacher.review import BackendReviewer, LabelsReviewer, ReviewWorker, normalise
-from teacher.store import CaseStore
+from teacher.data.store import CaseStore
+from teacher.serve.review import BackendReviewer, LabelsReviewer, ReviewWorker, normalise
 from tests.fakes import ScriptedBackend
 
 

@@ -17,9 +17,9 @@ from edge.link import LinkClient
 from shared.config import LinkConfig
 from shared.messages import Ack, ErrorReply, Escalation, Heartbeat, decode, encode
 from shared.teacher_config import ServerConfig, TeacherConfig
-from teacher.keys import init_keys, new_edge, revoke_edge
-from teacher.server import TeacherServer
-from teacher.store import CaseStore, default_store_path
+from teacher.data.store import CaseStore, default_store_path
+from teacher.serve.keys import init_keys, new_edge, revoke_edge
+from teacher.serve.server import TeacherServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -247,7 +247,7 @@ def test_an_edge_too_old_for_release_pushes_is_told_which_version_it_needs(tmp_p
     from shared.messages import EDGE_TOO_OLD
     from shared.release import build_files
     from shared.skill import default_skill
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     config = TeacherConfig(
         home=tmp_path / "home",
@@ -290,7 +290,7 @@ def test_an_old_home_s_skill_and_adapter_become_one_release_once(tmp_path, caplo
     """Teacher homes from before 0.2.0 kept skills/ and adapters/ registries; the first
     start adopts their active versions as a release (no head), with one log line."""
     from shared.skill import default_skill
-    from teacher.releases import ReleaseRegistry
+    from teacher.release.registry import ReleaseRegistry
 
     home = tmp_path / "home"
     skill = default_skill().model_copy(update={"version": 2, "instructions": "Old prompt."})

@@ -4,7 +4,7 @@ import pytest
 
 from shared.errors import StoreError
 from shared.messages import Escalation, Review
-from teacher.store import CaseStore
+from teacher.data.store import CaseStore
 
 
 def esc(text="a scene", **kw):
@@ -73,7 +73,7 @@ def test_report_rows_per_release_and_edge_from_counts_audits_and_reviews(tmp_pat
     import uuid
 
     from shared.messages import Escalation, Review
-    from teacher.report import rows_for
+    from teacher.serve.report import rows_for
 
     store = CaseStore(tmp_path / "store.sqlite")
 

@@ -11,8 +11,8 @@ import pytest
 from shared.errors import ConfigError
 from shared.skill import default_skill
 from shared.teacher_config import TeacherConfig
-from teacher.head_fit import crossfit, make_splits
-from teacher.traffic import load_traffic
+from teacher.data.traffic import load_traffic
+from teacher.release.head_fit import crossfit, make_splits
 from tests.fakes import hazard_cases
 
 

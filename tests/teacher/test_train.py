@@ -13,7 +13,7 @@ import pytest
 from shared.evaluation import bundled_cases
 from shared.skill import default_skill
 from shared.teacher_config import TeacherConfig
-from teacher.dataset import build_dataset
+from teacher.data.dataset import build_dataset
 
 pytestmark = pytest.mark.slow  # needs the model cache for the real tokenizer
 
@@ -61,7 +61,7 @@ def small_setup(tmp_path, **train):
 def test_answer_only_loss_matches_the_full_vocabulary_loss(tokenizer):
     import torch
 
-    from teacher.batches import answer_loss, collate, tokenize
+    from teacher.train.batches import answer_loss, collate, tokenize
 
     model = tiny_model()
     examples = build_dataset(
@@ -84,7 +84,7 @@ def test_training_returns_a_peft_adapter_and_leaves_the_base_model(tmp_path, tok
     from peft import PeftModel
     from safetensors.numpy import load
 
-    from teacher.train import train_adapter
+    from teacher.train.lora import train_adapter
 
     cfg, ds = small_setup(tmp_path)
     model = tiny_model()
@@ -107,7 +107,7 @@ def test_training_returns_a_peft_adapter_and_leaves_the_base_model(tmp_path, tok
 
 
 def test_the_adapter_trains_under_the_edges_prompt_with_demonstrations(tmp_path, tokenizer):
-    from teacher.batches import tokenize
+    from teacher.train.batches import tokenize
 
     skill = default_skill()
     ds = build_dataset(bundled_cases("dev_scenes.jsonl"), tmp_path, skill.instructions, 0.1, 0,
@@ -119,7 +119,7 @@ def test_the_adapter_trains_under_the_edges_prompt_with_demonstrations(tmp_path,
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path, tokenizer):
-    from teacher.train import train_adapter
+    from teacher.train.lora import train_adapter
 
     cfg, ds = small_setup(tmp_path, checkpoint_every=1, epochs=2.0)
     run_dir = tmp_path / "run"

@@ -14,11 +14,11 @@ from shared.evaluation import LabeledCase, bundled_cases, cases_hash
 from shared.messages import Escalation, Review
 from shared.skill import Skill, default_skill
 from shared.teacher_config import UpskillConfig
-from teacher import candidates as cand
-from teacher.evalset import load_cases, merge_cases, split_cases
-from teacher.store import CaseStore, default_store_path
-from teacher.upskill import run_upskill
-from teacher.upskill_report import write_report
+from teacher.data.evalset import load_cases, merge_cases, split_cases
+from teacher.data.store import CaseStore, default_store_path
+from teacher.improve import candidates as cand
+from teacher.improve.report import write_report
+from teacher.improve.upskill import run_upskill
 from tests.fakes import ScriptedBackend
 
 CASES = bundled_cases()
@@ -375,7 +375,7 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
 
 def test_who_writes_candidates():
     from shared.teacher_config import ReviewerConfig, TeacherConfig
-    from teacher.upskill import writer_backend
+    from teacher.improve.upskill import writer_backend
 
     embedded = TeacherConfig()  # the default reviewer is the bundled base model
     assert writer_backend(embedded) is None  # auto: a base model cannot write prompts
@@ -391,7 +391,7 @@ def test_who_writes_candidates():
 
 
 def test_the_decision_says_when_recall_was_bought_with_false_alarms():
-    from teacher.skill_scoring import tradeoff
+    from teacher.improve.scoring import tradeoff
 
     base = {"safety_recall": 0.5, "safe_specificity": 0.5, "format_ok": 1.0, "keyword_recall": 1.0}
     yes_man = {**base, "safety_recall": 1.0, "safe_specificity": 0.0}

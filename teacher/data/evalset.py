@@ -85,7 +85,7 @@ def load_cases(store_path: Path | None, label_files: list[Path] = ()) -> list[La
     """Labelled files plus the store's labelled cases (a missing store is not created)."""
     sources = [load_labeled(path) for path in label_files]
     if store_path is not None and Path(store_path).is_file():
-        from teacher.store import CaseStore
+        from teacher.data.store import CaseStore
 
         store = CaseStore(store_path, recover=False)  # the server may be reviewing
         try:

@@ -21,7 +21,7 @@ from shared.backend import Backend, GenerateRequest, generate_many
 from shared.errors import BackendError, TrainingError
 from shared.evaluation import EvalReport, LabeledCase, evaluate
 from shared.skill import Skill
-from teacher.candidates import Candidate
+from teacher.improve.candidates import Candidate
 
 BATCH = 4
 

@@ -96,7 +96,7 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
 
 
 def run(args: argparse.Namespace) -> int:
-    from teacher.store import CaseStore, default_store_path
+    from teacher.data.store import CaseStore, default_store_path
 
     cfg = load_config(args.config, TeacherConfig)
     home = Path(args.home) if args.home else cfg.home

@@ -3,7 +3,7 @@
     splits = make_splits(cfg, cases, skill, traffic)           # frozen / fit / calibration
     head, calibration, timing = fit_and_calibrate(cfg, student, splits, prior)
 
-The frozen split (``teacher.dataset``, persisted) is the gate's; the rest is split per
+The frozen split (``teacher.data.dataset``, persisted) is the gate's; the rest is split per
 label into fit (trains the LoRA) and calibration (never trained on by the LoRA), by a
 seeded hash of the text. The head reads hidden states at the last prompt token, from the
 release's own prompt and adapter through ``shared.student.Student``; the thresholds
@@ -26,11 +26,11 @@ The head and its thresholds come from one of two recipes (``release.calibration`
 - ``split``: one head on the fit split, thresholds on the calibration split: the exact
   finite-sample guarantee for the shipped head, on about half the cases.
 
-Either way the head may also train on the edges' own traffic (``teacher.traffic``:
+Either way the head may also train on the edges' own traffic (``teacher.data.traffic``:
 inputs an edge alerted on or passed by itself, labelled with what it did), never scored,
 never calibrated on, never in the frozen split.
 
-It knows nothing about registries, gates or sockets (``teacher.releases`` builds and
+It knows nothing about registries, gates or sockets (``teacher.release.build`` builds and
 gates a release from what this returns).
 """
 
@@ -53,7 +53,7 @@ from shared.release import ADAPTER_FILES, Release
 from shared.skill import Skill
 from shared.student import Student
 from shared.teacher_config import TeacherConfig
-from teacher.dataset import case_hash
+from teacher.data.dataset import case_hash
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 class Splits:
     fit: list[LabeledCase]  # trains the head (and the LoRA)
     calibration: list[LabeledCase]  # chooses the thresholds; never trained on by the LoRA
-    frozen: list[LabeledCase]  # the gate's split (persisted by teacher.dataset)
+    frozen: list[LabeledCase]  # the gate's split (persisted by teacher.data.dataset)
     traffic: list[LabeledCase] = field(default_factory=list)  # self-labelled: head only
 
 
@@ -74,9 +74,9 @@ def make_splits(
     traffic: list[LabeledCase] = (),
 ) -> Splits:
     """Redact, dedupe and split (see the module docstring); ``traffic``: the edges'
-    self-labelled inputs (``teacher.traffic``), minus any input with a real label."""
-    from teacher.dataset import build_dataset
-    from teacher.traffic import unlabelled_only
+    self-labelled inputs (``teacher.data.traffic``), minus any input with a real label."""
+    from teacher.data.dataset import build_dataset
+    from teacher.data.traffic import unlabelled_only
 
     dataset = build_dataset(
         cases, cfg.home, skill.instructions, cfg.train.eval_fraction, cfg.train.seed

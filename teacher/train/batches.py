@@ -8,7 +8,7 @@ and applies the vocabulary head (262k rows, the main cost of a small Gemma) only
 those answer positions; ``eval_loss`` averages it over a split.
 
 It knows tokenizers, tensors and the Gemma model layout. It does not know the training
-loop, optimizers, checkpoints, the registry or the gate: ``teacher.train`` drives those.
+loop, optimizers, checkpoints, the registry or the gate: ``teacher.train.lora`` drives those.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from teacher.dataset import Example
+from teacher.data.dataset import Example
 
 
 @dataclass(frozen=True)

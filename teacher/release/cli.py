@@ -8,7 +8,7 @@
 
 A rollback moves the active pointer; the whole release (skill, adapter, head,
 thresholds) goes back out together. ``eval`` answers the labelled cases through
-``teacher.harness`` exactly as an edge running that release would, and prints the
+``teacher.release.harness`` exactly as an edge running that release would, and prints the
 student and system metrics (with ``--against N``, side by side with release N).
 It knows nothing about sockets or training.
 """
@@ -25,8 +25,8 @@ from shared.errors import StoreError
 from shared.evaluation import bundled_cases, load_labeled
 from shared.release import default_release_dir, load_release
 from shared.teacher_config import TeacherConfig
-from teacher.harness import table
-from teacher.releases import ReleaseRegistry
+from teacher.release.harness import table
+from teacher.release.registry import ReleaseRegistry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_default(cfg: TeacherConfig, out: Path) -> int:
     from shared.backend import make_backend
-    from teacher.releases import build_default as build
+    from teacher.release.build import build_default as build
 
     backend = make_backend(cfg.student)
     cases = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
@@ -142,7 +142,7 @@ def build_default(cfg: TeacherConfig, out: Path) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from shared.backend import make_backend
-    from teacher.releases import evaluate
+    from teacher.release.build import evaluate
 
     cfg = _config(args)
     registry = ReleaseRegistry(cfg.home)

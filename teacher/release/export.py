@@ -34,7 +34,7 @@ from shared.errors import TrainingError
 from shared.gguf_adapter import ADAPTER_GGUF, modelfile, write_gguf_adapter
 from shared.skill import Skill
 from shared.teacher_config import TeacherConfig
-from teacher.releases import ReleaseRegistry
+from teacher.release.registry import ReleaseRegistry
 
 logger = logging.getLogger(__name__)
 

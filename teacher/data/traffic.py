@@ -1,7 +1,7 @@
 """Self-training: the inputs an edge settled on its own become the safety head's extra cases.
 
     traffic = load_traffic([Path("events.jsonl")])        # the edge's answer events
-    splits = make_splits(cfg, cases, skill, traffic)       # teacher.head_fit
+    splits = make_splits(cfg, cases, skill, traffic)       # teacher.release.head_fit
 
 Most of what an edge sees never reaches the teacher: its release alerts (``p_unsafe >=
 upper``) or rules the input out (``p_unsafe < lower``) by itself. Those inputs are the
@@ -13,7 +13,7 @@ escalated and has a ``p_unsafe`` becomes a case labelled with what the edge did:
 from more than the few dozen the teacher saw.
 
 They never calibrate and never gate: the thresholds are certified on reviewed labels
-only (``teacher.head_fit``), and an input that has a reviewed or bundled label, or that
+only (``teacher.release.head_fit``), and an input that has a reviewed or bundled label, or that
 the frozen split holds, is dropped here. Escalated inputs are left out: the teacher's
 review of them is in the store. Inputs are redacted like every other case.
 
@@ -27,8 +27,8 @@ import json
 from pathlib import Path
 
 from shared.evaluation import LabeledCase, bad_line, jsonl_lines
-from teacher.dataset import case_key
-from teacher.redact import redact
+from teacher.data.dataset import case_key
+from teacher.data.redact import redact
 
 ORIGIN = "self"
 

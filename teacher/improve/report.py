@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from teacher.upskill import UpskillResult
+    from teacher.improve.upskill import UpskillResult
 
 COLUMNS = [
     ("name", "candidate"),
@@ -63,7 +63,7 @@ def table(result: UpskillResult) -> str:
 
 
 def holdout_table(result: UpskillResult) -> str:
-    from teacher.skill_scoring import balanced
+    from teacher.improve.scoring import balanced
 
     d = result.decision
     cols = [(k, h) for k, h in COLUMNS if k in HOLDOUT_KEYS]

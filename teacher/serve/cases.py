@@ -16,7 +16,7 @@ from shared.answer import parse_safety
 from shared.config import load_config
 from shared.errors import StoreError
 from shared.teacher_config import TeacherConfig
-from teacher.store import CaseStore, default_store_path
+from teacher.data.store import CaseStore, default_store_path
 
 STATUSES = ("new", "reviewing", "reviewed", "unreviewable")
 

@@ -2,7 +2,7 @@
 
     verdict = compare(candidate, active, recall_target)   # GateVerdict(passed, reasons)
 
-Both reports come from ``teacher.harness`` on the same frozen split, so they are what
+Both reports come from ``teacher.release.harness`` on the same frozen split, so they are what
 an edge running either release would have done with those cases: its prompt, adapter,
 head, thresholds and policy. A candidate ships only if
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.calibration import clopper_pearson_upper
-from teacher.harness import HarnessReport
+from teacher.release.harness import HarnessReport
 
 EPSILON = 1e-9  # rates computed on the same cases: only a real difference counts
 

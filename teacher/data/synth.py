@@ -4,7 +4,7 @@ Each new input is written by the teacher model from a few real inputs drawn at r
 as seeds (as Kiln does): "here are scenes a camera saw; write one new, different one".
 Outputs are redacted, stripped to one sentence and dropped when they nearly repeat a
 seed or each other. Every synthetic case gets an id starting ``synth-`` and origin
-``synthetic``; ``teacher.dataset`` never puts one into the frozen evaluation split.
+``synthetic``; ``teacher.data.dataset`` never puts one into the frozen evaluation split.
 
 Synthetic inputs carry no label. They count for training only once a strong teacher
 or a person labelled them:
@@ -38,8 +38,8 @@ from shared.backend import Backend, GenerateRequest
 from shared.config import load_config
 from shared.errors import BackendError, ConfigError, TrainingError
 from shared.teacher_config import TeacherConfig
-from teacher.dataset import NEAR_DUPLICATE, _shingles, jaccard
-from teacher.redact import redact
+from teacher.data.dataset import NEAR_DUPLICATE, _shingles, jaccard
+from teacher.data.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from shared.backend import make_backend
     from shared.messages import Escalation
-    from teacher.store import CaseStore, default_store_path
+    from teacher.data.store import CaseStore, default_store_path
 
     cfg = load_config(args.config, TeacherConfig)
     if args.home:

@@ -2,18 +2,18 @@
 
 A straight-line recipe, read top to bottom (``run_upskill``):
 
-1. split the labelled cases (``teacher.evalset``): demo pool / selection / held-out;
+1. split the labelled cases (``teacher.data.evalset``): demo pool / selection / held-out;
 2. score the skill the edges run now (the active version, else the bundled default)
    on the pool and the selection split: its mistakes on the pool steer which
    demonstrations are bootstrapped;
-3. for each round, make candidates (``teacher.candidates``) and score each one with
+3. for each round, make candidates (``teacher.improve.candidates``) and score each one with
    the student over the selection split;
 4. the best candidate on the selection split is the winner; it and the current skill
    are scored on the held-out split (cases that are a demonstration in either skill
    are left out of that comparison);
 5. only if its held-out score beats the current skill's by more than
    ``upskill.min_gain``, the winner (with its score, parent and held-out hash) goes to
-   the release build (``teacher.releases.build_release``: a head fit on its prompt,
+   the release build (``teacher.release.build.build_release``: a head fit on its prompt,
    thresholds, the release gate), which is what edges may get; otherwise the report
    says why.
 
@@ -24,23 +24,18 @@ whatever release is active.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from shared.backend import Backend, make_backend
-from shared.config import load_config, validate_config
 from shared.errors import TrainingError
 from shared.evaluation import EvalReport, LabeledCase, cases_hash, evaluate
 from shared.skill import Skill
 from shared.teacher_config import TeacherConfig, UpskillConfig
-from teacher import candidates as cand
-from teacher.evalset import EvalSet, load_cases, split_cases
-from teacher.skill_scoring import (
+from teacher.data.evalset import EvalSet, split_cases
+from teacher.improve import candidates as cand
+from teacher.improve.scoring import (
     VERDICT_CHAR,
     Run,
     Scored,
@@ -332,90 +327,3 @@ def writer_backend(cfg: TeacherConfig, student: Backend | None = None) -> Backen
     if student is not None and reviewer.model == cfg.student:
         return student
     return make_backend(reviewer.model)
-
-
-EPILOG = """\
-examples:
-  gemma-teacher upskill --config teacher.yaml                 # reviewed cases in the store
-  gemma-teacher upskill --config teacher.yaml --labels scenes.jsonl --no-store
-  gemma-teacher upskill --labels shared/data/dev_scenes.jsonl --dry-run
-
-Writes a report (table, JSON, PNG chart) under HOME/upskill/runs/ and prints the table.
-If the winner beats the active release's skill on the held-out split, a release is built
-around it (safety head, thresholds) and the release gate decides whether edges get it.
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.add_argument("--config", type=Path, help="teacher YAML (default: all defaults)")
-    parser.add_argument(
-        "--labels",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="labelled JSONL (input, safety, keywords); may repeat",
-    )
-    parser.add_argument(
-        "--no-store", action="store_true", help="ignore the reviewed cases in HOME/store.sqlite"
-    )
-    parser.add_argument("--candidates", type=int, help="candidates per round (upskill.candidates)")
-    parser.add_argument("--rounds", type=int, help="rounds (upskill.rounds)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="score and report, store and activate nothing"
-    )
-    parser.add_argument("--report-dir", type=Path, help="where the report goes")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    from teacher.store import default_store_path
-    from teacher.upskill_report import markdown, write_report
-
-    cfg = load_config(args.config, TeacherConfig)
-    overrides = {k: getattr(args, k) for k in ("candidates", "rounds") if getattr(args, k)}
-    if overrides:
-        data = {**cfg.upskill.model_dump(), **overrides}
-        cfg.upskill = validate_config(data, UpskillConfig, "command line (upskill)")
-    store = None if args.no_store else default_store_path(cfg.home)
-    cases = load_cases(store, args.labels)
-    from teacher.releases import ReleaseRegistry, build_release
-
-    parent = ReleaseRegistry(cfg.home).active().skill
-    student = make_backend(cfg.student)
-    writer = writer_backend(cfg, student)
-    built = None
-    try:
-        result = run_upskill(
-            cases,
-            student,
-            parent,
-            cfg.upskill,
-            cfg.student.max_new_tokens,
-            writer=writer,
-            dry_run=args.dry_run,
-            progress=not args.quiet,
-        )
-        if result.decision.activated:
-            # The skill won on words; what edges get is a release around it (head fit on
-            # its prompt, thresholds), gated through the edge's own code.
-            built = build_release(cfg, student, cases, skill=result.skill,
-                                  note=f"upskill: {result.skill.name}",
-                                  progress=not args.quiet)  # fmt: skip
-    finally:
-        student.close()
-        if writer is not None and writer is not student:
-            writer.close()
-    out = args.report_dir or cfg.home / "upskill" / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    command = " ".join(["gemma-teacher", *sys.argv[1:]])
-    paths = write_report(result, out, "upskill", command)
-    print(markdown(result, command))
-    print(f"report: {paths['md']} {paths['json']} {paths['png']}")
-    if built is not None:
-        (out / "release.json").write_text(json.dumps(built.report(), indent=1))
-        if built.verdict.passed:
-            print(f"release v{built.version} ({result.skill.name}) is active")
-        else:
-            print("no release: " + "; ".join(built.verdict.reasons))
-    return 0

@@ -34,7 +34,7 @@ from shared.evaluation import LabeledCase, load_labeled
 from shared.messages import Review
 from shared.skill import Skill, default_skill
 from shared.teacher_config import TeacherConfig
-from teacher.store import CaseStore, StoredCase
+from teacher.data.store import CaseStore, StoredCase
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ one fsync per batch, not per case.
 Besides escalations it
 - answers every edge heartbeat, remembers which edges are connected, what release
   they run and whether its head is live, and pushes the ACTIVE release
-  (``teacher.releases``) to an edge that reports a different one, as one message (so
+  (``teacher.release.build``) to an edge that reports a different one, as one message (so
   a rollback is pushed too); an edge too old to take release pushes is told which
   version it needs;
 - sends stored reviews that have not reached their edge yet (review workers
@@ -18,7 +18,7 @@ Besides escalations it
   ErrorReply and a log line; nothing is stored for them.
 
 With CurveZMQ on (the default) a ZAP authenticator admits only keys on the
-allow-list (``teacher.keys``); the edge's key name is its identity, and an
+allow-list (``teacher.serve.keys``); the edge's key name is its identity, and an
 escalation claiming another ``edge_id`` is refused. It knows nothing about models.
 """
 
@@ -56,10 +56,10 @@ from shared.messages import (
 from shared.release import default_release_dir
 from shared.release import payload as release_payload
 from shared.teacher_config import TeacherConfig
-from teacher.keys import AllowList, teacher_keypair
-from teacher.releases import ReleaseRegistry
-from teacher.review import Reviewer, ReviewWorker, make_reviewer
-from teacher.store import CaseStore, default_store_path
+from teacher.data.store import CaseStore, default_store_path
+from teacher.release.registry import ReleaseRegistry
+from teacher.serve.keys import AllowList, teacher_keypair
+from teacher.serve.review import Reviewer, ReviewWorker, make_reviewer
 
 logger = logging.getLogger(__name__)
 

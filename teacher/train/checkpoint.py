@@ -7,7 +7,7 @@ model and optimizer built the same way. ``write_curves`` writes the train/eval l
 history as ``curves.json`` and ``curves.png``.
 
 It does not know how the model, optimizer or scheduler are built, the dataset, the
-gate or the registry: ``teacher.train`` decides what to save and when.
+gate or the registry: ``teacher.train.lora`` decides what to save and when.
 """
 
 from __future__ import annotations
