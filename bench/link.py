@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from edge.demo import free_port  # noqa: E402
 from edge.link import LinkClient  # noqa: E402
 from edge.outbox import Outbox  # noqa: E402
 from shared.config import LinkConfig  # noqa: E402
@@ -43,12 +43,6 @@ from shared.evaluation import bundled_cases  # noqa: E402
 from shared.messages import Escalation  # noqa: E402
 from teacher.data.store import default_store_path  # noqa: E402
 from teacher.serve.keys import init_keys, new_edge  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from shared.backend import make_backend
+    from shared.backend_factory import make_backend
     from shared.evaluation import load_labeled
     from shared.release import default_release, load_release, skill_release
     from shared.skill import default_skill

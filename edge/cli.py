@@ -18,11 +18,11 @@ examples:
 COMMANDS = [
     Subcommand(
         "demo",
-        "edge.demo",
+        "edge.demo_cli",
         "Run the whole loop on this machine: a real edge and a real teacher over CurveZMQ, "
         "round after round of fresh scenes; the edge needs its teacher less each round.",
         "examples:\n  gemma-edge demo --quick              # a few minutes\n"
-        "  gemma-edge demo                      # 4 rounds of 80 scenes (under 30 minutes)\n"
+        "  gemma-edge demo                      # 8 rounds of 80 scenes (about 20 minutes)\n"
         "  gemma-edge demo --full --out report/ # upskill and a LoRA as well as the head",
     ),
     Subcommand(

@@ -32,22 +32,20 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
-
-from pydantic import ValidationError
 
 from edge.canary import check_release
+from edge.escalation import alert_here, build_escalation
 from edge.events import EventLog, SafetyHooks
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
 from edge.sketch import SceneSketcher, to_jpeg
 from edge.sources import Item, Source
+from edge.summary import RunStats, summary_event, summary_text
 from shared.answer import Answer
 from shared.backend import Backend
 from shared.config import EdgeConfig
 from shared.errors import BackendError, GemmaEdgeError, LinkError, ModelError, StoreError
-from shared.messages import Escalation, Review
+from shared.messages import Review
 from shared.policy import JUDGE_ERROR, Decision, EscalationPolicy, text_scene_key
 from shared.release import Release, default_release
 from shared.student import Student
@@ -55,36 +53,10 @@ from shared.student import Student
 logger = logging.getLogger(__name__)
 
 SAME_SKETCH = "same_sketch"
-NOT_QUEUED = "not_queued"  # an escalation the outbox could not take: alerted locally
-
-
-def _alert_here(event: dict) -> None:
-    """The teacher will not see this input: the edge alerts on it itself."""
-    event["alert"] = True
-    event["decision"]["reasons"].append(NOT_QUEUED)
-
-
-def _probability(value: float | None) -> float | None:
-    """``value`` if it is a probability, else None."""
-    return value if value is None or 0.0 <= value <= 1.0 else None
 
 
 class _Stop(Exception):
     """Raised by the signal handler while the daemon waits for its source."""
-
-
-@dataclass
-class RunStats:
-    items: int = 0  # taken from the source
-    model_calls: int = 0
-    answered: int = 0
-    backend_errors: int = 0
-    escalations: int = 0
-    escalation_reasons: Counter = field(default_factory=Counter)
-    suppressed: Counter = field(default_factory=Counter)
-    safety_events: int = 0
-    reviews: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 class EdgeDaemon:
@@ -330,7 +302,7 @@ class EdgeDaemon:
                 item, text, gen.text, answer, decision, release, jpeg
             )
             if not queued:
-                _alert_here(event)
+                alert_here(event)
         safety = decision.safety_keyword or event["alert"]
         event["safety_event"] = safety
         if self.link is not None:
@@ -358,7 +330,7 @@ class EdgeDaemon:
                  "decision": decision.to_json(), "alert": False,
                  "release": release.version}  # fmt: skip
         if not queued:
-            _alert_here(event)
+            alert_here(event)
         event["safety_event"] = not queued
         self.events.write(event)
         if not queued:
@@ -406,38 +378,10 @@ class EdgeDaemon:
             jpeg = None
         elif jpeg is None:  # encoded here, for escalations only, when the model took text
             jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
-        reasons = list(decision.reasons)
-        p_unsafe, confidence = _probability(answer.p_unsafe), _probability(answer.best_confidence)
-        if (p_unsafe, confidence) != (answer.p_unsafe, answer.best_confidence):
-            reasons.append(JUDGE_ERROR)  # what the model computed is not a probability
-        fields = {
-            "case_id": case_id,
-            "edge_id": self.config.edge_id,
-            "created_at": self.clock(),
-            "source": item.source[-1024:],
-            "kind": item.kind,
-            "input": text[:16_384],
-            "answer": (raw or (f"[{error}]" if error else ""))[:16_384],
-            "safety": answer.safety,
-            "confidence": confidence,
-            "reasons": list(dict.fromkeys(reasons)),
-            "safety_keyword": decision.safety_keyword,
-            "skill_version": release.skill.version,
-            "adapter_version": self.adapter_version,
-            "release_version": release.version,
-            "p_unsafe": p_unsafe,
-            "alert": decision.alert,
-            "has_frame": jpeg is not None,
-        }
-        try:
-            esc = Escalation(**fields)
-        except ValidationError as exc:  # keep the case: the fields that cannot be wrong
-            logger.error("escalation %s: %s; sending it without the model's fields",
-                         case_id, exc.errors()[0]["msg"])  # fmt: skip
-            fields.update(safety=None, confidence=None, p_unsafe=None, answer="",
-                          reasons=list(dict.fromkeys([*reasons, JUDGE_ERROR]))[:16])  # fmt: skip
-            fields["source"] = str(fields["source"])[-256:] or "?"
-            esc = Escalation(**fields)
+        esc = build_escalation(
+            case_id, self.config.edge_id, self.clock(), item, text, raw, answer, decision,
+            release, self.adapter_version, jpeg is not None, error,
+        )  # fmt: skip
         try:
             self.link.escalate(esc, jpeg)
             self.metrics.queue_depth.set(self.link.depth())
@@ -449,52 +393,8 @@ class EdgeDaemon:
 
     # ------------------------------------------------------------ reporting
     def summary_event(self) -> dict:
-        s, g = self.stats, self.gate.stats
-        return {
-            "type": "summary",
-            "time": self.clock(),
-            "source": self.source.name,
-            "elapsed_s": round(time.monotonic() - s.started, 3),
-            "inputs": s.items,
-            "frames": g.to_json(),
-            "model_calls": s.model_calls,
-            "answered": s.answered,
-            "backend_errors": s.backend_errors,
-            "escalations": s.escalations,
-            "escalation_reasons": dict(s.escalation_reasons),
-            "suppressed": dict(s.suppressed),
-            "safety_events": s.safety_events,
-            "bad_inputs": self.source.bad,
-            "oversized_inputs": self.source.oversized,
-            "skill_version": self.release.skill.version,
-            "adapter_version": self.adapter_version,
-            "release": self.release.version,
-        }
+        return summary_event(self.stats, self.gate.stats, self.source, self.release,
+                             self.adapter_version, self.clock())  # fmt: skip
 
     def summary_text(self) -> str:
-        s, g = self.stats, self.gate.stats
-        lines = [
-            f"gemma-edge: {s.items} inputs from {self.source.name} in "
-            f"{time.monotonic() - s.started:.1f} s; {s.model_calls} model calls, "
-            f"{s.answered} answered"
-        ]
-        if g.seen:
-            gated = ", ".join(f"{k} {v}" for k, v in g.gated.items() if v) or "none"
-            lines.append(
-                f"  frames: {g.seen} seen, {g.gated_total} gated ({gated}), "
-                f"{g.passed} passed ({g.audits} audits)"
-            )
-        reasons = ", ".join(f"{k} {v}" for k, v in s.escalation_reasons.most_common())
-        held = ", ".join(f"{k} {v}" for k, v in s.suppressed.items())
-        where = "queued for the teacher" if self.link is not None else "recorded in the events"
-        lines.append(
-            f"  escalations: {s.escalations} {where}"
-            + (f" (by reason: {reasons})" if reasons else "")
-            + (f"; held back: {held}" if held else "")
-        )
-        lines.append(
-            f"  safety events: {s.safety_events}; backend errors: {s.backend_errors}; "
-            f"bad inputs skipped: {self.source.bad}"
-            + (f" ({self.source.oversized} over gate.max_pixels)" if self.source.oversized else "")
-        )
-        return "\n".join(lines)
+        return summary_text(self.stats, self.gate.stats, self.source, self.link is not None)

@@ -37,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -48,7 +47,7 @@ from tqdm import tqdm
 from shared.errors import GemmaEdgeError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.release import read_active
-from shared.rounds import Outcome, RoundRow, plot, round_row, student_verdict, table
+from shared.rounds import Outcome, RoundRow, round_row, student_verdict, table
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def events(path: Path) -> list[dict]:
     return out
 
 
-class Demo:
+class DemoRun:
     """The processes and files of one demo run; ``run`` plays the rounds."""
 
     def __init__(self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int,
@@ -343,74 +342,3 @@ def outcome(event: dict, truth: bool) -> Outcome:
 
 def say(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
-
-
-# ---------------------------------------------------------------- CLI
-def add_arguments(parser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK['rounds']} rounds of {QUICK['per_round']} scenes "
-                        "(about 5 minutes on a quiet 2-core CPU)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, help=f"rounds to play, 1 to {FULL['rounds']} "
-                        f"(default {FULL['rounds']}; --quick: {QUICK['rounds']})")  # fmt: skip
-    parser.add_argument("--per-round", type=int, help=f"scenes per round, 1 to 80 (default "
-                        f"{FULL['per_round']}; --quick: {QUICK['per_round']})")  # fmt: skip
-    parser.add_argument("--full", action="store_true",
-                        help="improve with upskill and a LoRA too, not only the head (slower)")  # fmt: skip
-    parser.add_argument("--out", default="gemma-edge-demo", help="where report.json and "
-                        "report.png go (default: ./gemma-edge-demo/)")  # fmt: skip
-    parser.add_argument("--work", help="keep the demo's home, logs and events here "
-                        "(default: a temporary folder, removed afterwards)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the teacher's seed: which reviews are frozen for the gate, "
-                        "calibrate, or fall in which crossfit fold (default 0)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads per process (default 2)")  # fmt: skip
-
-
-def run(args) -> int:
-    plan = QUICK if args.quick else FULL
-    rounds_n = plan["rounds"] if args.rounds is None else args.rounds
-    per_round = plan["per_round"] if args.per_round is None else args.per_round
-    if rounds_n < 1 or per_round < 1:
-        raise GemmaEdgeError("--rounds and --per-round must be at least 1")
-    rounds = scenario(rounds_n, per_round)
-    per_round = min(len(r) for r in rounds)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    temp = None if args.work else tempfile.TemporaryDirectory(prefix="gemma-edge-demo-")
-    work = Path(args.work or temp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    keep = "" if args.work else " (temporary: --work DIR keeps it)"
-    say(f"gemma-edge demo: {rounds_n} round(s) of {per_round} fresh scenes from one site; "
-        f"work folder {work}{keep}")  # fmt: skip
-    t0 = time.perf_counter()
-    demo = Demo(work, rounds, args.full, args.threads, args.seed)
-    try:
-        rows = demo.run()
-    finally:
-        if temp is not None:
-            for name in ("edge.log", "teacher.log"):
-                if (work / name).exists():
-                    shutil.copyfile(work / name, out / name)
-            temp.cleanup()
-    seconds = time.perf_counter() - t0
-    print(table(rows))
-    doc = {
-        "command": "gemma-edge " + " ".join(sys.argv[1:]),
-        "seconds": round(seconds, 1),
-        "teacher": TEACHER_NAME,
-        "mode": "full (upskill + LoRA + head)" if args.full else "head and thresholds",
-        "rounds": [r.to_json() for r in rows],
-        "builds": demo.builds,
-    }
-    (out / "report.json").write_text(json.dumps(doc, indent=1))
-    plot(rows, out / "report.png")
-    first, last = rows[0], rows[-1]
-    print(
-        f"\nteacher calls per 100 inputs: {first.teacher_calls_per_100:.0f} in round 0 -> "
-        f"{last.teacher_calls_per_100:.0f} in round {len(rows) - 1}; system safety recall "
-        + ", ".join("-" if r.system_recall is None else f"{r.system_recall:.2f}" for r in rows)
-        + f"\nreport: {out / 'report.json'} {out / 'report.png'} ({seconds / 60:.1f} min); "
-        f"logs: {(work if args.work else out) / 'edge.log'}, teacher.log beside it"
-    )
-    return 0

@@ -49,7 +49,7 @@ from shared.messages import (
     decode,
     encode,
     error_code,
-    peek,
+    peek_type,
 )
 from shared.release import Release
 
@@ -91,10 +91,6 @@ def _row_problem(item) -> str | None:
     if msg.case_id != item.case_id:
         return f"its document says case {msg.case_id}"
     return None
-
-
-def _is_error(frames: list[bytes]) -> bool:
-    return peek(frames).get("type") == "error"
 
 
 class LinkClient:
@@ -339,7 +335,7 @@ class LinkClient:
                 msg, payloads = decode(frames, self.config.max_message_bytes)
             except MessageError as exc:
                 logger.warning("bad message from the teacher: %s", exc)
-                if not _is_error(frames):
+                if peek_type(frames) != "error":
                     reply = ErrorReply(code=error_code(exc), detail=str(exc)[:4096])
                     self._send(sock, encode(reply))
                 continue

@@ -23,7 +23,8 @@ from edge.daemon import EdgeDaemon
 from edge.events import open_events
 from edge.metrics import EdgeMetrics
 from edge.sources import open_source
-from shared.backend import Backend, make_backend
+from shared.backend import Backend
+from shared.backend_factory import make_backend
 from shared.config import EdgeConfig, load_config
 from shared.errors import GemmaEdgeError
 from shared.release import load_release, skill_release

@@ -11,10 +11,8 @@
     cases.jsonl                  JSON lines, each with an "input" field (and maybe "id")
     scenes                       the bundled sample scenes (shared/data/dev_scenes.jsonl)
 
-Live sources keep only the newest frame: a reader thread reads as fast as the camera
-sends and overwrites one slot, so a slow consumer skips frames instead of building a
-backlog. A stream that drops is reopened with exponential back-off; the outage is
-logged once when it starts and once when it ends. A webcam or file that cannot be
+Live sources (``edge.streams``) keep only the newest frame, and reopen a stream that
+drops with exponential back-off. A webcam or file that cannot be
 opened at all raises one ``SourceError``. A bad line or unreadable image inside a
 readable source is logged with its place, counted in ``bad``, and skipped. So is an
 image or frame over ``gate.max_pixels`` (``oversized``): an image file's size is read
@@ -34,14 +32,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import IO
 
 import cv2
-import numpy as np
 
+from edge.source_base import Item, PixelCap, Source
+from edge.streams import LiveSource
 from shared.config import SourceConfig
 from shared.errors import SourceError
 
@@ -51,37 +49,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 TEXT_SUFFIXES = {".txt", ".text", ".lines", ".jsonl", ".ndjson"}
 STREAM = re.compile(r"^(rtsps?|rtmp|https?|udp|tcp|srt)://", re.IGNORECASE)
 SCENES_ALIAS = "scenes"
-DEFAULT_MAX_PIXELS = 16_777_216  # shared.config.GateConfig.max_pixels
-
-
-@dataclass
-class Item:
-    index: int  # 0-based position in the source
-    source: str  # the spec it came from
-    t: float | None  # seconds: media time (files) or capture time (live); None = untimed
-    text: str | None = None
-    frame: np.ndarray | None = None
-    id: str | None = None  # a JSONL line's "id"
-
-    @property
-    def kind(self) -> str:
-        return "frame" if self.frame is not None else "text"
-
-
-class Source:
-    """Iterate for ``Item``s; ``close()`` ends the iteration (from any thread)."""
-
-    name: str = ""
-    live: bool = False
-    total: int | None = None  # number of items when known (for progress bars)
-    bad: int = 0  # lines, images or frames skipped as unreadable or over gate.max_pixels
-    oversized: int = 0  # of those, images or frames over gate.max_pixels
-
-    def __iter__(self) -> Iterator[Item]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------- text
@@ -177,31 +144,10 @@ def image_pixels(path: Path) -> tuple[int, str] | None:
     return width * height, f"{width} x {height}"
 
 
-class _PixelCap:
-    """Counts and logs the frames over ``max_pixels`` (the first, then every 100th)."""
-
-    def __init__(self, max_pixels: int | None):
-        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-        self.oversized = 0
-
-    def over(self, pixels: int, dims: str, where: str) -> bool:
-        if pixels <= self.max_pixels:
-            return False
-        self.oversized += 1
-        if self.oversized % 100 == 1:
-            logger.error("%s: %s pixels is over gate.max_pixels (%d): skipped (%d so far)",
-                         where, dims, self.max_pixels, self.oversized)  # fmt: skip
-        return True
-
-    def frame_over(self, frame: np.ndarray, where: str) -> bool:
-        height, width = frame.shape[:2]
-        return self.over(width * height, f"{width} x {height}", where)
-
-
 class ImageSource(Source):
     def __init__(self, name: str, paths: list[Path], max_pixels: int | None = None):
         self.name, self._paths, self.total = name, paths, len(paths)
-        self._cap = _PixelCap(max_pixels)
+        self._cap = PixelCap(max_pixels)
         self._closed = threading.Event()
 
     @property
@@ -237,7 +183,7 @@ class ImageSource(Source):
 class VideoFileSource(Source):
     def __init__(self, path: Path, config: SourceConfig, max_pixels: int | None = None):
         self.name, self.config = str(path), config
-        self._pixels = _PixelCap(max_pixels)
+        self._pixels = PixelCap(max_pixels)
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
             raise SourceError(f"cannot open {path} as a video (OpenCV/FFmpeg could not read it)")
@@ -274,113 +220,6 @@ class VideoFileSource(Source):
 
     def close(self) -> None:
         self._closed.set()
-
-
-# ---------------------------------------------------------------- live streams
-class LiveSource(Source):
-    """A webcam or network stream read by a thread that keeps only the newest frame."""
-
-    live = True
-
-    def __init__(self, target: int | str, config: SourceConfig, max_pixels: int | None = None):
-        self.target, self.config = target, config
-        self._pixels = _PixelCap(max_pixels)
-        self.name = f"webcam:{target}" if isinstance(target, int) else str(target)
-        self.frames_read = 0
-        self.frames_dropped = 0  # read by the thread but never handed out
-        self.outages = 0
-        self._cond = threading.Condition()
-        self._frame: np.ndarray | None = None
-        self._seq = 0
-        self._t = 0.0
-        self._closed = threading.Event()
-        cap = self._open()
-        if cap is None:
-            if isinstance(target, int):
-                raise SourceError(
-                    f"no webcam at index {target} (/dev/video{target} missing or busy)"
-                )
-            raise SourceError(f"cannot open stream {target} within {config.open_timeout_s:g} s")
-        self._thread = threading.Thread(
-            target=self._read_loop, args=(cap,), name="source-reader", daemon=True
-        )
-        self._thread.start()
-
-    def _open(self) -> cv2.VideoCapture | None:
-        if isinstance(self.target, int):
-            cap = cv2.VideoCapture(self.target)
-        else:
-            ms = int(self.config.open_timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
-        if cap.isOpened():
-            return cap
-        cap.release()
-        return None
-
-    def _read_loop(self, cap: cv2.VideoCapture | None) -> None:
-        backoff = self.config.reconnect_initial_s
-        down_since: float | None = None
-        attempts = 0
-        while not self._closed.is_set():
-            if cap is None:
-                if self._closed.wait(backoff):
-                    break
-                attempts += 1
-                cap = self._open()
-                if cap is None:
-                    logger.debug("reopening %s failed (attempt %d)", self.name, attempts)
-                    backoff = min(backoff * 2, self.config.reconnect_max_s)
-                    continue
-            ok, frame = cap.read()
-            if not ok:
-                cap.release()
-                cap = None
-                if down_since is None:
-                    down_since = time.monotonic()
-                    self.outages += 1
-                    logger.warning("%s: stream lost; reopening with back-off", self.name)
-                continue
-            if down_since is not None:
-                logger.warning(
-                    "%s: stream back after %.1f s (%d attempts)",
-                    self.name,
-                    time.monotonic() - down_since,
-                    attempts,
-                )
-                down_since, attempts = None, 0
-                backoff = self.config.reconnect_initial_s
-            with self._cond:
-                if self._frame is not None:
-                    self.frames_dropped += 1
-                self._frame, self._t = frame, time.monotonic()
-                self._seq += 1
-                self.frames_read += 1
-                self._cond.notify_all()
-        if cap is not None:
-            cap.release()
-
-    def __iter__(self) -> Iterator[Item]:
-        index = 0
-        while not self._closed.is_set():
-            with self._cond:
-                self._cond.wait_for(lambda: self._frame is not None or self._closed.is_set(), 0.5)
-                frame, t = self._frame, self._t
-                self._frame = None
-            if frame is None:
-                continue
-            if self._pixels.frame_over(frame, f"{self.name} frame"):
-                self.bad += 1
-                self.oversized = self._pixels.oversized
-                continue
-            yield Item(index, self.name, t, frame=frame)
-            index += 1
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._thread.join(timeout=self.config.open_timeout_s + 1)
 
 
 # ---------------------------------------------------------------- dispatch

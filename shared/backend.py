@@ -15,21 +15,18 @@ Every backend can be asked about LoRA adapters (``load_adapter``, ``set_adapter`
 False, ``NoAdapters``) and refuses to load one with a ModelError.
 
 Backends: ``shared.embedded.EmbeddedBackend`` (transformers, in-process, default) and
-``shared.ollama_backend.OllamaBackend``; ``make_backend`` builds the one a
-``ModelConfig`` names, for the edge and the teacher alike, importing it only then.
+``shared.ollama_backend.OllamaBackend``; ``shared.backend_factory.make_backend`` builds
+the one a ``ModelConfig`` names, for the edge and the teacher alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from shared.errors import BackendError, ModelError
+from shared.errors import ModelError
 from shared.skill import STOP_SEQUENCES, Demo
-
-if TYPE_CHECKING:
-    from shared.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -109,21 +106,6 @@ class NoAdapters:
     def set_adapter(self, name: str | None) -> None:
         if name is not None:
             raise ModelError(f"the {self.name} backend cannot load a LoRA adapter")
-
-
-def make_backend(model: ModelConfig) -> Backend:
-    """The backend ``model`` names (its module imported only now: torch loads only for
-    the embedded one). BackendError if it is not installed."""
-    try:
-        if model.backend == "ollama":
-            from shared.ollama_backend import OllamaBackend
-
-            return OllamaBackend(model.ollama, model.max_new_tokens)
-        from shared.embedded import EmbeddedBackend
-
-        return EmbeddedBackend(model.embedded)
-    except ImportError as exc:
-        raise BackendError(f"the {model.backend} backend is not installed: {exc}") from None
 
 
 def generate_many(backend: Backend, requests: list[GenerateRequest]) -> list[Generation]:

@@ -276,6 +276,20 @@ def peek(frames: list[bytes]) -> dict:
         return {}
 
 
+def peek_type(frames: list[bytes]) -> str | None:
+    """The ``type`` a message that did not decode says it has, if any."""
+    kind = peek(frames).get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def peek_case_id(frames: list[bytes]) -> str | None:
+    """The case id of an escalation that did not decode, if one can be read (so the edge
+    can bury that case rather than resend it)."""
+    doc = peek(frames)
+    cid = doc.get("case_id") if doc.get("type") == "escalation" else None
+    return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
+
+
 def error_code(exc: MessageError) -> str:
     """The ErrorReply code for a decode failure (its message starts with the code)."""
     code = str(exc).split(":", 1)[0]

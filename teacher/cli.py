@@ -23,7 +23,7 @@ examples:
 COMMANDS = [
     Subcommand(
         "serve",
-        "teacher.serve.server",
+        "teacher.serve.cli",
         "Accept escalations from edges, store and review them.",
         "example:\n  gemma-teacher serve --config deploy/config/teacher.yaml",
     ),

@@ -5,7 +5,6 @@ once. Afterwards the store holds every case exactly once and every outbox is emp
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import yaml
 from edge.outbox import Outbox
 from teacher.data.store import CaseStore, default_store_path
 from teacher.serve.keys import init_keys, new_edge
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGES = 4
 PER_EDGE = 2500
 RATE = 160  # escalations/s per edge: ~16 s of traffic, so the kills land mid-stream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Teacher:

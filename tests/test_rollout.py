@@ -9,7 +9,6 @@ uses each, without the edge restarting (same pid, one model load).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ import yaml
 from shared.config import EmbeddedModelConfig
 from shared.models import ensure_cache
 from shared.skill import default_skill
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def events(path: Path) -> list[dict]:

@@ -5,6 +5,9 @@ only what is on disk; a case id seen before is reported as a duplicate and not
 stored twice. A correction by a person outranks the teacher's review everywhere
 downstream (``labeled_cases`` feeds datasets and evaluation sets).
 
+The tables are in ``teacher.data.schema``; what edges report in heartbeats (inputs per
+release, release and head) is kept and read by ``teacher.data.edges``.
+
 Case status: ``new`` → ``reviewing`` (claimed by a worker) → ``reviewed`` |
 ``unreviewable`` (the reviewer had no answer, e.g. no label). Claims left by a
 killed process go back to ``new`` when the store opens.
@@ -24,66 +27,8 @@ from pathlib import Path
 from shared.errors import StoreError
 from shared.evaluation import LabeledCase
 from shared.messages import Escalation, Review
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cases (
-    case_id TEXT PRIMARY KEY,
-    edge_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    received_at REAL NOT NULL,
-    source TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    input TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    safety INTEGER,
-    confidence REAL,
-    reasons TEXT NOT NULL,
-    safety_keyword INTEGER NOT NULL,
-    skill_version INTEGER NOT NULL,
-    adapter_version INTEGER NOT NULL,
-    frame BLOB,
-    status TEXT NOT NULL DEFAULT 'new',
-    status_detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS cases_status ON cases(status, received_at);
-CREATE TABLE IF NOT EXISTS reviews (
-    case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
-    answer TEXT NOT NULL,
-    safety INTEGER NOT NULL,
-    keywords TEXT NOT NULL,
-    reviewer TEXT NOT NULL,
-    reviewed_at REAL NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS reviews_unsent ON reviews(sent, reviewed_at);
-CREATE TABLE IF NOT EXISTS edge_counts (
-    edge_id TEXT NOT NULL,
-    boot REAL NOT NULL,
-    release INTEGER NOT NULL,
-    inputs INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (edge_id, boot, release)
-);
-CREATE TABLE IF NOT EXISTS edges (
-    edge_id TEXT PRIMARY KEY,
-    release INTEGER NOT NULL,
-    head_live INTEGER,
-    seen_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS corrections (
-    case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
-    safety INTEGER NOT NULL,
-    answer TEXT,
-    keywords TEXT,
-    note TEXT NOT NULL DEFAULT '',
-    corrected_at REAL NOT NULL
-);
-"""
-ADDED_COLUMNS = (
-    ("release_version", "INTEGER NOT NULL DEFAULT 0"),
-    ("p_unsafe", "REAL"),
-    ("alert", "INTEGER NOT NULL DEFAULT 0"),
-)
+from teacher.data.edges import EdgeRecords
+from teacher.data.schema import ADDED_COLUMNS, SCHEMA
 
 
 def default_store_path(home: Path | str) -> Path:
@@ -110,7 +55,7 @@ class StoredCase:
     has_frame: bool
 
 
-class CaseStore:
+class CaseStore(EdgeRecords):
     def __init__(self, path: Path | str, recover: bool = True):
         """Open (or create) the store. ``recover``: give claims left by a killed process
         back to ``new``; only the process that runs the review workers should (the
@@ -179,74 +124,6 @@ class CaseStore:
                 self._db.execute("ROLLBACK")
                 raise StoreError(f"storing {len(items)} case(s) failed: {exc}") from exc
         return result
-
-    def record_counts(self, edge_id: str, boot: float, counts: dict[str, int]) -> None:
-        """An edge's inputs answered per release since it started (``boot``)."""
-        if not counts:
-            return
-        now = time.time()
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO edge_counts (edge_id, boot, release, inputs, updated_at)"
-                " VALUES (?,?,?,?,?) ON CONFLICT (edge_id, boot, release) DO UPDATE SET"
-                " inputs=max(inputs, excluded.inputs), updated_at=excluded.updated_at",
-                [(edge_id, boot, int(r), int(n), now) for r, n in counts.items()],
-            )
-
-    def record_edge(self, edge_id: str, release: int, head_live: bool | None) -> None:
-        """What an edge said it runs in its latest heartbeat."""
-        live = None if head_live is None else int(head_live)
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO edges (edge_id, release, head_live, seen_at) VALUES (?,?,?,?)"
-                " ON CONFLICT (edge_id) DO UPDATE SET release=excluded.release,"
-                " head_live=excluded.head_live, seen_at=excluded.seen_at",
-                (edge_id, int(release), live, time.time()),
-            )
-
-    def edges(self) -> list[dict]:
-        """Every edge's latest heartbeat: release, head_live (None: not said), seen_at."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT edge_id, release, head_live, seen_at FROM edges ORDER BY edge_id"
-            ).fetchall()
-        return [
-            {
-                "edge_id": e,
-                "release": int(r),
-                "head_live": None if h is None else bool(h),
-                "seen_at": t,
-            }  # fmt: skip
-            for e, r, h, t in rows
-        ]
-
-    def input_counts(self) -> dict[tuple[str, int], int]:
-        """(edge, release) -> inputs answered, summed over the edge's restarts."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT edge_id, release, SUM(inputs) FROM edge_counts GROUP BY edge_id, release"
-            ).fetchall()
-        return {(edge, int(release)): int(n) for edge, release, n in rows}
-
-    def report_rows(self) -> list[dict]:
-        """Every case with its release, decision and truth (a correction, else the review)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT c.case_id, c.edge_id, c.release_version, c.reasons, c.alert, c.p_unsafe,"
-                " c.safety, c.answer, r.safety, k.safety FROM cases c"
-                " LEFT JOIN reviews r ON r.case_id=c.case_id"
-                " LEFT JOIN corrections k ON k.case_id=c.case_id ORDER BY c.received_at"
-            ).fetchall()
-        out = []
-        for cid, edge, release, reasons, alert, p, said, answer, reviewed, corrected in rows:
-            truth = corrected if corrected is not None else reviewed
-            out.append({
-                "case_id": cid, "edge_id": edge, "release": int(release),
-                "reasons": json.loads(reasons), "alert": bool(alert), "p_unsafe": p,
-                "safety": None if said is None else bool(said), "answer": answer,
-                "truth": None if truth is None else bool(truth),
-            })  # fmt: skip
-        return out
 
     def add_case(self, esc: Escalation, frame: bytes | None = None) -> bool:
         return self.add_cases([(esc, frame)])[0]

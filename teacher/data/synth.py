@@ -102,7 +102,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from shared.backend import make_backend
+    from shared.backend_factory import make_backend
     from shared.messages import Escalation
     from teacher.data.store import CaseStore, default_store_path
 

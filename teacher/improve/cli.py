@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.backend import make_backend
+from shared.backend_factory import make_backend
 from shared.config import load_config, validate_config
 from shared.teacher_config import TeacherConfig, UpskillConfig
 from teacher.data.evalset import load_cases

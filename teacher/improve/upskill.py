@@ -28,7 +28,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from shared.backend import Backend, make_backend
+from shared.backend import Backend
+from shared.backend_factory import make_backend
 from shared.errors import TrainingError
 from shared.evaluation import EvalReport, LabeledCase, cases_hash, evaluate
 from shared.skill import Skill
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- the recipe
 @dataclass
-class Decision:
+class UpskillDecision:
     activated: bool  # handed to the release build (whose gate decides what edges get)
     reason: str
     winner_holdout: dict
@@ -64,7 +65,7 @@ class UpskillResult:
     baseline: Scored
     scored: list[Scored]  # every candidate, in scoring order
     winner: Scored
-    decision: Decision
+    decision: UpskillDecision
     evalset: EvalSet
     writer_notes: list[str]
     seconds: float
@@ -259,7 +260,7 @@ def _gate(
     max_new_tokens: int,
     dry_run: bool,
     progress: bool,
-) -> tuple[Decision, Skill]:
+) -> tuple[UpskillDecision, Skill]:
     shown = {d.input for d in parent.demos} | {d.input for d in winner.candidate.skill.demos}
     holdout = [c for c in evalset.holdout if c.input not in shown]
     if not holdout:
@@ -303,7 +304,7 @@ def _gate(
     if dry_run and beats:
         reason = "dry run, nothing built: " + reason
     return (
-        Decision(
+        UpskillDecision(
             beats and not dry_run,
             reason,
             win_report.summary(),

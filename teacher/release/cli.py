@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_default(cfg: TeacherConfig, out: Path) -> int:
-    from shared.backend import make_backend
+    from shared.backend_factory import make_backend
     from teacher.release.build import build_default as build
 
     backend = make_backend(cfg.student)
@@ -141,7 +141,7 @@ def build_default(cfg: TeacherConfig, out: Path) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from shared.backend import make_backend
+    from shared.backend_factory import make_backend
     from teacher.release.build import evaluate
 
     cfg = _config(args)

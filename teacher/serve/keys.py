@@ -22,7 +22,9 @@ import threading
 import time
 from pathlib import Path
 
+import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from shared.config import load_config
 from shared.errors import LinkError
@@ -154,6 +156,17 @@ class AllowList:
             return False
         logger.info("edge %s authenticated", name)
         return True
+
+
+class EdgeAuthenticator(ThreadAuthenticator):
+    """ZAP handler whose User-Id for a CURVE client is its edge name on the allow-list."""
+
+    def __init__(self, context: zmq.Context, allow: AllowList):
+        super().__init__(context)
+        self.allow = allow
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.allow.name(zmq.utils.z85.encode(client_public_key)) or ""
 
 
 # ---------------------------------------------------------------- CLI

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.answer import parse_answer
-from shared.backend import Backend, GenerateRequest, generate_many, make_backend
+from shared.backend import Backend, GenerateRequest, generate_many
+from shared.backend_factory import make_backend
 from shared.config import PolicyConfig
 from shared.errors import BackendError, ConfigError
 from shared.evaluation import LabeledCase, load_labeled
@@ -238,3 +239,17 @@ class ReviewWorker:
         if reviews:
             self.deliver(reviews)
         return len(cases)
+
+
+class Serialised:
+    """One reviewer shared by several workers, one batch at a time."""
+
+    def __init__(self, reviewer: Reviewer, lock: threading.Lock):
+        self.inner, self.lock, self.name = reviewer, lock, reviewer.name
+        self.reasons: dict[str, str] = {}
+
+    def review(self, cases):
+        with self.lock:
+            out = self.inner.review(cases)
+            self.reasons = dict(self.inner.reasons)
+        return out

@@ -24,21 +24,16 @@ escalation claiming another ``edge_id`` is refused. It knows nothing about model
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
-from shared.config import load_config
 from shared.errors import ConfigError, LinkError, MessageError, StoreError
 from shared.messages import (
     EDGE_TOO_OLD,
@@ -51,15 +46,16 @@ from shared.messages import (
     decode,
     encode,
     error_code,
-    peek,
+    peek_case_id,
+    peek_type,
 )
 from shared.release import default_release_dir
 from shared.release import payload as release_payload
 from shared.teacher_config import TeacherConfig
 from teacher.data.store import CaseStore, default_store_path
 from teacher.release.registry import ReleaseRegistry
-from teacher.serve.keys import AllowList, teacher_keypair
-from teacher.serve.review import Reviewer, ReviewWorker, make_reviewer
+from teacher.serve.keys import AllowList, EdgeAuthenticator, teacher_keypair
+from teacher.serve.review import Reviewer, ReviewWorker, Serialised
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +70,6 @@ class EdgeState:
     head_live: bool | None = None
     outbox_depth: int = 0
     pushed: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (version, when)
-
-
-class _EdgeAuthenticator(ThreadAuthenticator):
-    """ZAP handler whose User-Id for a CURVE client is its edge name on the allow-list."""
-
-    def __init__(self, context: zmq.Context, allow: AllowList):
-        super().__init__(context)
-        self.allow = allow
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.allow.name(zmq.utils.z85.encode(client_public_key)) or ""
 
 
 class TeacherServer:
@@ -158,7 +143,7 @@ class TeacherServer:
         try:
             if keys is not None:
                 allow = AllowList(cfg.keys_dir)
-                auth = _EdgeAuthenticator(ctx, allow)
+                auth = EdgeAuthenticator(ctx, allow)
                 auth.start()
                 auth.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=allow)
                 sock.curve_server = True
@@ -194,7 +179,7 @@ class TeacherServer:
         for i in range(rc.workers):
             worker = ReviewWorker(
                 self.store,
-                _Serialised(self.reviewer, self._review_lock),
+                Serialised(self.reviewer, self._review_lock),
                 lambda _reviews: self._wake(),
                 batch_size=rc.batch_size,
                 name=f"review-{i}",
@@ -269,9 +254,9 @@ class TeacherServer:
         except MessageError as exc:
             self.stats["errors"] += 1
             logger.warning("bad message from edge %s: %s", user or identity.hex(), exc)
-            if not _doc_type(frames) == "error":
+            if peek_type(frames) != "error":
                 code = error_code(exc)
-                case_id = _case_id(frames) if code in ("malformed", "too_large") else None
+                case_id = peek_case_id(frames) if code in ("malformed", "too_large") else None
                 self._reply(
                     sock, identity, ErrorReply(code=code, detail=str(exc)[:4000], case_id=case_id)
                 )
@@ -402,62 +387,3 @@ class TeacherServer:
         if sent:
             self.store.mark_reviews_sent(sent)
             self.stats["reviews_sent"] += len(sent)
-
-
-class _Serialised:
-    """One reviewer shared by several workers, one batch at a time."""
-
-    def __init__(self, reviewer: Reviewer, lock: threading.Lock):
-        self.inner, self.lock, self.name = reviewer, lock, reviewer.name
-        self.reasons: dict[str, str] = {}
-
-    def review(self, cases):
-        with self.lock:
-            out = self.inner.review(cases)
-            self.reasons = dict(self.inner.reasons)
-        return out
-
-
-def _doc_type(frames: list[bytes]) -> str | None:
-    kind = peek(frames).get("type")
-    return kind if isinstance(kind, str) else None
-
-
-def _case_id(frames: list[bytes]) -> str | None:
-    """The case id of a malformed escalation, if one can be read, so the edge can drop it."""
-    doc = peek(frames)
-    if doc.get("type") == "escalation":
-        cid = doc.get("case_id")
-        if isinstance(cid, str) and 0 < len(cid) <= 64:
-            return cid
-    return None
-
-
-# ---------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="teacher YAML file (default: all defaults)")
-    parser.add_argument("--bind", help="override server.bind, e.g. tcp://0.0.0.0:5555")
-    parser.add_argument("--home", type=Path, help="override home (store and registries)")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, TeacherConfig)
-    if args.bind:
-        config.server.bind = args.bind
-    if args.home:
-        config.home = args.home
-    store = CaseStore(default_store_path(config.home))
-    server = TeacherServer(config, make_reviewer(config, store), store)
-
-    def _stop(signum, _frame):
-        logger.info("signal %s: stopping", signum)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    server.on_ready = lambda: print(
-        f"gemma-teacher serving on {server.endpoint} (store {store.path})", flush=True
-    )
-    server.serve_forever()
-    store.close()
-    return 0

@@ -150,7 +150,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     adapter, backend, trained = None, None, None
     if args.head_only:
-        from shared.backend import make_backend
+        from shared.backend_factory import make_backend
 
         backend = make_backend(cfg.student)
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 
@@ -29,6 +28,7 @@ from shared.skill import default_skill
 from shared.teacher_config import ReviewerConfig, ServerConfig, TeacherConfig
 from teacher.serve.review import LabelsReviewer
 from teacher.serve.server import TeacherServer
+from tests.helpers import free_port
 
 LABELS = bundled_cases()
 
@@ -39,12 +39,6 @@ def wait_for(cond, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def esc(edge: str = "e1", text: str | None = None) -> Escalation:

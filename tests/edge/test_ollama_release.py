@@ -157,7 +157,8 @@ def test_a_live_ollama_edge_takes_a_pushed_release_and_refuses_one_it_cannot_bui
     server, tmp_path
 ):
     from teacher.release.registry import ReleaseRegistry
-    from tests.test_rollout import answers, free_port, wait_for
+    from tests.helpers import free_port
+    from tests.test_rollout import answers, wait_for
 
     port = free_port()
     home = tmp_path / "teacher"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.edge.media import VTEST
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -49,12 +49,6 @@ def _gst_rtsp_available() -> bool:
         "from gi.repository import GstRtspServer"
     )
     return subprocess.run([str(SYSTEM_PYTHON), "-c", probe], capture_output=True).returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RtspServer:
@@ -144,9 +138,9 @@ def _outage_and_recovery(server, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not _gst_rtsp_available(), reason=f"RTSP server needs apt: {RTSP_APT}")
 def test_rtsp_stream_survives_server_restart(tmp_path):
-    _outage_and_recovery(RtspServer(_free_port()), tmp_path)
+    _outage_and_recovery(RtspServer(free_port()), tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs apt-get install ffmpeg")
 def test_mjpeg_stream_survives_server_restart(tmp_path):
-    _outage_and_recovery(MjpegServer(_free_port()), tmp_path)
+    _outage_and_recovery(MjpegServer(free_port()), tmp_path)

@@ -162,23 +162,12 @@ def test_adapters_switch_without_reloading_base(backend, gemma, tmp_path):
 
 def tiny(gemma, window: int):
     """A randomly initialised 2-layer Gemma 3 with the real tokenizer: fast exactness checks."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from tests.helpers import tiny_gemma
 
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=gemma[0].config.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        sliding_window=window,
-        layer_types=["sliding_attention", "full_attention"],
-    )
-    model = Gemma3ForCausalLM(config).eval()
-    return model, gemma[1]
+    model = tiny_gemma(gemma[0].config.vocab_size, hidden_size=64, intermediate_size=128,
+                       head_dim=32, sliding_window=window,
+                       layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    return model.eval(), gemma[1]
 
 
 def test_lean_step_equals_the_model_forward(gemma):

@@ -25,22 +25,12 @@ def cli(*args):
 @pytest.fixture()
 def home(tmp_path):
     """A teacher home whose active release v1 holds a LoRA of a tiny random Gemma 3."""
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=512,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
+    from tests.helpers import tiny_gemma
+
     model = get_peft_model(
-        Gemma3ForCausalLM(cfg),
+        tiny_gemma(),
         LoraConfig(
             r=4,
             lora_alpha=8,

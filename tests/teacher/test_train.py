@@ -27,21 +27,9 @@ def tokenizer():
 
 
 def tiny_model():
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from tests.helpers import tiny_gemma
 
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=262144,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        attn_implementation="sdpa",
-    )
-    return Gemma3ForCausalLM(cfg)
+    return tiny_gemma(vocab_size=262144, attn_implementation="sdpa")
 
 
 def small_setup(tmp_path, **train):

@@ -1,0 +1,87 @@
+"""What edges report in heartbeats, kept in the teacher's store for ``gemma-teacher report``.
+
+``EdgeRecords`` is the half of ``teacher.data.store.CaseStore`` that records each edge's
+inputs per release since its boot and the release (and head) it says it runs, and reads
+them back with every case's release, decision and truth. It uses the store's connection
+and lock; it knows nothing about sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+
+class EdgeRecords:
+    _db: sqlite3.Connection
+    _lock: threading.Lock
+
+    def record_counts(self, edge_id: str, boot: float, counts: dict[str, int]) -> None:
+        """An edge's inputs answered per release since it started (``boot``)."""
+        if not counts:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO edge_counts (edge_id, boot, release, inputs, updated_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (edge_id, boot, release) DO UPDATE SET"
+                " inputs=max(inputs, excluded.inputs), updated_at=excluded.updated_at",
+                [(edge_id, boot, int(r), int(n), now) for r, n in counts.items()],
+            )
+
+    def record_edge(self, edge_id: str, release: int, head_live: bool | None) -> None:
+        """What an edge said it runs in its latest heartbeat."""
+        live = None if head_live is None else int(head_live)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO edges (edge_id, release, head_live, seen_at) VALUES (?,?,?,?)"
+                " ON CONFLICT (edge_id) DO UPDATE SET release=excluded.release,"
+                " head_live=excluded.head_live, seen_at=excluded.seen_at",
+                (edge_id, int(release), live, time.time()),
+            )
+
+    def edges(self) -> list[dict]:
+        """Every edge's latest heartbeat: release, head_live (None: not said), seen_at."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT edge_id, release, head_live, seen_at FROM edges ORDER BY edge_id"
+            ).fetchall()
+        return [
+            {
+                "edge_id": e,
+                "release": int(r),
+                "head_live": None if h is None else bool(h),
+                "seen_at": t,
+            }  # fmt: skip
+            for e, r, h, t in rows
+        ]
+
+    def input_counts(self) -> dict[tuple[str, int], int]:
+        """(edge, release) -> inputs answered, summed over the edge's restarts."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT edge_id, release, SUM(inputs) FROM edge_counts GROUP BY edge_id, release"
+            ).fetchall()
+        return {(edge, int(release)): int(n) for edge, release, n in rows}
+
+    def report_rows(self) -> list[dict]:
+        """Every case with its release, decision and truth (a correction, else the review)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.case_id, c.edge_id, c.release_version, c.reasons, c.alert, c.p_unsafe,"
+                " c.safety, c.answer, r.safety, k.safety FROM cases c"
+                " LEFT JOIN reviews r ON r.case_id=c.case_id"
+                " LEFT JOIN corrections k ON k.case_id=c.case_id ORDER BY c.received_at"
+            ).fetchall()
+        out = []
+        for cid, edge, release, reasons, alert, p, said, answer, reviewed, corrected in rows:
+            truth = corrected if corrected is not None else reviewed
+            out.append({
+                "case_id": cid, "edge_id": edge, "release": int(release),
+                "reasons": json.loads(reasons), "alert": bool(alert), "p_unsafe": p,
+                "safety": None if said is None else bool(said), "answer": answer,
+                "truth": None if truth is None else bool(truth),
+            })  # fmt: skip
+        return out

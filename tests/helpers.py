@@ -1,0 +1,25 @@
+"""Small helpers several test modules share: a free port, a tiny random Gemma 3."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers the test starts itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_gemma(vocab_size: int = 512, seed: int = 0, **overrides):
+    """A randomly initialised 2-layer Gemma 3 text model (hidden 32 unless overridden):
+    the real architecture at a size that trains and exports in seconds."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}  # fmt: skip
+    config = Gemma3TextConfig(vocab_size=vocab_size, **{**shape, **overrides})
+    return Gemma3ForCausalLM(config)
