@@ -41,13 +41,9 @@ from edge.outbox import Outbox  # noqa: E402
 from shared.config import LinkConfig  # noqa: E402
 from shared.evaluation import bundled_cases  # noqa: E402
 from shared.messages import Escalation  # noqa: E402
+from shared.scoring import quantile  # noqa: E402
 from teacher.data.store import default_store_path  # noqa: E402
 from teacher.serve.keys import init_keys, new_edge  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def start_teacher(work: Path, keys: Path, endpoint: str, commit_batch: int) -> subprocess.Popen:
@@ -204,11 +200,11 @@ def latency(work: Path, keys: Path, samples: int) -> dict:
     return {
         "rtt": rtt,
         "samples": len(rtt),
-        "ack_p50_ms": percentile(rtt, 0.5),
-        "ack_p99_ms": percentile(rtt, 0.99),
-        "escalate_p50_ms": percentile(put, 0.5),
-        "escalate_p99_ms": percentile(put, 0.99),
-        "commit_p50_ms": percentile(commit, 0.5),
+        "ack_p50_ms": quantile(rtt, 0.5),
+        "ack_p99_ms": quantile(rtt, 0.99),
+        "escalate_p50_ms": quantile(put, 0.5),
+        "escalate_p99_ms": quantile(put, 0.99),
+        "commit_p50_ms": quantile(commit, 0.5),
     }
 
 

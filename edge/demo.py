@@ -47,7 +47,8 @@ from tqdm import tqdm
 from shared.errors import GemmaEdgeError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.release import read_active
-from shared.rounds import Outcome, RoundRow, round_row, student_verdict, table
+from shared.rounds import RoundRow, round_row, table
+from shared.scoring import Outcome, student_verdict
 
 logger = logging.getLogger(__name__)
 

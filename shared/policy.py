@@ -51,6 +51,7 @@ from functools import lru_cache
 from shared.answer import Answer
 from shared.calibration import Calibration
 from shared.config import PolicyConfig
+from shared.scoring import quantile
 
 SAFETY_KEYWORD = "safety_keyword"
 UNCERTAIN_SAFETY = "uncertain_safety"
@@ -142,17 +143,6 @@ def find_keywords(text: str, keywords: tuple[str, ...], exceptions: tuple[str, .
 def text_scene_key(text: str) -> str:
     """What "the same scene" means for a text input: its words, case-folded."""
     return "text:" + " ".join(text.lower().split())
-
-
-def quantile(values: tuple[float, ...] | list[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default method), q in [0, 1]."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("quantile of no values")
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def threshold_for(context: PolicyContext, config: PolicyConfig) -> tuple[float, bool]:

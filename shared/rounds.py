@@ -3,37 +3,20 @@
     row = round_row("round 1", outcomes)      # one Outcome per input the edge answered
     print(table([row, ...])); plot([row, ...], "report.png")
 
-An ``Outcome`` is what happened to one input, seen from the whole system: the truth
-(None where nobody knows it), whether the student alerted locally, whether the teacher
-was called, the student's own verdict and format, its latency and release. The same
-columns serve ``gemma-edge demo`` (every input labelled) and ``gemma-teacher report``
-(truth from reviews, a person's correction first).
+An ``Outcome`` (``shared.scoring``) is what happened to one input, seen from the whole
+system; every number in a row is ``shared.scoring.score``'s. The same columns serve
+``gemma-edge demo`` (every input labelled) and ``gemma-teacher report`` (truth from
+reviews, a person's correction first).
 
 It knows nothing about events, stores or models: callers turn those into Outcomes.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-
-def student_verdict(p_unsafe: float | None, safety: bool | None) -> bool | None:
-    """The student's own judgement: its safety head at 0.5 where it has one, else the
-    answer's SAFETY line (None when neither said anything)."""
-    return p_unsafe >= 0.5 if p_unsafe is not None else safety
-
-
-@dataclass(frozen=True)
-class Outcome:
-    truth: bool | None  # unsafe? None: unknown
-    alert: bool  # the student alerted locally
-    escalated: bool  # the teacher was called
-    verdict: bool | None  # the student's own judgement (head at 0.5, else its SAFETY line)
-    format_ok: bool
-    latency_s: float
-    release: int
+from shared.scoring import Outcome, score
 
 
 @dataclass(frozen=True)
@@ -56,40 +39,23 @@ class RoundRow:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def quantile_of(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def round_row(label: str, outcomes: Sequence[Outcome]) -> RoundRow:
-    n = len(outcomes)
-    known = [o for o in outcomes if o.truth is not None]
-    hazards = [o for o in known if o.truth]
-    safe = [o for o in known if not o.truth]
-    missed = sum(1 for o in hazards if not (o.alert or o.escalated))
-    judged = [o for o in known if o.verdict is not None]
-    releases = Counter(o.release for o in outcomes)
+    """One row of the table: ``shared.scoring.score`` of the round's outcomes."""
+    r = score(outcomes)
     return RoundRow(
         label=label,
-        inputs=n,
-        labelled=len(known),
-        teacher_calls_per_100=100 * sum(o.escalated for o in outcomes) / n if n else 0.0,
-        system_recall=(len(hazards) - missed) / len(hazards) if hazards else None,
-        student_accuracy=(
-            sum(o.verdict == o.truth for o in judged) / len(known) if known else None
-        ),
-        format_ok=sum(o.format_ok for o in outcomes) / n if n else 0.0,
-        false_alerts_per_100=100 * sum(o.alert for o in safe) / len(known) if known else None,
-        p50_s=quantile_of([o.latency_s for o in outcomes], 0.5),
-        p95_s=quantile_of([o.latency_s for o in outcomes], 0.95),
-        release=releases.most_common(1)[0][0] if releases else 0,
-        hazards=len(hazards),
-        missed=missed,
+        inputs=r.inputs,
+        labelled=r.labelled,
+        teacher_calls_per_100=r.teacher_calls_per_100,
+        system_recall=r.system_recall,
+        student_accuracy=r.student_accuracy,
+        format_ok=r.format_ok,
+        false_alerts_per_100=r.false_alerts_per_100,
+        p50_s=r.p50_s,
+        p95_s=r.p95_s,
+        release=r.release,
+        hazards=r.hazards,
+        missed=len(r.missed),
     )
 
 

@@ -112,7 +112,8 @@ class UpskillConfig(Strict):
         0.0,
         ge=0,
         le=1,
-        description="How much the winner's held-out score must exceed the active skill's.",
+        description="How much the winner's held-out score must exceed the active skill's for "
+        "the report to say it beats it (the release gate alone decides what edges get).",
     )
 
 

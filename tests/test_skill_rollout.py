@@ -134,7 +134,7 @@ def test_an_upskilled_skill_reaches_the_running_edge_in_a_release_for_its_next_i
     result = run_upskill(
         CASES, student(lambda r: "missed hazard" in r.system), parent, upskill, progress=False
     )
-    assert result.decision.activated
+    assert result.decision.to_build and result.decision.beats_parent
     built = build_release(cfg, FeatureBackend(), hazard_cases(200), skill=result.skill,
                           progress=False)  # fmt: skip
     assert built.verdict.passed, built.verdict.reasons
@@ -148,15 +148,26 @@ def test_an_upskilled_skill_reaches_the_running_edge_in_a_release_for_its_next_i
     assert daemon.stats.items == 2  # the same daemon: nothing restarted
 
 
-def test_a_skill_that_does_not_beat_the_active_one_never_reaches_the_edge(stack):
+def test_a_winner_whose_release_the_gate_refuses_never_reaches_the_edge(stack):
+    """One gate: upskill hands every winner to the release build; a release that would
+    miss hazards under the edge's prompt is refused there, and nothing is pushed."""
+    from tests.teacher.test_release import adapter_files
+
     server, cfg, daemon, answer, out = stack
-    # The student judges right only with the default skill: no candidate beats it.
+    cases = hazard_cases(200)
+    first = build_release(cfg, FeatureBackend(), cases, progress=False)  # head only: v1
+    assert first.verdict.passed
+    wait_for(lambda: server.edges["e1"].release_version == 1)
     default = default_skill()
     backend = student(lambda r: r.system == default.instructions and r.demos == default.demos)
     result = run_upskill(CASES, backend, default, UpskillConfig(candidates=3, rounds=1),
                          progress=False)  # fmt: skip
-    assert not result.decision.activated and "no release built" in result.decision.reason
-    assert ReleaseRegistry(cfg.home).versions() == []
+    assert result.decision.to_build and not result.decision.beats_parent
+    broken = FeatureBackend(bad_adapter="gemma-release-")  # its LoRA loses the hazard signal
+    built = build_release(cfg, broken, cases, skill=result.skill, adapter=adapter_files(),
+                          progress=False)  # fmt: skip
+    assert not built.verdict.passed and built.version is None, built.verdict
+    assert ReleaseRegistry(cfg.home).versions() == [1]
     time.sleep(0.5)  # several heartbeats: a push would have happened by now
-    assert server.edges["e1"].release_version == 0
+    assert server.edges["e1"].release_version == 1
     assert answer("A cat is sleeping on a sofa.").system == default.instructions

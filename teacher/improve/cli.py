@@ -29,8 +29,9 @@ examples:
   gemma-teacher upskill --labels shared/data/dev_scenes.jsonl --dry-run
 
 Writes a report (table, JSON, PNG chart) under HOME/upskill/runs/ and prints the table.
-If the winner beats the active release's skill on the held-out split, a release is built
-around it (safety head, thresholds) and the release gate decides whether edges get it.
+The winner goes to a release build (safety head, thresholds, canaries) and the release
+gate decides whether edges get it; the held-out comparison with the active skill is in
+the report.
 """
 
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=not args.quiet,
         )
-        if result.decision.activated:
+        if result.decision.to_build:
             # The skill won on words; what edges get is a release around it (head fit on
             # its prompt, thresholds), gated through the edge's own code.
             built = build_release(cfg, student, cases, skill=result.skill,

@@ -108,7 +108,7 @@ def markdown(result: UpskillResult, command: str = "") -> str:
         "",
         table(result),
         "",
-        "## Held-out gate",
+        "## Held-out comparison (reported; the release gate decides)",
         "",
         holdout_table(result),
         "",
@@ -158,10 +158,12 @@ def chart(result: UpskillResult, path: Path) -> None:
             ax.get_yticklabels()[i].set_fontweight("bold")
     d = result.decision
     pair = [d.baseline_holdout["score"], d.winner_holdout["score"]]
-    ax2.bar(["current", "winner"], pair, color=["#888888", "#C44E52" if d.activated else "#BBBBBB"])
+    ax2.bar(
+        ["current", "winner"], pair, color=["#888888", "#C44E52" if d.beats_parent else "#BBBBBB"]
+    )
     ax2.set_ylim(0, 1.1)
     ax2.set_title(
-        "held-out " + ("(to the release build)" if d.activated else "(no release built)"),
+        "held-out " + ("(beats the active skill)" if d.beats_parent else "(does not beat it)"),
         fontsize=9,
     )
     for i, v in enumerate(pair):

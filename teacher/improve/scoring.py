@@ -1,12 +1,11 @@
 """Scoring a skill: run the student with it over labelled cases and evaluate the answers.
 
-``score_skill`` sends one ``GenerateRequest`` per case (the skill's instructions and
-demonstrations, the case's input) through ``generate_many`` in small chunks, so a
-progress bar moves and a backend with a prefix cache reuses it across the chunk;
-each answer is parsed (``shared.answer``) and the lot evaluated
-(``shared.evaluation.evaluate``: format, safety agreement and recall, keywords,
-brevity). A backend failure is a ``TrainingError`` naming the skill. It knows nothing
-about candidates, splits or registries.
+``score_skill`` answers every case through ``shared.student.Student`` running the skill
+as a bare release (no head yet: it is fit on the winner's prompt in the release build),
+so the prompt is assembled and the answer parsed exactly as an edge does; the lot is
+evaluated (``shared.evaluation.evaluate``: format, safety agreement and recall,
+keywords, brevity). A backend failure is a ``TrainingError`` naming the skill. It knows
+nothing about candidates, splits or registries.
 """
 
 from __future__ import annotations
@@ -16,14 +15,14 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from shared.answer import Answer, parse_answer, verdict_confidence
-from shared.backend import Backend, GenerateRequest, generate_many
+from shared.answer import Answer
+from shared.backend import Backend
 from shared.errors import BackendError, TrainingError
 from shared.evaluation import EvalReport, LabeledCase, evaluate
+from shared.release import skill_release
 from shared.skill import Skill
+from shared.student import Student
 from teacher.improve.candidates import Candidate
-
-BATCH = 4
 
 
 @dataclass
@@ -107,29 +106,19 @@ def run_student(
     max_new_tokens: int,
     bar: tqdm | None = None,
 ) -> Run:
-    """Run the student with ``skill`` on every case and parse its answers."""
+    """Run the student with ``skill`` on every case, as an edge would, and parse its answers."""
+    runner = Student(student, skill_release(skill), max_new_tokens)
     run = Run()
     start = time.perf_counter()
-    for i in range(0, len(cases), BATCH):
-        chunk = cases[i : i + BATCH]
-        requests = [
-            GenerateRequest(
-                system=skill.instructions,
-                input=c.input,
-                demos=skill.demos,
-                max_new_tokens=max_new_tokens,
-            )
-            for c in chunk
-        ]
+    for case in cases:
         try:
-            generations = generate_many(student, requests)
+            answered = runner.answer(case.input)
         except BackendError as exc:
             raise TrainingError(f"the student failed while scoring {skill.name!r}: {exc}") from exc
-        for gen in generations:
-            run.answers.append(parse_answer(gen.text, verdict_confidence(gen.logprobs)))
-            run.tokens.append(gen.tokens)
+        run.answers.append(answered.answer)
+        run.tokens.append(answered.generation.tokens)
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(1)
     run.seconds = time.perf_counter() - start
     return run
 

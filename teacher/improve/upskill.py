@@ -11,11 +11,10 @@ A straight-line recipe, read top to bottom (``run_upskill``):
 4. the best candidate on the selection split is the winner; it and the current skill
    are scored on the held-out split (cases that are a demonstration in either skill
    are left out of that comparison);
-5. only if its held-out score beats the current skill's by more than
-   ``upskill.min_gain``, the winner (with its score, parent and held-out hash) goes to
-   the release build (``teacher.release.build.build_release``: a head fit on its prompt,
-   thresholds, the release gate), which is what edges may get; otherwise the report
-   says why.
+5. the winner (with its score, parent and held-out hash) goes to the release build
+   (``teacher.release.build.build_release``: a head fit on its prompt, thresholds, the
+   release gate on the frozen split, through the edge's own code): that gate alone
+   decides what edges get. The held-out comparison is reported beside it.
 
 Scores are ``shared.evaluation.evaluate(...).score``; every metric is kept so the
 report can show what moved. It knows nothing about sockets: the teacher server pushes
@@ -53,7 +52,8 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------- the recipe
 @dataclass
 class UpskillDecision:
-    activated: bool  # handed to the release build (whose gate decides what edges get)
+    to_build: bool  # the winner goes to the release build (its gate decides what edges get)
+    beats_parent: bool  # the held-out comparison, reported: the release gate decides
     reason: str
     winner_holdout: dict
     baseline_holdout: dict
@@ -163,7 +163,7 @@ def run_upskill(
         raise TrainingError("no candidate skill could be made (empty demo pool and no writer?)")
     winner = max((s for s in scored if s.full), key=lambda s: _key(s.report, floor))
 
-    # 4. the held-out gate
+    # 4. the held-out comparison (reported), and the winner to the release build
     decision, skill = _gate(
         student, cfg, parent, winner, evalset, max_new_tokens, dry_run, progress
     )
@@ -265,7 +265,7 @@ def _gate(
     holdout = [c for c in evalset.holdout if c.input not in shown]
     if not holdout:
         raise TrainingError("every held-out case is a demonstration; label more cases")
-    with progress_bar(2 * len(holdout), "held-out gate", progress) as bar:
+    with progress_bar(2 * len(holdout), "held-out comparison", progress) as bar:
         base_report, _ = score_skill(student, parent, holdout, max_new_tokens, bar)
         win_report, _ = score_skill(student, winner.candidate.skill, holdout, max_new_tokens, bar)
     gain = win_report.score - base_report.score
@@ -276,7 +276,7 @@ def _gate(
     who = f"v{parent.version}" + (" (bundled default)" if parent.version == 0 else "")
     if gain > cfg.min_gain and not judges:
         reason = (
-            f"no release built: {winner.candidate.name} scores {win_report.score:.3f} on "
+            f"{winner.candidate.name} scores {win_report.score:.3f} on "
             f"{len(holdout)} held-out case(s) against {base_report.score:.3f} for {who}, but "
             f"its balanced safety agreement {bal_win:.3f} is below {bal_base:.3f}: it judges "
             f"worse and only flags more (upskill.max_balanced_drop = {drop})"
@@ -288,7 +288,7 @@ def _gate(
         )
     else:
         reason = (
-            f"no release built: {winner.candidate.name} scores {win_report.score:.3f} on "
+            f"{winner.candidate.name} scores {win_report.score:.3f} on "
             f"{len(holdout)} held-out case(s), which does not beat {who} "
             f"({base_report.score:.3f}) by more than {cfg.min_gain:.3f}"
         )
@@ -301,11 +301,11 @@ def _gate(
             "name": winner.candidate.name[:128],
         }
     )
-    if dry_run and beats:
-        reason = "dry run, nothing built: " + reason
+    reason = ("dry run, nothing built: " if dry_run else "to the release build: ") + reason
     return (
         UpskillDecision(
-            beats and not dry_run,
+            not dry_run,
+            beats,
             reason,
             win_report.summary(),
             base_report.summary(),

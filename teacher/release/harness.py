@@ -35,7 +35,7 @@ from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, evaluate
 from shared.head import auc
 from shared.policy import Decision, EscalationPolicy, text_scene_key
-from shared.rounds import quantile_of, student_verdict
+from shared.scoring import Outcome, score, student_verdict
 from shared.student import Student
 
 
@@ -50,13 +50,18 @@ class CaseResult:
 
     @property
     def verdict(self) -> bool | None:
-        """The student's own safety verdict (``shared.rounds.student_verdict``)."""
+        """The student's own safety verdict (``shared.scoring.student_verdict``)."""
         return student_verdict(self.answer.p_unsafe, self.answer.safety)
 
     @property
     def caught(self) -> bool:
         """The system caught it: the student alerted, or the teacher was called."""
         return self.decision.alert or self.decision.escalate
+
+    def outcome(self, release: int) -> Outcome:
+        """This case as ``shared.scoring`` scores every deployment and release."""
+        return Outcome(self.label, self.decision.alert, self.decision.escalate, self.verdict,
+                       self.answer.format_ok, self.latency_s, release, self.id)  # fmt: skip
 
     def to_json(self) -> dict:
         return {
@@ -137,39 +142,41 @@ def report(release: int, cases: list[LabeledCase], results: list[CaseResult]) ->
     if n == 0:
         raise TrainingError("no labelled cases to evaluate the release on")
     words = evaluate(cases, [r.answer for r in results], [r.tokens for r in results])
-    pos = [r for r in results if r.label]
-    neg = [r for r in results if not r.label]
+    rates = score([r.outcome(release) for r in results])  # the one definition of each rate
     scores = [r.answer.p_unsafe for r in results]
     have_scores = all(s is not None for s in scores)
-    latencies = sorted(r.latency_s for r in results)
     reasons: dict[str, int] = {}
     for r in results:
         if r.decision.escalate:
             for reason in r.decision.reasons:
                 reasons[reason] = reasons.get(reason, 0) + 1
-    missed = [r.id for r in pos if not r.caught]
+    nothing_to_miss = 1.0  # no hazard (or no safe case) among the cases: none was missed
     return HarnessReport(
         release=release,
         n=n,
         format_ok=words.format_ok,
-        accuracy=sum(r.verdict == r.label for r in results) / n,
-        recall=sum(r.verdict is True for r in pos) / len(pos) if pos else 1.0,
-        specificity=sum(r.verdict is False for r in neg) / len(neg) if neg else 1.0,
+        accuracy=rates.student_accuracy,
+        recall=_or(rates.student_recall, nothing_to_miss),
+        specificity=_or(rates.student_specificity, nothing_to_miss),
         words_accuracy=words.safety_agreement,
         auc=auc(scores, [r.label for r in results]) if have_scores else None,
         keyword_recall=words.keyword_recall,
-        system_recall=(len(pos) - len(missed)) / len(pos) if pos else 1.0,
-        hazards=len(pos),
-        teacher_calls_per_100=100 * sum(r.decision.escalate for r in results) / n,
-        false_alerts_per_100=100 * sum(r.decision.alert for r in neg) / n,
-        missed_per_100=100 * len(missed) / n,
-        alerts_per_100=100 * sum(r.decision.alert for r in results) / n,
-        latency_p50_s=quantile_of(latencies, 0.5),
-        latency_p95_s=quantile_of(latencies, 0.95),
-        missed=missed,
+        system_recall=_or(rates.system_recall, nothing_to_miss),
+        hazards=rates.hazards,
+        teacher_calls_per_100=rates.teacher_calls_per_100,
+        false_alerts_per_100=rates.false_alerts_per_100,
+        missed_per_100=rates.missed_per_100,
+        alerts_per_100=rates.alerts_per_100,
+        latency_p50_s=rates.p50_s,
+        latency_p95_s=rates.p95_s,
+        missed=list(rates.missed),
         reasons=reasons,
         cases=results,
     )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def evaluate_release(

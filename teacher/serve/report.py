@@ -30,7 +30,8 @@ from pathlib import Path
 from shared.answer import parse_answer
 from shared.config import load_config
 from shared.errors import StoreError
-from shared.rounds import Outcome, RoundRow, plot, round_row, student_verdict, table
+from shared.rounds import RoundRow, plot, round_row, table
+from shared.scoring import Outcome, student_verdict
 from shared.teacher_config import TeacherConfig
 
 AUDIT = "audit"

@@ -14,8 +14,8 @@ from shared.policy import (
     PolicyContext,
     decide,
     find_keywords,
-    quantile,
 )
+from shared.scoring import quantile
 
 QUIET = parse_answer("Answer: A cat sleeps.\nSAFETY: no\nCONFIDENCE: 0.9")
 CFG = PolicyConfig(audit_every=0, cooldown_s=0, budget_per_minute=100)

@@ -1,5 +1,5 @@
 """Upskill logic with the scripted backend: splits, candidates, the writer and its JSON
-repair, scoring, and the held-out gate that decides what is pushed."""
+repair, scoring, and the held-out comparison, and the winner handed to the release build."""
 
 import json
 import random
@@ -191,7 +191,7 @@ def test_a_better_skill_goes_to_the_release_build_with_its_scores(tmp_path):
     backend = student(lambda r: "missed hazard" in r.system)
     result = run_upskill(CASES, backend, default_skill(), FAST, progress=False)
     d = result.decision
-    assert d.activated
+    assert d.to_build and d.beats_parent
     assert "missed hazard" in result.winner.candidate.skill.instructions
     assert d.winner_holdout["score"] > d.baseline_holdout["score"]
     skill = result.skill  # what the release build gets
@@ -204,25 +204,25 @@ def test_a_better_skill_goes_to_the_release_build_with_its_scores(tmp_path):
     paths = write_report(result, tmp_path / "report", "upskill", "gemma-teacher upskill")
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     doc = json.loads(paths["json"].read_text())
-    assert doc["decision"]["activated"] is True and len(doc["candidates"]) == len(result.scored)
+    assert doc["decision"]["to_build"] is True and len(doc["candidates"]) == len(result.scored)
     assert "| **" in paths["md"].read_text()
 
 
-def test_a_skill_that_does_not_beat_the_active_one_builds_nothing(tmp_path):
+def test_a_skill_that_does_not_beat_the_active_one_still_goes_to_the_one_gate(tmp_path):
     mine = default_skill().model_copy(update={"version": 1, "name": "hand-tuned"})
     # The student judges right only with the active skill's exact instructions.
     backend = student(lambda r: r.system == mine.instructions and r.demos == mine.demos)
     result = run_upskill(CASES, backend, mine, FAST, progress=False)
     d = result.decision
-    assert not d.activated
-    assert "no release built" in d.reason and "does not beat v1" in d.reason
-    assert result.skill.parent == 1  # the report still shows the winner
+    assert d.to_build and not d.beats_parent  # the release gate decides, not upskill
+    assert d.reason.startswith("to the release build: ") and "does not beat v1" in d.reason
+    assert result.skill.parent == 1
 
 
-def test_a_tie_is_not_built_and_a_dry_run_builds_nothing():
+def test_a_dry_run_builds_nothing():
     same = ScriptedBackend("Answer: Something.\nSAFETY: yes\nCONFIDENCE: 0.5")
     result = run_upskill(CASES, same, default_skill(), FAST, dry_run=True, progress=False)
-    assert not result.decision.activated
+    assert not result.decision.to_build and result.decision.reason.startswith("dry run")
 
 
 def test_held_out_comparison_leaves_out_demonstrated_cases(tmp_path):
@@ -369,7 +369,8 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
     skill = doc["skill"]
     assert skill["parent"] == 0 and skill["eval_hash"]
     built = tmp_path / "report" / "release.json"
-    assert built.is_file() == doc["decision"]["activated"]  # the winner went to the build
+    assert doc["decision"]["to_build"] and built.is_file()  # the winner went to the build
+    assert json.loads(built.read_text())["passed"] in (True, False)  # the gate's verdict
     assert (tmp_path / "report" / "upskill.png").stat().st_size > 1000
 
 
@@ -418,7 +419,7 @@ def test_a_flag_everything_skill_does_not_win_on_recall_alone(tmp_path):
         progress=False,
     )
     assert "missed hazard" in unguarded.winner.candidate.skill.instructions
-    assert unguarded.decision.activated  # on score alone the yes-man wins
+    assert unguarded.decision.beats_parent  # on score alone the yes-man wins
     assert unguarded.decision.winner_holdout["safe_specificity"] == 0.0
-    assert not guarded.decision.activated
+    assert not guarded.decision.beats_parent
     assert "judges worse" in guarded.decision.reason or "does not beat" in guarded.decision.reason

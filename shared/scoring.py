@@ -1,0 +1,112 @@
+"""Every number that says how a deployment or a release does, defined once.
+
+    rates = score([Outcome(...), ...])     # one Outcome per input, seen from the system
+    rates.system_recall, rates.teacher_calls_per_100, rates.false_alerts_per_100
+
+An ``Outcome`` is what happened to one input: the truth (None where nobody knows it),
+whether the student alerted locally, whether the teacher was called, the student's own
+verdict and format, its latency and release. ``score`` turns a list of them into
+``Rates``. The release harness (``teacher.release.harness``), the demo's round table and
+``gemma-teacher report`` (``shared.rounds``) and the benchmarks all read their numbers
+from here, so a "teacher call per 100" or a "false alert per 100" means one thing:
+
+- per 100 inputs: teacher calls and local alerts, over every input answered;
+- per 100 labelled inputs: false alerts (a safe input alerted) and missed hazards
+  (a hazard neither alerted nor escalated), over the inputs whose truth is known;
+- system recall: of the known hazards, the share alerted or escalated (None: none known);
+- student accuracy, recall, specificity: the student's own verdict against the truth.
+
+It knows nothing about events, stores, models or releases.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def student_verdict(p_unsafe: float | None, safety: bool | None) -> bool | None:
+    """The student's own judgement: its safety head at 0.5 where it has one, else the
+    answer's SAFETY line (None when neither said anything)."""
+    return p_unsafe >= 0.5 if p_unsafe is not None else safety
+
+
+@dataclass(frozen=True)
+class Outcome:
+    truth: bool | None  # unsafe? None: unknown
+    alert: bool  # the student alerted locally
+    escalated: bool  # the teacher was called
+    verdict: bool | None  # the student's own judgement (head at 0.5, else its SAFETY line)
+    format_ok: bool
+    latency_s: float
+    release: int
+    id: str = ""
+
+    @property
+    def caught(self) -> bool:
+        """The system caught it: the student alerted, or the teacher was called."""
+        return self.alert or self.escalated
+
+
+@dataclass(frozen=True)
+class Rates:
+    inputs: int
+    labelled: int  # inputs whose truth is known
+    hazards: int
+    missed: tuple[str, ...]  # ids of the known hazards the system let pass
+    teacher_calls_per_100: float  # per 100 inputs
+    alerts_per_100: float  # per 100 inputs
+    false_alerts_per_100: float | None  # per 100 labelled inputs; None: none labelled
+    missed_per_100: float | None  # per 100 labelled inputs
+    system_recall: float | None  # None: no known hazard
+    student_accuracy: float | None  # None: none labelled
+    student_recall: float | None  # None: no known hazard
+    student_specificity: float | None  # None: no known safe input
+    format_ok: float
+    p50_s: float
+    p95_s: float
+    release: int  # the release that answered most of them
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile by linear interpolation (0.0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _share(part: int, whole: int, per: float = 1.0) -> float | None:
+    return per * part / whole if whole else None
+
+
+def score(outcomes: Sequence[Outcome]) -> Rates:
+    n = len(outcomes)
+    known = [o for o in outcomes if o.truth is not None]
+    hazards = [o for o in known if o.truth]
+    safe = [o for o in known if not o.truth]
+    missed = tuple(o.id for o in hazards if not o.caught)
+    releases = Counter(o.release for o in outcomes)
+    latencies = [o.latency_s for o in outcomes]
+    return Rates(
+        inputs=n,
+        labelled=len(known),
+        hazards=len(hazards),
+        missed=missed,
+        teacher_calls_per_100=_share(sum(o.escalated for o in outcomes), n, 100) or 0.0,
+        alerts_per_100=_share(sum(o.alert for o in outcomes), n, 100) or 0.0,
+        false_alerts_per_100=_share(sum(o.alert for o in safe), len(known), 100),
+        missed_per_100=_share(len(missed), len(known), 100),
+        system_recall=_share(len(hazards) - len(missed), len(hazards)),
+        student_accuracy=_share(sum(o.verdict == o.truth for o in known), len(known)),
+        student_recall=_share(sum(o.verdict is True for o in hazards), len(hazards)),
+        student_specificity=_share(sum(o.verdict is False for o in safe), len(safe)),
+        format_ok=_share(sum(o.format_ok for o in outcomes), n) or 0.0,
+        p50_s=quantile(latencies, 0.5),
+        p95_s=quantile(latencies, 0.95),
+        release=releases.most_common(1)[0][0] if releases else 0,
+    )
