@@ -144,8 +144,12 @@ class EdgeDaemon:
         try:
             self.student.use(pending)
         except (GemmaEdgeError, OSError) as exc:
-            logger.error("%s not activated (keeping release v%d): %s",
-                         pending.describe(), self.release.version, exc)  # fmt: skip
+            logger.error(
+                "%s not activated (keeping release v%d): %s",
+                pending.describe(),
+                self.release.version,
+                exc,
+            )
             return
         # a release's adapter carries the release's version
         self.adapter_version = 0 if pending.adapter_dir is None else pending.version
@@ -320,15 +324,22 @@ class EdgeDaemon:
             self.stats.backend_errors += 1
             self.metrics.backend_errors.inc()
         what = f"{type(exc).__name__}: {exc}"
-        logger.error("judging input %d of %s failed, escalating it: %s",
-                     item.index, item.source, what)  # fmt: skip
+        logger.error(
+            "judging input %d of %s failed, escalating it: %s", item.index, item.source, what
+        )
         answer = Answer("", None, None, False, "")
         decision = Decision(True, (JUDGE_ERROR,))
         case_id, queued = self._escalate(item, text, "", answer, decision, release, jpeg, what)
-        event = {"type": "error", **base, "error": str(exc)[:2000],
-                 "error_type": type(exc).__name__, "case_id": case_id,
-                 "decision": decision.to_json(), "alert": False,
-                 "release": release.version}  # fmt: skip
+        event = {
+            "type": "error",
+            **base,
+            "error": str(exc)[:2000],
+            "error_type": type(exc).__name__,
+            "case_id": case_id,
+            "decision": decision.to_json(),
+            "alert": False,
+            "release": release.version,
+        }
         if not queued:
             alert_here(event)
         event["safety_event"] = not queued
@@ -354,8 +365,9 @@ class EdgeDaemon:
             self._sketches = {k: t for k, t in self._sketches.items() if now - t < window}
         return False
 
-    def _escalate(self, item, text, raw, answer, decision, release, jpeg,
-                  error: str = "") -> tuple[str, bool]:  # fmt: skip
+    def _escalate(
+        self, item, text, raw, answer, decision, release, jpeg, error: str = ""
+    ) -> tuple[str, bool]:
         """Queue the case for the teacher: (case id, queued). Not queued (the outbox is
         full or broken): the caller alerts locally, so the input is never lost."""
         case_id = uuid.uuid4().hex
@@ -366,11 +378,11 @@ class EdgeDaemon:
         if self.link is None:
             return case_id, True  # recorded in the events: that is where it goes
         try:
-            return case_id, self._queue(case_id, item, text, raw, answer, decision, release,
-                                        jpeg, error)  # fmt: skip
+            return case_id, self._queue(
+                case_id, item, text, raw, answer, decision, release, jpeg, error
+            )
         except Exception:  # whatever breaks here, the caller alerts: the input is kept
-            logger.exception("escalation %s not queued for the teacher, alerting locally",
-                             case_id)  # fmt: skip
+            logger.exception("escalation %s not queued for the teacher, alerting locally", case_id)
             return case_id, False
 
     def _queue(self, case_id, item, text, raw, answer, decision, release, jpeg, error) -> bool:
@@ -379,22 +391,39 @@ class EdgeDaemon:
         elif jpeg is None:  # encoded here, for escalations only, when the model took text
             jpeg = to_jpeg(item.frame, self.config.sketch.jpeg_quality)
         esc = build_escalation(
-            case_id, self.config.edge_id, self.clock(), item, text, raw, answer, decision,
-            release, self.adapter_version, jpeg is not None, error,
-        )  # fmt: skip
+            case_id,
+            self.config.edge_id,
+            self.clock(),
+            item,
+            text,
+            raw,
+            answer,
+            decision,
+            release,
+            self.adapter_version,
+            jpeg is not None,
+            error,
+        )
         try:
             self.link.escalate(esc, jpeg)
             self.metrics.queue_depth.set(self.link.depth())
         except (LinkError, StoreError) as exc:
-            logger.error("escalation %s not queued for the teacher, alerting locally: %s",
-                         case_id, exc)  # fmt: skip
+            logger.error(
+                "escalation %s not queued for the teacher, alerting locally: %s", case_id, exc
+            )
             return False
         return True
 
     # ------------------------------------------------------------ reporting
     def summary_event(self) -> dict:
-        return summary_event(self.stats, self.gate.stats, self.source, self.release,
-                             self.adapter_version, self.clock())  # fmt: skip
+        return summary_event(
+            self.stats,
+            self.gate.stats,
+            self.source,
+            self.release,
+            self.adapter_version,
+            self.clock(),
+        )
 
     def summary_text(self) -> str:
         return summary_text(self.stats, self.gate.stats, self.source, self.link is not None)

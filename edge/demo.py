@@ -105,8 +105,9 @@ def events(path: Path) -> list[dict]:
 class DemoRun:
     """The processes and files of one demo run; ``run`` plays the rounds."""
 
-    def __init__(self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int,
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int, seed: int = 0
+    ):
         self.work = work
         self.rounds = rounds
         self.full = full
@@ -124,8 +125,11 @@ class DemoRun:
     def write_configs(self) -> tuple[Path, Path]:
         keys = self.home / "keys"  # made as a person would: `gemma-teacher keys ...`
         for action in (["init"], ["new-edge", EDGE_ID]):
-            done = subprocess.run([sys.executable, "-m", "teacher", "keys", *action,
-                                   "--keys-dir", str(keys)], capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-m", "teacher", "keys", *action, "--keys-dir", str(keys)],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise GemmaEdgeError(f"gemma-teacher keys {action[0]} failed: {done.stderr}")
         edge_secret = keys / "edges" / f"{EDGE_ID}.key_secret"
@@ -139,7 +143,7 @@ class DemoRun:
                 "bind": f"tcp://127.0.0.1:{port}",
                 "keys_dir": str(keys),
                 "heartbeat_s": 0.5,
-            },  # fmt: skip
+            },
             "reviewer": {"backend": "labels", "labels": str(labels)},
             "student": student,
             "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-4, "seed": self.seed},
@@ -191,7 +195,7 @@ class DemoRun:
                 "--events",
                 str(self.events),
                 "--no-progress",
-            ],  # fmt: skip
+            ],
             stdin=subprocess.PIPE,
             stderr=(self.work / "edge.log").open("w"),
             text=True,
@@ -231,23 +235,31 @@ class DemoRun:
     # ------------------------------------------------------------ one round
     def play(self, index: int, cases: list[LabeledCase]) -> RoundRow:
         before = len([e for e in events(self.events) if e.get("type") == "answer"])
-        bar = tqdm(total=len(cases), desc=f"round {index}: the edge answers", unit="input",
-                   file=sys.stderr)  # fmt: skip
+        bar = tqdm(
+            total=len(cases), desc=f"round {index}: the edge answers", unit="input", file=sys.stderr
+        )
         answered: list[dict] = []
         for case in cases:
             self.edge.stdin.write(case.input + "\n")
             self.edge.stdin.flush()
             target = before + len(answered) + 1
-            self.wait(lambda t=target: self._answers() >= t, ANSWER_TIMEOUT_S,
-                      f"the edge's answer to {case.input[:40]!r}")  # fmt: skip
+            self.wait(
+                lambda t=target: self._answers() >= t,
+                ANSWER_TIMEOUT_S,
+                f"the edge's answer to {case.input[:40]!r}",
+            )
             answered = self._answers_since(before)
             bar.update()
         bar.close()
         escalated = {e["case_id"] for e in answered if e.get("case_id")}
         reviewed = lambda: escalated <= self._reviewed()  # noqa: E731
-        with tqdm(total=len(escalated), desc=f"round {index}: stored and reviewed",
-                  unit="case", file=sys.stderr,
-                  bar_format="{desc}: {n_fmt}/{total_fmt} {bar} {elapsed}") as bar:  # fmt: skip
+        with tqdm(
+            total=len(escalated),
+            desc=f"round {index}: stored and reviewed",
+            unit="case",
+            file=sys.stderr,
+            bar_format="{desc}: {n_fmt}/{total_fmt} {bar} {elapsed}",
+        ) as bar:
 
             def progress() -> bool:
                 done = len(escalated & self._reviewed())
@@ -284,9 +296,11 @@ class DemoRun:
             shown = [
                 a for a in step if not a.endswith(".jsonl") and a not in ("--labels", "--traffic")
             ]
-            say(f"teacher: gemma-teacher {' '.join(shown)}: a release from the reviews so far, "
+            say(
+                f"teacher: gemma-teacher {' '.join(shown)}: a release from the reviews so far, "
                 "the bundled labelled scenes and the inputs the edge settled itself (head "
-                "features, thresholds, then the gate scores it against the running release)")  # fmt: skip
+                "features, thresholds, then the gate scores it against the running release)"
+            )
             t0 = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "teacher", *step, "--config", str(self.teacher_cfg)],
@@ -295,12 +309,15 @@ class DemoRun:
             )
             seconds = round(time.perf_counter() - t0, 1)
             outcome = "built" if done.returncode == 0 else "refused by the gate"
-            doc["steps"].append({"command": step, "exit": done.returncode, "outcome": outcome,
-                                 "seconds": seconds})  # fmt: skip
+            doc["steps"].append(
+                {"command": step, "exit": done.returncode, "outcome": outcome, "seconds": seconds}
+            )
             (self.work / f"round{index}-{step[0]}.out").write_text(done.stdout)
             if done.returncode not in (0, 1):
-                raise GemmaEdgeError(f"gemma-teacher {step[0]} failed ({done.returncode}); "
-                                     f"see {self.work / f'round{index}-{step[0]}.out'}")  # fmt: skip
+                raise GemmaEdgeError(
+                    f"gemma-teacher {step[0]} failed ({done.returncode}); "
+                    f"see {self.work / f'round{index}-{step[0]}.out'}"
+                )
             for line in done.stdout.splitlines():
                 if line.startswith(("release v", "refused", "not saved", "no release")):
                     say(f"teacher: {line}")
@@ -309,8 +326,11 @@ class DemoRun:
         pointer = self.work / "edge" / "releases" / "active"
         if active and active != self._pushed:
             self._pushed = active
-            self.wait(lambda: pointer.is_file() and pointer.read_text().strip() == str(active),
-                      PUSH_TIMEOUT_S, f"the edge to install release v{active}")  # fmt: skip
+            self.wait(
+                lambda: pointer.is_file() and pointer.read_text().strip() == str(active),
+                PUSH_TIMEOUT_S,
+                f"the edge to install release v{active}",
+            )
             say(f"edge: installed release v{active}; it answers with it from the next input")
         return doc
 

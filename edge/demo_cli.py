@@ -20,24 +20,49 @@ from shared.rounds import plot, table
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK['rounds']} rounds of {QUICK['per_round']} scenes "
-                        "(about 5 minutes on a quiet 2-core CPU)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, help=f"rounds to play, 1 to {FULL['rounds']} "
-                        f"(default {FULL['rounds']}; --quick: {QUICK['rounds']})")  # fmt: skip
-    parser.add_argument("--per-round", type=int, help=f"scenes per round, 1 to 80 (default "
-                        f"{FULL['per_round']}; --quick: {QUICK['per_round']})")  # fmt: skip
-    parser.add_argument("--full", action="store_true",
-                        help="improve with upskill and a LoRA too, not only the head (slower)")  # fmt: skip
-    parser.add_argument("--out", default="gemma-edge-demo", help="where report.json and "
-                        "report.png go (default: ./gemma-edge-demo/)")  # fmt: skip
-    parser.add_argument("--work", help="keep the demo's home, logs and events here "
-                        "(default: a temporary folder, removed afterwards)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the teacher's seed: which reviews are frozen for the gate, "
-                        "calibrate, or fall in which crossfit fold (default 0)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads per process (default 2)")  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['rounds']} rounds of {QUICK['per_round']} scenes "
+        "(about 5 minutes on a quiet 2-core CPU)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"rounds to play, 1 to {FULL['rounds']} "
+        f"(default {FULL['rounds']}; --quick: {QUICK['rounds']})",
+    )
+    parser.add_argument(
+        "--per-round",
+        type=int,
+        help=f"scenes per round, 1 to 80 (default "
+        f"{FULL['per_round']}; --quick: {QUICK['per_round']})",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="improve with upskill and a LoRA too, not only the head (slower)",
+    )
+    parser.add_argument(
+        "--out",
+        default="gemma-edge-demo",
+        help="where report.json and report.png go (default: ./gemma-edge-demo/)",
+    )
+    parser.add_argument(
+        "--work",
+        help="keep the demo's home, logs and events here "
+        "(default: a temporary folder, removed afterwards)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the teacher's seed: which reviews are frozen for the gate, "
+        "calibrate, or fall in which crossfit fold (default 0)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads per process (default 2)"
+    )
 
 
 def run(args) -> int:
@@ -54,8 +79,10 @@ def run(args) -> int:
     work = Path(args.work or temp.name)
     work.mkdir(parents=True, exist_ok=True)
     keep = "" if args.work else " (temporary: --work DIR keeps it)"
-    say(f"gemma-edge demo: {rounds_n} round(s) of {per_round} fresh scenes from one site; "
-        f"work folder {work}{keep}")  # fmt: skip
+    say(
+        f"gemma-edge demo: {rounds_n} round(s) of {per_round} fresh scenes from one site; "
+        f"work folder {work}{keep}"
+    )
     t0 = time.perf_counter()
     demo = DemoRun(work, rounds, args.full, args.threads, args.seed)
     try:

@@ -75,9 +75,17 @@ def build_escalation(
     try:
         return Escalation(**fields)
     except ValidationError as exc:  # keep the case: the fields that cannot be wrong
-        logger.error("escalation %s: %s; sending it without the model's fields",
-                     case_id, exc.errors()[0]["msg"])  # fmt: skip
-        fields.update(safety=None, confidence=None, p_unsafe=None, answer="",
-                      reasons=list(dict.fromkeys([*reasons, JUDGE_ERROR]))[:16])  # fmt: skip
+        logger.error(
+            "escalation %s: %s; sending it without the model's fields",
+            case_id,
+            exc.errors()[0]["msg"],
+        )
+        fields.update(
+            safety=None,
+            confidence=None,
+            p_unsafe=None,
+            answer="",
+            reasons=list(dict.fromkeys([*reasons, JUDGE_ERROR]))[:16],
+        )
         fields["source"] = str(fields["source"])[-256:] or "?"
         return Escalation(**fields)

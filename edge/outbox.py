@@ -186,8 +186,13 @@ class Outbox:
         logger.error(
             "the outbox %s was damaged (%s): moved to %s; %d queued and %d dead case(s) "
             "recovered into a new outbox, %d unreadable row(s) left behind",
-            self.path, problem[:200], aside.name, kept["outbox"], kept["dead"], lost,
-        )  # fmt: skip
+            self.path,
+            problem[:200],
+            aside.name,
+            kept["outbox"],
+            kept["dead"],
+            lost,
+        )
 
     def close(self) -> None:
         with self._lock:

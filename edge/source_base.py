@@ -59,8 +59,13 @@ class PixelCap:
             return False
         self.oversized += 1
         if self.oversized % 100 == 1:
-            logger.error("%s: %s pixels is over gate.max_pixels (%d): skipped (%d so far)",
-                         where, dims, self.max_pixels, self.oversized)  # fmt: skip
+            logger.error(
+                "%s: %s pixels is over gate.max_pixels (%d): skipped (%d so far)",
+                where,
+                dims,
+                self.max_pixels,
+                self.oversized,
+            )
         return True
 
     def frame_over(self, frame: np.ndarray, where: str) -> bool:

@@ -114,8 +114,12 @@ def repair_releases(state_dir: Path) -> Release | None:
                 folder.rename(folder.with_name(f".{folder.name}.bad"))
             spare.rename(folder)
             _sync_dir(root)
-            logger.error("releases/active names v%d, whose folder was %s: restored it from %s",
-                         version, found, spare.name)  # fmt: skip
+            logger.error(
+                "releases/active names v%d, whose folder was %s: restored it from %s",
+                version,
+                found,
+                spare.name,
+            )
             return load_release(folder)
     others = sorted(
         (v, p)
@@ -126,11 +130,20 @@ def repair_releases(state_dir: Path) -> Release | None:
         candidate = _complete(path)
         if candidate is not None:
             set_active(root, other)
-            logger.error("releases/active names v%d, whose folder is %s: running v%d, the "
-                         "newest complete release, instead", version, found, other)  # fmt: skip
+            logger.error(
+                "releases/active names v%d, whose folder is %s: running v%d, the "
+                "newest complete release, instead",
+                version,
+                found,
+                other,
+            )
             return candidate
-    logger.error("releases/active names v%d, whose folder is %s, and no other release here "
-                 "is complete: running the bundled default", version, found)  # fmt: skip
+    logger.error(
+        "releases/active names v%d, whose folder is %s, and no other release here "
+        "is complete: running the bundled default",
+        version,
+        found,
+    )
     (root / "active").unlink(missing_ok=True)
     return None
 
@@ -140,7 +153,10 @@ def active_release(state_dir: Path) -> Release | None:
     release = repair_releases(state_dir)
     old = [name for name in ("skills", "adapters") if (Path(state_dir) / name).is_dir()]
     if old:
-        logger.warning("%s in %s hold single skill or adapter pushes of gemma-edge < 0.2.0; "
-                       "ignored: the teacher pushes the whole release to run",
-                       " and ".join(old), state_dir)  # fmt: skip
+        logger.warning(
+            "%s in %s hold single skill or adapter pushes of gemma-edge < 0.2.0; "
+            "ignored: the teacher pushes the whole release to run",
+            " and ".join(old),
+            state_dir,
+        )
     return release

@@ -296,8 +296,9 @@ def calibrate(
     )
 
 
-def expected_calls(calibration: Calibration, p_unsafe: Sequence[float],
-                   keyword_hits: Sequence[bool]) -> int:  # fmt: skip
+def expected_calls(
+    calibration: Calibration, p_unsafe: Sequence[float], keyword_hits: Sequence[bool]
+) -> int:
     """Cases the policy would escalate for safety (the band, plus keyword cases the head
     does not alert on when the keyword rule is on)."""
     calls = 0
@@ -322,8 +323,11 @@ def calibrate_policy(
     certified policies by their calls (not by their misses) keeps the guarantee of the
     one chosen only approximately, so a tie or an uncertified alternative keeps the rule.
     """
-    common = {"recall_target": recall_target, "max_false_alert_rate": max_false_alert_rate,
-              "delta": delta}  # fmt: skip
+    common = {
+        "recall_target": recall_target,
+        "max_false_alert_rate": max_false_alert_rate,
+        "delta": delta,
+    }
     with_rule = calibrate(p_unsafe, labels, caught=keyword_hits, **common)
     without = calibrate(p_unsafe, labels, **common).model_copy(update={"keywords": False})
     if not without.guaranteed or not with_rule.guaranteed:
@@ -331,10 +335,14 @@ def calibrate_policy(
     calls_with = expected_calls(with_rule, p_unsafe, keyword_hits)
     calls_without = expected_calls(without, p_unsafe, keyword_hits)
     if calls_without < calls_with:
-        note = (f"{without.note}; the safety-keyword rule is off: without it the certified "
-                f"policy escalates {calls_without} of {len(labels)} calibration cases, "
-                f"with it {calls_with}")  # fmt: skip
+        note = (
+            f"{without.note}; the safety-keyword rule is off: without it the certified "
+            f"policy escalates {calls_without} of {len(labels)} calibration cases, "
+            f"with it {calls_with}"
+        )
         return without.model_copy(update={"note": note})
-    note = (f"{with_rule.note}; the safety-keyword rule stays: {calls_with} of {len(labels)} "
-            f"calibration cases escalated with it, {calls_without} without")  # fmt: skip
+    note = (
+        f"{with_rule.note}; the safety-keyword rule stays: {calls_with} of {len(labels)} "
+        f"calibration cases escalated with it, {calls_without} without"
+    )
     return with_rule.model_copy(update={"note": note})

@@ -123,8 +123,9 @@ class OllamaBackend:
                 "not 'success'"
             )
         self._models[name] = target
-        logger.info("built %s (adapter %s) in %.2f s", target, digest[:19],
-                    time.perf_counter() - t0)  # fmt: skip
+        logger.info(
+            "built %s (adapter %s) in %.2f s", target, digest[:19], time.perf_counter() - t0
+        )
         self._prune(keep={target, self.model_name})
 
     def set_adapter(self, name: str | None) -> None:

@@ -194,8 +194,12 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
                 reasons.append(LOW_PROB_CONFIDENCE)
     if config.audit_every and context.processed % config.audit_every == 0:
         reasons.append(AUDIT)
-    done = {"keywords": tuple(matched), "threshold": threshold, "alert": alert,
-            "p_unsafe": answer.p_unsafe}  # fmt: skip
+    done = {
+        "keywords": tuple(matched),
+        "threshold": threshold,
+        "alert": alert,
+        "p_unsafe": answer.p_unsafe,
+    }
     if not reasons:
         return Decision(False, (), None, **done)
 

@@ -348,6 +348,7 @@ def skill_release(skill: Skill, adapter_dir: Path | None = None, version: int = 
     policy's confidence rules decide there.
     """
     data = skill.to_bytes()
-    manifest = Manifest(version=version, files=[file_entry(SKILL_FILE, data)],
-                        note="a bare skill (no safety head)")  # fmt: skip
+    manifest = Manifest(
+        version=version, files=[file_entry(SKILL_FILE, data)], note="a bare skill (no safety head)"
+    )
     return Release(manifest, skill, None, adapter_dir, None)

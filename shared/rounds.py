@@ -83,7 +83,7 @@ def table(rows: Sequence[RoundRow]) -> str:
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w)
             for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        )  # fmt: skip
+        )
         for line in lines
     )
 
@@ -105,13 +105,21 @@ def plot(rows: Sequence[RoundRow], path, title: str = "") -> None:
     right = left.twinx()
     recall = [r.system_recall if r.system_recall is not None else float("nan") for r in rows]
     right.plot(labels, recall, "o-", color="#2e7d32", label="system safety recall")
-    right.axhline(0.95, color="#c62828", linestyle="--", linewidth=1,
-                  label="recall target 0.95 (right axis)")  # fmt: skip
+    right.axhline(
+        0.95, color="#c62828", linestyle="--", linewidth=1, label="recall target 0.95 (right axis)"
+    )
     right.set_ylim(0, 1.05)
     right.set_ylabel("system safety recall")
     handles = [bars, *right.get_lines()]
-    left.legend(handles, [h.get_label() for h in handles], loc="upper center", fontsize=8,
-                bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)  # fmt: skip
+    left.legend(
+        handles,
+        [h.get_label() for h in handles],
+        loc="upper center",
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.18),
+        ncol=3,
+        frameon=False,
+    )
     left.set_title(title or "teacher calls per 100 inputs and system safety recall, round by round")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for servers the test starts itself)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from edge.demo import free_port  # noqa: F401 (one definition, the demo's)
 
 
 def tiny_gemma(vocab_size: int = 512, seed: int = 0, **overrides):

@@ -205,10 +205,9 @@ def choose_eval(examples: list[Example], fraction: float, seed: int) -> list[str
     ids: list[str] = []
     for label in (True, False):
         pool = sorted(
-            (e for e in examples
-             if e.safety == label and e.origin not in ("synthetic", "generic")),
+            (e for e in examples if e.safety == label and e.origin not in ("synthetic", "generic")),
             key=lambda e: case_hash(e.input, "frozen", seed),
-        )  # fmt: skip
+        )
         members = [e.id for e in pool if frozen_member(e.input, fraction, seed)]
         if not members and len(pool) >= 3:
             members = [pool[0].id]

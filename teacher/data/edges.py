@@ -54,7 +54,7 @@ class EdgeRecords:
                 "release": int(r),
                 "head_live": None if h is None else bool(h),
                 "seen_at": t,
-            }  # fmt: skip
+            }
             for e, r, h, t in rows
         ]
 
@@ -78,10 +78,17 @@ class EdgeRecords:
         out = []
         for cid, edge, release, reasons, alert, p, said, answer, reviewed, corrected in rows:
             truth = corrected if corrected is not None else reviewed
-            out.append({
-                "case_id": cid, "edge_id": edge, "release": int(release),
-                "reasons": json.loads(reasons), "alert": bool(alert), "p_unsafe": p,
-                "safety": None if said is None else bool(said), "answer": answer,
-                "truth": None if truth is None else bool(truth),
-            })  # fmt: skip
+            out.append(
+                {
+                    "case_id": cid,
+                    "edge_id": edge,
+                    "release": int(release),
+                    "reasons": json.loads(reasons),
+                    "alert": bool(alert),
+                    "p_unsafe": p,
+                    "safety": None if said is None else bool(said),
+                    "answer": answer,
+                    "truth": None if truth is None else bool(truth),
+                }
+            )
         return out

@@ -90,9 +90,14 @@ def run(args: argparse.Namespace) -> int:
         if result.decision.to_build:
             # The skill won on words; what edges get is a release around it (head fit on
             # its prompt, thresholds), gated through the edge's own code.
-            built = build_release(cfg, student, cases, skill=result.skill,
-                                  note=f"upskill: {result.skill.name}",
-                                  progress=not args.quiet)  # fmt: skip
+            built = build_release(
+                cfg,
+                student,
+                cases,
+                skill=result.skill,
+                note=f"upskill: {result.skill.name}",
+                progress=not args.quiet,
+            )
     finally:
         student.close()
         if writer is not None and writer is not student:

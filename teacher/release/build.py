@@ -108,19 +108,39 @@ def build_release(
         head, calibration, timing = fit_and_calibrate(cfg, student, splits, prior)
         timing["prior"] = f"v{active.version}" if head.info.get("prior") else None
         version = registry.next_number()
-        files = build_files(version, skill, head, calibration, adapter, parent=active.version,
-                            model=backend.name, note=note)  # fmt: skip
+        files = build_files(
+            version,
+            skill,
+            head,
+            calibration,
+            adapter,
+            parent=active.version,
+            model=backend.name,
+            note=note,
+        )
         candidate = write_release(Path(tmp) / f"v{version}", files)
         t0 = time.perf_counter()
         student.use(candidate)
-        after = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
-                                 f"3/3 gate: candidate v{version} on the frozen split")  # fmt: skip
+        after = evaluate_release(
+            student,
+            splits.frozen,
+            cfg.policy,
+            pace,
+            progress,
+            f"3/3 gate: candidate v{version} on the frozen split",
+        )
         key = eval_key(cfg, backend, splits.frozen)
         before = registry.cached_eval(active.version, key)
         if before is None:
             student.use(active)
-            before = evaluate_release(student, splits.frozen, cfg.policy, pace, progress,
-                                      f"3/3 gate: active v{active.version} on the frozen split")  # fmt: skip
+            before = evaluate_release(
+                student,
+                splits.frozen,
+                cfg.policy,
+                pace,
+                progress,
+                f"3/3 gate: active v{active.version} on the frozen split",
+            )
             registry.cache_eval(active.version, key, before)
         timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
     verdict = gate.compare(after, before, cfg.policy.recall_target, cfg.policy.recall_delta)
@@ -131,9 +151,19 @@ def build_release(
             return result
     metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
     canaries = pick_canaries(after, splits.frozen, cfg.release.canaries)
-    files = build_files(version, skill, head, calibration, adapter, parent=active.version,
-                        model=backend.name, metrics=metrics, note=note, canaries=canaries,
-                        canary_tolerance=cfg.release.canary_tolerance)  # fmt: skip
+    files = build_files(
+        version,
+        skill,
+        head,
+        calibration,
+        adapter,
+        parent=active.version,
+        model=backend.name,
+        metrics=metrics,
+        note=note,
+        canaries=canaries,
+        canary_tolerance=cfg.release.canary_tolerance,
+    )
     saved = registry.add(files, result.report())
     registry.cache_eval(version, key, after)  # next round, when it is the active one
     result.version, result.path = version, saved.path
@@ -186,8 +216,14 @@ def v0_canaries(
     too). Returns them and the seconds the run took."""
     student.use(release)
     t0 = time.perf_counter()
-    report = evaluate_release(student, frozen, cfg.policy, cfg.release.eval_pace_s, True,
-                              "canaries: v0 on the frozen members")  # fmt: skip
+    report = evaluate_release(
+        student,
+        frozen,
+        cfg.policy,
+        cfg.release.eval_pace_s,
+        True,
+        "canaries: v0 on the frozen members",
+    )
     return pick_canaries(report, frozen, cfg.release.canaries), round(time.perf_counter() - t0, 1)
 
 
@@ -214,9 +250,17 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
     )
 
     def files_with(canaries: list[Canary]) -> dict[str, bytes]:
-        files = build_files(0, skill, head, calibration, model=backend.name,
-                            metrics={"head": head.info}, note=note, canaries=canaries,
-                            canary_tolerance=cfg.release.canary_tolerance)  # fmt: skip
+        files = build_files(
+            0,
+            skill,
+            head,
+            calibration,
+            model=backend.name,
+            metrics={"head": head.info},
+            note=note,
+            canaries=canaries,
+            canary_tolerance=cfg.release.canary_tolerance,
+        )
         manifest = json.loads(files["manifest.json"])
         manifest["created_at"] = 0.0  # reproducible bytes
         files["manifest.json"] = json.dumps(manifest, indent=1).encode()

@@ -33,13 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="teacher YAML (default: built-in defaults)")
     parser.add_argument("--home", help="override the teacher home folder")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("list", help="every release with its frozen-split metrics",
-                   epilog="example:\n  gemma-teacher releases list --home ./teacher")  # fmt: skip
-    show = sub.add_parser("show", help="one release's manifest and gate report",
-                          epilog="example:\n  gemma-teacher releases show 3")  # fmt: skip
+    sub.add_parser(
+        "list",
+        help="every release with its frozen-split metrics",
+        epilog="example:\n  gemma-teacher releases list --home ./teacher",
+    )
+    show = sub.add_parser(
+        "show",
+        help="one release's manifest and gate report",
+        epilog="example:\n  gemma-teacher releases show 3",
+    )
     show.add_argument("version", type=int)
-    back = sub.add_parser("rollback", help="make an older release active (0: the bundled one)",
-                          epilog="example:\n  gemma-teacher releases rollback 2")  # fmt: skip
+    back = sub.add_parser(
+        "rollback",
+        help="make an older release active (0: the bundled one)",
+        epilog="example:\n  gemma-teacher releases rollback 2",
+    )
     back.add_argument("version", type=int)
     build = sub.add_parser(
         "build-default",

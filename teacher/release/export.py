@@ -58,8 +58,9 @@ def pick(home: Path, release: int | None = None) -> Exportable:
             f"release v{chosen.version} has no LoRA adapter: it runs on the base model, so "
             "there is nothing to export (train one with `gemma-teacher train`)"
         )
-    return Exportable(f"release v{chosen.version}", chosen.adapter_dir, chosen.skill,
-                      chosen.skill.instructions)  # fmt: skip
+    return Exportable(
+        f"release v{chosen.version}", chosen.adapter_dir, chosen.skill, chosen.skill.instructions
+    )
 
 
 def write_merged(cfg: TeacherConfig, adapter_dir: Path, folder: Path) -> None:

@@ -60,8 +60,16 @@ class CaseResult:
 
     def outcome(self, release: int) -> Outcome:
         """This case as ``shared.scoring`` scores every deployment and release."""
-        return Outcome(self.label, self.decision.alert, self.decision.escalate, self.verdict,
-                       self.answer.format_ok, self.latency_s, release, self.id)  # fmt: skip
+        return Outcome(
+            self.label,
+            self.decision.alert,
+            self.decision.escalate,
+            self.verdict,
+            self.answer.format_ok,
+            self.latency_s,
+            release,
+            self.id,
+        )
 
     def to_json(self) -> dict:
         return {
@@ -131,7 +139,7 @@ def answer_cases(
         out.append(
             CaseResult(
                 case.id, case.safety, answered.answer, decision, answered.generation.tokens, latency
-            )  # fmt: skip
+            )
         )
     return out
 

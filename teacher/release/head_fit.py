@@ -165,8 +165,14 @@ def fold_of(case: LabeledCase, folds: int, seed: int) -> int:
     return int.from_bytes(case_hash(case.input, "fold", seed)[:8], "big") % folds
 
 
-def _fit(cfg: TeacherConfig, x: np.ndarray, labels: list[bool], kind: str,
-         layers: tuple[int, ...], prior: SafetyHead | None) -> SafetyHead:  # fmt: skip
+def _fit(
+    cfg: TeacherConfig,
+    x: np.ndarray,
+    labels: list[bool],
+    kind: str,
+    layers: tuple[int, ...],
+    prior: SafetyHead | None,
+) -> SafetyHead:
     """One head: pulled toward ``prior`` when it reads the same features, else from 0."""
     usable = (
         prior is not None
@@ -176,16 +182,19 @@ def _fit(cfg: TeacherConfig, x: np.ndarray, labels: list[bool], kind: str,
         and prior.dim == x.shape[1]
     )
     if usable:
-        return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2,
-                        prior=prior)  # fmt: skip
+        return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2, prior=prior)
     return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.head_l2)
 
 
 def crossfit(
-    cfg: TeacherConfig, x: np.ndarray, cases: list[LabeledCase], kind: str,
-    layers: tuple[int, ...], prior: SafetyHead | None = None,
+    cfg: TeacherConfig,
+    x: np.ndarray,
+    cases: list[LabeledCase],
+    kind: str,
+    layers: tuple[int, ...],
+    prior: SafetyHead | None = None,
     extra: tuple[np.ndarray, list[bool]] | None = None,
-) -> tuple[SafetyHead, np.ndarray]:  # fmt: skip
+) -> tuple[SafetyHead, np.ndarray]:
     """(the average of the fold heads, every case's out-of-fold p(unsafe)).
 
     Fold k's head is fitted on the other folds and scores fold k, so every score comes
@@ -209,12 +218,23 @@ def crossfit(
                 f"crossfit fold {f} leaves {int(train.sum())} case(s) without both verdicts: "
                 "review more unsafe and safe cases first"
             )
-        head = _fit(cfg, np.vstack([x[train], x_extra]), labels[train].tolist() + list(y_extra),
-                    kind, layers, prior)  # fmt: skip
+        head = _fit(
+            cfg,
+            np.vstack([x[train], x_extra]),
+            labels[train].tolist() + list(y_extra),
+            kind,
+            layers,
+            prior,
+        )
         scores[out] = head.p_unsafe_many(x[out])
         heads.append(head)
-    info = {"n": len(cases), "unsafe": int(labels.sum()), "l2": heads[0].info["l2"],
-            "folds": len(heads), "oof_auc": round(auc(scores, labels), 4)}  # fmt: skip
+    info = {
+        "n": len(cases),
+        "unsafe": int(labels.sum()),
+        "l2": heads[0].info["l2"],
+        "folds": len(heads),
+        "oof_auc": round(auc(scores, labels), 4),
+    }
     if len(y_extra):
         info["self_labelled"] = len(y_extra)
     if heads[0].info.get("prior"):
@@ -233,8 +253,9 @@ def fit_and_calibrate(
     mode = cfg.release.calibration
     extra = None
     if splits.traffic:
-        x_extra = features(student, splits.traffic, kind, layers,
-                           "head features (edge traffic, self-labelled)")  # fmt: skip
+        x_extra = features(
+            student, splits.traffic, kind, layers, "head features (edge traffic, self-labelled)"
+        )
         extra = (x_extra, [c.safety for c in splits.traffic])
     if mode == "crossfit":
         # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
@@ -263,8 +284,11 @@ def fit_and_calibrate(
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
     hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in cal_cases]
-    goal = {"recall_target": policy.recall_target, "delta": policy.recall_delta,
-            "max_false_alert_rate": policy.max_false_alert_rate}  # fmt: skip
+    goal = {
+        "recall_target": policy.recall_target,
+        "delta": policy.recall_delta,
+        "max_false_alert_rate": policy.max_false_alert_rate,
+    }
     cal_labels = [c.safety for c in cal_cases]
     if cfg.release.keyword_rule == "certify":
         calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, **goal)

@@ -97,11 +97,21 @@ class ReleaseRegistry:
             return self.activate(0)
         number = self.next_number()
         skill = old.skill or default_release().skill
-        files = build_files(number, skill, None, None, old.adapter,
-                            note=f"migrated from {old.describe()} (gemma-edge < 0.2.0)")  # fmt: skip
+        files = build_files(
+            number,
+            skill,
+            None,
+            None,
+            old.adapter,
+            note=f"migrated from {old.describe()} (gemma-edge < 0.2.0)",
+        )
         self.add(files, {"migrated": old.describe()})
-        logger.warning("migrated %s of this teacher home into release v%d (no safety head); "
-                       "edges get it on their next heartbeat", old.describe(), number)  # fmt: skip
+        logger.warning(
+            "migrated %s of this teacher home into release v%d (no safety head); "
+            "edges get it on their next heartbeat",
+            old.describe(),
+            number,
+        )
         return self.activate(number)
 
     def cached_eval(self, number: int, key: str) -> HarnessReport | None:

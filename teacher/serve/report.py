@@ -112,9 +112,11 @@ def run(args: argparse.Namespace) -> int:
         store.close()
     blind = [e for e in edges if e["head_live"] is False]
     for e in blind:
-        print(f"WARNING: edge {e['edge_id']} runs release v{e['release']} without its safety "
-              "head (its heartbeat says head_live: false): the certified thresholds do not "
-              "decide there")  # fmt: skip
+        print(
+            f"WARNING: edge {e['edge_id']} runs release v{e['release']} without its safety "
+            "head (its heartbeat says head_live: false): the certified thresholds do not "
+            "decide there"
+        )
     if not rows:
         print(f"nothing to report yet: no edge has reported inputs to {path}")
         return 0
@@ -124,7 +126,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"home": str(home), "rows": [r.to_json() for r in rows], "edges": edges}
     (out / "report.json").write_text(json.dumps(doc, indent=1))
-    plot([r for r in rows if r.label.endswith("(all edges)")], out / "report.png",
-         "per release, all edges (rates on the audit sample)")  # fmt: skip
+    plot(
+        [r for r in rows if r.label.endswith("(all edges)")],
+        out / "report.png",
+        "per release, all edges (rates on the audit sample)",
+    )
     print(f"report: {out / 'report.json'} {out / 'report.png'}")
     return 0

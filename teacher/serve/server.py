@@ -275,9 +275,12 @@ class TeacherServer:
             edge = self._seen(user or msg.sender, identity)
             edge.release_version = msg.release_version
             if msg.head_live is False and edge.head_live is not False:
-                logger.warning("edge %s runs release v%d WITHOUT its safety head: the "
-                               "certified thresholds do not decide there",
-                               user or msg.sender, msg.release_version)  # fmt: skip
+                logger.warning(
+                    "edge %s runs release v%d WITHOUT its safety head: the "
+                    "certified thresholds do not decide there",
+                    user or msg.sender,
+                    msg.release_version,
+                )
             edge.head_live = msg.head_live
             try:
                 self.store.record_edge(user or msg.sender, msg.release_version, msg.head_live)
@@ -372,8 +375,9 @@ class TeacherServer:
         msg = ReleasePush(version=number, files=[e for e, _ in files])
         if self._reply(sock, edge.identity, msg, [data for _, data in files]):
             edge.pushed["release"] = (number, time.monotonic())
-            logger.info("pushed release v%s to edge %s (it runs v%s)", number, name,
-                        edge.release_version)  # fmt: skip
+            logger.info(
+                "pushed release v%s to edge %s (it runs v%s)", number, name, edge.release_version
+            )
 
     def _send_reviews(self, sock: zmq.Socket) -> None:
         if not self.edges:

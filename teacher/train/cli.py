@@ -133,8 +133,12 @@ def run(args) -> int:
 
         traffic = load_traffic([Path(p) for p in args.traffic], cfg.release.max_self_labelled)
     splits = make_splits(cfg, cases, skill, traffic)
-    sizes = {"fit": len(splits.fit), "calibration": len(splits.calibration),
-             "frozen": len(splits.frozen), "self_labelled": len(splits.traffic)}  # fmt: skip
+    sizes = {
+        "fit": len(splits.fit),
+        "calibration": len(splits.calibration),
+        "frozen": len(splits.frozen),
+        "self_labelled": len(splits.traffic),
+    }
     print(json.dumps({"cases": len(cases), "splits": sizes}))
     generic = []
     if cfg.train.generic_examples:
@@ -173,12 +177,20 @@ def run(args) -> int:
     print(json.dumps(report, indent=1))
     from teacher.release.harness import table
 
-    print(table([(f"candidate v{result.candidate.release}", result.candidate.summary()),
-                 (f"active v{result.active.release}", result.active.summary())]))  # fmt: skip
+    print(
+        table(
+            [
+                (f"candidate v{result.candidate.release}", result.candidate.summary()),
+                (f"active v{result.active.release}", result.active.summary()),
+            ]
+        )
+    )
     print(result.calibration.note)
     if result.verdict.passed:
-        print(f"release v{result.version} saved in {result.path}"
-              + ("" if args.no_activate else " and active"))  # fmt: skip
+        print(
+            f"release v{result.version} saved in {result.path}"
+            + ("" if args.no_activate else " and active")
+        )
         return 0
     kept = f" (kept inactive as v{result.version} in {result.path})" if result.version else ""
     print("refused" + kept + ": " + "; ".join(result.verdict.reasons))
