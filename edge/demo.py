@@ -118,6 +118,7 @@ class DemoRun:
         self.teacher: subprocess.Popen | None = None
         self.edge: subprocess.Popen | None = None
         self.rows: list[RoundRow] = []
+        self.outcomes: list[list[Outcome]] = []  # per round, per input, as the edge answered
         self.builds: list[dict] = []
         self._pushed = 0  # the last release the edge was seen to install
 
@@ -267,8 +268,8 @@ class DemoRun:
                 return reviewed()
 
             self.wait(progress, REVIEW_TIMEOUT_S, "every escalation to be reviewed")
-        outcomes = [outcome(e, c.safety) for e, c in zip(answered, cases, strict=True)]
-        return round_row(f"round {index}", outcomes)
+        self.outcomes.append([outcome(e, c.safety) for e, c in zip(answered, cases, strict=True)])
+        return round_row(f"round {index}", self.outcomes[-1])
 
     def _answers(self) -> int:
         return sum(1 for e in events(self.events) if e.get("type") == "answer")
@@ -346,7 +347,71 @@ class DemoRun:
                     self.builds.append(self.improve(index))
         finally:
             self.stop()
+        self.rows = self.against_start()
         return self.rows
+
+    def against_start(self) -> list[RoundRow]:
+        """Every round's rows, with the same inputs answered by the release the edge
+        started with (v0, no loop), through the teacher's harness (``gemma-teacher eval``:
+        the edge's own code) in one run, in round order, as an edge that never got a new
+        release would have met them: a falling line is the loop only where it falls
+        below this one (fresh rounds differ in difficulty)."""
+        labels = self.work / "rounds.jsonl"
+        with labels.open("w") as fh:
+            for index, cases in enumerate(self.rounds[: len(self.rows)]):
+                for case in cases:
+                    doc = {
+                        "id": f"r{index}:{case.id}",
+                        "input": case.input,
+                        "safety": case.safety,
+                        "keywords": list(case.keywords),
+                    }
+                    fh.write(json.dumps(doc) + "\n")
+        out = self.work / "start_release.json"
+        say(
+            "teacher: gemma-teacher eval --release 0: every round's inputs on the starting "
+            "release, to measure the loop against no loop"
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "teacher",
+                "eval",
+                "--config",
+                str(self.teacher_cfg),
+                "--release",
+                "0",
+                "--labels",
+                str(labels),
+                "--json",
+                str(out),
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise GemmaEdgeError(f"gemma-teacher eval failed ({done.returncode}): {done.stdout}")
+        cases = json.loads(out.read_text())["reports"][0]["cases"]
+        per_round: dict[int, list[Outcome]] = {}
+        for case in cases:
+            index = int(case["id"].split(":", 1)[0][1:])
+            per_round.setdefault(index, []).append(
+                Outcome(
+                    truth=case["label"],
+                    alert=case["decision"]["alert"],
+                    escalated=case["decision"]["escalate"],
+                    verdict=student_verdict(case["p_unsafe"], case["safety"]),
+                    format_ok=case["format_ok"],
+                    latency_s=case["latency_s"],
+                    release=0,
+                )
+            )
+        return [
+            round_row(row.label, self.outcomes[i], per_round.get(i))
+            for i, row in enumerate(self.rows)
+        ]
 
 
 def outcome(event: dict, truth: bool) -> Outcome:

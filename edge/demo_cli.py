@@ -106,9 +106,18 @@ def run(args) -> int:
     (out / "report.json").write_text(json.dumps(doc, indent=1))
     plot(rows, out / "report.png")
     first, last = rows[0], rows[-1]
+    effect = ""
+    if last.start_calls_per_100 is not None:
+        ratio = (
+            f"the loop's effect is {last.teacher_calls_per_100 / last.start_calls_per_100:.2f}x"
+            if last.start_calls_per_100
+            else "nothing to save"
+        )
+        effect = f" ({last.start_calls_per_100:.0f} for the same inputs on the starting release: {ratio})"
     print(
         f"\nteacher calls per 100 inputs: {first.teacher_calls_per_100:.0f} in round 0 -> "
-        f"{last.teacher_calls_per_100:.0f} in round {len(rows) - 1}; system safety recall "
+        f"{last.teacher_calls_per_100:.0f} in round {len(rows) - 1}{effect}; system safety "
+        "recall "
         + ", ".join("-" if r.system_recall is None else f"{r.system_recall:.2f}" for r in rows)
         + f"\nreport: {out / 'report.json'} {out / 'report.png'} ({seconds / 60:.1f} min); "
         f"logs: {(work if args.work else out) / 'edge.log'}, teacher.log beside it"

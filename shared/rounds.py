@@ -34,14 +34,22 @@ class RoundRow:
     release: int
     hazards: int
     missed: int
+    # the same inputs answered by the release the edge started with (no loop); None: not
+    # measured here. The loop's effect is teacher_calls_per_100 / start_calls_per_100.
+    start_calls_per_100: float | None = None
+    start_recall: float | None = None
 
     def to_json(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def round_row(label: str, outcomes: Sequence[Outcome]) -> RoundRow:
-    """One row of the table: ``shared.scoring.score`` of the round's outcomes."""
+def round_row(
+    label: str, outcomes: Sequence[Outcome], start: Sequence[Outcome] | None = None
+) -> RoundRow:
+    """One row of the table: ``shared.scoring.score`` of the round's outcomes, and of the
+    same inputs' outcomes under the starting release when ``start`` is given."""
     r = score(outcomes)
+    s = score(start) if start else None
     return RoundRow(
         label=label,
         inputs=r.inputs,
@@ -56,6 +64,8 @@ def round_row(label: str, outcomes: Sequence[Outcome]) -> RoundRow:
         release=r.release,
         hazards=r.hazards,
         missed=len(r.missed),
+        start_calls_per_100=s.teacher_calls_per_100 if s else None,
+        start_recall=s.system_recall if s else None,
     )
 
 
@@ -63,7 +73,9 @@ COLUMNS = (
     ("label", "", "{}"),
     ("inputs", "inputs", "{}"),
     ("teacher_calls_per_100", "teacher calls/100", "{:.1f}"),
+    ("start_calls_per_100", "(start release)", "{:.1f}"),
     ("system_recall", "system recall", "{:.3f}"),
+    ("start_recall", "(start release)", "{:.3f}"),
     ("student_accuracy", "student acc", "{:.2f}"),
     ("format_ok", "format", "{:.2f}"),
     ("false_alerts_per_100", "false alerts/100", "{:.1f}"),
@@ -98,19 +110,38 @@ def plot(rows: Sequence[RoundRow], path, title: str = "") -> None:
     labels = [f"{r.label}\n(v{r.release})" for r in rows]
     fig, left = plt.subplots(figsize=(max(8, 1.6 * len(rows) + 3), 4.5))
     calls = [r.teacher_calls_per_100 or 0.0 for r in rows]
-    bars = left.bar(labels, calls, color="#4a90d9", label="teacher calls per 100 inputs")
+    start = [r.start_calls_per_100 for r in rows]
+    x = list(range(len(rows)))
+    width = 0.4 if any(v is not None for v in start) else 0.8
+    bars = left.bar(
+        [i - (width / 2 if width < 0.8 else 0) for i in x],
+        calls,
+        width,
+        color="#4a90d9",
+        label="teacher calls per 100 inputs",
+    )
     left.bar_label(bars, fmt="%.0f")
+    if width < 0.8:
+        ghost = left.bar(
+            [i + width / 2 for i in x],
+            [v or 0.0 for v in start],
+            width,
+            color="#bbbbbb",
+            label="the same inputs on the starting release",
+        )
+        left.bar_label(ghost, fmt="%.0f", color="#777777")
+    left.set_xticks(x, labels)
     left.set_ylabel("teacher calls per 100 inputs")
     left.set_ylim(0, max(100, max(calls, default=0) * 1.15))
     right = left.twinx()
     recall = [r.system_recall if r.system_recall is not None else float("nan") for r in rows]
-    right.plot(labels, recall, "o-", color="#2e7d32", label="system safety recall")
+    right.plot(x, recall, "o-", color="#2e7d32", label="system safety recall")
     right.axhline(
         0.95, color="#c62828", linestyle="--", linewidth=1, label="recall target 0.95 (right axis)"
     )
     right.set_ylim(0, 1.05)
     right.set_ylabel("system safety recall")
-    handles = [bars, *right.get_lines()]
+    handles = [h for h in left.containers] + right.get_lines()
     left.legend(
         handles,
         [h.get_label() for h in handles],

@@ -77,5 +77,13 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
                     "release"):  # fmt: skip
             assert key in row
     assert report["rounds"][1]["release"] == int(active)
+    # The loop against no loop: each round's inputs answered by the starting release too,
+    # through the harness. Round 0 ran v0 on the edge as well: the same code path gives
+    # the same calls and recall.
+    r0 = report["rounds"][0]
+    assert all(r["start_calls_per_100"] is not None for r in report["rounds"])
+    assert r0["start_calls_per_100"] == r0["teacher_calls_per_100"]
+    assert r0["start_recall"] == r0["system_recall"]
+    assert "for the same inputs on the starting release" in done.stdout
     assert (out / "report.png").stat().st_size > 10_000
     assert "teacher calls per 100 inputs" in done.stdout

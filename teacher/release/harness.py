@@ -78,6 +78,7 @@ class CaseResult:
             "answer": self.answer.raw,
             "safety": self.answer.safety,
             "p_unsafe": self.answer.p_unsafe,
+            "format_ok": self.answer.format_ok,
             "decision": self.decision.to_json(),
             "latency_s": round(self.latency_s, 4),
         }
