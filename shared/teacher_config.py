@@ -248,3 +248,14 @@ class TeacherConfig(Strict):
         "recall_target sets the calibration goal).",
     )
     release: ReleaseConfig = Field(default_factory=lambda: ReleaseConfig())
+
+
+def load_teacher_config(path: str | Path | None, home: str | Path | None = None) -> TeacherConfig:
+    """The teacher's configuration from ``path`` (None: all defaults), with ``home``
+    overriding ``home:`` when given (every command's ``--home``)."""
+    from shared.config import load_config
+
+    cfg = load_config(path, TeacherConfig)
+    if home:
+        cfg.home = Path(home)
+    return cfg

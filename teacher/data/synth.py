@@ -35,9 +35,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.backend import Backend, GenerateRequest
-from shared.config import load_config
 from shared.errors import BackendError, ConfigError, TrainingError
-from shared.teacher_config import TeacherConfig
+from shared.teacher_config import load_teacher_config
 from teacher.data.dataset import NEAR_DUPLICATE, _shingles, jaccard
 from teacher.data.redact import redact
 
@@ -106,9 +105,7 @@ def run(args) -> int:
     from shared.messages import Escalation
     from teacher.data.store import CaseStore, default_store_path
 
-    cfg = load_config(args.config, TeacherConfig)
-    if args.home:
-        cfg.home = Path(args.home)
+    cfg = load_teacher_config(args.config, args.home)
     if args.count < 1:
         raise ConfigError("--count", [("--count", args.count, "must be at least 1")])
     reviewer = cfg.reviewer.backend

@@ -23,6 +23,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from shared.backend import Backend
@@ -108,7 +109,9 @@ def build_release(
         head, calibration, timing = fit_and_calibrate(cfg, student, splits, prior)
         timing["prior"] = f"v{active.version}" if head.info.get("prior") else None
         version = registry.next_number()
-        files = build_files(
+        # the candidate's files; saved with its gate metrics and canaries if it passes
+        files_with = partial(
+            build_files,
             version,
             skill,
             head,
@@ -118,7 +121,7 @@ def build_release(
             model=backend.name,
             note=note,
         )
-        candidate = write_release(Path(tmp) / f"v{version}", files)
+        candidate = write_release(Path(tmp) / f"v{version}", files_with())
         t0 = time.perf_counter()
         student.use(candidate)
         after = evaluate_release(
@@ -151,18 +154,8 @@ def build_release(
             return result
     metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
     canaries = pick_canaries(after, splits.frozen, cfg.release.canaries)
-    files = build_files(
-        version,
-        skill,
-        head,
-        calibration,
-        adapter,
-        parent=active.version,
-        model=backend.name,
-        metrics=metrics,
-        note=note,
-        canaries=canaries,
-        canary_tolerance=cfg.release.canary_tolerance,
+    files = files_with(
+        metrics=metrics, canaries=canaries, canary_tolerance=cfg.release.canary_tolerance
     )
     saved = registry.add(files, result.report())
     registry.cache_eval(version, key, after)  # next round, when it is the active one

@@ -20,11 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-from shared.config import load_config
 from shared.errors import StoreError
 from shared.evaluation import bundled_cases, load_labeled
 from shared.release import default_release_dir, load_release
-from shared.teacher_config import TeacherConfig
+from shared.teacher_config import TeacherConfig, load_teacher_config
 from teacher.release.harness import table
 from teacher.release.registry import ReleaseRegistry
 
@@ -89,10 +88,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> TeacherConfig:
-    cfg = load_config(args.config, TeacherConfig)
-    if args.home:
-        cfg.home = Path(args.home)
-    return cfg
+    return load_teacher_config(args.config, args.home)
 
 
 def _release(registry: ReleaseRegistry, spec: str):

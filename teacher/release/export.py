@@ -29,11 +29,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import load_config
 from shared.errors import TrainingError
 from shared.gguf_adapter import ADAPTER_GGUF, modelfile, write_gguf_adapter
 from shared.skill import Skill
-from shared.teacher_config import TeacherConfig
+from shared.teacher_config import TeacherConfig, load_teacher_config
 from teacher.release.registry import ReleaseRegistry
 
 logger = logging.getLogger(__name__)
@@ -104,9 +103,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    cfg = load_config(args.config, TeacherConfig)
-    if args.home:
-        cfg.home = Path(args.home)
+    cfg = load_teacher_config(args.config, args.home)
     result = export(cfg, Path(args.out), args.base, args.release, args.merged)
     print(json.dumps(result))
     return 0

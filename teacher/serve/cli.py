@@ -11,8 +11,7 @@ import logging
 import signal
 from pathlib import Path
 
-from shared.config import load_config
-from shared.teacher_config import TeacherConfig
+from shared.teacher_config import load_teacher_config
 from teacher.data.store import CaseStore, default_store_path
 from teacher.serve.review import make_reviewer
 from teacher.serve.server import TeacherServer
@@ -27,11 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, TeacherConfig)
+    config = load_teacher_config(args.config, args.home)
     if args.bind:
         config.server.bind = args.bind
-    if args.home:
-        config.home = args.home
     store = CaseStore(default_store_path(config.home))
     server = TeacherServer(config, make_reviewer(config, store), store)
 

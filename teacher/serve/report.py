@@ -28,11 +28,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.answer import parse_answer
-from shared.config import load_config
 from shared.errors import StoreError
 from shared.rounds import RoundRow, plot, round_row, table
 from shared.scoring import Outcome, student_verdict
-from shared.teacher_config import TeacherConfig
+from shared.teacher_config import load_teacher_config
 
 AUDIT = "audit"
 
@@ -99,8 +98,7 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
 def run(args: argparse.Namespace) -> int:
     from teacher.data.store import CaseStore, default_store_path
 
-    cfg = load_config(args.config, TeacherConfig)
-    home = Path(args.home) if args.home else cfg.home
+    home = load_teacher_config(args.config, args.home).home
     path = default_store_path(home)
     if not path.is_file():
         raise StoreError(f"no store at {path}: has a teacher served from {home}?")

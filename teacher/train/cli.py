@@ -12,11 +12,10 @@ import logging
 import time
 from pathlib import Path
 
-from shared.config import load_config
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.skill import Skill
-from shared.teacher_config import TeacherConfig
+from shared.teacher_config import TeacherConfig, load_teacher_config
 from teacher.data.dataset import Dataset, export_chat
 from teacher.train.lora import fit_dataset, train_adapter
 
@@ -108,7 +107,7 @@ def run(args) -> int:
     from teacher.release.head_fit import make_splits
     from teacher.release.registry import ReleaseRegistry
 
-    cfg = load_config(args.config, TeacherConfig)
+    cfg = load_teacher_config(args.config, args.home)
     if cfg.student.embedded.threads:
         import torch
 
@@ -123,8 +122,6 @@ def run(args) -> int:
     for key, value in updates.items():
         if value is not None:
             setattr(cfg.train, key, value)
-    if args.home:
-        cfg.home = Path(args.home)
     cases = gather_cases(cfg, args)
     skill = ReleaseRegistry(cfg.home).active().skill
     traffic = []
