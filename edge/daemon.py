@@ -35,10 +35,10 @@ import uuid
 
 from edge.canary import check_release
 from edge.escalation import alert_here, build_escalation
-from edge.events import EventLog, SafetyHooks
+from edge.events import EventLog, SafetyHooks, answer_event, error_event, input_record
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
-from edge.sketch import SceneSketcher, to_jpeg
+from edge.sketch import RecentSketches, SceneSketcher, to_jpeg
 from edge.sources import Item, Source
 from edge.summary import RunStats, summary_event, summary_text
 from shared.answer import Answer
@@ -92,7 +92,8 @@ class EdgeDaemon:
         self._busy = False
         self._pending: Release | None = None
         self._lock = threading.Lock()
-        self._sketches: dict[str, float] = {}  # sketch text -> when it was last answered
+        # a text-only model answers the same sketch the same way: repeats are skipped
+        self.recent = RecentSketches(0.0 if self.multimodal else config.gate.same_sketch_s)
         self._gated_since_answer = 0
         self.metrics.skill_version.set(self.student.skill.version)
 
@@ -239,7 +240,7 @@ class EdgeDaemon:
             sketch = self.sketcher.sketch(item.frame)
             text = sketch.text
             key = f"{release.version}/{skill.version}/{self.adapter_version}/{text}"
-            if self._seen_sketch(key, policy_now) and result.reason != AUDIT:
+            if self.recent.seen(key, policy_now) and result.reason != AUDIT:
                 self.gate.reject(SAME_SKETCH)
                 self.metrics.gated.labels(SAME_SKETCH).inc()
                 self._gated_since_answer += 1
@@ -252,14 +253,7 @@ class EdgeDaemon:
             text = item.text or ""
             scene_key = text_scene_key(text)
 
-        base = {
-            "time": now,
-            "source": item.source,
-            "index": item.index,
-            "id": item.id,
-            "kind": item.kind,
-            "input": text,
-        }
+        base = input_record(now, item, text)
         if sketch is not None:
             base["sketch"] = sketch.to_json()
             base["gate"] = gate_reason
@@ -279,25 +273,7 @@ class EdgeDaemon:
 
         gen, answer = answered.generation, answered.answer
         decision = self.policy.decide(answer, text, scene_key, policy_now, release.calibration)
-        event = {
-            "type": "answer",
-            **base,
-            "answer": answer.text,
-            "raw": gen.text,
-            "safety": answer.safety,
-            "confidence": answer.confidence,
-            "prob_confidence": answer.prob_confidence,
-            "p_unsafe": None if answer.p_unsafe is None else round(answer.p_unsafe, 4),
-            "alert": decision.alert,
-            "format_ok": answer.format_ok,
-            "decision": decision.to_json(),
-            "case_id": None,
-            "latency_s": round(latency, 4),
-            "tokens": gen.tokens,
-            "skill_version": skill.version,
-            "adapter_version": self.adapter_version,
-            "release": release.version,
-        }
+        event = answer_event(base, answered, decision, latency, release, self.adapter_version)
         if decision.suppressed:
             self.stats.suppressed[decision.suppressed] += 1
             self.metrics.suppressed.labels(decision.suppressed).inc()
@@ -307,10 +283,13 @@ class EdgeDaemon:
             )
             if not queued:
                 alert_here(event)
-        safety = decision.safety_keyword or event["alert"]
-        event["safety_event"] = safety
         if self.link is not None:
             self.link.count_input(release.version)
+        self._emit(event, decision.safety_keyword or event["alert"])
+
+    def _emit(self, event: dict, safety: bool) -> None:
+        """Write the input's event; a safety event goes to the hooks too."""
+        event["safety_event"] = safety
         self.events.write(event)
         if safety:
             self.stats.safety_events += 1
@@ -330,40 +309,10 @@ class EdgeDaemon:
         answer = Answer("", None, None, False, "")
         decision = Decision(True, (JUDGE_ERROR,))
         case_id, queued = self._escalate(item, text, "", answer, decision, release, jpeg, what)
-        event = {
-            "type": "error",
-            **base,
-            "error": str(exc)[:2000],
-            "error_type": type(exc).__name__,
-            "case_id": case_id,
-            "decision": decision.to_json(),
-            "alert": False,
-            "release": release.version,
-        }
+        event = error_event(base, exc, case_id, decision, release)
         if not queued:
             alert_here(event)
-        event["safety_event"] = not queued
-        self.events.write(event)
-        if not queued:
-            self.stats.safety_events += 1
-            if self.hooks is not None:
-                self.hooks.submit(event)
-
-    def _seen_sketch(self, text: str, now: float) -> bool:
-        """A text-only model answers the same sketch the same way: skip it for a while.
-
-        Records ``text`` as answered at ``now`` when it was not seen recently.
-        """
-        window = self.config.gate.same_sketch_s
-        if self.multimodal or window <= 0:
-            return False
-        last = self._sketches.get(text)
-        if last is not None and 0 <= now - last < window:
-            return True
-        self._sketches[text] = now
-        if len(self._sketches) > 1024:
-            self._sketches = {k: t for k, t in self._sketches.items() if now - t < window}
-        return False
+        self._emit(event, not queued)
 
     def _escalate(
         self, item, text, raw, answer, decision, release, jpeg, error: str = ""
@@ -378,14 +327,18 @@ class EdgeDaemon:
         if self.link is None:
             return case_id, True  # recorded in the events: that is where it goes
         try:
-            return case_id, self._queue(
-                case_id, item, text, raw, answer, decision, release, jpeg, error
+            self._queue(case_id, item, text, raw, answer, decision, release, jpeg, error)
+        except (LinkError, StoreError) as exc:  # the outbox is full or broken
+            logger.error(
+                "escalation %s not queued for the teacher, alerting locally: %s", case_id, exc
             )
-        except Exception:  # whatever breaks here, the caller alerts: the input is kept
+            return case_id, False
+        except Exception:  # whatever else breaks here, the caller alerts: the input is kept
             logger.exception("escalation %s not queued for the teacher, alerting locally", case_id)
             return case_id, False
+        return case_id, True
 
-    def _queue(self, case_id, item, text, raw, answer, decision, release, jpeg, error) -> bool:
+    def _queue(self, case_id, item, text, raw, answer, decision, release, jpeg, error) -> None:
         if item.frame is None or not self.config.link.send_frames:
             jpeg = None
         elif jpeg is None:  # encoded here, for escalations only, when the model took text
@@ -404,15 +357,8 @@ class EdgeDaemon:
             jpeg is not None,
             error,
         )
-        try:
-            self.link.escalate(esc, jpeg)
-            self.metrics.queue_depth.set(self.link.depth())
-        except (LinkError, StoreError) as exc:
-            logger.error(
-                "escalation %s not queued for the teacher, alerting locally: %s", case_id, exc
-            )
-            return False
-        return True
+        self.link.escalate(esc, jpeg)
+        self.metrics.queue_depth.set(self.link.depth())
 
     # ------------------------------------------------------------ reporting
     def summary_event(self) -> dict:

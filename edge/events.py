@@ -6,9 +6,10 @@ line so a crash loses at most the input in progress. ``SafetyHooks`` hands each
 safety event to an external command (the event JSON on its stdin) and/or publishes
 it on a ZeroMQ PUB socket (topic ``safety``), from a background thread so a slow
 hook never stalls the daemon; events that do not fit the queue are dropped with a
-count (the JSONL line is always written).
+count (the JSONL line is always written). ``input_record``, ``answer_event`` and
+``error_event`` say which fields an event line holds.
 
-This module knows nothing about models, policy or sources: dicts in, lines out.
+This module knows nothing about models, policy or sources: records in, lines out.
 """
 
 from __future__ import annotations
@@ -198,3 +199,56 @@ def open_events(config: EventsConfig, stream=None) -> tuple[EventLog, SafetyHook
         log.close()
         raise
     return log, hooks
+
+
+# ---------------------------------------------------------------- what an event line holds
+def input_record(now: float, item, text: str) -> dict:
+    """The fields every event about one input starts with."""
+    return {
+        "time": now,
+        "source": item.source,
+        "index": item.index,
+        "id": item.id,
+        "kind": item.kind,
+        "input": text,
+    }
+
+
+def answer_event(
+    base: dict, answered, decision, latency: float, release, adapter_version: int
+) -> dict:
+    """The ``answer`` event: what the student said and judged, and what the policy decided."""
+    gen, answer = answered.generation, answered.answer
+    return {
+        "type": "answer",
+        **base,
+        "answer": answer.text,
+        "raw": gen.text,
+        "safety": answer.safety,
+        "confidence": answer.confidence,
+        "prob_confidence": answer.prob_confidence,
+        "p_unsafe": None if answer.p_unsafe is None else round(answer.p_unsafe, 4),
+        "alert": decision.alert,
+        "format_ok": answer.format_ok,
+        "decision": decision.to_json(),
+        "case_id": None,
+        "latency_s": round(latency, 4),
+        "tokens": gen.tokens,
+        "skill_version": release.skill.version,
+        "adapter_version": adapter_version,
+        "release": release.version,
+    }
+
+
+def error_event(base: dict, exc: Exception, case_id: str, decision, release) -> dict:
+    """The ``error`` event of an input that could not be judged (it was escalated)."""
+    return {
+        "type": "error",
+        **base,
+        "error": str(exc)[:2000],
+        "error_type": type(exc).__name__,
+        "case_id": case_id,
+        "decision": decision.to_json(),
+        "alert": False,
+        "release": release.version,
+    }

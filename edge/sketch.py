@@ -198,3 +198,24 @@ class SceneSketcher:
             smoke_fraction=smoke_fraction,
             brightness=brightness,
         )
+
+
+class RecentSketches:
+    """Sketches answered in the last ``window_s`` seconds: a text-only model answers the
+    same sketch the same way, so the daemon skips a repeat for a while."""
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._seen: dict[str, float] = {}  # key -> when it was last answered
+
+    def seen(self, key: str, now: float) -> bool:
+        """True when ``key`` was answered within the window; else records it at ``now``."""
+        if self.window_s <= 0:
+            return False
+        last = self._seen.get(key)
+        if last is not None and 0 <= now - last < self.window_s:
+            return True
+        self._seen[key] = now
+        if len(self._seen) > 1024:
+            self._seen = {k: t for k, t in self._seen.items() if now - t < self.window_s}
+        return False
