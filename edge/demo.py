@@ -44,11 +44,12 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from edge.demo_scoring import outcome, start_outcomes, write_round_labels
 from shared.errors import GemmaEdgeError
 from shared.evaluation import LabeledCase, load_labeled
 from shared.release import read_active
 from shared.rounds import RoundRow, round_row, table
-from shared.scoring import Outcome, student_verdict
+from shared.scoring import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -303,15 +304,11 @@ class DemoRun:
                 "features, thresholds, then the gate scores it against the running release)"
             )
             t0 = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "teacher", *step, "--config", str(self.teacher_cfg)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            done = self.run_teacher(step)
             seconds = round(time.perf_counter() - t0, 1)
-            outcome = "built" if done.returncode == 0 else "refused by the gate"
+            result = "built" if done.returncode == 0 else "refused by the gate"
             doc["steps"].append(
-                {"command": step, "exit": done.returncode, "outcome": outcome, "seconds": seconds}
+                {"command": step, "exit": done.returncode, "outcome": result, "seconds": seconds}
             )
             (self.work / f"round{index}-{step[0]}.out").write_text(done.stdout)
             if done.returncode not in (0, 1):
@@ -352,78 +349,30 @@ class DemoRun:
 
     def against_start(self) -> list[RoundRow]:
         """Every round's rows, with the same inputs answered by the release the edge
-        started with (v0, no loop), through the teacher's harness (``gemma-teacher eval``:
-        the edge's own code) in one run, in round order, as an edge that never got a new
-        release would have met them: a falling line is the loop only where it falls
-        below this one (fresh rounds differ in difficulty)."""
-        labels = self.work / "rounds.jsonl"
-        with labels.open("w") as fh:
-            for index, cases in enumerate(self.rounds[: len(self.rows)]):
-                for case in cases:
-                    doc = {
-                        "id": f"r{index}:{case.id}",
-                        "input": case.input,
-                        "safety": case.safety,
-                        "keywords": list(case.keywords),
-                    }
-                    fh.write(json.dumps(doc) + "\n")
-        out = self.work / "start_release.json"
+        started with (``edge.demo_scoring``): the loop against no loop."""
+        labels, out = self.work / "rounds.jsonl", self.work / "start_release.json"
+        write_round_labels(labels, self.rounds[: len(self.rows)])
         say(
             "teacher: gemma-teacher eval --release 0: every round's inputs on the starting "
             "release, to measure the loop against no loop"
         )
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "teacher",
-                "eval",
-                "--config",
-                str(self.teacher_cfg),
-                "--release",
-                "0",
-                "--labels",
-                str(labels),
-                "--json",
-                str(out),
-                "--no-progress",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+        done = self.run_teacher(
+            ["eval", "--release", "0", "--labels", str(labels), "--json", str(out), "--no-progress"]
         )
         if done.returncode != 0:
             raise GemmaEdgeError(f"gemma-teacher eval failed ({done.returncode}): {done.stdout}")
-        cases = json.loads(out.read_text())["reports"][0]["cases"]
-        per_round: dict[int, list[Outcome]] = {}
-        for case in cases:
-            index = int(case["id"].split(":", 1)[0][1:])
-            per_round.setdefault(index, []).append(
-                Outcome(
-                    truth=case["label"],
-                    alert=case["decision"]["alert"],
-                    escalated=case["decision"]["escalate"],
-                    verdict=student_verdict(case["p_unsafe"], case["safety"]),
-                    format_ok=case["format_ok"],
-                    latency_s=case["latency_s"],
-                    release=0,
-                )
-            )
+        start = start_outcomes(out)
         return [
-            round_row(row.label, self.outcomes[i], per_round.get(i))
-            for i, row in enumerate(self.rows)
+            round_row(row.label, self.outcomes[i], start.get(i)) for i, row in enumerate(self.rows)
         ]
 
-
-def outcome(event: dict, truth: bool) -> Outcome:
-    return Outcome(
-        truth=truth,
-        alert=bool(event.get("alert")),
-        escalated=bool(event["decision"]["escalate"]),
-        verdict=student_verdict(event.get("p_unsafe"), event.get("safety")),
-        format_ok=bool(event.get("format_ok")),
-        latency_s=float(event.get("latency_s") or 0.0),
-        release=int(event.get("release") or 0),
-    )
+    def run_teacher(self, args: list[str]) -> subprocess.CompletedProcess:
+        """``gemma-teacher ARGS --config <the demo's teacher.yaml>``, its stdout captured."""
+        return subprocess.run(
+            [sys.executable, "-m", "teacher", *args, "--config", str(self.teacher_cfg)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
 
 def say(text: str) -> None:
