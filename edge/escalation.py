@@ -13,7 +13,7 @@ import logging
 
 from pydantic import ValidationError
 
-from edge.sources import Item
+from edge.source_base import Item
 from shared.answer import Answer
 from shared.messages import Escalation
 from shared.policy import JUDGE_ERROR, Decision
