@@ -68,18 +68,27 @@ def scenario_path() -> Path:
     return Path(str(files("shared").joinpath("data/demo/scenes.jsonl")))
 
 
-def scenario(rounds: int, per_round: int) -> list[list[LabeledCase]]:
-    """The bundled scenario's first ``per_round`` scenes of each of ``rounds`` rounds."""
-    path = scenario_path()
+def scenario(
+    rounds: int | None, per_round: int | None, path: Path | None = None
+) -> list[list[LabeledCase]]:
+    """The first ``per_round`` scenes of each of the first ``rounds`` rounds of a site's
+    scene file (``--scenes``; the bundled scenario by default). ``None``: all of them."""
+    path = path or scenario_path()
+    if not path.is_file():
+        raise GemmaEdgeError(f"--scenes {path}: no such file")
     by_round: dict[int, list[LabeledCase]] = {}
     docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for doc, case in zip(docs, load_labeled(path), strict=True):
-        by_round.setdefault(int(doc["round"]), []).append(case)
+    for n, (doc, case) in enumerate(zip(docs, load_labeled(path), strict=True), 1):
+        if not isinstance(doc.get("round"), int):
+            raise GemmaEdgeError(f"{path} line {n}: a demo scene needs an integer 'round'")
+        by_round.setdefault(doc["round"], []).append(case)
+    rounds = len(by_round) if rounds is None else rounds
     if rounds > len(by_round):
         raise GemmaEdgeError(
-            f"--rounds {rounds}: the bundled scenario has {len(by_round)} rounds of fresh scenes"
+            f"--rounds {rounds}: {path.name} has {len(by_round)} rounds of fresh scenes"
         )
     most = min(len(cases) for cases in by_round.values())
+    per_round = most if per_round is None else per_round
     if per_round > most:
         raise GemmaEdgeError(f"--per-round {per_round}: each round has {most} scenes")
     return [by_round[r][:per_round] for r in sorted(by_round)[:rounds]]
@@ -107,9 +116,16 @@ class DemoRun:
     """The processes and files of one demo run; ``run`` plays the rounds."""
 
     def __init__(
-        self, work: Path, rounds: list[list[LabeledCase]], full: bool, threads: int, seed: int = 0
+        self,
+        work: Path,
+        rounds: list[list[LabeledCase]],
+        full: bool,
+        threads: int,
+        seed: int = 0,
+        scenes: Path | None = None,
     ):
         self.work = work
+        self.scenes = scenes or scenario_path()
         self.rounds = rounds
         self.full = full
         self.threads = threads
@@ -137,7 +153,7 @@ class DemoRun:
         edge_secret = keys / "edges" / f"{EDGE_ID}.key_secret"
         port = free_port()
         labels = self.work / "labels.jsonl"  # what the teacher "knows": every scenario label
-        shutil.copyfile(scenario_path(), labels)
+        shutil.copyfile(self.scenes, labels)
         student = {"embedded": {"threads": self.threads}}
         teacher = {
             "home": str(self.home),

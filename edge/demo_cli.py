@@ -39,6 +39,13 @@ def add_arguments(parser) -> None:
         f"{FULL['per_round']}; --quick: {QUICK['per_round']})",
     )
     parser.add_argument(
+        "--scenes",
+        type=Path,
+        help="a site's scene file to play instead of the bundled factory (one JSON object "
+        "per line with a 'round', as shared/data/demo/scenes.jsonl; e.g. "
+        "bench/data/heldout_site/scenes.jsonl); its labels stand in for the teacher",
+    )
+    parser.add_argument(
         "--full",
         action="store_true",
         help="improve with upskill and a LoRA too, not only the head (slower)",
@@ -67,12 +74,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     plan = QUICK if args.quick else FULL
-    rounds_n = plan["rounds"] if args.rounds is None else args.rounds
-    per_round = plan["per_round"] if args.per_round is None else args.per_round
-    if rounds_n < 1 or per_round < 1:
+    whole_site = args.scenes is not None and not args.quick  # all its rounds unless told
+    rounds_n = args.rounds if args.rounds is not None or whole_site else plan["rounds"]
+    per_round = args.per_round if args.per_round is not None or whole_site else plan["per_round"]
+    if (rounds_n is not None and rounds_n < 1) or (per_round is not None and per_round < 1):
         raise GemmaEdgeError("--rounds and --per-round must be at least 1")
-    rounds = scenario(rounds_n, per_round)
-    per_round = min(len(r) for r in rounds)
+    rounds = scenario(rounds_n, per_round, args.scenes)
+    rounds_n, per_round = len(rounds), min(len(r) for r in rounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     temp = None if args.work else tempfile.TemporaryDirectory(prefix="gemma-edge-demo-")
@@ -84,7 +92,7 @@ def run(args) -> int:
         f"work folder {work}{keep}"
     )
     t0 = time.perf_counter()
-    demo = DemoRun(work, rounds, args.full, args.threads, args.seed)
+    demo = DemoRun(work, rounds, args.full, args.threads, args.seed, args.scenes)
     try:
         rows = demo.run()
     finally:
