@@ -29,7 +29,7 @@ def words(text: str) -> list[str]:
 
 def bigrams(text: str) -> set[tuple[str, str]]:
     w = words(text)
-    return set(zip(w, w[1:]))
+    return set(zip(w, w[1:], strict=False))
 
 
 def jaccard(a: set, b: set) -> float:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = [d.get("id") for d in docs]
     errors += [f"id {i} appears twice" for i in {i for i in ids if ids.count(i) > 1}]
     grams = [bigrams(d.get("input", "")) for d in docs]
-    for (a, ga), (b, gb) in combinations(zip(docs, grams), 2):
+    for (a, ga), (b, gb) in combinations(zip(docs, grams, strict=True), 2):
         if jaccard(ga, gb) >= 0.5:
             errors.append(f"{a['id']} and {b['id']} repeat each other")
     others = []
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             if f.resolve() in {x.resolve() for x in args.files}:
                 continue
             others += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-    for d, g in zip(docs, grams):
+    for d, g in zip(docs, grams, strict=True):
         for o in others:
             if o.get("id") != d.get("id") and jaccard(g, bigrams(o.get("input", ""))) >= 0.5:
                 errors.append(f"{d['id']} repeats {o.get('id')}")
