@@ -38,10 +38,13 @@ class LabeledCase:
     keywords: tuple[str, ...] = ()
     answer: str | None = None
     origin: str = "labels"  # labels | teacher | person | synthetic
+    site: str = ""  # the edge whose traffic it came from (reviewed cases); "" = generic
 
     def to_json(self) -> dict:
         doc = asdict(self)
         doc["keywords"] = list(self.keywords)
+        if not self.site:
+            doc.pop("site")  # generic cases hash as they always did
         return doc
 
 

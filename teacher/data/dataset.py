@@ -54,6 +54,7 @@ class Example:
     keywords: tuple[str, ...] = ()
     origin: str = "labels"
     prompt: str | None = None  # a full prompt for generic examples; None = the skill's format
+    site: str = ""  # the edge whose traffic it came from; "" = generic
 
     def render_prompt(self, instructions: str, demos: tuple = ()) -> str:
         """The prompt the edge would build for this input (``demos``: the skill's)."""
@@ -67,7 +68,7 @@ class Example:
 
     def labeled(self) -> LabeledCase:
         return LabeledCase(
-            self.id, self.input, self.safety, self.keywords, self.answer, self.origin
+            self.id, self.input, self.safety, self.keywords, self.answer, self.origin, self.site
         )
 
 
@@ -83,7 +84,10 @@ class Dataset:
         digest = hashlib.sha256(self.instructions.encode())
         for split, examples in (("train", self.train), ("eval", self.eval)):
             for ex in sorted(examples, key=lambda e: e.id):
-                digest.update(json.dumps([split, asdict(ex)], sort_keys=True).encode())
+                doc = asdict(ex)
+                if not ex.site:
+                    doc.pop("site")  # generic examples hash as they always did
+                digest.update(json.dumps([split, doc], sort_keys=True).encode())
         return digest.hexdigest()
 
 
@@ -126,11 +130,15 @@ def to_examples(cases: list[LabeledCase]) -> tuple[list[Example], Counter]:
     out = []
     for case in cases:
         text, c1 = redact_counts(case.input)
-        redacted = LabeledCase(case.id, text, case.safety, case.keywords, case.answer, case.origin)
+        redacted = LabeledCase(
+            case.id, text, case.safety, case.keywords, case.answer, case.origin, case.site
+        )
         target, c2 = redact_counts(target_for(redacted))
         found += c1 + c2
         origin = "synthetic" if case.id.startswith("synth-") else case.origin
-        out.append(Example(case.id, text, target, case.safety, case.keywords, origin))
+        out.append(
+            Example(case.id, text, target, case.safety, case.keywords, origin, site=case.site)
+        )
     return out, found
 
 
@@ -161,22 +169,31 @@ def frozen_path(home: Path) -> Path:
     return Path(home) / "train" / FROZEN_FILE
 
 
-def load_frozen(home: Path) -> list[str] | None:
+def load_frozen(home: Path) -> tuple[list[str], set[str] | None] | None:
+    """(frozen ids, keys of every case a build has seen; None in a file written before
+    sites joined the split) or None where no split was frozen yet."""
     path = frozen_path(home)
     if not path.is_file():
         return None
     try:
-        return list(json.loads(path.read_text())["ids"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        doc = json.loads(path.read_text())
+        seen = doc.get("seen")
+        return list(doc["ids"]), (None if seen is None else set(seen))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(str(path), [("ids", None, f"unreadable frozen split: {exc}")]) from None
 
 
-def save_frozen(home: Path, ids: list[str]) -> None:
+def save_frozen(home: Path, ids: list[str], seen: set[str] = frozenset()) -> None:
     path = frozen_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"ids": sorted(ids)}, indent=1))
+    tmp.write_text(json.dumps({"ids": sorted(ids), "seen": sorted(seen)}, indent=1))
     tmp.replace(path)
+
+
+def seen_key(text: str) -> str:
+    """What the frozen file remembers of a case a build has seen (not its words)."""
+    return hashlib.sha256(case_key(text).encode()).hexdigest()[:16]
 
 
 def case_key(text: str) -> str:
@@ -215,6 +232,19 @@ def choose_eval(examples: list[Example], fraction: float, seed: int) -> list[str
     return ids
 
 
+def site_members(examples: list[Example], seen: set[str], fraction: float, seed: int) -> list[str]:
+    """Ids of a site's reviewed cases that no build has seen and whose hash puts them in the
+    frozen share: the gate's view of what each site sees, never trained or calibrated on."""
+    return [
+        e.id
+        for e in examples
+        if e.site
+        and e.origin in ("teacher", "person")
+        and seen_key(e.input) not in seen
+        and frozen_member(e.input, fraction, seed)
+    ]
+
+
 def build_dataset(
     cases: list[LabeledCase],
     home: Path,
@@ -228,12 +258,23 @@ def build_dataset(
     examples, redacted = to_examples(cases)
     examples, dropped = dedupe(examples)
     by_id = {e.id: e for e in examples}
-    frozen = load_frozen(home)
-    if frozen is None:
-        frozen = choose_eval(examples, eval_fraction, seed)
+    keys = {seen_key(e.input) for e in examples}
+    stored = load_frozen(home)
+    joined: list[str] = []
+    if stored is None:
+        frozen, seen = choose_eval(examples, eval_fraction, seed), keys
         if freeze:
-            save_frozen(home, frozen)
             logger.info("froze an evaluation split of %d cases under %s", len(frozen), home)
+    else:
+        frozen, seen = stored
+        if seen is not None:  # a site's new reviews: a hashed share joins, never trained on
+            joined = site_members(examples, seen, eval_fraction, seed)
+            frozen = frozen + joined
+            if joined:
+                logger.info("%d new site case(s) joined the frozen split", len(joined))
+        seen = (seen or set()) | keys  # a split frozen before sites joined: from now on
+    if freeze:
+        save_frozen(home, frozen, seen)
     missing = [i for i in frozen if i not in by_id]
     eval_ids = set(frozen) - set(missing)
     eval_set = [by_id[i] for i in sorted(eval_ids) if by_id[i].origin != "synthetic"]
@@ -253,6 +294,8 @@ def build_dataset(
         "train": len(train),
         "eval": len(eval_set),
         "frozen_missing": len(missing),
+        "frozen_joined": len(joined),
+        "eval_sites": dict(Counter(e.site for e in eval_set if e.site)),
         "dropped": dict(dropped),
         "redacted": dict(redacted),
         "origins": dict(Counter(e.origin for e in train)),

@@ -343,26 +343,32 @@ class CaseStore(EdgeRecords):
         with self._lock:
             rows = self._db.execute(
                 "SELECT c.case_id, c.input, r.answer, r.safety, r.keywords,"
-                " k.safety, k.answer, k.keywords"
+                " k.safety, k.answer, k.keywords, c.edge_id"
                 " FROM cases c LEFT JOIN reviews r ON r.case_id=c.case_id"
                 " LEFT JOIN corrections k ON k.case_id=c.case_id"
                 " WHERE r.case_id IS NOT NULL OR k.case_id IS NOT NULL"
                 " ORDER BY c.received_at"
             ).fetchall()
         cases = []
-        for cid, text, r_answer, r_safety, r_kw, k_safety, k_answer, k_kw in rows:
+        for cid, text, r_answer, r_safety, r_kw, k_safety, k_answer, k_kw, site in rows:
             if k_safety is not None:
                 keywords = json.loads(k_kw) if k_kw else (json.loads(r_kw) if r_kw else [])
                 answer = k_answer
                 if answer is None and r_answer is not None and bool(r_safety) == bool(k_safety):
                     answer = r_answer
                 cases.append(
-                    LabeledCase(cid, text, bool(k_safety), tuple(keywords), answer, "person")
+                    LabeledCase(cid, text, bool(k_safety), tuple(keywords), answer, "person", site)
                 )
             else:
                 cases.append(
                     LabeledCase(
-                        cid, text, bool(r_safety), tuple(json.loads(r_kw)), r_answer, "teacher"
+                        cid,
+                        text,
+                        bool(r_safety),
+                        tuple(json.loads(r_kw)),
+                        r_answer,
+                        "teacher",
+                        site,
                     )
                 )
         return cases

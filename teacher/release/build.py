@@ -66,6 +66,7 @@ class BuildResult:
             "version": self.version,
             "passed": self.verdict.passed,
             "reasons": self.verdict.reasons,
+            "gate": self.verdict.groups,
             "candidate": self.candidate.summary(),
             "active": self.active.summary(),
             "calibration": self.calibration.model_dump(),
@@ -146,13 +147,20 @@ def build_release(
             )
             registry.cache_eval(active.version, key, before)
         timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
-    verdict = gate.compare(after, before, cfg.policy.recall_target, cfg.policy.recall_delta)
+    sites = {c.id: f"site {c.site}" for c in splits.frozen if c.site}
+    verdict = gate.compare(
+        after, before, cfg.policy.recall_target, cfg.policy.recall_delta, sites=sites
+    )
     result = BuildResult(None, verdict, after, before, calibration, timing)
     if not verdict.passed:
         logger.info("release refused: %s", "; ".join(verdict.reasons))
         if not keep_refused:
             return result
-    metrics = {"frozen": after.summary(), "active_on_frozen": before.summary()}
+    metrics = {
+        "frozen": after.summary(),
+        "active_on_frozen": before.summary(),
+        "gate": verdict.groups,
+    }
     canaries = pick_canaries(after, splits.frozen, cfg.release.canaries)
     files = files_with(
         metrics=metrics, canaries=canaries, canary_tolerance=cfg.release.canary_tolerance

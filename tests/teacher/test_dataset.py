@@ -197,3 +197,53 @@ def test_train_cli_builds_and_exports_the_dataset(tmp_path):
     assert len(out.read_text().splitlines()) == splits["fit"]  # the LoRA trains on fit only
     empty = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no reviewed cases" in empty.stderr
+
+
+def test_a_sites_new_reviews_join_the_frozen_split_by_hash_and_are_never_trained_on(tmp_path):
+    from teacher.data.dataset import frozen_member, load_frozen
+
+    generic = bundled_cases("dev_scenes.jsonl")
+    first = build_dataset(generic, tmp_path, INSTR, 0.25, 0)
+    site = [
+        LabeledCase(
+            f"r{i}",
+            f"Camera {i} at the pool sees lane {i} and swimmer {i * 3}.",
+            i % 2 == 0,
+            (),
+            None,
+            "teacher",
+            "edge-pool",
+        )  # fmt: skip
+        for i in range(40)
+    ]
+    second = build_dataset(generic + site, tmp_path, INSTR, 0.25, 0)
+    joined = {e.id for e in second.eval if e.site}
+    expected = {c.id for c in site if frozen_member(c.input, 0.25, 0)}
+    assert joined == expected and 4 <= len(joined) <= 18  # about a quarter of 40
+    assert not joined & {e.id for e in second.train}
+    assert second.stats["frozen_joined"] == len(joined)
+    assert second.stats["eval_sites"] == {"edge-pool": len(joined)}
+    assert {e.id for e in second.eval} == {e.id for e in first.eval} | joined
+    # a case trained on in one round never joins later; joined ones stay frozen
+    third = build_dataset(generic + site, tmp_path, INSTR, 0.25, 0)
+    assert {e.id for e in third.eval} == {e.id for e in second.eval}
+    assert third.stats["frozen_joined"] == 0
+    ids, seen = load_frozen(tmp_path)
+    assert len(seen) == len(generic) + len(site) and set(ids) >= joined
+
+
+def test_a_split_frozen_before_sites_joined_lets_only_later_reviews_in(tmp_path):
+    generic = bundled_cases("dev_scenes.jsonl")
+    first = build_dataset(generic, tmp_path, INSTR, 0.25, 0)
+    old = [e.id for e in first.eval]
+    frozen_path(tmp_path).write_text(json.dumps({"ids": old}))  # as older releases wrote it
+    early = [LabeledCase(f"e{i}", f"Early review {i} of bay {i * 5} at the dock.", True, (),
+                         None, "teacher", "edge-a") for i in range(30)]  # fmt: skip
+    second = build_dataset(generic + early, tmp_path, INSTR, 0.25, 0)
+    assert sorted(e.id for e in second.eval) == sorted(old)  # they may have been trained on
+    late = [LabeledCase(f"l{i}", f"Late review {i} of gate {i * 11} at the yard.", True, (),
+                        None, "teacher", "edge-a") for i in range(30)]  # fmt: skip
+    third = build_dataset(generic + early + late, tmp_path, INSTR, 0.25, 0)
+    assert {e.id for e in third.eval if e.site} and all(
+        i.startswith("l") for i in (e.id for e in third.eval if e.site)
+    )

@@ -288,16 +288,24 @@ def test_gate_rules_are_named():
     assert gate.compare(rep(2, 30, 30.0, 0.95), active, 0.95).passed  # more accurate
     # 30/32 is no evidence that recall is under 0.95 (upper 90% bound 0.983) ...
     assert gate.compare(rep(2, 30, 20.0, 0.9), active, 0.95).passed
-    # ... 26/32 is (bound 0.898), and it also misses more than what the edges run now
+    # ... 26/32 is (bound 0.898); 4 more misses than the edges run now are not yet
+    # beyond noise (exact McNemar p 0.0625), 25/32 are (p 0.031)
     refused = gate.compare(rep(2, 26, 10.0, 0.99), active, 0.95)
-    assert len(refused.reasons) == 2
-    assert refused.reasons[0].startswith(
+    assert refused.reasons == [
         "system safety recall 0.812 (26/32) is below the target 0.95 beyond doubt "
-        "(upper 90% bound 0.898); missed: h0, h1"
-    )
+        "(upper 90% bound 0.898); missed: h0, h1, h2, h3, h4"
+    ]
+    refused = gate.compare(rep(2, 25, 10.0, 0.99), active, 0.95)
+    assert len(refused.reasons) == 2
     assert refused.reasons[1].startswith("system safety recall fell against the active release")
-    # one more miss than the active release is refused even where the bound allows it
-    assert not gate.compare(rep(2, 29, 10.0, 0.99), active, 0.95).passed
+    # one more miss than the active release is noise (exact McNemar p 0.5) ...
+    assert gate.compare(rep(2, 29, 10.0, 0.99), active, 0.95).passed
+    # ... five more with none gained are not, even where the bound allows it (195/200)
+    worse = gate.compare(rep(2, 195, 10.0, 0.99, 200), rep(1, 200, 30.0, 0.9, 200), 0.95)
+    assert worse.reasons == [
+        "system safety recall fell against the active release v1 beyond noise: 5 hazard(s) "
+        "it missed that v1 caught, 0 the other way (exact McNemar p 0.031 < 0.05)"
+    ]
     no_gain = gate.compare(rep(2, 30, 30.0, 0.9), active, 0.95)
     assert no_gain.reasons == [
         "no gain over the active release: teacher calls per 100 30.0 -> 30.0, "

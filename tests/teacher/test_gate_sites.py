@@ -1,0 +1,72 @@
+"""The gate judges a site's share and the generic hazards apart, by a paired exact test."""
+
+from shared.answer import Answer
+from shared.policy import Decision
+from teacher.release import gate
+from teacher.release.harness import CaseResult, HarnessReport
+
+
+def report(release, cases):
+    """A harness report of (id, hazard?, caught?, escalated?) cases."""
+    results = [
+        CaseResult(i, label, Answer("", None, None, True, ""),
+                   Decision(escalate=esc, reasons=(), alert=caught and not esc), 1, 0.1)
+        for i, label, caught, esc in cases
+    ]  # fmt: skip
+    hazards = [c for c in cases if c[1]]
+    missed = [c[0] for c in hazards if not c[2]]
+    calls = 100.0 * sum(c[3] for c in cases) / len(cases)
+    recall = 1 - len(missed) / len(hazards)
+    return HarnessReport(release, len(cases), 1.0, 0.9, 1.0, 1.0, 0.5, 1.0, 1.0, recall, calls,
+                         0.0, 0.0, 0.0, 0.1, 0.2, hazards=len(hazards), missed=missed,
+                         cases=results)  # fmt: skip
+
+
+def generic_and_site(site_missed: int, site_calls: int, generic_missed: int = 0):
+    generic = [(f"g{i}", True, i >= generic_missed, False) for i in range(33)]
+    generic += [(f"gs{i}", False, False, True) for i in range(10)]
+    site = [(f"s{i}", True, i >= site_missed, True) for i in range(6)]
+    site += [(f"ss{i}", False, False, i < site_calls) for i in range(14)]
+    return generic + site
+
+
+SITES = {f"{p}{i}": "site pool" for p in ("s", "ss") for i in range(14)}
+
+
+def test_two_more_generic_misses_are_noise_when_the_site_gains():
+    active = report(1, generic_and_site(0, 14))
+    candidate = report(2, generic_and_site(0, 2, generic_missed=2))  # 0.970 -> 0.909 style
+    verdict = gate.compare(candidate, active, 0.95, sites=SITES)
+    assert verdict.passed, verdict.reasons
+    assert (
+        verdict.groups["generic"]["p"] == 0.25 and "calls on site pool" in verdict.groups["gains"]
+    )
+
+
+def test_a_release_that_loses_the_sites_hazards_is_refused_on_that_rule():
+    active = report(1, generic_and_site(0, 14))
+    candidate = report(2, generic_and_site(4, 0))  # 2 of 6 pool hazards caught
+    verdict = gate.compare(candidate, active, 0.95, sites=SITES)
+    assert not verdict.passed
+    assert verdict.reasons == [
+        "system safety recall on the site pool hazards 0.333 (2/6) is below the target 0.95 "
+        "beyond doubt (upper 90% bound 0.667); missed: s0, s1, s2, s3"
+    ]
+
+
+def test_the_generic_floor_holds_whatever_the_site_gains():
+    active = report(1, generic_and_site(0, 14))
+    candidate = report(2, generic_and_site(0, 0, generic_missed=8))
+    verdict = gate.compare(candidate, active, 0.95, sites=SITES)
+    assert [r.split(" 0.")[0] for r in verdict.reasons] == [
+        "system safety recall on the generic hazards",
+        "system safety recall on the generic hazards fell against the active release v1 beyond "
+        "noise: 8 hazard(s) it missed that v1 caught, 0 the other way (exact McNemar p",
+    ]
+
+
+def test_mcnemar_is_the_exact_binomial_tail():
+    assert gate.mcnemar_worse(0, 3) == 1.0
+    assert gate.mcnemar_worse(1, 0) == 0.5
+    assert gate.mcnemar_worse(5, 0) == 1 / 32
+    assert abs(gate.mcnemar_worse(6, 2) - 37 / 256) < 1e-12
