@@ -70,6 +70,7 @@ def build_escalation(
         "release_version": release.version,
         "p_unsafe": p_unsafe,
         "alert": decision.alert,
+        "audit_p": decision.audit_p,
         "has_frame": has_frame,
     }
     try:

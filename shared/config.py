@@ -194,7 +194,11 @@ class PolicyConfig(Strict):
         description="Phrases whose keyword does not count (e.g. 'fire extinguisher').",
     )
     audit_every: int = Field(
-        25, ge=0, le=1_000_000, description="Escalate every Nth processed input (0 = never)."
+        25,
+        ge=0,
+        le=1_000_000,
+        description="Audit about one in N inputs the head passes, more often near its band "
+        "(no head: every Nth input; 0 = never).",
     )
     escalate_format_errors: bool = Field(
         True, description="Escalate answers that break the output format."

@@ -56,6 +56,9 @@ class Escalation(Message):
     release_version: int = Field(0, ge=0, description="The release that answered.")
     p_unsafe: float | None = Field(None, ge=0, le=1, description="The safety head's p(unsafe).")
     alert: bool = Field(False, description="The student alerted locally too.")
+    audit_p: float | None = Field(
+        None, gt=0, le=1, description="An audit's inclusion probability (its weight is 1/p)."
+    )
     has_frame: bool = Field(False, description="A JPEG frame travels as payload 0.")
 
 

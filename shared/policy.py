@@ -26,7 +26,14 @@ apply. Reasons, checked in this order:
 - ``format_error``     the answer broke the three-line format
 - ``low_confidence``   (no head) the stated confidence is under the threshold
 - ``low_prob_confidence`` (no head) the probability-based confidence is under it
-- ``audit``            every ``audit_every``-th processed input
+- ``audit``            with a head: an input it would pass, drawn with probability
+                       ``audit_probability`` (about ``audit_every`` times as often near
+                       the band as the nominal rate 1/``audit_every``, a quarter of it far
+                       below), so audits look where the head is least sure; the draw is a
+                       hash of the input and its count, and the probability travels with
+                       the case (``Decision.audit_p``) so that recall estimated from audits
+                       stays unbiased (``shared.scoring.audit_estimate``). Without a head:
+                       every ``audit_every``-th processed input.
 
 Then two limits may suppress an escalation (``Decision.suppressed``): ``cooldown``
 (the same scene key escalated within ``cooldown_s``, so one persistent scene is not
@@ -42,6 +49,7 @@ This module knows nothing about models, sources, sockets or files.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -71,6 +79,10 @@ REASONS = (
 )
 BUDGET_WINDOW_S = 60.0
 MIN_CALIBRATION = 10
+# A passed input's audit probability, in units of the nominal rate 1/audit_every: from
+# AUDIT_FLOOR far below the band up to AUDIT_PEAK at its lower edge. The floor bounds the
+# inverse-probability weights (at most 4 x audit_every), so no passed input is unseen.
+AUDIT_FLOOR, AUDIT_PEAK = 0.25, 4.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class Decision:
     threshold: float = 0.0  # the confidence threshold that was applied
     alert: bool = False  # the student alerts locally (the head above upper, or SAFETY: yes)
     p_unsafe: float | None = None
+    audit_p: float | None = None  # an audit's inclusion probability (None: not audited)
 
     @property
     def safety_keyword(self) -> bool:
@@ -114,6 +127,7 @@ class Decision:
             "keywords": list(self.keywords),
             "threshold": round(self.threshold, 4),
             "alert": self.alert,
+            **({"audit_p": round(self.audit_p, 6)} if self.audit_p is not None else {}),
         }
 
 
@@ -138,6 +152,22 @@ def find_keywords(text: str, keywords: tuple[str, ...], exceptions: tuple[str, .
         text = blank.sub(" ", text)
     found = {" ".join(m.group(1).lower().split()) for m in pattern.finditer(text)}
     return sorted(found)
+
+
+def audit_probability(p_unsafe: float, lower: float, audit_every: int) -> float:
+    """The chance that an input the head passes (``p_unsafe < lower``) is audited: linear in
+    ``p_unsafe / lower`` from ``AUDIT_FLOOR`` to ``AUDIT_PEAK`` times 1/``audit_every``."""
+    if not audit_every:
+        return 0.0
+    x = min(max(p_unsafe / lower, 0.0), 1.0) if lower > 0 else 1.0
+    return min(1.0, (AUDIT_FLOOR + (AUDIT_PEAK - AUDIT_FLOOR) * x) / audit_every)
+
+
+def audit_draw(processed: int, text: str) -> float:
+    """A uniform number in [0, 1) from the input and its count: reproducible, so two
+    releases scored on the same cases draw alike, and unrelated to the label."""
+    digest = hashlib.sha256(f"audit:{processed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def text_scene_key(text: str) -> str:
@@ -192,13 +222,21 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
                 reasons.append(LOW_CONFIDENCE)
             if answer.prob_confidence is not None and answer.prob_confidence < threshold:
                 reasons.append(LOW_PROB_CONFIDENCE)
-    if config.audit_every and context.processed % config.audit_every == 0:
+    audit_p = None
+    if head and not reasons and not alert and config.audit_every:
+        chance = audit_probability(answer.p_unsafe, calibration.lower, config.audit_every)
+        if audit_draw(context.processed, context.input_text) < chance:
+            reasons.append(AUDIT)
+            audit_p = chance
+    elif not head and config.audit_every and context.processed % config.audit_every == 0:
         reasons.append(AUDIT)
+        audit_p = 1.0 / config.audit_every  # systematic: one in every audit_every
     done = {
         "keywords": tuple(matched),
         "threshold": threshold,
         "alert": alert,
         "p_unsafe": answer.p_unsafe,
+        "audit_p": audit_p,
     }
     if not reasons:
         return Decision(False, (), None, **done)

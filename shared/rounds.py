@@ -13,10 +13,32 @@ It knows nothing about events, stores or models: callers turn those into Outcome
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from shared.scoring import Outcome, score
+from shared.scoring import Outcome, audit_estimate, score
+
+# What a teacher call was for, first match wins: the head's band, a safety keyword, a
+# broken format, an audit, anything else (no head: low confidence; a judge error).
+CALL_REASONS = (
+    ("band", "uncertain_safety"),
+    ("keyword", "safety_keyword"),
+    ("format", "format_error"),
+    ("audit", "audit"),
+)
+
+
+def calls_by_reason(outcomes: Sequence[Outcome]) -> dict[str, float]:
+    """Teacher calls per 100 inputs, split by what each call was for (``CALL_REASONS``)."""
+    counts: Counter = Counter()
+    for o in outcomes:
+        if o.escalated:
+            names = [name for name, reason in CALL_REASONS if reason in o.reasons]
+            counts[names[0] if names else "other"] += 1
+    n = len(outcomes)
+    names = [name for name, _ in CALL_REASONS] + ["other"]
+    return {k: round(100 * counts[k] / n, 2) if n else 0.0 for k in names}
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,11 @@ class RoundRow:
     # measured here. The loop's effect is teacher_calls_per_100 / start_calls_per_100.
     start_calls_per_100: float | None = None
     start_recall: float | None = None
+    calls_by_reason: dict = field(default_factory=dict)  # per 100 inputs: band, keyword, ...
+    # system recall estimated from the audits alone (shared.scoring.audit_estimate)
+    audit_recall: float | None = None
+    audit_low: float | None = None
+    audit_high: float | None = None
 
     def to_json(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -50,6 +77,7 @@ def round_row(
     same inputs' outcomes under the starting release when ``start`` is given."""
     r = score(outcomes)
     s = score(start) if start else None
+    est = audit_estimate(outcomes)
     return RoundRow(
         label=label,
         inputs=r.inputs,
@@ -66,6 +94,10 @@ def round_row(
         missed=len(r.missed),
         start_calls_per_100=s.teacher_calls_per_100 if s else None,
         start_recall=s.system_recall if s else None,
+        calls_by_reason=calls_by_reason(outcomes),
+        audit_recall=est.recall,
+        audit_low=est.low,
+        audit_high=est.high,
     )
 
 
@@ -85,12 +117,29 @@ COLUMNS = (
 )
 
 
+def _reasons(row: RoundRow) -> str:
+    c = row.calls_by_reason
+    return " ".join(f"{k[0]}{v:.0f}" for k, v in c.items() if v) or "-" if c else "-"
+
+
+def _audit(row: RoundRow) -> str:
+    if row.audit_recall is None:
+        return "-"
+    return f"{row.audit_recall:.2f} [{row.audit_low:.2f}-{row.audit_high:.2f}]"
+
+
+EXTRA = (("calls by reason", _reasons), ("audit est. recall", _audit))
+
+
 def table(rows: Sequence[RoundRow]) -> str:
-    lines = [[title for _, title, _ in COLUMNS]]
+    """The rows as text; "calls by reason" reads b(and) k(eyword) f(ormat) a(udit) o(ther)
+    per 100 inputs, "audit est. recall" is the audits' estimate [its 95% interval]."""
+    lines = [[title for _, title, _ in COLUMNS] + [title for title, _ in EXTRA]]
     for row in rows:
         doc = asdict(row)
-        lines.append(["-" if doc[k] is None else fmt.format(doc[k]) for k, _, fmt in COLUMNS])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+        cells = ["-" if doc[k] is None else fmt.format(doc[k]) for k, _, fmt in COLUMNS]
+        lines.append(cells + [show(row) for _, show in EXTRA])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w)

@@ -16,14 +16,22 @@ from here, so a "teacher call per 100" or a "false alert per 100" means one thin
 - system recall: of the known hazards, the share alerted or escalated (None: none known);
 - student accuracy, recall, specificity: the student's own verdict against the truth.
 
+``audit_estimate`` estimates, from the audits alone, how many hazards a release let pass
+(the Horvitz-Thompson estimator under Poisson sampling: each audited input counts
+1/``audit_p`` times, see ``shared.policy.audit_probability``) and so its system recall,
+with an interval; the demo checks it against the truth it knows.
+
 It knows nothing about events, stores, models or releases.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+AUDIT = "audit"  # the policy's reason for a sampled input (shared.policy.AUDIT)
 
 
 def student_verdict(p_unsafe: float | None, safety: bool | None) -> bool | None:
@@ -42,11 +50,18 @@ class Outcome:
     latency_s: float
     release: int
     id: str = ""
+    reasons: tuple[str, ...] = ()  # why it was escalated (or would have been)
+    audit_p: float | None = None  # an audit's inclusion probability (None: not audited)
 
     @property
     def caught(self) -> bool:
         """The system caught it: the student alerted, or the teacher was called."""
         return self.alert or self.escalated
+
+    @property
+    def audited(self) -> bool:
+        """Escalated only because the audit drew it: the release itself let it pass."""
+        return self.escalated and not self.alert and tuple(self.reasons) == (AUDIT,)
 
 
 @dataclass(frozen=True)
@@ -109,4 +124,50 @@ def score(outcomes: Sequence[Outcome]) -> Rates:
         p50_s=quantile(latencies, 0.5),
         p95_s=quantile(latencies, 0.95),
         release=releases.most_common(1)[0][0] if releases else 0,
+    )
+
+
+@dataclass(frozen=True)
+class AuditEstimate:
+    passed: int  # inputs the release let pass (the audited among them)
+    audited: int
+    found: int  # hazards the audits found
+    caught: int  # known hazards the release alerted or escalated (not by audit)
+    missed: float  # estimated hazards among the passed inputs
+    recall: float | None  # caught / (caught + missed); None: nothing to estimate from
+    low: float | None  # the interval's ends (see ``audit_estimate``)
+    high: float | None
+
+
+def audit_estimate(outcomes: Sequence[Outcome], z: float = 1.96) -> AuditEstimate:
+    """A release's system recall estimated from its audits, as a deployment can.
+
+    Hazards among the passed inputs: the Horvitz-Thompson sum of 1/``audit_p`` over the
+    audited hazards, its variance sum((1 - p)/p^2). The interval is that estimate +-
+    ``z`` standard errors, mapped through caught/(caught + missed); where the audits found
+    no hazard it is the rule of three instead (at most 3 hazards in the sample, spread
+    like the sample: 3 x passed / audited). Caught hazards are the reviewed ones among
+    the non-audit escalations and the alerts known to be hazards (an alert whose truth
+    is unknown counts as one: a person was told).
+    """
+    passed = [o for o in outcomes if not o.alert and (not o.escalated or o.audited)]
+    audits = [o for o in passed if o.audited and o.audit_p and o.truth is not None]
+    found = [o for o in audits if o.truth]
+    caught = sum(
+        1
+        for o in outcomes
+        if o.caught and not o.audited and (o.truth or (o.truth is None and o.alert))
+    )
+    missed = sum(1 / o.audit_p for o in found)
+    if not audits or caught + missed == 0:
+        return AuditEstimate(len(passed), len(audits), len(found), caught, missed, None, None, None)
+    recall = caught / (caught + missed)
+    if found:
+        se = math.sqrt(sum((1 - o.audit_p) / o.audit_p**2 for o in found))
+        low_m, high_m = max(missed - z * se, 0.0), missed + z * se
+    else:
+        low_m, high_m = 0.0, 3.0 * len(passed) / len(audits)
+    share = lambda m: caught / (caught + m) if caught + m else 1.0  # noqa: E731
+    return AuditEstimate(
+        len(passed), len(audits), len(found), caught, missed, recall, share(high_m), share(low_m)
     )

@@ -71,12 +71,12 @@ class EdgeRecords:
         with self._lock:
             rows = self._db.execute(
                 "SELECT c.case_id, c.edge_id, c.release_version, c.reasons, c.alert, c.p_unsafe,"
-                " c.safety, c.answer, r.safety, k.safety FROM cases c"
+                " c.safety, c.answer, r.safety, k.safety, c.audit_p FROM cases c"
                 " LEFT JOIN reviews r ON r.case_id=c.case_id"
                 " LEFT JOIN corrections k ON k.case_id=c.case_id ORDER BY c.received_at"
             ).fetchall()
         out = []
-        for cid, edge, release, reasons, alert, p, said, answer, reviewed, corrected in rows:
+        for cid, edge, release, reasons, alert, p, said, answer, reviewed, corrected, ap in rows:
             truth = corrected if corrected is not None else reviewed
             out.append(
                 {
@@ -89,6 +89,7 @@ class EdgeRecords:
                     "safety": None if said is None else bool(said),
                     "answer": answer,
                     "truth": None if truth is None else bool(truth),
+                    "audit_p": ap,
                 }
             )
         return out

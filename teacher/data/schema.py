@@ -62,4 +62,5 @@ ADDED_COLUMNS = (
     ("release_version", "INTEGER NOT NULL DEFAULT 0"),
     ("p_unsafe", "REAL"),
     ("alert", "INTEGER NOT NULL DEFAULT 0"),
+    ("audit_p", "REAL"),
 )

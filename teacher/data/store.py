@@ -95,8 +95,8 @@ class CaseStore(EdgeRecords):
                         "INSERT OR IGNORE INTO cases (case_id, edge_id, created_at, received_at,"
                         " source, kind, input, answer, safety, confidence, reasons,"
                         " safety_keyword, skill_version, adapter_version, frame,"
-                        " release_version, p_unsafe, alert)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " release_version, p_unsafe, alert, audit_p)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             esc.case_id,
                             esc.edge_id,
@@ -116,6 +116,7 @@ class CaseStore(EdgeRecords):
                             esc.release_version,
                             esc.p_unsafe,
                             int(esc.alert),
+                            esc.audit_p,
                         ),
                     )
                     result.append(cur.rowcount == 1)

@@ -69,6 +69,8 @@ class CaseResult:
             self.latency_s,
             release,
             self.id,
+            self.decision.reasons if self.decision.escalate else (),
+            self.decision.audit_p,
         )
 
     def to_json(self) -> dict:

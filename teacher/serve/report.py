@@ -6,12 +6,13 @@ The same table as ``gemma-edge demo``, from what the teacher knows:
 
 - inputs per release and edge: the counts every edge reports in its heartbeats;
 - teacher calls per 100 inputs: the escalations stored for that release and edge;
-- system safety recall, student accuracy, format and false alerts: estimated on the
-  AUDIT sample (every ``policy.audit_every``-th input is escalated whatever the student
-  said), the one uniform sample of traffic the teacher sees. Truth is the review, a
-  person's correction first. A hazard counts as caught when the student alerted or a
-  reason other than the audit escalated it. Reviewed cases outside the audit sample are
-  not used for these rates: they are the doubtful ones, not the traffic.
+- system safety recall: estimated from the AUDITS (``shared.scoring.audit_estimate``:
+  each audited input the release passed counts 1/``audit_p`` times, Horvitz-Thompson)
+  with its 95% interval. Caught hazards are the reviewed hazards among the other
+  escalations; alerts the edge did not escalate are not seen here, so it is a lower
+  bound where edges alert on their own. Truth is the review, a person's correction first;
+- student accuracy, format and false alerts: on the audited inputs (a sample weighted
+  towards the head's band, not a uniform one);
 - latency is the edges' own (their events and metrics); the teacher does not see it;
 - every edge whose latest heartbeat says its release's safety head is not live (it runs
   the release on confidence rules, not the certified thresholds) is named first.
@@ -29,11 +30,9 @@ from pathlib import Path
 
 from shared.answer import parse_answer
 from shared.errors import StoreError
-from shared.rounds import RoundRow, plot, round_row, table
-from shared.scoring import Outcome, student_verdict
+from shared.rounds import RoundRow, calls_by_reason, plot, round_row, table
+from shared.scoring import Outcome, audit_estimate, student_verdict
 from shared.teacher_config import load_teacher_config
-
-AUDIT = "audit"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,16 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def outcome(case: dict) -> Outcome:
-    other = [r for r in case["reasons"] if r != AUDIT]
-
+    """A stored escalation as the system saw it (every one is a teacher call)."""
     return Outcome(
         truth=case["truth"],
         alert=case["alert"],
-        escalated=bool(other),
+        escalated=True,
         verdict=student_verdict(case["p_unsafe"], case["safety"]),
         format_ok=parse_answer(case["answer"]).format_ok,
         latency_s=0.0,
         release=case["release"],
+        reasons=tuple(case["reasons"]),
+        audit_p=case.get("audit_p"),
     )
 
 
@@ -70,9 +70,11 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
     rows = []
     for release, edge in keys:
         group = groups.get((release, edge), [])
-        audits = [outcome(c) for c in group if AUDIT in c["reasons"]]
+        outcomes = [outcome(c) for c in group]
+        audits = [o for o in outcomes if o.audited]
         label = f"v{release}" + (f" {edge}" if edge else " (all edges)")
         row = round_row(label, audits)
+        est = audit_estimate(outcomes)
         n = inputs.get((release, edge), 0)
         calls = 100 * len(group) / n if n else None
         rows.append(
@@ -81,7 +83,7 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
                 inputs=n,
                 labelled=row.labelled,
                 teacher_calls_per_100=calls,
-                system_recall=row.system_recall,
+                system_recall=est.recall,
                 student_accuracy=row.student_accuracy,
                 format_ok=row.format_ok,
                 false_alerts_per_100=row.false_alerts_per_100,
@@ -89,7 +91,14 @@ def rows_for(cases: list[dict], counts: dict[tuple[str, int], int]) -> list[Roun
                 p95_s=None,
                 release=release,
                 hazards=row.hazards,
-                missed=row.missed,
+                missed=est.found,  # hazards the release passed, found by audits
+                calls_by_reason={
+                    k: round(v * len(outcomes) / n, 2) if n else 0.0
+                    for k, v in calls_by_reason(outcomes).items()
+                },
+                audit_recall=est.recall,
+                audit_low=est.low,
+                audit_high=est.high,
             )
         )
     return rows

@@ -315,3 +315,34 @@ def test_the_stateful_policy_passes_the_release_calibration():
     policy = EscalationPolicy(PolicyConfig(audit_every=0))
     assert policy.decide(headed(0.5), "a", "a", 1.0, CAL).reasons == (UNCERTAIN_SAFETY,)
     assert policy.decide(headed(0.5), "b", "b", 2.0, None).reasons == ()  # no thresholds: no head
+
+
+# --------------------------------------------------------------- audits where the head is blind
+def test_a_head_audits_what_it_passes_more_often_near_its_band():
+    from shared.policy import audit_probability
+
+    assert audit_probability(0.0, 0.2, 25) == 0.25 / 25  # the floor far below the band
+    assert audit_probability(0.2, 0.2, 25) == 4 / 25  # the peak at its edge
+    assert audit_probability(0.1, 0.2, 25) == pytest.approx(2.125 / 25)
+    assert audit_probability(0.1, 0.2, 0) == 0.0
+    config = CFG.model_copy(update={"audit_every": 25})
+    near, far = [], []
+    for i in range(4000):
+        for p, drawn in ((0.19, near), (0.001, far)):
+            d = decide(headed(p), ctx(f"scene {i}", processed=i + 1, calibration=CAL), config)
+            if AUDIT in d.reasons:
+                assert d.escalate and d.reasons == (AUDIT,) and d.audit_p is not None
+                assert d.to_json()["audit_p"] == round(d.audit_p, 6)
+                drawn.append(d.audit_p)
+    assert 0.12 < len(near) / 4000 < 0.19 and 0.005 < len(far) / 4000 < 0.02
+    # an input the head escalates or alerts is never an audit: it is a call already
+    for p in (0.5, 0.9):
+        d = decide(headed(p), ctx(processed=25, calibration=CAL), config)
+        assert AUDIT not in d.reasons and d.audit_p is None
+
+
+def test_the_same_input_and_count_draw_the_same_audit():
+    from shared.policy import audit_draw
+
+    assert audit_draw(7, "a pool") == audit_draw(7, "a pool") != audit_draw(8, "a pool")
+    assert 0 <= audit_draw(1, "x") < 1

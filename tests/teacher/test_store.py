@@ -77,10 +77,11 @@ def test_report_rows_per_release_and_edge_from_counts_audits_and_reviews(tmp_pat
 
     store = CaseStore(tmp_path / "store.sqlite")
 
-    def case(release, reasons, alert=False, p=0.1, edge="e1"):
+    def case(release, reasons, alert=False, p=0.1, edge="e1", audit_p=None):
         esc = Escalation(case_id=uuid.uuid4().hex, edge_id=edge, created_at=1.0, source="s",
                          input="x", answer="Answer: x.\nSAFETY: no\nCONFIDENCE: 0.9",
-                         reasons=reasons, release_version=release, p_unsafe=p, alert=alert)  # fmt: skip
+                         reasons=reasons, release_version=release, p_unsafe=p, alert=alert,
+                         audit_p=audit_p)  # fmt: skip
         store.add_case(esc)
         return esc.case_id
 
@@ -88,8 +89,9 @@ def test_report_rows_per_release_and_edge_from_counts_audits_and_reviews(tmp_pat
         store.add_review(Review(case_id=case_id, answer="Answer: x.", safety=unsafe, reviewer="t"))
 
     review(case(0, ["uncertain_safety"]), True)
-    review(case(0, ["audit"], p=0.01), True)  # a hazard the system let pass: only the audit saw it
-    review(case(0, ["audit"], p=0.02), False)
+    # a hazard the release let pass: only the audit saw it, and it stands for 1/0.04 = 25
+    review(case(0, ["audit"], p=0.01, audit_p=0.04), True)
+    review(case(0, ["audit"], p=0.02, audit_p=0.05), False)
     review(case(1, ["audit", "uncertain_safety"], p=0.4), True)  # caught (not only audited)
     review(case(1, ["audit"], alert=True, p=0.9), True)  # caught: the student alerted
     store.record_counts("e1", 100.0, {"0": 50, "1": 40})
@@ -100,6 +102,9 @@ def test_report_rows_per_release_and_edge_from_counts_audits_and_reviews(tmp_pat
     v0, v1 = rows["v0 (all edges)"], rows["v1 (all edges)"]
     assert (v0.inputs, v1.inputs) == (50, 50)
     assert v0.teacher_calls_per_100 == 6.0 and v1.teacher_calls_per_100 == 4.0
-    assert v0.system_recall == 0.0 and v0.hazards == 1 and v0.missed == 1
-    assert v1.system_recall == 1.0 and v1.labelled == 2
+    assert v0.system_recall == 1 / 26 and v0.hazards == 1 and v0.missed == 1
+    assert v0.calls_by_reason == {"band": 2.0, "keyword": 0.0, "format": 0.0, "audit": 4.0,
+                                  "other": 0.0}  # fmt: skip
+    assert v0.audit_low < v0.system_recall < v0.audit_high
+    assert v1.system_recall is None and v1.labelled == 0  # no audit of a passed input
     store.close()
