@@ -79,6 +79,11 @@ class Calibration(BaseModel):
         description="The safety-keyword rule is part of the certified policy (a keyword "
         "escalates what the head does not alert on); False: the head alone was certified.",
     )
+    keyword_memory: dict[str, list[tuple[tuple[str, ...], bool]]] = Field(
+        default_factory=dict,
+        description="Reviewed keyword cases (content-word hashes, unsafe) that clear a "
+        "keyword case near safe reviews (shared.keyword_memory); empty: the rule as is.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Calibration:

@@ -21,7 +21,9 @@ apply. Reasons, checked in this order:
                        are blanked out first, so "fire extinguisher" alone does not count
                        but "fire next to the fire extinguisher" does); with a head, only
                        when the head does not alert already, and only if the release's
-                       calibration kept the rule (``Calibration.keywords``)
+                       calibration kept the rule (``Calibration.keywords``), and not
+                       where the release's reviewed cases of that keyword near it were
+                       all safe (``shared.keyword_memory``, ``Decision.keyword_cleared``)
 - ``uncertain_safety`` the head's p_unsafe is in the calibrated band
 - ``format_error``     the answer broke the three-line format
 - ``low_confidence``   (no head) the stated confidence is under the threshold
@@ -59,6 +61,7 @@ from functools import lru_cache
 from shared.answer import Answer
 from shared.calibration import Calibration
 from shared.config import PolicyConfig
+from shared.keyword_memory import cleared
 from shared.scoring import quantile
 
 SAFETY_KEYWORD = "safety_keyword"
@@ -107,6 +110,7 @@ class Decision:
     alert: bool = False  # the student alerts locally (the head above upper, or SAFETY: yes)
     p_unsafe: float | None = None
     audit_p: float | None = None  # an audit's inclusion probability (None: not audited)
+    keyword_cleared: bool = False  # its keywords matched, near reviewed safe cases only
 
     @property
     def safety_keyword(self) -> bool:
@@ -128,6 +132,7 @@ class Decision:
             "threshold": round(self.threshold, 4),
             "alert": self.alert,
             **({"audit_p": round(self.audit_p, 6)} if self.audit_p is not None else {}),
+            **({"keyword_cleared": True} if self.keyword_cleared else {}),
         }
 
 
@@ -195,11 +200,16 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
     head = calibration is not None and answer.p_unsafe is not None
     threshold = 0.0
     reasons: list[str] = []
+    keyword_cleared = False
     if head:
         zone = calibration.zone(answer.p_unsafe)
         alert = zone == "alert"
         if matched and not alert and calibration.keywords:
-            reasons.append(SAFETY_KEYWORD)
+            memory = calibration.keyword_memory
+            if memory and cleared(memory, context.input_text, matched, keywords):
+                keyword_cleared = True  # near reviewed safe cases of every keyword
+            else:
+                reasons.append(SAFETY_KEYWORD)
         if zone == "uncertain":
             reasons.append(UNCERTAIN_SAFETY)
         if not answer.format_ok and config.escalate_format_errors:
@@ -237,6 +247,7 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
         "alert": alert,
         "p_unsafe": answer.p_unsafe,
         "audit_p": audit_p,
+        "keyword_cleared": keyword_cleared,
     }
     if not reasons:
         return Decision(False, (), None, **done)

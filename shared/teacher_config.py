@@ -212,6 +212,12 @@ class ReleaseConfig(Strict):
         "a weapon, may be absent from the calibration cases); certify: keep it only where "
         "it saves teacher calls at the certified recall on the calibration split.",
     )
+    keyword_memory: bool = Field(
+        True,
+        description="A release remembers its reviewed keyword cases, so a keyword case near "
+        "reviewed safe ones only (and no hazard) is not escalated (shared.keyword_memory); "
+        "calibration counts those as passed. False: every keyword case escalates.",
+    )
     prior_l2: float = Field(
         0.0,
         ge=0,

@@ -48,6 +48,7 @@ from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase
 from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head, verdict_logodds
+from shared.keyword_memory import cleared_leave_one_out, remember
 from shared.policy import find_keywords
 from shared.release import ADAPTER_FILES, Release
 from shared.skill import Skill
@@ -284,6 +285,15 @@ def fit_and_calibrate(
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
     hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in cal_cases]
+    memory = {}
+    if cfg.release.keyword_memory:
+        pool = list({c.id: c for c in [*splits.fit, *splits.calibration]}.values())
+        reviewed = [(c.input, c.safety, find_keywords(c.input, keywords, exceptions)) for c in pool]
+        memory = remember(reviewed, keywords)
+        loo = dict(
+            zip((c.id for c in pool), cleared_leave_one_out(reviewed, keywords), strict=True)
+        )
+        hits = [hit and not loo.get(c.id, False) for hit, c in zip(hits, cal_cases, strict=True)]
     goal = {
         "recall_target": policy.recall_target,
         "delta": policy.recall_delta,
@@ -297,6 +307,8 @@ def fit_and_calibrate(
     if mode == "crossfit":
         method = f"{calibration.method}, on out-of-fold scores ({head.info['folds']}-fold crossfit)"
         calibration = calibration.model_copy(update={"method": method})
+    if memory and calibration.keywords:
+        calibration = calibration.model_copy(update={"keyword_memory": memory})
     timing = {
         "features_s": round(t_features, 2),
         "fit_s": round(t_fit, 3),
