@@ -38,6 +38,7 @@ from edge.escalation import alert_here, build_escalation
 from edge.events import EventLog, SafetyHooks, answer_event, error_event, input_record
 from edge.gate import AUDIT, FrameGate
 from edge.metrics import EdgeMetrics
+from edge.settled import SettledSampler
 from edge.sketch import RecentSketches, SceneSketcher, to_jpeg
 from edge.sources import Item, Source
 from edge.summary import RunStats, summary_event, summary_text
@@ -95,6 +96,7 @@ class EdgeDaemon:
         # a text-only model answers the same sketch the same way: repeats are skipped
         self.recent = RecentSketches(0.0 if self.multimodal else config.gate.same_sketch_s)
         self._gated_since_answer = 0
+        self.settled = SettledSampler(config.link.settled_share, config.link.settled_per_minute)
         self.metrics.skill_version.set(self.student.skill.version)
 
     # ------------------------------------------------------------ link wiring
@@ -285,7 +287,19 @@ class EdgeDaemon:
                 alert_here(event)
         if self.link is not None:
             self.link.count_input(release.version)
+            self._settle(item, text, decision, release)
         self._emit(event, decision.safety_keyword or event["alert"])
+
+    def _settle(self, item, text: str, decision, release) -> None:
+        """A sampled share of what the edge settled itself goes to the teacher; whatever
+        fails here is logged and never touches the answer."""
+        try:
+            now, n = time.time(), self.policy.processed
+            msg = self.settled.pick(self.config.edge_id, now, n, text, item.kind, decision, release)
+            if msg is not None:
+                self.link.settle(msg)
+        except Exception:
+            logger.exception("a settled input was not queued for the teacher; going on")
 
     def _emit(self, event: dict, safety: bool) -> None:
         """Write the input's event; a safety event goes to the hooks too."""

@@ -17,8 +17,8 @@ no Ollama):
    seen by any release) go to the edge; the demo waits until every escalation is stored,
    reviewed and the review is back at the edge; then ``gemma-teacher train --head-only``
    (``--full``: ``upskill`` then ``train``) builds a release from the reviews and from the
-   inputs the edge settled by itself (``--traffic``: its event log, self-labelled), gated
-   against the active one; the server pushes it; the edge takes it without restarting
+   inputs the edge settled by itself (a sampled share it sent over the link, stored apart
+   and self-labelled), gated against the active one; the server pushes it; the edge takes it without restarting
    and the next round shows it in every event;
 5. a table per round (from the edge's own events, scored against the scenario's labels)
    and ``report.json`` + ``report.png`` in ``--out``.
@@ -303,11 +303,11 @@ class DemoRun:
         prior = []  # the teacher's own labelled scenes, besides what it reviewed here
         for name in ("scenes.jsonl", "dev_scenes.jsonl"):
             prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
-        traffic = ["--traffic", str(self.events)]  # what the edge settled by itself
+        # what the edge settled by itself reaches the teacher over the link (Settled)
         steps = (
-            [["upskill", *prior], ["train", *prior, *traffic]]
+            [["upskill", *prior], ["train", *prior]]
             if self.full
-            else [["train", "--head-only", *prior, *traffic]]
+            else [["train", "--head-only", *prior]]
         )
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:

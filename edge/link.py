@@ -46,6 +46,7 @@ from shared.messages import (
     PushResult,
     ReleasePush,
     Review,
+    Settled,
     decode,
     encode,
     error_code,
@@ -86,7 +87,7 @@ def _row_problem(item) -> str | None:
         return f"unreadable: {exc}"
     except Exception as exc:  # a row corrupted into another SQLite type
         return f"unreadable: {type(exc).__name__}: {exc}"
-    if not isinstance(msg, Escalation):
+    if not isinstance(msg, (Escalation, Settled)):
         return f"holds a {msg.type} message, not an escalation"
     if msg.case_id != item.case_id:
         return f"its document says case {msg.case_id}"
@@ -129,6 +130,7 @@ class LinkClient:
         self.boot = time.time()
         self.inputs: dict[str, int] = {}  # release -> inputs the daemon answered with it
         self.connected = False  # the teacher answered within timeout_s
+        self.takes_settled = True  # until a teacher says it does not know Settled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -162,6 +164,15 @@ class LinkClient:
             esc = esc.model_copy(update={"has_frame": frame is not None})
         self.outbox.put(esc, frame)
         self._wake()
+
+    def settle(self, msg: Settled) -> bool:
+        """Queue a settled input like a case (durable, never waits on the network); False
+        where the teacher said it does not take them."""
+        if not self.takes_settled or not self.config.teacher:
+            return False
+        self.outbox.put(msg)
+        self._wake()
+        return True
 
     def set_versions(
         self,
@@ -357,6 +368,14 @@ class LinkClient:
 
     def _on_error(self, msg: ErrorReply, inflight: dict[str, float]) -> None:
         logger.warning("teacher error %s: %s", msg.code, msg.detail)
+        if msg.code == "unknown_type" and "'settled'" in msg.detail and self.takes_settled:
+            self.takes_settled = False
+            n = self.outbox.drop_settled()
+            logger.warning(
+                "this teacher does not take settled inputs (it is older than gemma-edge 0.3.0): "
+                "%d queued one(s) dropped and no more sent; escalations go on as before",
+                n,
+            )
         if msg.case_id and msg.code in PERMANENT:
             self.outbox.bury(msg.case_id, f"{msg.code}: {msg.detail}")
             inflight.pop(msg.case_id, None)

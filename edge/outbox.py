@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import StoreError
-from shared.messages import Escalation
+from shared.messages import Escalation, Settled
+
+SETTLED = -1  # the ``safety`` column of a settled input: the first to go when full
 
 logger = logging.getLogger(__name__)
 
@@ -203,10 +205,16 @@ class Outbox:
         """Queue ``esc`` durably (committed before this returns); False if already queued."""
         return self.put_many([(esc, frame)]) == 1
 
-    def put_many(self, items: list[tuple[Escalation, bytes | None]]) -> int:
-        """Queue many cases in one transaction (one fsync); returns how many were new."""
+    def put_many(self, items: list[tuple[Escalation | Settled, bytes | None]]) -> int:
+        """Queue many cases in one transaction (one fsync); returns how many were new.
+        A ``Settled`` input queues like a case, and is dropped before any when full."""
         rows = [
-            (e.case_id, e.model_dump_json().encode(), f, int(bool(e.safety_keyword or e.safety)))
+            (
+                e.case_id,
+                e.model_dump_json().encode(),
+                f,
+                SETTLED if isinstance(e, Settled) else int(bool(e.safety_keyword or e.safety)),
+            )
             for e, f in items
         ]
         added = 0
@@ -232,7 +240,7 @@ class Outbox:
 
     def _drop_oldest_locked(self) -> None:
         row = self._db.execute(
-            "SELECT seq, case_id, safety FROM outbox WHERE safety=0 ORDER BY seq LIMIT 1"
+            "SELECT seq, case_id, safety FROM outbox WHERE safety<=0 ORDER BY safety, seq LIMIT 1"
         ).fetchone()
         if row is None:
             row = self._db.execute(
@@ -245,11 +253,18 @@ class Outbox:
         )
         self._count -= 1
         logger.warning(
-            "outbox full (%s cases): dropped the oldest %s case %s",
+            "outbox full (%s cases): dropped the oldest %s %s",
             self.max_cases,
-            "safety" if row[2] else "non-safety",
+            {SETTLED: "settled input", 0: "non-safety case"}.get(row[2], "safety case"),
             row[1],
         )
+
+    def drop_settled(self) -> int:
+        """Forget every queued settled input (a teacher that does not take them)."""
+        with self._lock:
+            n = self._db.execute("DELETE FROM outbox WHERE safety=?", (SETTLED,)).rowcount
+            self._count -= n
+        return n
 
     def remove(self, case_ids: list[str]) -> int:
         """Forget acknowledged cases in one transaction; returns how many were queued."""

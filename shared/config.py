@@ -289,6 +289,16 @@ class LinkConfig(Strict):
         100_000, ge=10, le=100_000_000, description="Most cases kept; oldest non-safety go first."
     )
     send_frames: bool = Field(True, description="Send the JPEG frame with frame escalations.")
+    settled_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of the inputs the edge settled itself (alerted, or passed below "
+        "the band) sent to the teacher, redacted, for self-training (0 = none).",
+    )
+    settled_per_minute: int = Field(
+        30, ge=0, le=100_000, description="Most settled inputs sent per minute."
+    )
     max_message_bytes: int = Field(
         8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from the teacher."
     )

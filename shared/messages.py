@@ -62,6 +62,21 @@ class Escalation(Message):
     has_frame: bool = Field(False, description="A JPEG frame travels as payload 0.")
 
 
+class Settled(Message):
+    """An input the edge settled by itself (alerted, or passed below the band): a sampled,
+    redacted, rate-bounded stream the teacher keeps apart from reviews, for self-training."""
+
+    type: Literal["settled"] = "settled"
+    case_id: CaseId
+    edge_id: EdgeId
+    created_at: float = Field(description="Unix time the edge saw the input.")
+    kind: Literal["text", "frame"] = "text"
+    input: str = Field(max_length=16_384, description="The text, or the frame's sketch, redacted.")
+    alert: bool = Field(description="The edge alerted (else it passed the input).")
+    p_unsafe: float = Field(ge=0, le=1, description="The safety head's p(unsafe).")
+    release_version: int = Field(0, ge=0, description="The release that answered.")
+
+
 class Ack(Message):
     """The teacher has the case on disk (``duplicate``: it already had it)."""
 
@@ -141,12 +156,13 @@ class ErrorReply(Message):
 
 
 AnyMessage = Annotated[
-    Escalation | Ack | Review | ReleasePush | PushResult | Heartbeat | ErrorReply,
+    Escalation | Settled | Ack | Review | ReleasePush | PushResult | Heartbeat | ErrorReply,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
 TYPES = {
     "escalation": Escalation,
+    "settled": Settled,
     "ack": Ack,
     "review": Review,
     "release_push": ReleasePush,

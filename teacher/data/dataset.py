@@ -3,7 +3,7 @@
     cases (store.labeled_cases(), labelled JSONL, synthetic) ──► redact ──► dedupe
         ──► frozen evaluation split (ids under <home>/train/frozen_eval.json) + training rest
 
-- Every input and answer is redacted (``teacher.data.redact``) first; nothing unredacted is
+- Every input and answer is redacted (``shared.redact``) first; nothing unredacted is
   hashed, exported or written.
 - Exact duplicates (same normalised input) and near duplicates (word-bigram Jaccard at
   or above ``NEAR_DUPLICATE``) are dropped; of two, the stronger label wins
@@ -34,8 +34,8 @@ from pathlib import Path
 from shared.answer import parse_answer
 from shared.errors import ConfigError
 from shared.evaluation import LabeledCase, bad_line, jsonl_lines
+from shared.redact import redact_counts
 from shared.skill import ANSWER_PRIMER, render_input, render_prefix
-from teacher.data.redact import redact_counts
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
-"""What edges report in heartbeats, kept in the teacher's store for ``gemma-teacher report``.
+"""What edges report besides escalations, kept in the teacher's store.
 
 ``EdgeRecords`` is the half of ``teacher.data.store.CaseStore`` that records each edge's
 inputs per release since its boot and the release (and head) it says it runs, and reads
-them back with every case's release, decision and truth. It uses the store's connection
-and lock; it knows nothing about sockets.
+them back with every case's release, decision and truth (``gemma-teacher report``); and
+the inputs edges settled by themselves (``Settled`` messages), kept apart from the cases:
+never reviewed, read back as self-labelled cases by ``train`` (``teacher.data.traffic``).
+It uses the store's connection and lock; it knows nothing about sockets.
 """
 
 from __future__ import annotations
@@ -17,6 +19,48 @@ import time
 class EdgeRecords:
     _db: sqlite3.Connection
     _lock: threading.Lock
+
+    def add_settled(self, items: list) -> list[bool]:
+        """Store ``Settled`` messages in one transaction; True for new, False for a resend."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                fresh = [
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO settled (case_id, edge_id, created_at, received_at,"
+                        " kind, input, alert, p_unsafe, release_version) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            m.case_id,
+                            m.edge_id,
+                            m.created_at,
+                            now,
+                            m.kind,
+                            m.input,
+                            int(m.alert),
+                            m.p_unsafe,
+                            m.release_version,
+                        ),
+                    ).rowcount
+                    == 1
+                    for m in items
+                ]
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._db.execute("ROLLBACK")
+                raise
+        return fresh
+
+    def settled_rows(self, limit: int | None = None) -> list[dict]:
+        """The settled inputs, oldest first (the ``limit`` latest)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT case_id, edge_id, input, alert, p_unsafe, release_version FROM settled"
+                " ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        keys = ("case_id", "edge_id", "input", "alert", "p_unsafe", "release")
+        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
     def record_counts(self, edge_id: str, boot: float, counts: dict[str, int]) -> None:
         """An edge's inputs answered per release since it started (``boot``)."""

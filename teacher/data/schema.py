@@ -49,6 +49,18 @@ CREATE TABLE IF NOT EXISTS edges (
     head_live INTEGER,
     seen_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settled (
+    case_id TEXT PRIMARY KEY,
+    edge_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    received_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    input TEXT NOT NULL,
+    alert INTEGER NOT NULL,
+    p_unsafe REAL NOT NULL,
+    release_version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS settled_received ON settled(received_at);
 CREATE TABLE IF NOT EXISTS corrections (
     case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
     safety INTEGER NOT NULL,

@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from shared.backend import Backend, GenerateRequest
 from shared.errors import BackendError, ConfigError, TrainingError
+from shared.redact import redact
 from shared.teacher_config import load_teacher_config
 from teacher.data.dataset import NEAR_DUPLICATE, _shingles, jaccard
-from teacher.data.redact import redact
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,9 @@ only (``teacher.release.head_fit``), and an input that has a reviewed or bundled
 the frozen split holds, is dropped here. Escalated inputs are left out: the teacher's
 review of them is in the store. Inputs are redacted like every other case.
 
-It knows nothing about models or heads: it turns event lines into labelled cases.
+Edges send a sampled share of those inputs over the link (``Settled``, ``edge.settled``);
+``stored_traffic`` reads them from the store the same way, so `train` uses them without
+``--traffic``. It knows nothing about models or heads: it turns events into labelled cases.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import json
 from pathlib import Path
 
 from shared.evaluation import LabeledCase, bad_line, jsonl_lines
+from shared.redact import redact
 from teacher.data.dataset import case_key
-from teacher.data.redact import redact
 
 ORIGIN = "self"
 
@@ -74,6 +76,31 @@ def load_traffic(paths: list[Path], limit: int | None = None) -> list[LabeledCas
                 cases[key] = case
     kept = list(cases.values())
     return kept if limit is None else kept[max(0, len(kept) - limit) :]
+
+
+def stored_traffic(home: Path, limit: int | None = None) -> list[LabeledCase]:
+    """Self-labelled cases from the settled inputs edges sent over the link (``Settled``
+    messages in the store, kept apart from reviewed cases), the ``limit`` latest."""
+    from teacher.data.store import CaseStore, default_store_path
+
+    path = default_store_path(home)
+    if not Path(path).is_file():
+        return []
+    store = CaseStore(path, recover=False)  # the server may be writing
+    try:
+        rows = store.settled_rows(limit)
+    finally:
+        store.close()
+    cases: dict[str, LabeledCase] = {}
+    for row in rows:
+        event = {"type": "answer", "decision": {"escalate": False}}
+        event.update(input=row["input"], alert=row["alert"], p_unsafe=row["p_unsafe"])
+        case = traffic_case(event)
+        if case is not None:
+            key = case_key(case.input)
+            cases.pop(key, None)
+            cases[key] = case
+    return list(cases.values())
 
 
 def unlabelled_only(traffic: list[LabeledCase], labelled: list[LabeledCase]) -> list[LabeledCase]:

@@ -43,6 +43,7 @@ from shared.messages import (
     Heartbeat,
     PushResult,
     ReleasePush,
+    Settled,
     decode,
     encode,
     error_code,
@@ -221,6 +222,17 @@ class TeacherServer:
                 continue
             if item is not None:
                 batch.append(item)
+        settled = [item for item in batch if isinstance(item[1], Settled)]
+        batch = [item for item in batch if not isinstance(item[1], Settled)]
+        if settled:
+            try:  # kept apart from the cases: never reviewed, read by train as self-labels
+                fresh = self.store.add_settled([msg for _, msg, _ in settled])
+            except (StoreError, sqlite3.Error) as exc:
+                logger.error("store failed, %s settled input(s) not acked: %s", len(settled), exc)
+                fresh = None
+            for (identity, msg, _), new in zip(settled, fresh or (), strict=False):
+                self._reply(sock, identity, Ack(case_id=msg.case_id, duplicate=not new))
+            self.stats["settled"] = self.stats.get("settled", 0) + sum(fresh or ())
         if not batch:
             return
         try:
@@ -261,9 +273,9 @@ class TeacherServer:
                     sock, identity, ErrorReply(code=code, detail=str(exc)[:4000], case_id=case_id)
                 )
             return None
-        if isinstance(msg, Escalation):
+        if isinstance(msg, (Escalation, Settled)):
             if user is not None and msg.edge_id != user:
-                detail = f"edge {user!r} may not escalate as {msg.edge_id!r}"
+                detail = f"edge {user!r} may not send cases as {msg.edge_id!r}"
                 logger.warning("refused case %s: %s", msg.case_id, detail)
                 self._reply(
                     sock, identity, ErrorReply(code="rejected", detail=detail, case_id=msg.case_id)

@@ -40,7 +40,8 @@ def add_arguments(parser) -> None:
         metavar="EVENTS_JSONL",
         help="an edge's event log (gemma-edge run --events): the inputs it alerted on or "
         "passed by itself train the safety head, labelled with what it did (never the "
-        "thresholds or the gate)",
+        "thresholds or the gate); the settled inputs edges sent over the link are used "
+        "without it",
     )
     parser.add_argument(
         "--dataset", help="take the cases from this chat JSONL (as written by --export-dataset)"
@@ -102,6 +103,14 @@ def gather_cases(cfg: TeacherConfig, args) -> list[LabeledCase]:
     return cases
 
 
+def merge_traffic(stored: list, logged: list, limit: int) -> list:
+    """The store's settled inputs and an event log's, one per input, the ``limit`` latest."""
+    from teacher.data.dataset import case_key
+
+    merged = {case_key(c.input): c for c in [*stored, *logged]}
+    return list(merged.values())[-limit:] if limit else []
+
+
 def run(args) -> int:
     from teacher.release.build import build_release
     from teacher.release.head_fit import make_splits
@@ -124,11 +133,12 @@ def run(args) -> int:
             setattr(cfg.train, key, value)
     cases = gather_cases(cfg, args)
     skill = ReleaseRegistry(cfg.home).active().skill
-    traffic = []
-    if args.traffic:
-        from teacher.data.traffic import load_traffic
+    from teacher.data.traffic import load_traffic, stored_traffic
 
-        traffic = load_traffic([Path(p) for p in args.traffic], cfg.release.max_self_labelled)
+    limit = cfg.release.max_self_labelled
+    traffic = [] if args.no_store else stored_traffic(cfg.home, limit)  # what edges sent
+    if args.traffic:
+        traffic = merge_traffic(traffic, load_traffic([Path(p) for p in args.traffic]), limit)
     splits = make_splits(cfg, cases, skill, traffic)
     sizes = {
         "fit": len(splits.fit),

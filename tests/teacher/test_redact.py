@@ -1,4 +1,4 @@
-from teacher.data.redact import redact, redact_counts
+from shared.redact import redact, redact_counts
 
 
 def test_emails_phones_and_titled_names_are_replaced():

@@ -111,7 +111,7 @@ def test_an_allowed_edge_cannot_escalate_under_another_name(secure, tmp_path):
         wait_for(lambda: link.depth() == 0)
         assert server.store.count() == 0
         [(cid, reason)] = link.outbox.dead()
-        assert cid == case.case_id and "may not escalate as 'e1'" in reason
+        assert cid == case.case_id and "may not send cases as 'e1'" in reason
     finally:
         link.stop()
 
