@@ -1,0 +1,140 @@
+"""Benchmark: the loop against no loop, per site and teacher seed.
+
+    .venv/bin/python bench/flywheel.py --site heldout --seeds 0 1 2     # runs gemma-edge demo
+    .venv/bin/python bench/flywheel.py --summarize bench/results/flywheel/*/report.json
+
+Each run is ``gemma-edge demo`` (head-only releases, labels standing in for the teacher)
+on one site: ``demo`` is the bundled factory (the site the defaults were tuned on),
+``heldout`` is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written before
+the flywheel defaults changed, never used to choose one). Every round's inputs are also
+answered by the starting release v0 through the same code (the demo does it), so the
+loop's effect is the ratio of the two, round by round.
+
+Prints a table (per run: calls per 100 by round against v0's, the last round's ratio,
+the lowest recall, the last round's calls by reason, its audit-based recall estimate,
+and the builds the gate passed or refused) and writes bench/results/flywheel.json and
+flywheel.png (calls per round, the loop solid, v0 dashed, one panel per site).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SITES = {"demo": None, "heldout": ROOT / "bench" / "data" / "heldout_site" / "scenes.jsonl"}
+
+
+def run_demo(site: str, seed: int, rounds: int | None) -> Path:
+    out = RESULTS / "flywheel" / f"{site}-seed{seed}"
+    cmd = [sys.executable, "-m", "edge", "demo", "--seed", str(seed), "--out", str(out)]
+    if SITES[site] is not None:
+        cmd += ["--scenes", str(SITES[site])]
+    if rounds:
+        cmd += ["--rounds", str(rounds)]
+    print("$ gemma-edge " + " ".join(cmd[3:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out / "report.json"
+
+
+def summary(path: Path) -> dict:
+    doc = json.loads(Path(path).read_text())
+    rows = doc["rounds"]
+    last = rows[-1]
+    outcomes = [s["outcome"] for b in doc.get("builds", []) for s in b["steps"]]
+    start = last.get("start_calls_per_100")
+    return {
+        "report": str(path),
+        "command": doc.get("command", ""),
+        "minutes": round(doc.get("seconds", 0) / 60, 1),
+        "calls": [r["teacher_calls_per_100"] for r in rows],
+        "start_calls": [r.get("start_calls_per_100") for r in rows],
+        "recall": [r["system_recall"] for r in rows],
+        "start_recall": [r.get("start_recall") for r in rows],
+        "last_ratio": round(last["teacher_calls_per_100"] / start, 3) if start else None,
+        "min_recall": min(r["system_recall"] for r in rows if r["system_recall"] is not None),
+        "last_by_reason": last.get("calls_by_reason", {}),
+        "last_audit": [last.get(k) for k in ("audit_recall", "audit_low", "audit_high")],
+        "builds": {
+            "passed": outcomes.count("built"),
+            "refused": len(outcomes) - outcomes.count("built"),
+        },
+        "releases": [r["release"] for r in rows],
+    }
+
+
+def show(runs: list[dict]) -> str:
+    lines = []
+    for r in runs:
+        calls = ", ".join(f"{c:.1f}" for c in r["calls"])
+        start = ", ".join("-" if c is None else f"{c:.1f}" for c in r["start_calls"])
+        audit = r["last_audit"]
+        est = "-" if audit[0] is None else f"{audit[0]:.2f} [{audit[1]:.2f}-{audit[2]:.2f}]"
+        reasons = " ".join(f"{k} {v:.1f}" for k, v in r["last_by_reason"].items() if v) or "-"
+        lines += [
+            f"{r['command']}  ({r['minutes']} min)",
+            f"  calls/100 by round: {calls}",
+            f"  v0 on the same inputs: {start}",
+            f"  last round: {r['calls'][-1]:.1f} vs {r['start_calls'][-1] or 0:.1f} "
+            f"(the loop's effect {r['last_ratio']}x); lowest recall {r['min_recall']:.3f}; "
+            f"calls by reason {reasons}; audit-estimated recall {est}",
+            f"  builds: {r['builds']['passed']} passed, {r['builds']['refused']} refused; "
+            f"releases by round {r['releases']}",
+        ]
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sites = sorted({"heldout" if "--scenes" in r["command"] else "demo" for r in runs})
+    fig, axes = plt.subplots(1, len(sites), figsize=(6 * len(sites), 4), squeeze=False)
+    for ax, site in zip(axes[0], sites, strict=True):
+        for r in runs:
+            if ("heldout" if "--scenes" in r["command"] else "demo") != site:
+                continue
+            x = range(len(r["calls"]))
+            (line,) = ax.plot(x, r["calls"], "o-", label=Path(r["report"]).parent.name)
+            ax.plot(x, [c or 0 for c in r["start_calls"]], "--", color=line.get_color(), alpha=0.6)
+        ax.axhline(12, color="#c62828", linestyle=":", linewidth=1)
+        ax.set_title(f"{site} site: the loop (solid) vs v0 on the same inputs (dashed)")
+        ax.set_xlabel("round")
+        ax.set_ylabel("teacher calls per 100 inputs")
+        ax.set_ylim(0, 50)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--rounds", type=int, help="rounds per run (default: the site's all)")
+    ap.add_argument("--summarize", nargs="*", type=Path, default=[], help="report.json files")
+    args = ap.parse_args()
+    reports = list(args.summarize)
+    for site in args.site:
+        for seed in args.seeds:
+            reports.append(run_demo(site, seed, args.rounds))
+    if not reports:
+        ap.error("give --site (to run demos) or --summarize report.json ...")
+    runs = [summary(p) for p in reports]
+    print(show(runs))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "flywheel.json").write_text(json.dumps({"runs": runs}, indent=1))
+    plot(runs, RESULTS / "flywheel.png")
+    print(f"\nwrote {RESULTS / 'flywheel.json'} and {RESULTS / 'flywheel.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
