@@ -64,6 +64,13 @@ def summary(path: Path) -> dict:
             "refused": len(outcomes) - outcomes.count("built"),
         },
         "releases": [r["release"] for r in rows],
+        "refusals": [
+            line
+            for b in doc.get("builds", [])
+            for s in b["steps"]
+            for line in s.get("said", [])
+            if line.startswith("refused")
+        ],
     }
 
 

@@ -287,19 +287,20 @@ class EdgeDaemon:
                 alert_here(event)
         if self.link is not None:
             self.link.count_input(release.version)
-            self._settle(item, text, decision, release)
+            if self._settle(item, text, decision, release):
+                event["settled_sent"] = True  # a sampled share goes to the teacher
         self._emit(event, decision.safety_keyword or event["alert"])
 
-    def _settle(self, item, text: str, decision, release) -> None:
+    def _settle(self, item, text: str, decision, release) -> bool:
         """A sampled share of what the edge settled itself goes to the teacher; whatever
         fails here is logged and never touches the answer."""
         try:
             now, n = time.time(), self.policy.processed
             msg = self.settled.pick(self.config.edge_id, now, n, text, item.kind, decision, release)
-            if msg is not None:
-                self.link.settle(msg)
+            return msg is not None and self.link.settle(msg)
         except Exception:
             logger.exception("a settled input was not queued for the teacher; going on")
+            return False
 
     def _emit(self, event: dict, safety: bool) -> None:
         """Write the input's event; a safety event goes to the hooks too."""

@@ -285,8 +285,19 @@ class DemoRun:
                 return reviewed()
 
             self.wait(progress, REVIEW_TIMEOUT_S, "every escalation to be reviewed")
+        self.wait(self._outbox_empty, REVIEW_TIMEOUT_S, "the settled inputs to reach the teacher")
         self.outcomes.append([outcome(e, c.safety) for e, c in zip(answered, cases, strict=True)])
         return round_row(f"round {index}", self.outcomes[-1])
+
+    def _outbox_empty(self) -> bool:
+        """The edge's outbox holds nothing (every case and settled input was acked)."""
+        import sqlite3
+
+        path = self.work / "edge" / "outbox.sqlite"
+        if not path.exists():
+            return True
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
 
     def _answers(self) -> int:
         return sum(1 for e in events(self.events) if e.get("type") == "answer")
@@ -332,9 +343,14 @@ class DemoRun:
                     f"gemma-teacher {step[0]} failed ({done.returncode}); "
                     f"see {self.work / f'round{index}-{step[0]}.out'}"
                 )
-            for line in done.stdout.splitlines():
-                if line.startswith(("release v", "refused", "not saved", "no release")):
-                    say(f"teacher: {line}")
+            said = [
+                line
+                for line in done.stdout.splitlines()
+                if line.startswith(("release v", "refused", "not saved", "no release"))
+            ]
+            doc["steps"][-1]["said"] = said  # what the gate passed, or its named reasons
+            for line in said:
+                say(f"teacher: {line}")
         active = read_active(self.home / "releases") or 0  # the teacher's active pointer
         doc["release"] = active
         pointer = self.work / "edge" / "releases" / "active"

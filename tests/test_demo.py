@@ -65,10 +65,16 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
         assert "refused" in train and (work / "teacher" / "releases" / "v1").exists() is False
         assert {e["release"] for e in round1} == {0}
     assert '"candidate"' in train and '"active"' in train  # both scored on the frozen split
-    # The inputs round 0's edge settled by itself trained the head (self-labelled).
-    settled = sum(1 for e in round0 if not e["decision"]["escalate"])
+    # A share of the inputs round 0's edge settled by itself reached the teacher over the
+    # link (stored apart from the cases) and trained the head (self-labelled).
+    sent = [e["input"] for e in round0 if e.get("settled_sent")]
+    assert sent and all(not e["decision"]["escalate"] for e in round0 if e.get("settled_sent"))
+    db = sqlite3.connect(work / "teacher" / "store.sqlite")
+    kept = [row[0] for row in db.execute("SELECT input FROM settled")]
+    db.close()
+    assert set(sent) <= set(kept)
     sizes = json.loads(train.splitlines()[0])["splits"]
-    assert 0 < sizes["self_labelled"] <= settled
+    assert 0 < sizes["self_labelled"] <= len(sent)
     assert all(e["p_unsafe"] is not None for e in answers)
 
     assert [r["label"] for r in report["rounds"]] == ["round 0", "round 1"]
