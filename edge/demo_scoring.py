@@ -1,4 +1,8 @@
-"""How the demo scores its rounds: from the edge's events, and against the starting release.
+"""The demo's rounds: a site's scenes per round, and how they are scored, from the edge's
+events and against the starting release.
+
+``scenario`` reads a site's scene file (``--scenes``; the bundled factory by default) into
+rounds.
 
 ``outcome`` turns one record into a ``shared.scoring.Outcome``: an edge's answer event
 or a case of the teacher's harness (``gemma-teacher eval --json``), which carry the
@@ -14,10 +18,42 @@ It knows the record fields, nothing about processes or models.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 
-from shared.evaluation import LabeledCase
+from shared.errors import GemmaEdgeError
+from shared.evaluation import LabeledCase, load_labeled
 from shared.scoring import Outcome, student_verdict
+
+
+def scenario_path() -> Path:
+    return Path(str(files("shared").joinpath("data/demo/scenes.jsonl")))
+
+
+def scenario(
+    rounds: int | None, per_round: int | None, path: Path | None = None
+) -> list[list[LabeledCase]]:
+    """The first ``per_round`` scenes of each of the first ``rounds`` rounds of a site's
+    scene file (``--scenes``; the bundled scenario by default). ``None``: all of them."""
+    path = path or scenario_path()
+    if not path.is_file():
+        raise GemmaEdgeError(f"--scenes {path}: no such file")
+    by_round: dict[int, list[LabeledCase]] = {}
+    docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for n, (doc, case) in enumerate(zip(docs, load_labeled(path), strict=True), 1):
+        if not isinstance(doc.get("round"), int):
+            raise GemmaEdgeError(f"{path} line {n}: a demo scene needs an integer 'round'")
+        by_round.setdefault(doc["round"], []).append(case)
+    rounds = len(by_round) if rounds is None else rounds
+    if rounds > len(by_round):
+        raise GemmaEdgeError(
+            f"--rounds {rounds}: {path.name} has {len(by_round)} rounds of fresh scenes"
+        )
+    most = min(len(cases) for cases in by_round.values())
+    per_round = most if per_round is None else per_round
+    if per_round > most:
+        raise GemmaEdgeError(f"--per-round {per_round}: each round has {most} scenes")
+    return [by_round[r][:per_round] for r in sorted(by_round)[:rounds]]
 
 
 def outcome(record: dict, truth: bool) -> Outcome:

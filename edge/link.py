@@ -60,6 +60,7 @@ MAX_COUNTED_RELEASES = 64  # releases whose input counts a heartbeat carries
 
 WINDOW = 1000  # most cases in flight (sent, not yet acknowledged)
 DRAIN = 2000  # most incoming messages handled before the loop looks around again
+NO_SETTLED = "the teacher does not take settled inputs (older than 0.3.0): %d dropped, no more sent"
 PERMANENT = ("malformed", "too_large", "rejected")  # teacher will never accept the case
 
 
@@ -371,11 +372,7 @@ class LinkClient:
         if msg.code == "unknown_type" and "'settled'" in msg.detail and self.takes_settled:
             self.takes_settled = False
             n = self.outbox.drop_settled()
-            logger.warning(
-                "this teacher does not take settled inputs (it is older than gemma-edge 0.3.0): "
-                "%d queued one(s) dropped and no more sent; escalations go on as before",
-                n,
-            )
+            logger.warning(NO_SETTLED, n)
         if msg.case_id and msg.code in PERMANENT:
             self.outbox.bury(msg.case_id, f"{msg.code}: {msg.detail}")
             inflight.pop(msg.case_id, None)

@@ -7,13 +7,13 @@ after the commit acknowledges each case id (a duplicate id is acknowledged again
 one fsync per batch, not per case.
 
 Besides escalations it
+- stores the inputs edges settled themselves (``Settled``) apart, and acks them the same;
 - answers every edge heartbeat, remembers which edges are connected, what release
   they run and whether its head is live, and pushes the ACTIVE release
   (``teacher.release.build``) to an edge that reports a different one, as one message (so
   a rollback is pushed too); an edge too old to take release pushes is told which
   version it needs;
-- sends stored reviews that have not reached their edge yet (review workers
-  store reviews and wake the loop; reviews for an absent edge wait for it);
+- sends stored reviews not yet at their edge (reviews for an absent edge wait for it);
 - answers malformed, oversized, unknown-type or wrong-version messages with an
   ErrorReply and a log line; nothing is stored for them.
 
@@ -224,15 +224,14 @@ class TeacherServer:
                 batch.append(item)
         settled = [item for item in batch if isinstance(item[1], Settled)]
         batch = [item for item in batch if not isinstance(item[1], Settled)]
-        if settled:
-            try:  # kept apart from the cases: never reviewed, read by train as self-labels
+        if settled:  # kept apart from the cases: never reviewed, read by train as self-labels
+            try:
                 fresh = self.store.add_settled([msg for _, msg, _ in settled])
             except (StoreError, sqlite3.Error) as exc:
                 logger.error("store failed, %s settled input(s) not acked: %s", len(settled), exc)
-                fresh = None
-            for (identity, msg, _), new in zip(settled, fresh or (), strict=False):
+                fresh = []
+            for (identity, msg, _), new in zip(settled, fresh, strict=False):
                 self._reply(sock, identity, Ack(case_id=msg.case_id, duplicate=not new))
-            self.stats["settled"] = self.stats.get("settled", 0) + sum(fresh or ())
         if not batch:
             return
         try:
