@@ -82,7 +82,9 @@ def add_arguments(parser) -> None:
         "--max-inputs", type=int, default=None, help="stop after this many inputs (frames/lines)"
     )
     parser.add_argument("--realtime", action="store_true", help="play video files in real time")
-    parser.add_argument("--backend", choices=["embedded", "ollama"], help="override model.backend")
+    parser.add_argument(
+        "--backend", choices=["embedded", "llamacpp", "ollama"], help="override model.backend"
+    )
     parser.add_argument("--skill", help="skill file (overrides the config's skill)")
     parser.add_argument(
         "--release",

@@ -66,6 +66,33 @@ class Generation:
         return (self.tokens - 1) / decode_s if self.tokens > 1 and decode_s > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class HiddenSpec:
+    """Which hidden states a backend gives the safety head, computed by which engine."""
+
+    engine: str  # "torch" or "llamacpp": a head runs only on the engine it was fit on
+    num_layers: int
+    size: int  # the width of one layer's state
+    readable: tuple[int, ...] | None = None  # the indices it can give (None: 0..num_layers)
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first stop sequence in ``text`` begins (None: there is none)."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def hidden_spec(backend: object) -> HiddenSpec | None:
+    """What hidden states ``backend`` gives (None: none, as on Ollama)."""
+    spec = getattr(backend, "hidden", None)
+    if isinstance(spec, HiddenSpec):
+        return spec
+    config = getattr(getattr(backend, "model", None), "config", None)
+    if config is None or not getattr(config, "num_hidden_layers", 0):
+        return None
+    return HiddenSpec("torch", int(config.num_hidden_layers), int(config.hidden_size))
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str

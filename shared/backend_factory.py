@@ -20,6 +20,10 @@ def make_backend(model: ModelConfig) -> Backend:
             from shared.ollama_backend import OllamaBackend
 
             return OllamaBackend(model.ollama, model.max_new_tokens)
+        if model.backend == "llamacpp":
+            from shared.llamacpp_backend import LlamaCppBackend
+
+            return LlamaCppBackend(model.llamacpp)
         from shared.embedded import EmbeddedBackend
 
         return EmbeddedBackend(model.embedded)

@@ -57,6 +57,28 @@ class EmbeddedModelConfig(Strict):
     )
 
 
+class LlamaCppModelConfig(Strict):
+    gguf_path: Path | None = Field(
+        None, description="GGUF file llama.cpp runs; empty means the bundled Gemma 3 270M."
+    )
+    threads: int | None = Field(
+        None, ge=1, le=256, description="llama.cpp threads; empty means min(4, CPU cores)."
+    )
+    n_ctx: int = Field(
+        2048, ge=256, le=131072, description="Context length in tokens (prompt + answer)."
+    )
+    n_batch: int = Field(
+        512, ge=16, le=8192, description="Prompt tokens evaluated per llama_decode call."
+    )
+    prefix_cache: bool = Field(
+        True, description="Reuse the keys and values of the skill prefix across inputs."
+    )
+    adapter_cache: Path = Field(
+        DEFAULT_HOME / "adapters",
+        description="Where releases' LoRA adapters are kept converted to GGUF (once each).",
+    )
+
+
 class OllamaModelConfig(Strict):
     host: str = Field("http://127.0.0.1:11434", min_length=1, description="Ollama server URL.")
     model: str = Field("gemma3:4b", min_length=1, description="Ollama model name (tag).")
@@ -81,14 +103,17 @@ class OllamaModelConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backend: Literal["embedded", "ollama"] = Field(
-        "embedded", description="Which backend answers: in-process transformers or Ollama."
+    backend: Literal["embedded", "llamacpp", "ollama"] = Field(
+        "embedded",
+        description="Which backend answers: in-process transformers (embedded), in-process "
+        "llama.cpp (llamacpp) or an Ollama server.",
     )
     embedded: EmbeddedModelConfig = Field(default_factory=EmbeddedModelConfig)
+    llamacpp: LlamaCppModelConfig = Field(default_factory=LlamaCppModelConfig)
     ollama: OllamaModelConfig = Field(default_factory=OllamaModelConfig)
     max_new_tokens: int = Field(48, ge=1, le=4096, description="Token budget per answer.")
     adapter: Path | None = Field(
-        None, description="LoRA adapter directory to activate at start (embedded only)."
+        None, description="LoRA adapter directory to activate at start (embedded, llamacpp)."
     )
 
 

@@ -42,7 +42,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from shared.backend import GenerateRequest, Generation, TokenLogprob
+from shared.backend import GenerateRequest, Generation, TokenLogprob, first_stop
 from shared.config import EmbeddedModelConfig
 from shared.decoding import GreedyDecoder
 from shared.errors import BackendError, ModelError
@@ -313,7 +313,7 @@ class _Output:
         self.offsets.append(len(self.text))
         self.logprobs.append(logprob)
         self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        self.cut = _first_stop(self.text, self.request.stop)
+        self.cut = first_stop(self.text, self.request.stop)
         return self.cut is not None or len(self.tokens) >= self.request.max_new_tokens
 
     def result(self) -> tuple[str, list[TokenLogprob]]:
@@ -323,7 +323,3 @@ class _Output:
         kept = [lp for lp, o in zip(self.logprobs, self.offsets, strict=True) if o < self.cut]
         return self.text[: self.cut], kept
 
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(found) if found else None

@@ -75,6 +75,12 @@ class SafetyHead:
             raise ModelError(f"safety head layers {self.layers}: a layer index is negative")
 
     @property
+    def engine(self) -> str:
+        """The engine whose hidden states it was fit on (heads from before engines were
+        recorded were all fit on torch's)."""
+        return str(self.info.get("engine", "torch"))
+
+    @property
     def dim(self) -> int:
         return int(self.weight.shape[0])
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared.answer import Answer, parse_answer, verdict_confidence
-from shared.backend import Backend, GenerateRequest, Generation
+from shared.backend import Backend, GenerateRequest, Generation, hidden_spec
 from shared.errors import ModelError
 from shared.head import SafetyHead
 from shared.release import Release
@@ -158,27 +158,39 @@ def judge(gen: Generation, head: SafetyHead | None) -> Answer:
 
 
 def head_problem(backend: Backend, head: SafetyHead | None) -> str | None:
-    """Why this backend cannot feed ``head`` (None: it can, or there is no head)."""
+    """Why this backend cannot feed ``head`` (None: it can, or there is no head): it gives
+    no hidden states, computes them on another engine than the head was fit on, cannot
+    give the layers it reads, or gives another width."""
     if head is None or head.kind == "verdict":
         return None
-    model = getattr(backend, "model", None)
-    config = getattr(model, "config", None)
-    if config is None:
+    spec = hidden_spec(backend)
+    if spec is None:
         return (
             f"the safety head reads hidden states, which the {backend.name} backend does not give"
         )
-    layers = int(getattr(config, "num_hidden_layers", 0))
-    hidden = int(getattr(config, "hidden_size", 0))
+    engine = head.engine
+    if engine != spec.engine:
+        return (
+            f"the safety head was fit on the {engine} engine's hidden states and this edge's "
+            f"{backend.name} backend computes them with {spec.engine} (a head runs only on "
+            "the engine it was fit on: build the release for this engine)"
+        )
+    layers = spec.num_layers
     wrong = [i for i in head.layers if not 0 <= i <= layers]
     if wrong:
         return (
             f"the safety head reads layers {list(head.layers)}, this model has layers "
             f"0..{layers} ({', '.join(map(str, wrong))} do not exist)"
         )
-    if hidden * len(head.layers) != head.dim:
+    if spec.readable is not None and not set(head.layers) <= set(spec.readable):
+        return (
+            f"the safety head reads layers {list(head.layers)}; the {backend.name} backend "
+            f"gives only {list(spec.readable)}"
+        )
+    if spec.size * len(head.layers) != head.dim:
         return (
             f"the safety head takes {head.dim} features at layers {list(head.layers)}; this "
-            f"model gives {hidden} x {len(head.layers)} = {hidden * len(head.layers)} "
+            f"model gives {spec.size} x {len(head.layers)} = {spec.size * len(head.layers)} "
             "(a head fit on another model?)"
         )
     return None

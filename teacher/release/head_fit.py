@@ -36,6 +36,7 @@ gates a release from what this returns).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from shared.backend import Backend
+from shared.backend import Backend, hidden_spec
 from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase
@@ -117,12 +118,14 @@ def split_fit(
 
 # ---------------------------------------------------------------- head + thresholds
 def head_kind(backend: Backend) -> tuple[str, tuple[int, ...]]:
-    """``hidden`` (with the default layers) where the backend gives hidden states."""
-    config = getattr(getattr(backend, "model", None), "config", None)
-    layers = getattr(config, "num_hidden_layers", None)
-    if layers:
-        return "hidden", default_layers(int(layers))
-    return "verdict", ()
+    """``hidden`` where the backend gives hidden states (the default layers, or the ones
+    its engine can give: llama.cpp's final-norm state), else ``verdict``."""
+    spec = hidden_spec(backend)
+    if spec is None:
+        return "verdict", ()
+    if spec.readable is not None:
+        return "hidden", tuple(spec.readable)
+    return "hidden", default_layers(spec.num_layers)
 
 
 def features(
@@ -309,6 +312,9 @@ def fit_and_calibrate(
         calibration = calibration.model_copy(update={"method": method})
     if memory and calibration.keywords:
         calibration = calibration.model_copy(update={"keyword_memory": memory})
+    spec = hidden_spec(student.backend)
+    if kind == "hidden" and spec is not None:  # an edge on another engine refuses it
+        head = dataclasses.replace(head, info={**head.info, "engine": spec.engine})
     timing = {
         "features_s": round(t_features, 2),
         "fit_s": round(t_fit, 3),

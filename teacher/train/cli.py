@@ -205,18 +205,23 @@ def run(args) -> int:
 
 
 def _train_lora(cfg: TeacherConfig, dataset: Dataset, skill: Skill, args):
-    """Train the LoRA on the fit split; a backend over the same base weights for the build."""
+    """Train the LoRA (PyTorch) on the fit split; the backend the build scores it on: the
+    same base weights in torch for an embedded student, else the student's own engine
+    (llama.cpp loads the trained adapter converted to GGUF), so the head, thresholds and
+    gate see what the edges will run."""
     from shared.embedded import EmbeddedBackend
     from shared.models import load_model, resolve_device
 
-    if cfg.student.backend != "embedded":
+    if cfg.student.backend == "ollama":
         raise TrainingError(
-            "a LoRA can only be trained for the embedded student; use --head-only for "
-            f"a {cfg.student.backend} student"
+            "a LoRA is trained for an embedded or llamacpp student; use --head-only for "
+            "an ollama student"
         )
     device = resolve_device(cfg.train.device)
     dtype = "bfloat16" if device == "cuda" else "float32"
     emb = cfg.student.embedded
+    if cfg.student.backend == "llamacpp":
+        emb = emb.model_copy(update={"gguf_path": cfg.student.llamacpp.gguf_path})
     model, tokenizer = load_model(emb.gguf_path, emb.cache_dir, dtype, device)
     trained = train_adapter(
         cfg,
@@ -228,5 +233,10 @@ def _train_lora(cfg: TeacherConfig, dataset: Dataset, skill: Skill, args):
         resume=bool(args.resume),
         max_steps=args.max_steps,
     )
+    if cfg.student.backend == "llamacpp":
+        from shared.backend_factory import make_backend
+
+        del model, tokenizer
+        return make_backend(cfg.student), trained
     config = emb.model_copy(update={"device": device, "dtype": dtype})
     return EmbeddedBackend(config, model=model, tokenizer=tokenizer), trained

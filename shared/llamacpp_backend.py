@@ -1,0 +1,396 @@
+"""The llama.cpp backend: the GGUF run in-process by llama.cpp (llama-cpp-python), no torch.
+
+    backend = LlamaCppBackend(LlamaCppModelConfig())          # the bundled Gemma 3 270M
+    gen = backend.generate(GenerateRequest(system=..., demos=..., input="A pan smokes.",
+                                           hidden_layers=(backend.hidden.layers,)))
+    gen.hidden      # the final-norm state at the last prompt token, for the safety head
+
+What the edge needs from an engine, on the engine every small-device runtime uses:
+
+- **Prefix reuse.** One KV sequence. Before each request the cache keeps the longest
+  token-prefix it shares with the cached tokens (the skill's instructions and
+  demonstrations: the same for every input) and only the rest is evaluated. The SWA
+  layers keep their full cache (``swa_full``), so cutting back to the prefix is exact.
+- **The head's features from the answering pass.** The prompt but its last token is
+  evaluated with no outputs; the last token alone with embeddings on (with embeddings on
+  llama.cpp outputs every token of a batch, and Gemma's 262k-token vocabulary makes that
+  1 MiB of logits per token), which gives its logits and its final-norm hidden state;
+  embeddings go off again for decoding. llama.cpp gives only that state (hidden-state
+  index ``n_layer`` in the embedded backend's numbering), so a head reading other layers
+  cannot run here (``hidden.layers`` says which it can).
+- **LoRA hot-swap.** A release's PEFT adapter is converted to a GGUF adapter once
+  (``shared.gguf_adapter``: numpy, no torch) into ``adapter_cache``, loaded with
+  ``llama_adapter_lora_init`` and switched on the live context with
+  ``llama_set_adapters_lora``: the base weights are never reloaded; the cached prefix is
+  dropped on a switch and recomputed under the new adapter.
+- **Greedy decoding with log-probabilities** (top 5 at each step from the full
+  softmax), stop sequences cut from the text, the token budget; the text starts with
+  ``Answer:`` as on every backend.
+
+Thread safety: one lock around the context; calls are serialised.
+It knows nothing about skills' storage, heads or policy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.backend import GenerateRequest, Generation, HiddenSpec, TokenLogprob, first_stop
+from shared.config import LlamaCppModelConfig
+from shared.errors import BackendError, ModelError
+from shared.skill import ANSWER_PRIMER, render_input, render_prefix
+
+logger = logging.getLogger(__name__)
+
+TOP_LOGPROBS = 5
+ENGINE = "llamacpp"
+
+
+class LlamaCppBackend:
+    """Greedy generation on llama.cpp with prefix reuse, head features and LoRA switching."""
+
+    supports_adapters = True
+
+    def __init__(self, config: LlamaCppModelConfig | None = None):
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise BackendError(
+                "the llamacpp backend needs llama-cpp-python (pip install "
+                "'llama-cpp-python==0.3.36'; it compiles llama.cpp, about 6 minutes)"
+            ) from exc
+        from shared.models import gguf_weights
+
+        _route_logs(llama_cpp)
+        self.config = config or LlamaCppModelConfig()
+        self._ll = llama_cpp
+        weights = gguf_weights(self.config.gguf_path)
+        self.weights = weights
+        threads = self.config.threads or max(1, min(4, os.cpu_count() or 1))
+        t0 = time.perf_counter()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(weights.path),
+                n_ctx=self.config.n_ctx,
+                n_batch=self.config.n_batch,
+                n_ubatch=self.config.n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                embedding=False,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE,
+                swa_full=True,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(f"llama.cpp could not load {weights.path}: {exc}") from exc
+        self.name = f"llamacpp:{weights.path.stem}"
+        self.lock = threading.RLock()
+        self._ctx = self._llm.ctx
+        self._model = self._llm.model
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = self._llm.n_vocab()
+        self._n_ctx = self._llm.n_ctx()
+        self._batch = llama_cpp.llama_batch_init(self.config.n_batch, 0, 1)
+        self.hidden = HiddenSpec(
+            engine=ENGINE,
+            num_layers=int(llama_cpp.llama_model_n_layer(self._model)),
+            size=int(self._llm.n_embd()),
+            readable=(int(llama_cpp.llama_model_n_layer(self._model)),),
+        )
+        self._cached: list[int] = []  # the tokens whose keys and values are in sequence 0
+        self._adapters: dict[str, tuple[Any, Path]] = {}  # name -> (llama adapter, gguf)
+        self._active: str | None = None
+        self._pieces: dict[int, str] = {}
+        self._exp = np.empty(self._n_vocab, dtype=np.float32)
+        self.loads = 0  # base model loads: 1, whatever adapters come and go
+        self.loads += 1
+        logger.info("llama.cpp loaded %s in %.2f s", weights.path.name, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------ generation
+    def generate(self, request: GenerateRequest) -> Generation:
+        with self.lock:
+            if self._llm is None:
+                raise BackendError(f"{self.name}: the backend is closed")
+            return self._generate(request)
+
+    def generate_batch(self, requests: list[GenerateRequest]) -> list[Generation]:
+        with self.lock:
+            return [self.generate(r) for r in requests]
+
+    def close(self) -> None:
+        with self.lock:
+            if self._llm is None:
+                return
+            self._ll.llama_batch_free(self._batch)
+            for adapter, _ in self._adapters.values():
+                self._ll.llama_adapter_lora_free(adapter)
+            self._adapters.clear()
+            self._llm.close()
+            self._llm = None
+
+    def _generate(self, request: GenerateRequest) -> Generation:
+        wanted = tuple(request.hidden_layers)
+        if wanted and wanted != self.hidden.readable:
+            raise ModelError(
+                f"llama.cpp gives the final-norm hidden state only (layer "
+                f"{self.hidden.num_layers}); hidden layers {list(wanted)} were asked"
+            )
+        t0 = time.perf_counter()
+        ids = self._tokenize(
+            render_prefix(request.system, request.demos) + render_input(request.input)
+        )
+        budget = request.max_new_tokens
+        if len(ids) + budget > self._n_ctx:
+            raise BackendError(
+                f"{self.name}: the prompt is {len(ids)} tokens and {budget} more were asked; "
+                f"the context holds {self._n_ctx} (model.llamacpp.n_ctx)"
+            )
+        common = self._keep_prefix(ids)
+        try:
+            self._eval(ids[common:-1], output_last=False)
+            hidden = self._eval_last(ids[-1], want_hidden=bool(wanted))
+        except BackendError:
+            self._forget()
+            raise
+        ttft = time.perf_counter() - t0
+        tokens: list[int] = []
+        logprobs: list[TokenLogprob] = []
+        text = ""
+        cut: int | None = None
+        offsets: list[int] = []
+        if budget > 0:
+            while True:
+                token, lp = self._pick()
+                if self._ll.llama_vocab_is_eog(self._vocab, token):
+                    break
+                tokens.append(token)
+                offsets.append(len(text))
+                logprobs.append(lp)
+                text = self._detokenize(tokens)
+                cut = first_stop(text, request.stop)
+                if cut is not None or len(tokens) >= budget:
+                    break
+                try:
+                    self._eval([token], output_last=True)
+                except BackendError:
+                    self._forget()
+                    raise
+        if cut is not None:
+            logprobs = [lp for lp, o in zip(logprobs, offsets, strict=True) if o < cut]
+            text = text[:cut]
+        return Generation(
+            text=ANSWER_PRIMER + text,
+            tokens=len(tokens),
+            prompt_tokens=len(ids) - common,
+            ttft_s=ttft,
+            total_s=time.perf_counter() - t0,
+            logprobs=logprobs if budget > 0 else None,
+            backend=self.name,
+            hidden=hidden,
+        )
+
+    # ------------------------------------------------------------ the context
+    def _keep_prefix(self, ids: list[int]) -> int:
+        """Cut sequence 0 back to the longest prefix it shares with ``ids`` (at most all
+        but the last token, which is always evaluated); the number of tokens kept."""
+        common = 0
+        if self.config.prefix_cache:
+            for a, b in zip(self._cached, ids, strict=False):
+                if a != b:
+                    break
+                common += 1
+        common = min(common, len(ids) - 1)
+        memory = self._ll.llama_get_memory(self._ctx)
+        if common == 0:
+            self._ll.llama_memory_clear(memory, True)
+        elif common < len(self._cached):
+            if not self._ll.llama_memory_seq_rm(memory, 0, common, -1):
+                self._ll.llama_memory_clear(memory, True)
+                common = 0
+        self._cached = self._cached[:common]
+        return common
+
+    def _forget(self) -> None:
+        self._ll.llama_memory_clear(self._ll.llama_get_memory(self._ctx), True)
+        self._cached = []
+
+    def _eval(self, tokens: list[int], output_last: bool) -> None:
+        """Append ``tokens`` to sequence 0 in batches; logits for the last one if asked."""
+        step = self.config.n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
+            last = output_last and start + step >= len(tokens)
+            self._decode(chunk, last)
+
+    def _eval_last(self, token: int, want_hidden: bool) -> list[float] | None:
+        """The last prompt token alone, with embeddings on when the head needs them."""
+        if not want_hidden:
+            self._decode([token], True)
+            return None
+        self._ll.llama_set_embeddings(self._ctx, True)
+        try:
+            self._decode([token], True)
+            ptr = self._ll.llama_get_embeddings_ith(self._ctx, -1)
+            if not ptr:
+                raise BackendError(f"{self.name}: llama.cpp returned no hidden state")
+            hidden = np.ctypeslib.as_array(ptr, shape=(self.hidden.size,)).astype(np.float64)
+        finally:
+            self._ll.llama_set_embeddings(self._ctx, False)
+        return hidden.tolist()
+
+    def _decode(self, tokens: list[int], output_last: bool) -> None:
+        batch = self._batch
+        pos = len(self._cached)
+        batch.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = output_last and i == len(tokens) - 1
+        rc = self._ll.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise BackendError(f"{self.name}: llama_decode returned {rc}")
+        self._cached.extend(tokens)
+
+    def _pick(self) -> tuple[int, TokenLogprob]:
+        """The greedy token and the top 5 with their log-probabilities (full softmax)."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        peak = float(logits.max())
+        near = np.flatnonzero(logits > peak - 8.0)  # the top 5 are almost always here
+        if near.size < TOP_LOGPROBS:
+            near = np.argpartition(logits, -TOP_LOGPROBS)[-TOP_LOGPROBS:]
+        top = near[np.argsort(-logits[near], kind="stable")[:TOP_LOGPROBS]]
+        np.subtract(logits, peak, out=self._exp)
+        np.exp(self._exp, out=self._exp)
+        logz = peak + math.log(float(self._exp.sum(dtype=np.float64)))
+        alts = {self._piece(int(i)): float(logits[i]) - logz for i in top}
+        token = int(top[0])
+        return token, TokenLogprob(self._piece(token), float(logits[token]) - logz, alts)
+
+    # ------------------------------------------------------------ tokens
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        return self._llm.detokenize(tokens).decode("utf-8", errors="ignore")
+
+    def _piece(self, token: int) -> str:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._llm.detokenize([token]).decode("utf-8", errors="replace")
+            self._pieces[token] = piece
+        return piece
+
+    # ------------------------------------------------------------ adapters
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def load_adapter(self, name: str, path: Path, system: str = "") -> None:
+        """Load a release's adapter (a PEFT folder, converted once to a GGUF adapter, or a
+        ``.gguf`` file) under ``name``; not activated. A failure keeps what was loaded."""
+        gguf = self._gguf_adapter(Path(path))
+        with self.lock:
+            t0 = time.perf_counter()
+            adapter = self._ll.llama_adapter_lora_init(self._model, str(gguf).encode())
+            if not adapter:
+                raise ModelError(f"adapter {name!r}: llama.cpp could not load {gguf}")
+            old = self._adapters.get(name)
+            self._adapters[name] = (adapter, gguf)
+            if old is not None:
+                if self._active == name:
+                    self._apply()
+                self._ll.llama_adapter_lora_free(old[0])
+            logger.info("loaded adapter %s from %s in %.2f s", name, gguf, time.perf_counter() - t0)
+
+    def set_adapter(self, name: str | None) -> None:
+        with self.lock:
+            if name is not None and name not in self._adapters:
+                raise ModelError(f"adapter {name!r} is not loaded (loaded: {self.adapters})")
+            if name == self._active:
+                return
+            self._active = name
+            self._apply()
+
+    def unload_adapter(self, name: str) -> None:
+        with self.lock:
+            if name not in self._adapters:
+                raise ModelError(f"adapter {name!r} is not loaded (loaded: {self.adapters})")
+            adapter, _ = self._adapters.pop(name)
+            if self._active == name:
+                self._active = None
+                self._apply()
+            self._ll.llama_adapter_lora_free(adapter)
+
+    def _apply(self) -> None:
+        """Put the active adapter on the context; the cached keys and values are stale."""
+        if self._active is None:
+            rc = self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            arr = (self._ll.llama_adapter_lora_p_ctypes * 1)(self._adapters[self._active][0])
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = self._ll.llama_set_adapters_lora(self._ctx, arr, 1, scales)
+        self._forget()
+        if rc != 0:
+            self._active = None
+            self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
+            raise ModelError(f"llama.cpp refused the adapter (llama_set_adapters_lora = {rc})")
+
+    def _gguf_adapter(self, path: Path) -> Path:
+        """A GGUF adapter file for ``path``: itself, or the PEFT folder's conversion."""
+        if path.is_file() and path.suffix == ".gguf":
+            return path
+        weights = path / "adapter_model.safetensors"
+        if not (path / "adapter_config.json").is_file() or not weights.is_file():
+            raise ModelError(
+                f"adapter at {path}: no adapter_config.json + adapter_model.safetensors"
+            )
+        from shared.gguf_adapter import write_gguf_adapter
+
+        digest = hashlib.sha256(weights.read_bytes())
+        digest.update((path / "adapter_config.json").read_bytes())
+        folder = Path(self.config.adapter_cache).expanduser()
+        target = folder / f"{digest.hexdigest()[:16]}.gguf"
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            write_gguf_adapter(path, partial, f"adapter {path.name}")
+            os.replace(partial, target)
+        return target
+
+
+_LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
+
+
+def _route_logs(llama_cpp: Any) -> None:
+    """llama.cpp's own log lines go to Python logging ("llama.cpp"), not to stderr."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    log = logging.getLogger("llama.cpp")
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            log.log(logging.WARNING if level == 4 else logging.DEBUG, "%s", line)
+
+    _LOG_CALLBACK = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))

@@ -1,0 +1,132 @@
+"""The llamacpp backend on the bundled Gemma 3 270M: prefix reuse, the head's features, LoRA
+switching on a live context, and an edge process that never imports torch.
+
+Opt-in like every llama.cpp test: needs ``llama-cpp-python`` (pip install
+'.[llamacpp]'; it compiles llama.cpp, minutes), skipped where that is not installed.
+``bench/llamacpp_edge.py`` measures its speed and memory against raw llama.cpp and torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytestmark = [pytest.mark.llamacpp, pytest.mark.integration, pytest.mark.slow]
+
+from shared.answer import parse_answer, verdict_confidence  # noqa: E402
+from shared.backend import GenerateRequest  # noqa: E402
+from shared.config import LlamaCppModelConfig  # noqa: E402
+from shared.errors import ModelError  # noqa: E402
+from shared.skill import default_skill  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENES = [
+    "A pan of oil is smoking on the stove and nobody is in the kitchen.",
+    "A cat is sleeping on a grey sofa next to an open window.",
+    "A forklift is reversing towards a man who is looking at his phone.",
+]
+
+
+def _request(text: str, **kw) -> GenerateRequest:
+    skill = default_skill()
+    return GenerateRequest(system=skill.instructions, demos=skill.demos, input=text, **kw)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    from shared.llamacpp_backend import LlamaCppBackend
+
+    cache = tmp_path_factory.mktemp("adapters")
+    b = LlamaCppBackend(LlamaCppModelConfig(threads=2, adapter_cache=cache))
+    yield b
+    b.close()
+
+
+def test_answers_parse_the_prefix_is_reused_and_the_final_norm_state_comes_with_them(backend):
+    layers = backend.hidden.readable
+    assert layers == (backend.hidden.num_layers,)
+    first = backend.generate(_request(SCENES[0], hidden_layers=layers))
+    second = backend.generate(_request(SCENES[1], hidden_layers=layers))
+    for gen in (first, second):
+        answer = parse_answer(gen.text, verdict_confidence(gen.logprobs))
+        assert gen.text.startswith("Answer:") and answer.format_ok, gen.text
+        assert 0 < len(gen.logprobs) <= gen.tokens  # a stop sequence's tokens are cut
+        assert len(gen.hidden) == backend.hidden.size and np.isfinite(gen.hidden).all()
+    # the skill prefix (~150 tokens) is evaluated once; the next input runs only its own
+    assert first.prompt_tokens > 100 and second.prompt_tokens < 30
+    features_only = backend.generate(_request(SCENES[2], hidden_layers=layers, max_new_tokens=0))
+    assert features_only.tokens == 0 and features_only.hidden is not None
+    with pytest.raises(ModelError, match="final-norm"):
+        backend.generate(_request(SCENES[0], hidden_layers=(9, 18)))
+
+
+def test_a_reused_prefix_answers_as_a_cold_start(backend):
+    from shared.llamacpp_backend import LlamaCppBackend
+
+    cold = LlamaCppBackend(LlamaCppModelConfig(threads=2, prefix_cache=False))
+    try:
+        layers = backend.hidden.readable
+        backend.generate(_request(SCENES[1]))  # leaves the prefix cached
+        warm_gen = backend.generate(_request(SCENES[2], hidden_layers=layers))
+        cold_gen = cold.generate(_request(SCENES[2], hidden_layers=layers))
+    finally:
+        cold.close()
+    assert warm_gen.prompt_tokens < cold_gen.prompt_tokens
+    assert warm_gen.text == cold_gen.text
+    a, b = np.array(warm_gen.hidden), np.array(cold_gen.hidden)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.995  # batch-size rounding only
+
+
+def test_a_lora_switches_on_the_live_context_and_the_base_is_never_reloaded(backend, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from bench.llamacpp import random_lora
+
+    lora = tmp_path / "lora"
+    random_lora(lora, scale=0.08)
+    request = _request(SCENES[0], max_new_tokens=12, stop=())
+    base = backend.generate(request).text
+    backend.load_adapter("r1", lora)
+    assert backend.active_adapter is None and backend.generate(request).text == base
+    backend.set_adapter("r1")
+    adapted = backend.generate(request)
+    assert adapted.text != base
+    assert adapted.prompt_tokens > 100  # the prefix was recomputed under the adapter
+    backend.set_adapter(None)
+    assert backend.generate(request).text == base
+    backend.load_adapter("r2", lora)  # the same files: converted once
+    assert len(list(Path(backend.config.adapter_cache).glob("*.gguf"))) == 1
+    assert backend.loads == 1
+    with pytest.raises(ModelError, match="not loaded"):
+        backend.set_adapter("r9")
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        backend.load_adapter("bad", tmp_path)
+    backend.unload_adapter("r1")
+    backend.unload_adapter("r2")
+    assert backend.adapters == []
+
+
+def test_an_edge_process_on_llamacpp_answers_every_input_and_never_imports_torch(tmp_path):
+    source = tmp_path / "inputs.txt"
+    source.write_text("\n".join(SCENES) + "\n")
+    events = tmp_path / "events.jsonl"
+    code = (
+        "import sys\n"
+        "from edge.cli import main\n"
+        f"argv = ['run', '--source', {str(source)!r}, '--backend', 'llamacpp', "
+        f"'--events', {str(events)!r}, '--no-progress']\n"
+        "try:\n    rc = main(argv)\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print('RC', rc, 'TORCH', 'torch' in sys.modules, 'TRANSFORMERS', "
+        "'transformers' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert "RC 0 TORCH False TRANSFORMERS False" in done.stdout, done.stdout + done.stderr
+    answers = [e for e in map(json.loads, events.read_text().splitlines()) if "answer" in e]
+    assert [e["input"] for e in answers] == SCENES
+    assert all(e["format_ok"] for e in answers), answers
