@@ -322,4 +322,3 @@ class _Output:
             return self.text, self.logprobs
         kept = [lp for lp, o in zip(self.logprobs, self.offsets, strict=True) if o < self.cut]
         return self.text[: self.cut], kept
-
