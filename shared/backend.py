@@ -14,9 +14,12 @@ Every backend can be asked about LoRA adapters (``load_adapter``, ``set_adapter`
 ``adapters``, ``active_adapter``); one without them says so (``supports_adapters``
 False, ``NoAdapters``) and refuses to load one with a ModelError.
 
-Backends: ``shared.embedded.EmbeddedBackend`` (transformers, in-process, default) and
-``shared.ollama_backend.OllamaBackend``; ``shared.backend_factory.make_backend`` builds
-the one a ``ModelConfig`` names, for the edge and the teacher alike.
+Backends: ``shared.embedded.EmbeddedBackend`` (transformers, in-process, default),
+``shared.llamacpp_backend.LlamaCppBackend`` (llama.cpp, in-process, no torch) and
+``shared.ollama_backend.OllamaBackend``; ``hidden_spec(backend)`` says which hidden states
+a backend gives and on which engine (a head runs only on the engine it was fit on);
+``shared.backend_factory.make_backend`` builds the one a ``ModelConfig`` names, for the
+edge and the teacher alike.
 """
 
 from __future__ import annotations

@@ -158,8 +158,12 @@ class LlamaCppBackend:
             )
         common = self._keep_prefix(ids)
         try:
-            self._eval(ids[common:-1], output_last=False)
-            hidden = self._eval_last(ids[-1], want_hidden=bool(wanted))
+            if wanted:  # the last token alone, with embeddings on (see the module doc)
+                self._eval(ids[common:-1], output_last=False)
+                hidden = self._eval_last(ids[-1])
+            else:
+                self._eval(ids[common:], output_last=True)
+                hidden = None
         except BackendError:
             self._forget()
             raise
@@ -233,11 +237,8 @@ class LlamaCppBackend:
             last = output_last and start + step >= len(tokens)
             self._decode(chunk, last)
 
-    def _eval_last(self, token: int, want_hidden: bool) -> list[float] | None:
-        """The last prompt token alone, with embeddings on when the head needs them."""
-        if not want_hidden:
-            self._decode([token], True)
-            return None
+    def _eval_last(self, token: int) -> list[float]:
+        """The last prompt token alone with embeddings on: its logits and final-norm state."""
         self._ll.llama_set_embeddings(self._ctx, True)
         try:
             self._decode([token], True)

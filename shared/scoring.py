@@ -149,6 +149,10 @@ def audit_estimate(outcomes: Sequence[Outcome], z: float = 1.96) -> AuditEstimat
     like the sample: 3 x passed / audited). Caught hazards are the reviewed ones among
     the non-audit escalations and the alerts known to be hazards (an alert whose truth
     is unknown counts as one: a person was told).
+
+    Known bias: ``audit_p`` is the probability of the draw; an audit the budget or the
+    cooldown then suppresses is not recorded as audited, so the net probability is a
+    little lower than the weight assumes and the missed count is a little low.
     """
     passed = [o for o in outcomes if not o.alert and (not o.escalated or o.audited)]
     audits = [o for o in passed if o.audited and o.audit_p and o.truth is not None]
