@@ -67,7 +67,7 @@ class LlamaCppBackend:
         except ImportError as exc:
             raise BackendError(
                 "the llamacpp backend needs llama-cpp-python (pip install "
-                "'llama-cpp-python==0.3.36'; it compiles llama.cpp, about 6 minutes)"
+                "'llama-cpp-python==0.3.36'; it compiles llama.cpp: about 10 minutes on 2 cores)"
             ) from exc
         from shared.models import gguf_weights
 
