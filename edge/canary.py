@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 from shared.config import PolicyConfig
-from shared.policy import PolicyContext, decide, text_scene_key
+from shared.policy import PolicyContext, decide, needs_sentence, text_scene_key
 from shared.release import Release
 from shared.student import Student, head_problem
 
@@ -46,8 +46,17 @@ def check_release(student: Student, release: Release, policy: PolicyConfig) -> l
     with student.trial(release):
         for number, canary in enumerate(release.manifest.canaries, 1):
             name = f"canary {number} ({canary.id or canary.input[:40]!r})"
-            try:
-                answered = student.answer(canary.input)
+            context = PolicyContext(
+                now=0.0,
+                processed=1,
+                input_text=canary.input,
+                scene_key=text_scene_key(canary.input),
+                calibration=release.calibration,
+            )
+            try:  # judged as this edge judges (answer: when_needed included)
+                answered = student.answer(
+                    canary.input, None, lambda a, c=context: needs_sentence(a, c, policy)
+                )
             except Exception as exc:  # a canary that cannot be judged refuses the release
                 problems.append(f"{name}: {type(exc).__name__}: {exc}")
                 continue
@@ -61,13 +70,6 @@ def check_release(student: Student, release: Release, policy: PolicyConfig) -> l
                         f"{name}: p_unsafe {p:.4f} here, {canary.p_unsafe:.4f} on the teacher "
                         f"(tolerance {tolerance:g})"
                     )
-            context = PolicyContext(
-                now=0.0,
-                processed=1,
-                input_text=canary.input,
-                scene_key=text_scene_key(canary.input),
-                calibration=release.calibration,
-            )
             decision = decide(answered.answer, context, policy)
             if canary.unsafe and decision.outcome == "pass":
                 problems.append(

@@ -43,7 +43,7 @@ from edge.sketch import RecentSketches, SceneSketcher, to_jpeg
 from edge.sources import Item, Source
 from edge.summary import RunStats, summary_event, summary_text
 from shared.answer import Answer
-from shared.backend import Backend
+from shared.backend import Backend, engine_of
 from shared.config import EdgeConfig
 from shared.errors import BackendError, GemmaEdgeError, LinkError, ModelError, StoreError
 from shared.messages import Review
@@ -80,8 +80,14 @@ class EdgeDaemon:
         self.metrics = metrics or EdgeMetrics()
         self.clock = clock
         # The release given (gemma-edge run: --release, or a bare skill file), else the
-        # bundled default release (default skill, a head trained on the bundled scenes).
-        self.student = Student(backend, release or default_release(), config.model.max_new_tokens)
+        # bundled default release of the backend's engine (default skill, a head trained on
+        # the bundled scenes with this engine's hidden states).
+        self.student = Student(
+            backend,
+            release or default_release(engine_of(backend)),
+            config.model.max_new_tokens,
+            config.model.answer,
+        )
         self.link = None  # set by attach_link
         self.gate = FrameGate(config.gate)
         self.sketcher = SceneSketcher(config.sketch)
@@ -264,7 +270,8 @@ class EdgeDaemon:
         self.stats.model_calls += 1
         started = time.perf_counter()
         try:
-            answered = self.student.answer(text, jpeg)
+            check = self.policy.needs_sentence(text, scene_key, policy_now, release.calibration)
+            answered = self.student.answer(text, jpeg, check)
         except Exception as exc:  # whatever fails, the input is escalated, never dropped
             self._judge_failed(item, base, text, jpeg, release, exc)
             return

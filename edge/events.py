@@ -234,6 +234,7 @@ def answer_event(
         "case_id": None,
         "latency_s": round(latency, 4),
         "tokens": gen.tokens,
+        "sentence": answered.sentence,  # False: judged from the prefill (answer: when_needed)
         "skill_version": release.skill.version,
         "adapter_version": adapter_version,
         "release": release.version,

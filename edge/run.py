@@ -85,6 +85,12 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--backend", choices=["embedded", "llamacpp", "ollama"], help="override model.backend"
     )
+    parser.add_argument(
+        "--answer",
+        choices=["always", "when_needed"],
+        help="override model.answer (when_needed: judge from the prefill, the sentence "
+        "only for alerts, escalations and audits)",
+    )
     parser.add_argument("--skill", help="skill file (overrides the config's skill)")
     parser.add_argument(
         "--release",
@@ -104,8 +110,9 @@ def load_run_config(args) -> EdgeConfig:
     if args.events:
         path = None if args.events == "-" else Path(args.events)
         updates["events"] = config.events.model_copy(update={"path": path})
-    if args.backend:
-        updates["model"] = config.model.model_copy(update={"backend": args.backend})
+    model = {k: v for k, v in (("backend", args.backend), ("answer", args.answer)) if v}
+    if model:
+        updates["model"] = config.model.model_copy(update=model)
     if args.skill:
         updates["skill"] = Path(args.skill)
     if args.metrics_port is not None:

@@ -96,6 +96,12 @@ def hidden_spec(backend: object) -> HiddenSpec | None:
     return HiddenSpec("torch", int(config.num_hidden_layers), int(config.hidden_size))
 
 
+def engine_of(backend: object) -> str:
+    """The engine computing ``backend``'s hidden states ("torch" where it gives none)."""
+    spec = hidden_spec(backend)
+    return spec.engine if spec is not None else "torch"
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str

@@ -112,6 +112,12 @@ class ModelConfig(Strict):
     llamacpp: LlamaCppModelConfig = Field(default_factory=LlamaCppModelConfig)
     ollama: OllamaModelConfig = Field(default_factory=OllamaModelConfig)
     max_new_tokens: int = Field(48, ge=1, le=4096, description="Token budget per answer.")
+    answer: Literal["always", "when_needed"] = Field(
+        "always",
+        description="always: every input gets its sentence; when_needed: with a release's "
+        "head, an input is judged from its prefill and the sentence is generated only for "
+        "an alert, an escalation or an audit (set the same on the teacher's student).",
+    )
     adapter: Path | None = Field(
         None, description="LoRA adapter directory to activate at start (embedded, llamacpp)."
     )

@@ -14,10 +14,16 @@ What the edge needs from an engine, on the engine every small-device runtime use
 - **The head's features from the answering pass.** The prompt but its last token is
   evaluated with no outputs; the last token alone with embeddings on (with embeddings on
   llama.cpp outputs every token of a batch, and Gemma's 262k-token vocabulary makes that
-  1 MiB of logits per token), which gives its logits and its final-norm hidden state;
-  embeddings go off again for decoding. llama.cpp gives only that state (hidden-state
-  index ``n_layer`` in the embedded backend's numbering), so a head reading other layers
-  cannot run here (``hidden.layers`` says which it can).
+  1 MiB of logits per token), which gives its logits and its final-norm hidden state
+  (hidden-state index ``n_layer`` in the embedded backend's numbering); embeddings go off
+  again for decoding. A head that reads an earlier layer ``i`` (1 .. n_layer - 1: the
+  output of block ``i - 1``, llama.cpp's ``l_out-{i-1}``) gets it from the same pass
+  through llama.cpp's eval callback (``cb_eval``), which copies that one tensor out. The
+  callback costs every later decode step about 6 % (measured: llama.cpp asks it about
+  each of ~750 graph nodes per token), so the context carries it only while a head
+  reads such a layer: the first request that asks for one rebuilds the context with it
+  (the cached prefix is recomputed once), a head of the final state alone rebuilds it
+  without.
 - **LoRA hot-swap.** A release's PEFT adapter is converted to a GGUF adapter once
   (``shared.gguf_adapter``: numpy, no torch) into ``adapter_cache``, loaded with
   ``llama_adapter_lora_init`` and switched on the live context with
@@ -102,12 +108,20 @@ class LlamaCppBackend:
         self._n_vocab = self._llm.n_vocab()
         self._n_ctx = self._llm.n_ctx()
         self._batch = llama_cpp.llama_batch_init(self.config.n_batch, 0, 1)
+        n_layer = int(llama_cpp.llama_model_n_layer(self._model))
+        self._ggml = _ggml_tensor_api(llama_cpp)
         self.hidden = HiddenSpec(
             engine=ENGINE,
-            num_layers=int(llama_cpp.llama_model_n_layer(self._model)),
+            num_layers=n_layer,
             size=int(self._llm.n_embd()),
-            readable=(int(llama_cpp.llama_model_n_layer(self._model)),),
+            readable=tuple(range(1, n_layer + 1)) if self._ggml else (n_layer,),
         )
+        self._own_ctx = False  # True once the context is ours (rebuilt with or without taps)
+        self._tapped = False  # the context carries the eval callback
+        self._tap_names: dict[bytes, int] = {}  # tensor name -> layer, for this request
+        self._taps: dict[int, np.ndarray] = {}
+        self._tap_error: str | None = None
+        self._tap_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
         self._cached: list[int] = []  # the tokens whose keys and values are in sequence 0
         self._adapters: dict[str, tuple[Any, Path]] = {}  # name -> (llama adapter, gguf)
         self._active: str | None = None
@@ -133,6 +147,8 @@ class LlamaCppBackend:
             if self._llm is None:
                 return
             self._ll.llama_batch_free(self._batch)
+            if self._own_ctx:
+                self._ll.llama_free(self._ctx)
             for adapter, _ in self._adapters.values():
                 self._ll.llama_adapter_lora_free(adapter)
             self._adapters.clear()
@@ -141,11 +157,14 @@ class LlamaCppBackend:
 
     def _generate(self, request: GenerateRequest) -> Generation:
         wanted = tuple(request.hidden_layers)
-        if wanted and wanted != self.hidden.readable:
+        unreadable = [i for i in wanted if i not in self.hidden.readable]
+        if unreadable:
             raise ModelError(
-                f"llama.cpp gives the final-norm hidden state only (layer "
-                f"{self.hidden.num_layers}); hidden layers {list(wanted)} were asked"
+                f"{self.name} gives hidden layers {list(self.hidden.readable)}; "
+                f"{unreadable} were asked"
             )
+        if wanted:
+            self._tap(tuple(i for i in wanted if i < self.hidden.num_layers))
         t0 = time.perf_counter()
         ids = self._tokenize(
             render_prefix(request.system, request.demos) + render_input(request.input)
@@ -160,7 +179,7 @@ class LlamaCppBackend:
         try:
             if wanted:  # the last token alone, with embeddings on (see the module doc)
                 self._eval(ids[common:-1], output_last=False)
-                hidden = self._eval_last(ids[-1])
+                hidden = self._eval_last(ids[-1], wanted)
             else:
                 self._eval(ids[common:], output_last=True)
                 hidden = None
@@ -237,18 +256,81 @@ class LlamaCppBackend:
             last = output_last and start + step >= len(tokens)
             self._decode(chunk, last)
 
-    def _eval_last(self, token: int) -> list[float]:
-        """The last prompt token alone with embeddings on: its logits and final-norm state."""
+    def _eval_last(self, token: int, layers: tuple[int, ...]) -> list[float]:
+        """The last prompt token alone with embeddings on: its logits, its final-norm state
+        and the earlier ``layers`` the eval callback copies out, concatenated in order."""
+        final = self.hidden.num_layers
+        self._tap_names = {f"l_out-{i - 1}".encode(): i for i in layers if i < final}
+        self._taps, self._tap_error = {}, None
         self._ll.llama_set_embeddings(self._ctx, True)
         try:
             self._decode([token], True)
             ptr = self._ll.llama_get_embeddings_ith(self._ctx, -1)
             if not ptr:
                 raise BackendError(f"{self.name}: llama.cpp returned no hidden state")
-            hidden = np.ctypeslib.as_array(ptr, shape=(self.hidden.size,)).astype(np.float64)
+            states = {final: np.ctypeslib.as_array(ptr, shape=(self.hidden.size,))}
         finally:
             self._ll.llama_set_embeddings(self._ctx, False)
-        return hidden.tolist()
+            self._tap_names = {}
+        if self._tap_error:
+            raise BackendError(f"{self.name}: {self._tap_error}")
+        states.update(self._taps)
+        missing = [i for i in layers if i not in states]
+        if missing:
+            raise BackendError(f"{self.name}: llama.cpp's graph gave no state for layers {missing}")
+        return np.concatenate([states[i] for i in layers]).astype(np.float64).tolist()
+
+    # ------------------------------------------------------------ earlier layers
+    def _on_tensor(self, tensor: int, ask: bool, user_data: Any) -> bool:
+        """llama.cpp's eval callback: asked about every graph node (is it wanted?), then
+        called once each wanted one is computed, to copy it out. Never raises: a problem
+        is kept and raised after the decode (an exception cannot cross into C)."""
+        names = self._tap_names
+        if not names:
+            return not ask  # nothing wanted; and never stop the graph
+        try:
+            name = self._ggml.get_name(tensor)
+            if ask:
+                return name in names
+            n = self._ggml.nelements(tensor)
+            if n != self.hidden.size or self._ggml.nbytes(tensor) != 4 * n:
+                self._tap_error = f"{name.decode()} has {n} values, not {self.hidden.size} float32"
+                return True
+            out = np.empty(n, dtype=np.float32)
+            self._ggml.tensor_get(tensor, out.ctypes.data, 0, 4 * n)
+            self._taps[names[name]] = out
+        except Exception as exc:  # noqa: BLE001 - kept for the caller, see above
+            self._tap_error = f"reading a hidden layer failed: {exc}"
+        return True
+
+    def _tap(self, earlier: tuple[int, ...]) -> None:
+        """Give the context the eval callback if ``earlier`` layers are asked, or take it
+        away if a head reads the final state alone (a rebuilt context, see the module doc)."""
+        need = bool(earlier)
+        if need == self._tapped:
+            return
+        t0 = time.perf_counter()
+        params = self._ll.llama_context_params()
+        ctypes.pointer(params)[0] = self._llm.context_params
+        params.cb_eval = self._tap_callback if need else self._ll.ggml_backend_sched_eval_callback()
+        params.cb_eval_user_data = None
+        ctx = self._ll.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise ModelError(
+                f"{self.name}: llama.cpp could not make a context for layers {earlier}"
+            )
+        if self._own_ctx:
+            self._ll.llama_free(self._ctx)
+        else:
+            self._llm._ctx.close()  # the Llama object's own context: ours replaces it
+        self._ctx, self._own_ctx, self._tapped = ctx, True, need
+        self._apply()  # the active adapter on the new context; nothing is cached in it
+        logger.info(
+            "llama.cpp context rebuilt %s the eval callback (hidden layers %s) in %.3f s",
+            "with" if need else "without",
+            list(earlier),
+            time.perf_counter() - t0,
+        )
 
     def _decode(self, tokens: list[int], output_last: bool) -> None:
         batch = self._batch
@@ -375,6 +457,39 @@ class LlamaCppBackend:
             write_gguf_adapter(path, partial, f"adapter {path.name}")
             os.replace(partial, target)
         return target
+
+
+class _GgmlTensors:
+    """The four ggml functions the eval callback needs, from llama-cpp-python's own
+    ``libggml-base`` (llama_cpp binds llama.h, not ggml.h)."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        lib.ggml_get_name.restype = ctypes.c_char_p
+        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_nelements.restype = ctypes.c_int64
+        lib.ggml_nelements.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.restype = None
+        lib.ggml_backend_tensor_get.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
+        ]  # fmt: skip
+        self.get_name = lib.ggml_get_name
+        self.nelements = lib.ggml_nelements
+        self.nbytes = lib.ggml_nbytes
+        self.tensor_get = lib.ggml_backend_tensor_get
+
+
+def _ggml_tensor_api(llama_cpp: Any) -> _GgmlTensors | None:
+    """ggml's tensor functions, or None (then only the final-norm state is readable)."""
+    folder = Path(llama_cpp.__file__).parent / "lib"
+    for path in sorted(folder.glob("libggml-base.*")) + sorted(folder.glob("ggml-base.*")):
+        try:
+            return _GgmlTensors(ctypes.CDLL(str(path)))
+        except (OSError, AttributeError):
+            continue
+    logger.warning("no ggml library next to llama_cpp in %s: only the final-norm state", folder)
+    return None
 
 
 _LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it

@@ -54,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -268,6 +268,17 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
     return Decision(True, tuple(reasons), None, **done)
 
 
+def needs_sentence(answer: Answer, context: PolicyContext, config: PolicyConfig) -> bool:
+    """Whether an input judged from its prefill alone (``answer``: the head's p(unsafe),
+    no text) needs the sentence: the head alerts, or any reason would escalate it (a
+    keyword in the input, the band, an audit; suppressed or not). Always True without a
+    head's judgement and the release's calibration (the confidence rules need the text)."""
+    if context.calibration is None or answer.p_unsafe is None:
+        return True
+    decision = decide(answer, context, config)
+    return decision.alert or bool(decision.reasons)
+
+
 class EscalationPolicy:
     """Keeps the history ``decide`` needs (escalation times, cooldown keys, confidences).
 
@@ -280,6 +291,18 @@ class EscalationPolicy:
         self._escalations: deque[float] = deque()
         self._last: dict[str, float] = {}
         self._confidences: deque[float] = deque(maxlen=config.calibration_window)
+
+    def needs_sentence(
+        self, input_text: str, scene_key: str, now: float, calibration: Calibration | None
+    ) -> Callable[[Answer], bool]:
+        """For ``Student.answer``: whether the next input (the one ``decide`` is called
+        with next) needs its sentence, judged from its prefill; changes no state."""
+
+        def check(answer: Answer) -> bool:
+            context = self._context(self.processed + 1, input_text, scene_key, now, calibration)
+            return needs_sentence(answer, context, self.config)
+
+        return check
 
     def decide(
         self,
@@ -295,16 +318,7 @@ class EscalationPolicy:
         horizon = self.config.cooldown_s
         if len(self._last) > 4096:  # forget keys whose cooldown is over
             self._last = {k: t for k, t in self._last.items() if now - t < horizon}
-        context = PolicyContext(
-            now=now,
-            processed=self.processed,
-            input_text=input_text,
-            scene_key=scene_key,
-            recent_escalations=tuple(self._escalations),
-            last_escalated=self._last,
-            recent_confidences=tuple(self._confidences),
-            calibration=calibration,
-        )
+        context = self._context(self.processed, input_text, scene_key, now, calibration)
         decision = decide(answer, context, self.config)
         if answer.best_confidence is not None:
             self._confidences.append(answer.best_confidence)
@@ -312,3 +326,15 @@ class EscalationPolicy:
             self._escalations.append(now)
             self._last[scene_key] = now
         return decision
+
+    def _context(self, processed, input_text, scene_key, now, calibration) -> PolicyContext:
+        return PolicyContext(
+            now=now,
+            processed=processed,
+            input_text=input_text,
+            scene_key=scene_key,
+            recent_escalations=tuple(self._escalations),
+            last_escalated=self._last,
+            recent_confidences=tuple(self._confidences),
+            calibration=calibration,
+        )

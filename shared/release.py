@@ -14,10 +14,11 @@ release whose files do not match their entries does not load.
 
 ``check_files`` verifies a release held in memory (a push) without writing anything;
 ``write_release`` writes one atomically (temporary folder, fsync, rename);
-``load_release`` reads and verifies a folder; ``default_release`` is the one bundled
-with the package (``shared/data/release``: the default skill, a head trained on the
-bundled labelled scenes and its calibration; rebuilt by ``gemma-teacher releases
-build-default``).
+``load_release`` reads and verifies a folder; ``default_release(engine)`` is the one
+bundled with the package for that engine (``shared/data/release`` for torch,
+``shared/data/release-llamacpp`` for llama.cpp: the default skill, a head trained on the
+bundled labelled scenes with that engine's hidden states, and its calibration; rebuilt
+by ``gemma-teacher releases build-default [--backend llamacpp]``).
 
 It knows nothing about sockets, registries, models or policies.
 """
@@ -229,13 +230,29 @@ def payload(folder: Path) -> list[tuple[FileEntry, bytes]]:
     return out
 
 
-def default_release_dir() -> Path:
-    return Path(str(package_files("shared").joinpath("data/release")))
+ENGINES = ("torch", "llamacpp")  # the engines a bundled release v0 is built for
 
 
-def default_release() -> Release:
-    """The release bundled with the package (version 0)."""
-    return load_release(default_release_dir())
+def default_release_dir(engine: str = "torch") -> Path:
+    """The bundled release v0 for ``engine`` (its head reads that engine's hidden states):
+    ``shared/data/release`` (torch) or ``shared/data/release-<engine>``."""
+    name = "data/release" if engine == "torch" else f"data/release-{engine}"
+    return Path(str(package_files("shared").joinpath(name)))
+
+
+def default_release(engine: str = "torch") -> Release:
+    """The release bundled with the package (version 0) for ``engine``; the torch one where
+    none is bundled for it (its head then does not run there, and the edge says so)."""
+    folder = default_release_dir(engine)
+    if engine != "torch" and not (folder / MANIFEST).is_file():
+        folder = default_release_dir("torch")
+    return load_release(folder)
+
+
+def model_engine(backend: str) -> str:
+    """The engine whose bundled v0 a ``model.backend`` runs (Ollama's head reads no
+    hidden states: it gets the torch one, whose hidden head it drops)."""
+    return "llamacpp" if backend == "llamacpp" else "torch"
 
 
 # ---------------------------------------------------------------- writing

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,18 +37,27 @@ from shared.skill import Skill
 logger = logging.getLogger(__name__)
 
 
+ANSWER_MODES = ("always", "when_needed")
+
+
 @dataclass(frozen=True)
 class Answered:
     generation: Generation
     answer: Answer  # with p_unsafe from the head where there is one
+    sentence: bool = True  # False: judged from the prefill alone, no sentence generated
 
 
 class Student:
     """A backend running one release (skill, adapter, head); ``use`` switches releases."""
 
-    def __init__(self, backend: Backend, release: Release, max_new_tokens: int = 48):
+    def __init__(
+        self, backend: Backend, release: Release, max_new_tokens: int = 48, answer: str = "always"
+    ):
+        if answer not in ANSWER_MODES:
+            raise ValueError(f"answer must be one of {ANSWER_MODES}, not {answer!r}")
         self.backend = backend
         self.max_new_tokens = max_new_tokens
+        self.mode = answer
         self.release = release
         self.head: SafetyHead | None = None
         self._loaded: dict[tuple, str] = {}  # adapter files' identity -> backend adapter name
@@ -127,11 +137,29 @@ class Student:
             hidden_layers=layers,
         )
 
-    def answer(self, text: str, image: bytes | None = None) -> Answered:
+    def answer(
+        self,
+        text: str,
+        image: bytes | None = None,
+        needs_sentence: Callable[[Answer], bool] | None = None,
+    ) -> Answered:
         """The release's answer to one input; BackendError propagates, and a head that
-        computes no finite p(unsafe) raises ModelError (the caller escalates the input)."""
+        computes no finite p(unsafe) raises ModelError (the caller escalates the input).
+
+        ``answer: when_needed`` with a head: the prompt alone is run first (the prefill:
+        the head's features and p(unsafe), no sentence), and ``needs_sentence`` (the
+        policy's ``needs_sentence``: an alert, an escalation or an audit) says whether to
+        generate the sentence too; on a prefix-caching backend that costs one token more
+        than answering outright. Without a head, or without ``needs_sentence``, the
+        sentence is always generated."""
         with self._run:
-            gen = self.backend.generate(self.request(text, image))
+            request = self.request(text, image)
+            if self.mode == "when_needed" and self.head is not None and needs_sentence:
+                gen = self.backend.generate(replace(request, max_new_tokens=0))
+                quick = judge_prefill(gen, self.head)
+                if not needs_sentence(quick):
+                    return Answered(gen, quick, sentence=False)
+            gen = self.backend.generate(request)
             return Answered(gen, judge(gen, self.head))
 
 
@@ -151,10 +179,20 @@ def judge(gen: Generation, head: SafetyHead | None) -> Answer:
     answer = parse_answer(gen.text, verdict_confidence(gen.logprobs))
     if head is None:
         return answer
+    return replace(answer, p_unsafe=_p_unsafe(gen, head))
+
+
+def judge_prefill(gen: Generation, head: SafetyHead) -> Answer:
+    """The head's judgement of a prompt run without a sentence: no text, so nothing to
+    parse and no format to break; the safety verdict is the head's."""
+    return Answer("", None, None, True, "", p_unsafe=_p_unsafe(gen, head))
+
+
+def _p_unsafe(gen: Generation, head: SafetyHead) -> float | None:
     p = head.p_unsafe(head.features(gen))
     if p is not None and not 0.0 <= p <= 1.0:  # NaN fails both comparisons
         raise ModelError(f"the safety head computed p_unsafe = {p} (not a probability)")
-    return replace(answer, p_unsafe=p)
+    return p
 
 
 def head_problem(backend: Backend, head: SafetyHead | None) -> str | None:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from teacher.release.build import build_release
     from teacher.release.registry import ReleaseRegistry
 
-    parent = ReleaseRegistry(cfg.home).active().skill
+    parent = ReleaseRegistry.of(cfg).active().skill
     student = make_backend(cfg.student)
     writer = writer_backend(cfg, student)
     built = None

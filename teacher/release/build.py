@@ -92,7 +92,7 @@ def build_release(
 
     ``keep_refused`` stores a refused release too (never active), to inspect or score it.
     """
-    registry = ReleaseRegistry(cfg.home)
+    registry = ReleaseRegistry.of(cfg)
     active = registry.ensure()
     skill = skill or active.skill
     splits = splits or make_splits(cfg, cases, skill)
@@ -105,7 +105,7 @@ def build_release(
             adapter_dir.mkdir()
             for name in ADAPTER_FILES:
                 (adapter_dir / name).write_bytes(adapter[name])
-        student = Student(backend, skill_release(skill, adapter_dir), max_new)
+        student = Student(backend, skill_release(skill, adapter_dir), max_new, cfg.student.answer)
         prior = prior_head(active, skill, adapter)
         head, calibration, timing = fit_and_calibrate(cfg, student, splits, prior)
         timing["prior"] = f"v{active.version}" if head.info.get("prior") else None
@@ -205,7 +205,7 @@ def evaluate(
     progress: bool = True,
 ) -> HarnessReport:
     """``release`` on ``cases`` through the harness (``gemma-teacher eval``)."""
-    student = Student(backend, release, cfg.student.max_new_tokens)
+    student = Student(backend, release, cfg.student.max_new_tokens, cfg.student.answer)
     return evaluate_release(student, cases, cfg.policy, cfg.release.eval_pace_s, progress)
 
 
@@ -242,7 +242,7 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
     frozen = [c for c in cases if frozen_member(c.input, cfg.train.eval_fraction, cfg.train.seed)]
     kept = [c for c in cases if c not in frozen]
     fit, cal = split_fit(kept, cfg.release.calibration_fraction, cfg.train.seed)
-    student = Student(backend, skill_release(skill), cfg.student.max_new_tokens)
+    student = Student(backend, skill_release(skill), cfg.student.max_new_tokens, cfg.student.answer)
     head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
     note = (
         f"bundled default: the default skill, a {head.kind} safety head fit on {len(fit)} of "

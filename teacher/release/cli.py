@@ -22,7 +22,7 @@ from pathlib import Path
 
 from shared.errors import StoreError
 from shared.evaluation import bundled_cases, load_labeled
-from shared.release import default_release_dir, load_release
+from shared.release import default_release_dir, load_release, model_engine
 from shared.teacher_config import TeacherConfig, load_teacher_config
 from teacher.release.harness import table
 from teacher.release.registry import ReleaseRegistry
@@ -54,15 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rebuild the bundled release v0 from the bundled labelled scenes",
         description="Fit the default release's safety head on the bundled labelled scenes "
         "and calibrate its thresholds (reproducible: same weights, same bytes).",
-        epilog="example:\n  gemma-teacher releases build-default",
+        epilog="examples:\n  gemma-teacher releases build-default\n"
+        "  gemma-teacher releases build-default --backend llamacpp   # v0 for llama.cpp edges",
     )
     for action in sub.choices.values():  # `releases list --home H` works as well
         action.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         action.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     build.add_argument(
+        "--backend",
+        choices=["embedded", "llamacpp"],
+        help="the student engine whose hidden states the head reads (default: student.backend)",
+    )
+    build.add_argument(
         "--out",
-        default=str(default_release_dir()),
-        help="where to write it (default: in the package)",
+        help="where to write it (default: in the package, shared/data/release for torch, "
+        "shared/data/release-llamacpp for llamacpp)",
     )
 
 
@@ -99,7 +105,7 @@ def _release(registry: ReleaseRegistry, spec: str):
 
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    registry = ReleaseRegistry(cfg.home)
+    registry = ReleaseRegistry.of(cfg)
     active = registry.active_number()
     if args.action == "list":
         rows = [("v0 (bundled)" + (" *" if active in (None, 0) else ""), {})]
@@ -128,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{release.describe()} is active; the teacher server pushes it to every edge")
         return 0
     if args.action == "build-default":
-        return build_default(cfg, Path(args.out))
+        if args.backend:
+            cfg.student = cfg.student.model_copy(update={"backend": args.backend})
+        out = args.out or default_release_dir(model_engine(cfg.student.backend))
+        return build_default(cfg, Path(out))
     raise StoreError(f"unknown action {args.action!r}")
 
 
@@ -150,7 +159,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from teacher.release.build import evaluate
 
     cfg = _config(args)
-    registry = ReleaseRegistry(cfg.home)
+    registry = ReleaseRegistry.of(cfg)
     cases = [c for path in args.labels for c in load_labeled(path)]
     releases = [_release(registry, args.release)]
     if args.against is not None:

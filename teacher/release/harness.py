@@ -133,12 +133,13 @@ def answer_cases(
     for i, case in enumerate(
         tqdm(cases, desc=desc, unit="case", disable=not progress, leave=False)
     ):
+        key = text_scene_key(case.input)
         t0 = time.perf_counter()
-        answered = student.answer(case.input)
-        latency = time.perf_counter() - t0
-        decision = policy.decide(
-            answered.answer, case.input, text_scene_key(case.input), i * pace_s, calibration
+        answered = student.answer(
+            case.input, None, policy.needs_sentence(case.input, key, i * pace_s, calibration)
         )
+        latency = time.perf_counter() - t0
+        decision = policy.decide(answered.answer, case.input, key, i * pace_s, calibration)
         out.append(
             CaseResult(
                 case.id, case.safety, answered.answer, decision, answered.generation.tokens, latency

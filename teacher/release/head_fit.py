@@ -118,14 +118,15 @@ def split_fit(
 
 # ---------------------------------------------------------------- head + thresholds
 def head_kind(backend: Backend) -> tuple[str, tuple[int, ...]]:
-    """``hidden`` where the backend gives hidden states (the default layers, or the ones
-    its engine can give: llama.cpp's final-norm state), else ``verdict``."""
+    """``hidden`` where the backend gives hidden states (the default layers, the middle
+    and the last, where its engine can read them, else its final state), else ``verdict``."""
     spec = hidden_spec(backend)
     if spec is None:
         return "verdict", ()
-    if spec.readable is not None:
-        return "hidden", tuple(spec.readable)
-    return "hidden", default_layers(spec.num_layers)
+    layers = default_layers(spec.num_layers)
+    if spec.readable is not None and not set(layers) <= set(spec.readable):
+        return "hidden", (spec.num_layers,) if spec.num_layers in spec.readable else spec.readable
+    return "hidden", layers
 
 
 def features(

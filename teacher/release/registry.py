@@ -26,6 +26,7 @@ from shared.release import (
     build_files,
     default_release,
     load_release,
+    model_engine,
     read_active,
     set_active,
     write_release,
@@ -40,9 +41,17 @@ GATE_FILE = "gate.json"
 
 
 class ReleaseRegistry:
-    def __init__(self, home: Path):
+    """``engine``: the student's engine, whose bundled v0 is this home's release 0."""
+
+    def __init__(self, home: Path, engine: str = "torch"):
         self.home = Path(home)
         self.root = self.home / "releases"
+        self.engine = engine
+
+    @classmethod
+    def of(cls, cfg) -> ReleaseRegistry:
+        """The registry of a teacher configuration's home, for its student's engine."""
+        return cls(cfg.home, model_engine(cfg.student.backend))
 
     def versions(self) -> list[int]:
         if not self.root.is_dir():
@@ -58,7 +67,7 @@ class ReleaseRegistry:
 
     def get(self, number: int) -> Release:
         if number == 0:
-            return default_release()
+            return default_release(self.engine)
         if number not in self.versions():
             have = ", ".join(f"v{n}" for n in [0, *self.versions()])
             raise StoreError(f"no release v{number} in {self.root} (have: {have}; v0 is bundled)")
@@ -79,7 +88,7 @@ class ReleaseRegistry:
     def active(self) -> Release:
         """What the edges should run: the active release, else the bundled default."""
         number = self.active_number()
-        return self.get(number) if number is not None else default_release()
+        return self.get(number) if number is not None else default_release(self.engine)
 
     def activate(self, number: int) -> Release:
         release = self.get(number)
@@ -96,7 +105,7 @@ class ReleaseRegistry:
         if old is None:
             return self.activate(0)
         number = self.next_number()
-        skill = old.skill or default_release().skill
+        skill = old.skill or default_release(self.engine).skill
         files = build_files(
             number,
             skill,

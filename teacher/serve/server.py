@@ -83,7 +83,7 @@ class TeacherServer:
         self.config = config
         self.store = store or CaseStore(default_store_path(config.home))
         self.reviewer = reviewer
-        self.releases = ReleaseRegistry(config.home)
+        self.releases = ReleaseRegistry.of(config)
         self.edges: dict[str, EdgeState] = {}
         self.endpoint: str | None = None
         self.ready = threading.Event()

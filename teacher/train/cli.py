@@ -132,7 +132,7 @@ def run(args) -> int:
         if value is not None:
             setattr(cfg.train, key, value)
     cases = gather_cases(cfg, args)
-    skill = ReleaseRegistry(cfg.home).active().skill
+    skill = ReleaseRegistry.of(cfg).active().skill
     from teacher.data.traffic import load_traffic, stored_traffic
 
     limit = cfg.release.max_self_labelled

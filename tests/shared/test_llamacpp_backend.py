@@ -49,8 +49,8 @@ def backend(tmp_path_factory):
 
 
 def test_answers_parse_the_prefix_is_reused_and_the_final_norm_state_comes_with_them(backend):
-    layers = backend.hidden.readable
-    assert layers == (backend.hidden.num_layers,)
+    layers = (backend.hidden.num_layers,)
+    assert backend.hidden.readable == tuple(range(1, layers[0] + 1))
     first = backend.generate(_request(SCENES[0], hidden_layers=layers))
     second = backend.generate(_request(SCENES[1], hidden_layers=layers))
     for gen in (first, second):
@@ -62,8 +62,32 @@ def test_answers_parse_the_prefix_is_reused_and_the_final_norm_state_comes_with_
     assert first.prompt_tokens > 100 and second.prompt_tokens < 30
     features_only = backend.generate(_request(SCENES[2], hidden_layers=layers, max_new_tokens=0))
     assert features_only.tokens == 0 and features_only.hidden is not None
-    with pytest.raises(ModelError, match="final-norm"):
-        backend.generate(_request(SCENES[0], hidden_layers=(9, 18)))
+    with pytest.raises(ModelError, match=r"\[0\] were asked"):
+        backend.generate(_request(SCENES[0], hidden_layers=(0, 18)))
+
+
+def test_an_earlier_layer_comes_from_the_answering_pass_and_changes_no_answer(backend):
+    """The middle layer through the eval callback: the same words and final state as
+    without it, and the torch backend's hidden state of that layer (same GGUF)."""
+    n = backend.hidden.num_layers
+    plain = backend.generate(_request(SCENES[0], hidden_layers=(n,)))
+    tapped = backend.generate(_request(SCENES[0], hidden_layers=(n // 2, n)))
+    again = backend.generate(_request(SCENES[0], hidden_layers=(n,)))  # the callback goes
+    assert plain.text == tapped.text == again.text
+    size = backend.hidden.size
+    assert len(tapped.hidden) == 2 * size
+    a, b = np.array(tapped.hidden[size:]), np.array(plain.hidden)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.995  # batch-size rounding only
+    from shared.config import EmbeddedModelConfig
+    from shared.embedded import EmbeddedBackend
+
+    torch_backend = EmbeddedBackend(EmbeddedModelConfig(threads=2))
+    ref = torch_backend.generate(_request(SCENES[0], hidden_layers=(n // 2 - 1, n // 2, n // 2 + 1),
+                                          max_new_tokens=0))  # fmt: skip
+    middle = np.array(tapped.hidden[:size])
+    cos = [float(middle @ r / np.linalg.norm(middle) / np.linalg.norm(r))
+           for r in np.array(ref.hidden).reshape(3, size)]  # fmt: skip
+    assert cos[1] > 0.999 and cos[1] > max(cos[0], cos[2]) + 0.005, cos  # the same layer
 
 
 def test_a_reused_prefix_answers_as_a_cold_start(backend):
@@ -71,7 +95,7 @@ def test_a_reused_prefix_answers_as_a_cold_start(backend):
 
     cold = LlamaCppBackend(LlamaCppModelConfig(threads=2, prefix_cache=False))
     try:
-        layers = backend.hidden.readable
+        layers = (backend.hidden.num_layers,)
         backend.generate(_request(SCENES[1]))  # leaves the prefix cached
         warm_gen = backend.generate(_request(SCENES[2], hidden_layers=layers))
         cold_gen = cold.generate(_request(SCENES[2], hidden_layers=layers))

@@ -1,0 +1,178 @@
+"""Judge at prefill speed: ``model.answer: always`` against ``when_needed``, whole edge runs.
+
+    .venv/bin/python bench/answer_modes.py              # ~10 min on a 2-core CPU
+    .venv/bin/python bench/answer_modes.py --engines embedded --texts 40
+
+Each run is a real ``gemma-edge run`` process with the bundled release v0 of its engine
+(a safety head and calibrated thresholds; default policy, audits included), one after the
+other on the same inputs:
+
+- **text**: the first ``--texts`` scenes of the held-out site
+  (``bench/data/heldout_site/scenes.jsonl``: never used to choose a default), labelled,
+  so the system's recall (alerted or escalated) and teacher calls per 100 are counted
+  from the events, both ways;
+- **video**: a synthetic MJPG file written here (a room, people-sized shapes walking in
+  and out, an orange flame-coloured patch for a while), through the frame gate and the
+  scene sketcher as any video file.
+
+Judgements per second are answered inputs over the time the model spent on them (the
+events' ``latency_s``), and over the run's wall time (model load included); the ratio
+``when_needed / always`` is from the same command. Prints a table, writes
+bench/results/answer_modes.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+SCENES = ROOT / "bench" / "data" / "heldout_site" / "scenes.jsonl"
+MODES = ("always", "when_needed")
+
+
+def write_video(path: Path, seconds: int = 30, fps: int = 10) -> Path:
+    import cv2
+    import numpy as np
+
+    h, w = 240, 320
+    y, x = np.mgrid[0:h, 0:w]
+    room = np.zeros((h, w, 3), np.uint8)
+    room[..., 0] = (60 + 80 * x / w).astype(np.uint8)
+    room[..., 1] = (70 + 60 * y / h).astype(np.uint8)
+    room[..., 2] = 90
+    cv2.rectangle(room, (20, 150), (90, 230), (40, 40, 120), -1)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for i in range(seconds * fps):
+        frame = room.copy()
+        phase = (i // (5 * fps)) % 3  # 5 s each: empty, one walker, walker + flame
+        if phase:
+            px = 10 + (i % (5 * fps)) * 5
+            cv2.rectangle(frame, (px, 80), (px + 30, 200), (210, 210, 210), -1)
+        if phase == 2:
+            hsv = np.zeros((50, 70, 3), np.uint8)
+            hsv[..., 0], hsv[..., 1], hsv[..., 2] = 12, 230, 250
+            frame[120:170, 200:270] = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def run_edge(source: Path, engine: str, mode: str, events: Path) -> dict:
+    cmd = [sys.executable, "-m", "edge", "run", "--source", str(source), "--backend", engine,
+           "--answer", mode, "--events", str(events), "--no-progress"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    evs = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    answers = [e for e in evs if e.get("type") == "answer"]
+    model_s = sum(e["latency_s"] for e in answers)
+    return {
+        "answered": len(answers),
+        "with_sentence": sum(bool(e.get("sentence", True)) for e in answers),
+        "model_s": round(model_s, 2),
+        "wall_s": round(wall, 2),
+        "judgements_per_s": round(len(answers) / model_s, 3) if model_s else None,
+        "wall_per_s": round(len(answers) / wall, 3),
+        "answers": answers,
+    }
+
+
+def system(answers: list[dict], labels: list[bool]) -> dict:
+    caught = hazards = calls = 0
+    for e in answers:
+        unsafe = labels[e["index"]]
+        escalated = bool(e["decision"]["escalate"])
+        calls += escalated
+        if unsafe:
+            hazards += 1
+            caught += bool(e["alert"] or escalated)
+    n = len(answers)
+    return {"system_recall": round(caught / hazards, 4) if hazards else None,
+            "hazards": hazards, "teacher_calls_per_100": round(100 * calls / n, 2)}  # fmt: skip
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{r['engine']}\n{r['source']}", r) for r in doc["rows"]]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.38
+    for k, mode in enumerate(MODES):
+        values = [r[mode]["judgements_per_s"] or 0 for _, r in rows]
+        ax.bar([i + (k - 0.5) * width for i in range(len(rows))], values, width, label=mode)
+    ax.set_xticks(range(len(rows)), [name for name, _ in rows])
+    ax.set_ylabel("judgements / s of model time")
+    ax.set_title("answer: always vs when_needed (whole gemma-edge run, same inputs)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", default="embedded,llamacpp")
+    parser.add_argument("--texts", type=int, default=80)
+    parser.add_argument("--video-seconds", type=int, default=30)
+    args = parser.parse_args()
+    engines = [e for e in args.engines.split(",") if e]
+    if "llamacpp" in engines and importlib.util.find_spec("llama_cpp") is None:
+        print("llama-cpp-python is not installed: skipping the llamacpp engine")
+        engines.remove("llamacpp")
+    rows = [json.loads(line) for line in SCENES.open() if line.strip()][: args.texts]
+    labels = [bool(r["safety"]) for r in rows]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="answer-modes-") as tmp:
+        tmp = Path(tmp)
+        texts = tmp / "texts.txt"
+        texts.write_text("".join(" ".join(r["input"].split()) + "\n" for r in rows))
+        video = write_video(tmp / "room.avi", args.video_seconds)
+        for engine in engines:
+            for name, source in (("text", texts), ("video", video)):
+                row = {"engine": engine, "source": name}
+                for mode in MODES:
+                    print(f"{engine} {name} {mode} ...", flush=True)
+                    r = run_edge(source, engine, mode, tmp / f"{engine}-{name}-{mode}.jsonl")
+                    answers = r.pop("answers")
+                    if name == "text":
+                        r.update(system(answers, labels))
+                    row[mode] = r
+                a, w = row["always"]["judgements_per_s"], row["when_needed"]["judgements_per_s"]
+                row["speedup"] = round(w / a, 2) if a and w else None
+                out.append(row)
+    print("\n| engine | input | answered | with sentence (always / when_needed) | "
+          "judgements/s always | when_needed | ratio | recall always / when_needed | "
+          "calls/100 always / when_needed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in out:
+        a, w = row["always"], row["when_needed"]
+        recall = f"{a['system_recall']} / {w['system_recall']}" if "system_recall" in a else ""
+        calls = (f"{a['teacher_calls_per_100']} / {w['teacher_calls_per_100']}"
+                 if "teacher_calls_per_100" in a else "")  # fmt: skip
+        print(f"| {row['engine']} | {row['source']} | {a['answered']} | {a['with_sentence']} / "
+              f"{w['with_sentence']} | {a['judgements_per_s']} | {w['judgements_per_s']} | "
+              f"{row['speedup']}x | {recall} | {calls} |")  # fmt: skip
+    doc = {"command": "bench/answer_modes.py " + " ".join(sys.argv[1:]), "texts": args.texts,
+           "text_source": str(SCENES.relative_to(ROOT)), "rows": out}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "answer_modes.json").write_text(json.dumps(doc, indent=1))
+    plot(doc, RESULTS / "answer_modes.png")
+    print(f"\nwrote {RESULTS / 'answer_modes.json'} and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
