@@ -7,7 +7,8 @@ scenes (``shared/data/scenes.jsonl``), features at the last prompt token of the 
 skill's prompt, from the forward pass the backend answers with:
 
 - torch (``EmbeddedBackend``), the middle + last layer (today's head), and the last only;
-- llama.cpp (``LlamaCppBackend``), the final-norm state (all it gives).
+- llama.cpp (``LlamaCppBackend``), the middle layer (through llama.cpp's eval callback)
+  + the final-norm state, and the final-norm state alone.
 
 AUC on ``bench/data/heldout_scenes.jsonl`` (160) and on the held-out site
 (``bench/data/heldout_site/scenes.jsonl``, 360): neither was used to fit or choose.
@@ -63,7 +64,10 @@ def main() -> int:
 
     lc = LlamaCppBackend(LlamaCppModelConfig(threads=2))
     n = lc.hidden.num_layers
-    engines = {"llama.cpp, final-norm state": (lc, (n,), None)}
+    engines = {
+        "llama.cpp, middle + last layer (eval callback)": (lc, (n // 2, n), None),
+        "llama.cpp, final-norm state only": (lc, (n,), (n // 2, n)),
+    }
     from shared.embedded import EmbeddedBackend
 
     torch_backend = EmbeddedBackend(EmbeddedModelConfig(threads=2))
