@@ -89,6 +89,10 @@ def run_edge(source: Path, engine: str, mode: str, events: Path) -> dict:
 
 
 def system(answers: list[dict], labels: list[bool]) -> dict:
+    """Recall and calls against the labels, and the speed on the safe inputs alone (what a
+    quiet camera mostly sees)."""
+    safe = [e for e in answers if not labels[e["index"]]]
+    safe_s = sum(e["latency_s"] for e in safe)
     caught = hazards = calls = 0
     for e in answers:
         unsafe = labels[e["index"]]
@@ -99,7 +103,10 @@ def system(answers: list[dict], labels: list[bool]) -> dict:
             caught += bool(e["alert"] or escalated)
     n = len(answers)
     return {"system_recall": round(caught / hazards, 4) if hazards else None,
-            "hazards": hazards, "teacher_calls_per_100": round(100 * calls / n, 2)}  # fmt: skip
+            "hazards": hazards, "teacher_calls_per_100": round(100 * calls / n, 2),
+            "safe_inputs": len(safe),
+            "safe_with_sentence": sum(bool(e.get("sentence", True)) for e in safe),
+            "safe_judgements_per_s": round(len(safe) / safe_s, 3) if safe_s else None}  # fmt: skip
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -152,12 +159,23 @@ def main() -> int:
                     row[mode] = r
                 a, w = row["always"]["judgements_per_s"], row["when_needed"]["judgements_per_s"]
                 row["speedup"] = round(w / a, 2) if a and w else None
+                if name == "text":
+                    a = row["always"]["safe_judgements_per_s"]
+                    w = row["when_needed"]["safe_judgements_per_s"]
+                    row["safe_speedup"] = round(w / a, 2) if a and w else None
                 out.append(row)
     print("\n| engine | input | answered | with sentence (always / when_needed) | "
           "judgements/s always | when_needed | ratio | recall always / when_needed | "
           "calls/100 always / when_needed |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
+    safe_rows = []
     for row in out:
+        if "safe_speedup" in row:
+            a, w = row["always"], row["when_needed"]
+            safe_rows.append(f"| {row['engine']} | text, safe inputs only | {a['safe_inputs']} | "
+                             f"{a['safe_with_sentence']} / {w['safe_with_sentence']} | "
+                             f"{a['safe_judgements_per_s']} | {w['safe_judgements_per_s']} | "
+                             f"{row['safe_speedup']}x | | |")  # fmt: skip
         a, w = row["always"], row["when_needed"]
         recall = f"{a['system_recall']} / {w['system_recall']}" if "system_recall" in a else ""
         calls = (f"{a['teacher_calls_per_100']} / {w['teacher_calls_per_100']}"
@@ -165,6 +183,7 @@ def main() -> int:
         print(f"| {row['engine']} | {row['source']} | {a['answered']} | {a['with_sentence']} / "
               f"{w['with_sentence']} | {a['judgements_per_s']} | {w['judgements_per_s']} | "
               f"{row['speedup']}x | {recall} | {calls} |")  # fmt: skip
+    print("\n".join(safe_rows))
     doc = {"command": "bench/answer_modes.py " + " ".join(sys.argv[1:]), "texts": args.texts,
            "text_source": str(SCENES.relative_to(ROOT)), "rows": out}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)

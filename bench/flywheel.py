@@ -29,9 +29,14 @@ RESULTS = ROOT / "bench" / "results"
 SITES = {"demo": None, "heldout": ROOT / "bench" / "data" / "heldout_site" / "scenes.jsonl"}
 
 
-def run_demo(site: str, seed: int, rounds: int | None) -> Path:
-    out = RESULTS / "flywheel" / f"{site}-seed{seed}"
-    cmd = [sys.executable, "-m", "edge", "demo", "--seed", str(seed), "--out", str(out)]
+def run_demo(
+    site: str, seed: int, rounds: int | None, backend: str = "embedded", answer: str = "always"
+) -> Path:
+    tag = "" if backend == "embedded" else f"-{backend}"
+    tag += "" if answer == "always" else f"-{answer}"
+    out = RESULTS / "flywheel" / f"{site}-seed{seed}{tag}"
+    cmd = [sys.executable, "-m", "edge", "demo", "--seed", str(seed), "--out", str(out),
+           "--backend", backend, "--answer", answer]  # fmt: skip
     if SITES[site] is not None:
         cmd += ["--scenes", str(SITES[site])]
     if rounds:
@@ -126,12 +131,14 @@ def main() -> int:
     ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--rounds", type=int, help="rounds per run (default: the site's all)")
+    ap.add_argument("--backend", choices=["embedded", "llamacpp"], default="embedded")
+    ap.add_argument("--answer", choices=["always", "when_needed"], default="always")
     ap.add_argument("--summarize", nargs="*", type=Path, default=[], help="report.json files")
     args = ap.parse_args()
     reports = list(args.summarize)
     for site in args.site:
         for seed in args.seeds:
-            reports.append(run_demo(site, seed, args.rounds))
+            reports.append(run_demo(site, seed, args.rounds, args.backend, args.answer))
     if not reports:
         ap.error("give --site (to run demos) or --summarize report.json ...")
     runs = [summary(p) for p in reports]

@@ -93,8 +93,12 @@ class DemoRun:
         threads: int,
         seed: int = 0,
         scenes: Path | None = None,
+        backend: str = "embedded",
+        answer: str = "always",
     ):
         self.work = work
+        self.backend = backend  # the student engine, the same on the edge and the teacher
+        self.answer = answer
         self.scenes = scenes or scenario_path()
         self.rounds = rounds
         self.full = full
@@ -124,7 +128,11 @@ class DemoRun:
         port = free_port()
         labels = self.work / "labels.jsonl"  # what the teacher "knows": every scenario label
         shutil.copyfile(self.scenes, labels)
-        student = {"embedded": {"threads": self.threads}}
+        student = {
+            "backend": self.backend,
+            self.backend: {"threads": self.threads},
+            "answer": self.answer,
+        }
         teacher = {
             "home": str(self.home),
             "server": {
@@ -157,7 +165,8 @@ class DemoRun:
         from shared.config import EmbeddedModelConfig
         from shared.models import ensure_cache
 
-        ensure_cache(None, EmbeddedModelConfig().cache_dir)  # the first run converts, with a bar
+        if self.backend == "embedded":  # the first run converts, with a bar
+            ensure_cache(None, EmbeddedModelConfig().cache_dir)
         teacher_cfg, edge_cfg = self.write_configs()
         self.teacher_cfg = teacher_cfg
         self.teacher = subprocess.Popen(

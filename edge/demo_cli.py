@@ -69,7 +69,20 @@ def add_arguments(parser) -> None:
         "calibrate, or fall in which crossfit fold (default 0)",
     )
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads per process (default 2)"
+        "--threads", type=int, default=2, help="model threads per process (default 2)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["embedded", "llamacpp"],
+        default="embedded",
+        help="the student engine on the edge and the teacher (llamacpp: pip install "
+        "'.[llamacpp]'; its own bundled v0)",
+    )
+    parser.add_argument(
+        "--answer",
+        choices=["always", "when_needed"],
+        default="always",
+        help="model.answer on the edge and student.answer on the teacher",
     )
 
 
@@ -93,7 +106,9 @@ def run(args) -> int:
         f"work folder {work}{keep}"
     )
     t0 = time.perf_counter()
-    demo = DemoRun(work, rounds, args.full, args.threads, args.seed, args.scenes)
+    demo = DemoRun(
+        work, rounds, args.full, args.threads, args.seed, args.scenes, args.backend, args.answer
+    )
     try:
         rows = demo.run()
     finally:
@@ -109,6 +124,8 @@ def run(args) -> int:
         "seconds": round(seconds, 1),
         "teacher": TEACHER_NAME,
         "mode": "full (upskill + LoRA + head)" if args.full else "head and thresholds",
+        "backend": args.backend,
+        "answer": args.answer,
         "rounds": [r.to_json() for r in rows],
         "builds": demo.builds,
     }
