@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from shared.errors import ModelError
-from shared.skill import STOP_SEQUENCES, Demo
+from shared.skill import INPUT_LABEL, STOP_SEQUENCES, Demo
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,19 @@ def hidden_spec(backend: object) -> HiddenSpec | None:
     if config is None or not getattr(config, "num_hidden_layers", 0):
         return None
     return HiddenSpec("torch", int(config.num_hidden_layers), int(config.hidden_size))
+
+
+def chat_messages(request: GenerateRequest) -> list[dict]:
+    """A request as chat turns (the instructions as the system message, each demonstration
+    a user and an assistant turn, the input last), for chat APIs; the caller attaches the
+    image to the last turn its API's way."""
+    messages: list[dict] = [{"role": "system", "content": request.system}]
+    for demo in request.demos:
+        messages.append({"role": "user", "content": f"{INPUT_LABEL} {demo.input.strip()}"})
+        messages.append({"role": "assistant", "content": demo.answer.strip()})
+    text = " ".join(request.input.split())
+    messages.append({"role": "user", "content": f"{INPUT_LABEL} {text}"})
+    return messages
 
 
 def engine_of(backend: object) -> str:

@@ -20,6 +20,10 @@ def make_backend(model: ModelConfig) -> Backend:
             from shared.ollama_backend import OllamaBackend
 
             return OllamaBackend(model.ollama, model.max_new_tokens)
+        if model.backend == "openai":
+            from shared.openai_backend import OpenAIBackend
+
+            return OpenAIBackend(model.openai, model.max_new_tokens)
         if model.backend == "llamacpp":
             from shared.llamacpp_backend import LlamaCppBackend
 

@@ -102,15 +102,39 @@ class OllamaModelConfig(Strict):
     )
 
 
+class OpenAIModelConfig(Strict):
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        min_length=1,
+        description="An OpenAI-compatible API (vLLM, SGLang, llama-server, LM Studio), "
+        "up to and including /v1.",
+    )
+    model: str = Field("google/gemma-3-27b-it", min_length=1, description="Model name served.")
+    api_key: str | None = Field(
+        None, description="Bearer token; unset: the environment variable api_key_env, if any."
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="Where to read the key from.")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="Per-request timeout.")
+    max_in_flight: int = Field(
+        8, ge=1, le=256, description="Requests in flight at once (reviewer.batch_size at least)."
+    )
+    max_retries: int = Field(
+        4, ge=0, le=20, description="Retries of a 429, a 5xx, a timeout or a refused connection."
+    )
+    retry_initial_s: float = Field(0.5, gt=0, le=60, description="First back-off (doubles).")
+    retry_max_s: float = Field(30.0, gt=0, le=600, description="Longest back-off, Retry-After too.")
+
+
 class ModelConfig(Strict):
-    backend: Literal["embedded", "llamacpp", "ollama"] = Field(
+    backend: Literal["embedded", "llamacpp", "ollama", "openai"] = Field(
         "embedded",
         description="Which backend answers: in-process transformers (embedded), in-process "
-        "llama.cpp (llamacpp) or an Ollama server.",
+        "llama.cpp (llamacpp), an Ollama server, or an OpenAI-compatible server (openai).",
     )
     embedded: EmbeddedModelConfig = Field(default_factory=EmbeddedModelConfig)
     llamacpp: LlamaCppModelConfig = Field(default_factory=LlamaCppModelConfig)
     ollama: OllamaModelConfig = Field(default_factory=OllamaModelConfig)
+    openai: OpenAIModelConfig = Field(default_factory=OpenAIModelConfig)
     max_new_tokens: int = Field(48, ge=1, le=4096, description="Token budget per answer.")
     answer: Literal["always", "when_needed"] = Field(
         "always",

@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import ollama
 
-from shared.backend import GenerateRequest, Generation, TokenLogprob
+from shared.backend import GenerateRequest, Generation, TokenLogprob, chat_messages
 from shared.config import OllamaModelConfig
 from shared.errors import BackendError, BackendUnavailable, ModelError, ModelNotFound
 from shared.gguf_adapter import (
@@ -52,7 +52,7 @@ from shared.gguf_adapter import (
     STUDENT_TEMPLATE,
     write_gguf_adapter,
 )
-from shared.skill import ANSWER_PRIMER, INPUT_LABEL
+from shared.skill import ANSWER_PRIMER
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +157,9 @@ class OllamaBackend:
 
     def messages(self, request: GenerateRequest) -> list[dict[str, Any]]:
         """The chat messages for a request (system, demonstration turns, the input)."""
-        messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
-        for demo in request.demos:
-            messages.append({"role": "user", "content": f"{INPUT_LABEL} {demo.input.strip()}"})
-            messages.append({"role": "assistant", "content": demo.answer.strip()})
-        text = " ".join(request.input.split())
-        last: dict[str, Any] = {"role": "user", "content": f"{INPUT_LABEL} {text}"}
+        messages = chat_messages(request)
         if request.image is not None:
-            last["images"] = [base64.b64encode(request.image).decode("ascii")]
-        messages.append(last)
+            messages[-1]["images"] = [base64.b64encode(request.image).decode("ascii")]
         return messages
 
     def generate(self, request: GenerateRequest) -> Generation:

@@ -22,8 +22,10 @@ from shared.config import (
 
 
 class ReviewerConfig(Strict):
-    backend: Literal["ollama", "embedded", "labels"] = Field(
-        "labels", description="Who reviews: an Ollama model, a local model, or labelled JSONL."
+    backend: Literal["ollama", "openai", "embedded", "labels"] = Field(
+        "labels",
+        description="Who reviews: an Ollama model, an OpenAI-compatible server (vLLM, SGLang, "
+        "llama-server), a local model, or labelled JSONL.",
     )
     labels: Path | None = Field(
         None, description="Labelled JSONL (input, safety, keywords[, answer]) for 'labels'."
@@ -32,7 +34,7 @@ class ReviewerConfig(Strict):
         default_factory=lambda: ModelConfig(
             backend="ollama", ollama=OllamaModelConfig(model="gemma3:27b"), max_new_tokens=96
         ),
-        description="Backend settings when backend is 'ollama' or 'embedded'.",
+        description="Backend settings when backend is 'ollama', 'openai' or 'embedded'.",
     )
     workers: int = Field(1, ge=1, le=64, description="Review worker threads.")
     batch_size: int = Field(8, ge=1, le=1024, description="Cases reviewed together.")

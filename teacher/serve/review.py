@@ -129,9 +129,10 @@ class BackendReviewer:
         self.keywords = keywords if keywords is not None else PolicyConfig().safety_keywords
         self.name = f"backend:{getattr(backend, 'name', type(backend).__name__)}"
         self.reasons: dict[str, str] = {}
+        self.retry: set[str] = set()  # cases whose request failed: back to the store
 
     def review(self, cases: list[StoredCase]) -> list[Review | None]:
-        self.reasons = {}
+        self.reasons, self.retry = {}, set()
         requests = [
             GenerateRequest(
                 system=self.skill.instructions,
@@ -142,9 +143,19 @@ class BackendReviewer:
             )
             for case in cases
         ]
-        generations = generate_many(self.backend, requests)
+        try:
+            generations = generate_many(self.backend, requests)
+        except BackendError as exc:
+            partial = getattr(exc, "generations", None)  # shared.openai_backend.PartialBatch
+            if partial is None or len(partial) != len(cases) or not any(partial):
+                raise
+            generations = partial
         out: list[Review | None] = []
         for case, gen in zip(cases, generations, strict=True):
+            if gen is None:  # this request failed: the case goes back to the store
+                self.retry.add(case.case_id)
+                out.append(None)
+                continue
             answer = parse_answer(
                 gen.text if gen.text.lstrip().startswith("Answer") else "Answer:" + gen.text
             )
@@ -228,10 +239,14 @@ class ReviewWorker:
                 self.store.release(case.case_id)
             raise
         reviews = [r for r in results if r is not None]
+        retry = getattr(self.reviewer, "retry", set())
+        for case in cases:  # their request failed: they wait in the store for a later batch
+            if case.case_id in retry:
+                self.store.release(case.case_id)
         skipped = [
             (c.case_id, self.reviewer.reasons.get(c.case_id, "reviewer gave no answer"))
             for c, r in zip(cases, results, strict=True)
-            if r is None
+            if r is None and c.case_id not in retry
         ]
         self.store.add_reviews(reviews, skipped)
         for cid, reason in skipped:
@@ -247,9 +262,11 @@ class Serialised:
     def __init__(self, reviewer: Reviewer, lock: threading.Lock):
         self.inner, self.lock, self.name = reviewer, lock, reviewer.name
         self.reasons: dict[str, str] = {}
+        self.retry: set[str] = set()
 
     def review(self, cases):
         with self.lock:
             out = self.inner.review(cases)
             self.reasons = dict(self.inner.reasons)
+            self.retry = set(getattr(self.inner, "retry", ()))
         return out
