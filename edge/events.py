@@ -108,7 +108,10 @@ class EventLog:
 class SafetyHooks:
     """Runs ``safety_command`` and/or publishes on ``safety_pub`` for each safety event."""
 
-    def __init__(self, command: str | None, pub_endpoint: str | None, max_queue: int = 256):
+    def __init__(
+        self, command: str | None, pub_endpoint: str | None, max_queue: int = 256, mqtt=None
+    ):
+        self.mqtt = mqtt  # edge.mqtt.MqttSink: its own bounded queue and thread
         self.command = shlex.split(command) if command else None
         self.sent = 0
         self.failed = 0
@@ -137,9 +140,11 @@ class SafetyHooks:
 
     @property
     def active(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self.mqtt is not None
 
     def submit(self, event: dict) -> None:
+        if self.mqtt is not None:
+            self.mqtt.submit(event)
         if self._thread is None:
             return
         try:
@@ -189,12 +194,22 @@ class SafetyHooks:
             self._pub.close(linger=0)
             self._ctx.term()
             self._pub = None
+        if self.mqtt is not None:
+            self.mqtt.close()
+            self.mqtt = None
 
 
-def open_events(config: EventsConfig, stream=None) -> tuple[EventLog, SafetyHooks]:
+def open_events(
+    config: EventsConfig, stream=None, edge_id: str = "edge"
+) -> tuple[EventLog, SafetyHooks]:
     log = EventLog(config.path, config.rotate_mb, config.keep, stream)
     try:
-        hooks = SafetyHooks(config.safety_command, config.safety_pub)
+        mqtt = None
+        if config.mqtt is not None:
+            from edge.mqtt import MqttSink
+
+            mqtt = MqttSink(config.mqtt, edge_id)
+        hooks = SafetyHooks(config.safety_command, config.safety_pub, mqtt=mqtt)
     except ConfigError:
         log.close()
         raise

@@ -60,6 +60,9 @@ class EdgeMetrics:
         self.queue_depth = Gauge(
             "gemma_edge_queue_depth", "Escalations waiting to reach the teacher.", registry=r
         )
+        self.mqtt_dropped = Counter(
+            "gemma_edge_mqtt_dropped", "Events dropped while the MQTT broker was away.", registry=r
+        )
         self.skill_version = Gauge("gemma_edge_skill_version", "Active skill.", registry=r)
         self.adapter_version = Gauge("gemma_edge_adapter_version", "Active adapter.", registry=r)
         self.port: int | None = None

@@ -23,6 +23,7 @@ from edge.daemon import EdgeDaemon
 from edge.events import open_events
 from edge.metrics import EdgeMetrics
 from edge.sources import open_source
+from edge.summary import status_doc
 from shared.backend import Backend
 from shared.backend_factory import make_backend
 from shared.config import EdgeConfig, load_config
@@ -131,12 +132,16 @@ def run(args, backend: Backend | None = None) -> int:
     source = open_source(args.source, config.source, config.gate.max_pixels)
     events = hooks = metrics = link = None
     try:
-        events, hooks = open_events(config.events)
+        events, hooks = open_events(config.events, edge_id=config.edge_id)
         metrics = EdgeMetrics()
+        if hooks.mqtt is not None:
+            hooks.mqtt.on_drop = metrics.mqtt_dropped.inc
         if config.metrics.port is not None:
             metrics.serve(config.metrics.host, config.metrics.port)
         backend = backend or start_backend(config)
         daemon = EdgeDaemon(config, backend, source, events, hooks, metrics, release=release)
+        if hooks.mqtt is not None:
+            hooks.mqtt.status = lambda: status_doc(daemon)
         link = make_link(config, daemon)
         previous = {
             sig: signal.signal(sig, daemon.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)

@@ -81,3 +81,13 @@ def summary_text(s: RunStats, g: GateStats, source: Source, queued: bool) -> str
         + (f" ({source.oversized} over gate.max_pixels)" if source.oversized else "")
     )
     return "\n".join(lines)
+
+
+def status_doc(daemon) -> dict:
+    """A few numbers for heartbeats on other channels (the MQTT sink)."""
+    return {
+        "release": daemon.release.version,
+        "head_live": daemon.head_live,
+        "answered": daemon.stats.answered,
+        "escalations": daemon.stats.escalations,
+    }

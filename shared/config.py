@@ -301,6 +301,34 @@ class PolicyConfig(Strict):
     )
 
 
+class MqttConfig(Strict):
+    host: str = Field(..., min_length=1, description="MQTT broker host (Mosquitto, EMQX, ...).")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 with TLS, usually).")
+    topic_prefix: str = Field(
+        "gemma-edge", min_length=1, description="Topics: <prefix>/events, <prefix>/<edge>/..."
+    )
+    qos: int = Field(1, ge=0, le=2, description="QoS of event messages (1: at least once).")
+    client_id: str | None = Field(
+        None, description="MQTT client id (default gemma-edge-<edge_id>)."
+    )
+    username: str | None = Field(None, description="Broker user name.")
+    password: str | None = Field(None, description="Broker password (never logged).")
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA certificate file (TLS).")
+    cert_file: Path | None = Field(None, description="Client certificate (TLS, optional).")
+    key_file: Path | None = Field(None, description="Client key (TLS, optional).")
+    max_queue: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Events kept while the broker is away (oldest dropped).",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive.")
+    heartbeat_s: float = Field(30.0, gt=0, le=3600, description="Heartbeat message interval.")
+    reconnect_min_s: int = Field(1, ge=1, le=600, description="First reconnect back-off.")
+    reconnect_max_s: int = Field(30, ge=1, le=3600, description="Longest reconnect back-off.")
+
+
 class EventsConfig(Strict):
     path: Path | None = Field(None, description="JSONL events file; empty means stdout.")
     rotate_mb: float = Field(64.0, gt=0, le=100_000, description="Rotate the file at this size.")
@@ -310,6 +338,9 @@ class EventsConfig(Strict):
     )
     safety_pub: str | None = Field(
         None, description="ZeroMQ PUB endpoint that publishes safety events (e.g. tcp://*:5560)."
+    )
+    mqtt: MqttConfig | None = Field(
+        None, description="Publish safety events, availability and heartbeats to an MQTT broker."
     )
 
 
