@@ -20,7 +20,9 @@ It knows nothing about registries, sockets or training.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -104,3 +106,22 @@ def modelfile(base: str, instructions: str, adapter: str = f"./{ADAPTER_GGUF}") 
     ]
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in STUDENT_PARAMETERS["stop"]]
     return "\n".join(lines) + "\n"
+
+
+def cached_gguf_adapter(path: Path, cache: Path) -> Path:
+    """A GGUF adapter file for ``path``: itself if it is one, else the PEFT folder's
+    conversion, written once into ``cache`` under its content's hash (atomically)."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    weights = path / "adapter_model.safetensors"
+    if not (path / "adapter_config.json").is_file() or not weights.is_file():
+        raise ModelError(f"adapter at {path}: no adapter_config.json + adapter_model.safetensors")
+    digest = hashlib.sha256(weights.read_bytes())
+    digest.update((path / "adapter_config.json").read_bytes())
+    target = cache / f"{digest.hexdigest()[:16]}.gguf"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.part")
+        write_gguf_adapter(path, partial, f"adapter {path.name}")
+        os.replace(partial, target)
+    return target

@@ -40,7 +40,6 @@ It knows nothing about skills' storage, heads or policy.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import math
 import os
@@ -54,6 +53,8 @@ import numpy as np
 from shared.backend import GenerateRequest, Generation, HiddenSpec, TokenLogprob, first_stop
 from shared.config import LlamaCppModelConfig
 from shared.errors import BackendError, ModelError
+from shared.gguf_adapter import cached_gguf_adapter
+from shared.llamacpp_native import LayerTaps, route_logs
 from shared.skill import ANSWER_PRIMER, render_input, render_prefix
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class LlamaCppBackend:
             ) from exc
         from shared.models import gguf_weights
 
-        _route_logs(llama_cpp)
+        route_logs(llama_cpp)
         self.config = config or LlamaCppModelConfig()
         self._ll = llama_cpp
         weights = gguf_weights(self.config.gguf_path)
@@ -109,19 +110,15 @@ class LlamaCppBackend:
         self._n_ctx = self._llm.n_ctx()
         self._batch = llama_cpp.llama_batch_init(self.config.n_batch, 0, 1)
         n_layer = int(llama_cpp.llama_model_n_layer(self._model))
-        self._ggml = _ggml_tensor_api(llama_cpp)
+        self._layers = LayerTaps(llama_cpp, int(self._llm.n_embd()))
         self.hidden = HiddenSpec(
             engine=ENGINE,
             num_layers=n_layer,
             size=int(self._llm.n_embd()),
-            readable=tuple(range(1, n_layer + 1)) if self._ggml else (n_layer,),
+            readable=tuple(range(1, n_layer + 1)) if self._layers.available else (n_layer,),
         )
         self._own_ctx = False  # True once the context is ours (rebuilt with or without taps)
         self._tapped = False  # the context carries the eval callback
-        self._tap_names: dict[bytes, int] = {}  # tensor name -> layer, for this request
-        self._taps: dict[int, np.ndarray] = {}
-        self._tap_error: str | None = None
-        self._tap_callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
         self._cached: list[int] = []  # the tokens whose keys and values are in sequence 0
         self._adapters: dict[str, tuple[Any, Path]] = {}  # name -> (llama adapter, gguf)
         self._active: str | None = None
@@ -260,8 +257,7 @@ class LlamaCppBackend:
         """The last prompt token alone with embeddings on: its logits, its final-norm state
         and the earlier ``layers`` the eval callback copies out, concatenated in order."""
         final = self.hidden.num_layers
-        self._tap_names = {f"l_out-{i - 1}".encode(): i for i in layers if i < final}
-        self._taps, self._tap_error = {}, None
+        self._layers.want([i for i in layers if i < final])
         self._ll.llama_set_embeddings(self._ctx, True)
         try:
             self._decode([token], True)
@@ -271,38 +267,16 @@ class LlamaCppBackend:
             states = {final: np.ctypeslib.as_array(ptr, shape=(self.hidden.size,))}
         finally:
             self._ll.llama_set_embeddings(self._ctx, False)
-            self._tap_names = {}
-        if self._tap_error:
-            raise BackendError(f"{self.name}: {self._tap_error}")
-        states.update(self._taps)
+            taps, error = self._layers.collect()
+        if error:
+            raise BackendError(f"{self.name}: {error}")
+        states.update(taps)
         missing = [i for i in layers if i not in states]
         if missing:
             raise BackendError(f"{self.name}: llama.cpp's graph gave no state for layers {missing}")
         return np.concatenate([states[i] for i in layers]).astype(np.float64).tolist()
 
     # ------------------------------------------------------------ earlier layers
-    def _on_tensor(self, tensor: int, ask: bool, user_data: Any) -> bool:
-        """llama.cpp's eval callback: asked about every graph node (is it wanted?), then
-        called once each wanted one is computed, to copy it out. Never raises: a problem
-        is kept and raised after the decode (an exception cannot cross into C)."""
-        names = self._tap_names
-        if not names:
-            return not ask  # nothing wanted; and never stop the graph
-        try:
-            name = self._ggml.get_name(tensor)
-            if ask:
-                return name in names
-            n = self._ggml.nelements(tensor)
-            if n != self.hidden.size or self._ggml.nbytes(tensor) != 4 * n:
-                self._tap_error = f"{name.decode()} has {n} values, not {self.hidden.size} float32"
-                return True
-            out = np.empty(n, dtype=np.float32)
-            self._ggml.tensor_get(tensor, out.ctypes.data, 0, 4 * n)
-            self._taps[names[name]] = out
-        except Exception as exc:  # noqa: BLE001 - kept for the caller, see above
-            self._tap_error = f"reading a hidden layer failed: {exc}"
-        return True
-
     def _tap(self, earlier: tuple[int, ...]) -> None:
         """Give the context the eval callback if ``earlier`` layers are asked, or take it
         away if a head reads the final state alone (a rebuilt context, see the module doc)."""
@@ -312,7 +286,9 @@ class LlamaCppBackend:
         t0 = time.perf_counter()
         params = self._ll.llama_context_params()
         ctypes.pointer(params)[0] = self._llm.context_params
-        params.cb_eval = self._tap_callback if need else self._ll.ggml_backend_sched_eval_callback()
+        params.cb_eval = (
+            self._layers.callback if need else self._ll.ggml_backend_sched_eval_callback()
+        )
         params.cb_eval_user_data = None
         ctx = self._ll.llama_init_from_model(self._model, params)
         if not ctx:
@@ -389,7 +365,7 @@ class LlamaCppBackend:
     def load_adapter(self, name: str, path: Path, system: str = "") -> None:
         """Load a release's adapter (a PEFT folder, converted once to a GGUF adapter, or a
         ``.gguf`` file) under ``name``; not activated. A failure keeps what was loaded."""
-        gguf = self._gguf_adapter(Path(path))
+        gguf = cached_gguf_adapter(Path(path), Path(self.config.adapter_cache).expanduser())
         with self.lock:
             t0 = time.perf_counter()
             adapter = self._ll.llama_adapter_lora_init(self._model, str(gguf).encode())
@@ -435,78 +411,3 @@ class LlamaCppBackend:
             self._active = None
             self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
             raise ModelError(f"llama.cpp refused the adapter (llama_set_adapters_lora = {rc})")
-
-    def _gguf_adapter(self, path: Path) -> Path:
-        """A GGUF adapter file for ``path``: itself, or the PEFT folder's conversion."""
-        if path.is_file() and path.suffix == ".gguf":
-            return path
-        weights = path / "adapter_model.safetensors"
-        if not (path / "adapter_config.json").is_file() or not weights.is_file():
-            raise ModelError(
-                f"adapter at {path}: no adapter_config.json + adapter_model.safetensors"
-            )
-        from shared.gguf_adapter import write_gguf_adapter
-
-        digest = hashlib.sha256(weights.read_bytes())
-        digest.update((path / "adapter_config.json").read_bytes())
-        folder = Path(self.config.adapter_cache).expanduser()
-        target = folder / f"{digest.hexdigest()[:16]}.gguf"
-        if not target.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(f".{os.getpid()}.part")
-            write_gguf_adapter(path, partial, f"adapter {path.name}")
-            os.replace(partial, target)
-        return target
-
-
-class _GgmlTensors:
-    """The four ggml functions the eval callback needs, from llama-cpp-python's own
-    ``libggml-base`` (llama_cpp binds llama.h, not ggml.h)."""
-
-    def __init__(self, lib: ctypes.CDLL):
-        lib.ggml_get_name.restype = ctypes.c_char_p
-        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
-        lib.ggml_nelements.restype = ctypes.c_int64
-        lib.ggml_nelements.argtypes = [ctypes.c_void_p]
-        lib.ggml_nbytes.restype = ctypes.c_size_t
-        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_tensor_get.restype = None
-        lib.ggml_backend_tensor_get.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
-        ]  # fmt: skip
-        self.get_name = lib.ggml_get_name
-        self.nelements = lib.ggml_nelements
-        self.nbytes = lib.ggml_nbytes
-        self.tensor_get = lib.ggml_backend_tensor_get
-
-
-def _ggml_tensor_api(llama_cpp: Any) -> _GgmlTensors | None:
-    """ggml's tensor functions, or None (then only the final-norm state is readable)."""
-    folder = Path(llama_cpp.__file__).parent / "lib"
-    for path in sorted(folder.glob("libggml-base.*")) + sorted(folder.glob("ggml-base.*")):
-        try:
-            return _GgmlTensors(ctypes.CDLL(str(path)))
-        except (OSError, AttributeError):
-            continue
-    logger.warning("no ggml library next to llama_cpp in %s: only the final-norm state", folder)
-    return None
-
-
-_LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
-
-
-def _route_logs(llama_cpp: Any) -> None:
-    """llama.cpp's own log lines go to Python logging ("llama.cpp"), not to stderr."""
-    global _LOG_CALLBACK
-    if _LOG_CALLBACK is not None:
-        return
-    log = logging.getLogger("llama.cpp")
-
-    @llama_cpp.llama_log_callback
-    def callback(level: int, text: bytes, user_data: Any) -> None:
-        line = text.decode("utf-8", errors="replace").rstrip()
-        if line:
-            log.log(logging.WARNING if level == 4 else logging.DEBUG, "%s", line)
-
-    _LOG_CALLBACK = callback
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))

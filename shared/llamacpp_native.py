@@ -1,0 +1,121 @@
+"""What llama.cpp's C side needs from Python: the eval callback that copies earlier
+layers' hidden states out of a decode, and llama.cpp's log lines routed to Python logging.
+
+    taps = LayerTaps(llama_cpp, n_embd)      # context params: cb_eval = taps.callback
+    taps.want([9]); llama_decode(...); states, error = taps.collect()
+
+llama-cpp-python binds llama.h, not ggml.h: the four ggml tensor functions the callback
+needs come from its own ``libggml-base``. Without that library only the final-norm state
+is readable (``LayerTaps.available`` is False). It knows nothing about prompts or heads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class _GgmlTensors:
+    """The four ggml functions the eval callback needs, from llama-cpp-python's own
+    ``libggml-base`` (llama_cpp binds llama.h, not ggml.h)."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        lib.ggml_get_name.restype = ctypes.c_char_p
+        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_nelements.restype = ctypes.c_int64
+        lib.ggml_nelements.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.restype = None
+        lib.ggml_backend_tensor_get.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
+        ]  # fmt: skip
+        self.get_name = lib.ggml_get_name
+        self.nelements = lib.ggml_nelements
+        self.nbytes = lib.ggml_nbytes
+        self.tensor_get = lib.ggml_backend_tensor_get
+
+
+def _ggml_tensor_api(llama_cpp: Any) -> _GgmlTensors | None:
+    """ggml's tensor functions, or None (then only the final-norm state is readable)."""
+    folder = Path(llama_cpp.__file__).parent / "lib"
+    for path in sorted(folder.glob("libggml-base.*")) + sorted(folder.glob("ggml-base.*")):
+        try:
+            return _GgmlTensors(ctypes.CDLL(str(path)))
+        except (OSError, AttributeError):
+            continue
+    logger.warning("no ggml library next to llama_cpp in %s: only the final-norm state", folder)
+    return None
+
+
+class LayerTaps:
+    """llama.cpp's eval callback: asked about every graph node (is it wanted?), then called
+    once each wanted one is computed, to copy it out. Never raises into C: a problem is
+    kept and returned by ``collect``. Block ``i - 1``'s output (``l_out-{i-1}``) is
+    hidden-state index ``i`` in the embedded backend's numbering."""
+
+    def __init__(self, llama_cpp: Any, size: int):
+        self.size = size
+        self._api = _ggml_tensor_api(llama_cpp)
+        self._names: dict[bytes, int] = {}  # tensor name -> layer, for this decode
+        self._states: dict[int, np.ndarray] = {}
+        self._error: str | None = None
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+
+    @property
+    def available(self) -> bool:
+        return self._api is not None
+
+    def want(self, layers: list[int]) -> None:
+        self._names = {f"l_out-{i - 1}".encode(): i for i in layers}
+        self._states, self._error = {}, None
+
+    def collect(self) -> tuple[dict[int, np.ndarray], str | None]:
+        """The states copied out since ``want`` and the problem, if any; wants nothing more."""
+        self._names = {}
+        return self._states, self._error
+
+    def _on_tensor(self, tensor: int, ask: bool, user_data: Any) -> bool:
+        names = self._names
+        if not names:
+            return not ask  # nothing wanted; and never stop the graph
+        try:
+            name = self._api.get_name(tensor)
+            if ask:
+                return name in names
+            n = self._api.nelements(tensor)
+            if n != self.size or self._api.nbytes(tensor) != 4 * n:
+                self._error = f"{name.decode()} has {n} values, not {self.size} float32"
+                return True
+            out = np.empty(n, dtype=np.float32)
+            self._api.tensor_get(tensor, out.ctypes.data, 0, 4 * n)
+            self._states[names[name]] = out
+        except Exception as exc:  # noqa: BLE001 - kept for collect, see above
+            self._error = f"reading a hidden layer failed: {exc}"
+        return True
+
+
+_LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
+
+
+def route_logs(llama_cpp: Any) -> None:
+    """llama.cpp's own log lines go to Python logging ("llama.cpp"), not to stderr."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    log = logging.getLogger("llama.cpp")
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        if line:
+            log.log(logging.WARNING if level == 4 else logging.DEBUG, "%s", line)
+
+    _LOG_CALLBACK = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
