@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from shared.config import (
     DEFAULT_HOME,
@@ -71,6 +71,21 @@ class ServerConfig(Strict):
     push_retry_s: float = Field(
         30.0, gt=0, le=86_400, description="Wait before pushing the same version to an edge again."
     )
+
+
+class ConsoleConfig(Strict):
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the console listens on. Anything but loopback needs `token`.",
+    )
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0: any free one).")
+    token: SecretStr | None = Field(
+        None,
+        description="Shared secret a person types once to sign in (a session cookie "
+        "follows); scripts may send it as `Authorization: Bearer`. Never shown on a page.",
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a sign-in lasts.")
+    page_size: int = Field(48, ge=1, le=500, description="Cases per page of the review queue.")
 
 
 class UpskillConfig(Strict):
@@ -256,6 +271,9 @@ class TeacherConfig(Strict):
         "recall_target sets the calibration goal).",
     )
     release: ReleaseConfig = Field(default_factory=lambda: ReleaseConfig())
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig, description="`gemma-teacher console`, the web page."
+    )
 
 
 def load_teacher_config(path: str | Path | None, home: str | Path | None = None) -> TeacherConfig:

@@ -75,22 +75,34 @@ class EdgeRecords:
                 [(edge_id, boot, int(r), int(n), now) for r, n in counts.items()],
             )
 
-    def record_edge(self, edge_id: str, release: int, head_live: bool | None) -> None:
-        """What an edge said it runs in its latest heartbeat."""
+    def record_edge(
+        self, edge_id: str, release: int, head_live: bool | None, outbox_depth: int | None = None
+    ) -> None:
+        """What an edge said it runs (and how many messages wait in its outbox) in its
+        latest heartbeat."""
         live = None if head_live is None else int(head_live)
         with self._lock:
             self._db.execute(
-                "INSERT INTO edges (edge_id, release, head_live, seen_at) VALUES (?,?,?,?)"
-                " ON CONFLICT (edge_id) DO UPDATE SET release=excluded.release,"
-                " head_live=excluded.head_live, seen_at=excluded.seen_at",
-                (edge_id, int(release), live, time.time()),
+                "INSERT INTO edges (edge_id, release, head_live, seen_at, outbox_depth)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (edge_id) DO UPDATE SET"
+                " release=excluded.release, head_live=excluded.head_live,"
+                " seen_at=excluded.seen_at, outbox_depth=excluded.outbox_depth",
+                (edge_id, int(release), live, time.time(), outbox_depth),
             )
 
+    def record_push(self, edge_id: str, doc: dict) -> None:
+        """The latest release push to an edge and, once it says, whether it installed it:
+        ``{"version", "pushed_at", "accepted", "reason"}`` (read by the console's fleet)."""
+        with self._lock:
+            self._db.execute("UPDATE edges SET push=? WHERE edge_id=?", (json.dumps(doc), edge_id))
+
     def edges(self) -> list[dict]:
-        """Every edge's latest heartbeat: release, head_live (None: not said), seen_at."""
+        """Every edge's latest heartbeat: release, head_live (None: not said), seen_at,
+        outbox_depth (None: not said) and its latest push (None: none)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT edge_id, release, head_live, seen_at FROM edges ORDER BY edge_id"
+                "SELECT edge_id, release, head_live, seen_at, outbox_depth, push FROM edges"
+                " ORDER BY edge_id"
             ).fetchall()
         return [
             {
@@ -98,8 +110,10 @@ class EdgeRecords:
                 "release": int(r),
                 "head_live": None if h is None else bool(h),
                 "seen_at": t,
+                "outbox_depth": d,
+                "push": None if p is None else json.loads(p),
             }
-            for e, r, h, t in rows
+            for e, r, h, t, d, p in rows
         ]
 
     def input_counts(self) -> dict[tuple[str, int], int]:

@@ -1,7 +1,7 @@
 """The tables of the teacher's store (``teacher.data.store``), and columns added since.
 
-Every statement is idempotent (``IF NOT EXISTS``); ``ADDED_COLUMNS`` are added to a store
-made before them when it opens. It knows nothing else.
+Every statement is idempotent (``IF NOT EXISTS``); ``ADDED_COLUMNS`` (table, column, type)
+are added to a store made before them when it opens, then ``INDEXES`` are made. It knows nothing else.
 """
 
 SCHEMA = """
@@ -61,6 +61,19 @@ CREATE TABLE IF NOT EXISTS settled (
     release_version INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS settled_received ON settled(received_at);
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    case_id TEXT NOT NULL REFERENCES cases(case_id),
+    who TEXT NOT NULL,
+    decided_at REAL NOT NULL,
+    action TEXT NOT NULL,
+    safety INTEGER NOT NULL,
+    answer TEXT,
+    before TEXT NOT NULL,
+    undone_at REAL,
+    undone_by TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_case ON decisions(case_id, decision_id);
 CREATE TABLE IF NOT EXISTS corrections (
     case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
     safety INTEGER NOT NULL,
@@ -71,8 +84,21 @@ CREATE TABLE IF NOT EXISTS corrections (
 );
 """
 ADDED_COLUMNS = (
-    ("release_version", "INTEGER NOT NULL DEFAULT 0"),
-    ("p_unsafe", "REAL"),
-    ("alert", "INTEGER NOT NULL DEFAULT 0"),
-    ("audit_p", "REAL"),
+    ("cases", "release_version", "INTEGER NOT NULL DEFAULT 0"),
+    ("cases", "p_unsafe", "REAL"),
+    ("cases", "alert", "INTEGER NOT NULL DEFAULT 0"),
+    ("cases", "audit_p", "REAL"),
+    ("edges", "outbox_depth", "INTEGER"),
+    ("edges", "push", "TEXT"),
+    ("corrections", "who", "TEXT NOT NULL DEFAULT ''"),
+    # 1: at its edge (corrections from before this column were never sent, and stay so)
+    (
+        "corrections",
+        "sent",
+        "INTEGER NOT NULL DEFAULT 1",
+    ),  # JSON: the latest release push and the edge's answer
 )
+# the console's queue reads the cases no person decided yet, newest releases first
+INDEXES = """
+CREATE INDEX IF NOT EXISTS cases_release ON cases(release_version, received_at);
+"""

@@ -5,7 +5,8 @@ only what is on disk; a case id seen before is reported as a duplicate and not
 stored twice. A correction by a person outranks the teacher's review everywhere
 downstream (``labeled_cases`` feeds datasets and evaluation sets).
 
-The tables are in ``teacher.data.schema``; what edges report in heartbeats (inputs per
+The tables are in ``teacher.data.schema``; a person's decisions and the review queue are
+kept and read by ``teacher.data.decisions``; what edges report in heartbeats (inputs per
 release, release and head) is kept and read by ``teacher.data.edges``.
 
 Case status: ``new`` → ``reviewing`` (claimed by a worker) → ``reviewed`` |
@@ -27,8 +28,9 @@ from pathlib import Path
 from shared.errors import StoreError
 from shared.evaluation import LabeledCase
 from shared.messages import Escalation, Review
+from teacher.data.decisions import Decisions
 from teacher.data.edges import EdgeRecords
-from teacher.data.schema import ADDED_COLUMNS, SCHEMA
+from teacher.data.schema import ADDED_COLUMNS, INDEXES, SCHEMA
 
 
 def default_store_path(home: Path | str) -> Path:
@@ -55,7 +57,7 @@ class StoredCase:
     has_frame: bool
 
 
-class CaseStore(EdgeRecords):
+class CaseStore(EdgeRecords, Decisions):
     def __init__(self, path: Path | str, recover: bool = True):
         """Open (or create) the store. ``recover``: give claims left by a killed process
         back to ``new``; only the process that runs the review workers should (the
@@ -69,10 +71,11 @@ class CaseStore(EdgeRecords):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
-            have = {row[1] for row in self._db.execute("PRAGMA table_info(cases)")}
-            for column, kind in ADDED_COLUMNS:
-                if column not in have:  # a store from before releases
-                    self._db.execute(f"ALTER TABLE cases ADD COLUMN {column} {kind}")
+            for table, column, kind in ADDED_COLUMNS:
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:  # a store from an older version
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            self._db.executescript(INDEXES)
             if recover:
                 self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
         except sqlite3.Error as exc:
@@ -257,23 +260,11 @@ class CaseStore(EdgeRecords):
         answer: str | None = None,
         keywords: list[str] | None = None,
         note: str = "",
-    ) -> None:
-        """A person's verdict; it outranks the teacher's review downstream."""
-        with self._lock:
-            if not self._db.execute("SELECT 1 FROM cases WHERE case_id=?", (case_id,)).fetchone():
-                raise StoreError(f"no case {case_id!r} in {self.path}")
-            self._db.execute(
-                "INSERT OR REPLACE INTO corrections (case_id, safety, answer, keywords, note,"
-                " corrected_at) VALUES (?,?,?,?,?,?)",
-                (
-                    case_id,
-                    int(safety),
-                    answer,
-                    None if keywords is None else json.dumps(keywords),
-                    note,
-                    time.time(),
-                ),
-            )
+        who: str = "cli",
+    ) -> int:
+        """A person's verdict; it outranks the teacher's review downstream and reaches the
+        case's edge as a review (``Decisions.decide``). Returns the decision's id."""
+        return self.decide(case_id, safety, who, answer, keywords, note)
 
     # ------------------------------------------------------------ reads
     def count(self, status: str | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from teacher.release.migrate import old_active
 logger = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"
+PUSH_REQUEST = "push-request"
 
 
 class ReleaseRegistry:
@@ -94,6 +96,24 @@ class ReleaseRegistry:
         release = self.get(number)
         set_active(self.root, number)
         return release
+
+    def request_push(self) -> float:
+        """Ask the running server to push the active release now to every edge that does not
+        run it, without waiting out ``server.push_retry_s`` (a re-push: after fixing what made
+        an edge refuse it). Returns the time asked; the server reads it within a second."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        tmp = self.root / f"{PUSH_REQUEST}.tmp"
+        tmp.write_text(repr(now))
+        tmp.replace(self.root / PUSH_REQUEST)
+        return now
+
+    def push_requested_at(self) -> float:
+        """When a re-push was last asked for (0.0: never)."""
+        try:
+            return float((self.root / PUSH_REQUEST).read_text())
+        except (OSError, ValueError):
+            return 0.0
 
     def ensure(self) -> Release:
         """The active release, making one active if none is: an old home's active skill

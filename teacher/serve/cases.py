@@ -9,6 +9,7 @@ sets) takes the person's verdict, keywords and answer first. It reads the store 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from shared.answer import parse_safety
 from shared.config import load_config
 from shared.errors import StoreError
 from shared.teacher_config import TeacherConfig
+from teacher.data.decisions import person_answer
 from teacher.data.store import CaseStore, default_store_path
 
 STATUSES = ("new", "reviewing", "reviewed", "unreviewable")
@@ -74,12 +76,14 @@ def run(args: argparse.Namespace) -> int:
         keywords = None
         if args.keywords is not None:
             keywords = [k.strip().lower() for k in args.keywords.split(",") if k.strip()]
-        answer = args.answer
-        if answer is not None and not answer.lstrip().startswith("Answer:"):
-            verdict = "yes" if safety else "no"
-            answer = f"Answer: {answer.strip()}\nSAFETY: {verdict}\nCONFIDENCE: 1.00"
-        store.correct(args.case_id, safety, answer, keywords, args.note)
-        print(f"case {args.case_id}: corrected to safety={'yes' if safety else 'no'}")
+        answer = person_answer(args.answer, safety)
+        decision = store.correct(
+            args.case_id, safety, answer, keywords, args.note, who=f"cli:{getpass.getuser()}"
+        )
+        print(
+            f"case {args.case_id}: corrected to safety={'yes' if safety else 'no'} "
+            f"(decision {decision}; its edge gets it as a review)"
+        )
         return 0
     finally:
         store.close()

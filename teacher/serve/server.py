@@ -70,7 +70,8 @@ class EdgeState:
     release_version: int = 0
     head_live: bool | None = None
     outbox_depth: int = 0
-    pushed: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (version, when)
+    # kind -> (version, time.monotonic(), time.time()) of the latest push
+    pushed: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
 
 class TeacherServer:
@@ -94,7 +95,7 @@ class TeacherServer:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._thread: threading.Thread | None = None
-        self._active_cache: tuple[float, int] = (float("-inf"), 0)
+        self._active_cache: tuple[float, int, float] = (float("-inf"), 0, 0.0)
         self._review_lock = threading.Lock()
         self._workers: list[ReviewWorker] = []
 
@@ -294,7 +295,9 @@ class TeacherServer:
                 )
             edge.head_live = msg.head_live
             try:
-                self.store.record_edge(user or msg.sender, msg.release_version, msg.head_live)
+                self.store.record_edge(
+                    user or msg.sender, msg.release_version, msg.head_live, msg.outbox_depth
+                )
                 self.store.record_counts(user or msg.sender, msg.boot, msg.inputs)
             except sqlite3.Error as exc:
                 logger.error("input counts of edge %s not stored: %s", user or msg.sender, exc)
@@ -313,6 +316,8 @@ class TeacherServer:
                 msg.version,
                 msg.reason,
             )
+            if msg.kind == "release":
+                self._record_push(user, msg.version, msg.accepted, msg.reason)
         elif isinstance(msg, ErrorReply):
             user = user or self._name_of(identity)
             logger.warning("edge %s reports %s: %s", user, msg.code, msg.detail)
@@ -358,16 +363,18 @@ class TeacherServer:
             logger.info("edge %s went silent", name)
             del self.edges[name]
 
-    def _active(self) -> int:
-        """The active release's number (read at most once a second)."""
-        at, number = self._active_cache
+    def _active(self) -> tuple[int, float]:
+        """The active release's number and when a re-push was last asked for (``time.time()``;
+        ``ReleaseRegistry.request_push``), read at most once a second."""
+        at, number, asked = self._active_cache
         if time.monotonic() - at > 1.0:
             number = self.releases.active_number() or 0
-            self._active_cache = (time.monotonic(), number)
-        return number
+            asked = self.releases.push_requested_at()
+            self._active_cache = (time.monotonic(), number, asked)
+        return number, asked
 
     def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
-        number = self._active()
+        number, asked = self._active()
         if edge.release_version == number:
             return
         last = edge.pushed.get("release")
@@ -375,6 +382,7 @@ class TeacherServer:
             last
             and last[0] == number
             and time.monotonic() - last[1] < self.config.server.push_retry_s
+            and asked <= last[2]  # a re-push asked for since then skips the wait
         ):
             return
         folder = self.releases.path(number) if number else default_release_dir()
@@ -385,20 +393,40 @@ class TeacherServer:
             return
         msg = ReleasePush(version=number, files=[e for e, _ in files])
         if self._reply(sock, edge.identity, msg, [data for _, data in files]):
-            edge.pushed["release"] = (number, time.monotonic())
+            edge.pushed["release"] = (number, time.monotonic(), time.time())
+            self._record_push(name, number, None, "")
             logger.info(
                 "pushed release v%s to edge %s (it runs v%s)", number, name, edge.release_version
             )
 
+    def _record_push(self, name: str, version: int, accepted: bool | None, reason: str) -> None:
+        last = self.edges.get(name)
+        pushed = last.pushed.get("release") if last else None
+        doc = {
+            "version": version,
+            "pushed_at": pushed[2] if pushed else None,
+            "accepted": accepted,
+            "reason": reason,
+        }
+        try:
+            self.store.record_push(name, doc)
+        except sqlite3.Error as exc:
+            logger.error("push result of edge %s not stored: %s", name, exc)
+
     def _send_reviews(self, sock: zmq.Socket) -> None:
+        """The teacher's reviews, then a person's corrections, not yet at their edges."""
         if not self.edges:
             return
-        sent = []
-        for edge_id, review in self.store.unsent_reviews(list(self.edges), limit=1000):
-            edge = self.edges.get(edge_id)
-            if edge is None or not self._reply(sock, edge.identity, review):
-                continue
-            sent.append(review.case_id)
-        if sent:
-            self.store.mark_reviews_sent(sent)
-            self.stats["reviews_sent"] += len(sent)
+        for unsent, mark in (
+            (self.store.unsent_reviews, self.store.mark_reviews_sent),
+            (self.store.unsent_corrections, self.store.mark_corrections_sent),
+        ):
+            sent = []
+            for edge_id, review in unsent(list(self.edges), limit=1000):
+                edge = self.edges.get(edge_id)
+                if edge is None or not self._reply(sock, edge.identity, review):
+                    continue
+                sent.append(review.case_id)
+            if sent:
+                mark(sent)
+                self.stats["reviews_sent"] += len(sent)
