@@ -156,22 +156,31 @@ def audit_estimate(outcomes: Sequence[Outcome], z: float = 1.96) -> AuditEstimat
     """
     passed = [o for o in outcomes if not o.alert and (not o.escalated or o.audited)]
     audits = [o for o in passed if o.audited and o.audit_p and o.truth is not None]
-    found = [o for o in audits if o.truth]
+    found = [o.audit_p for o in audits if o.truth]
     caught = sum(
         1
         for o in outcomes
         if o.caught and not o.audited and (o.truth or (o.truth is None and o.alert))
     )
-    missed = sum(1 / o.audit_p for o in found)
-    if not audits or caught + missed == 0:
-        return AuditEstimate(len(passed), len(audits), len(found), caught, missed, None, None, None)
+    return estimate_recall(len(passed), len(audits), found, caught, z)
+
+
+def estimate_recall(
+    passed: int, audited: int, found: Sequence[float], caught: int, z: float = 1.96
+) -> AuditEstimate:
+    """``audit_estimate`` from its counts, for callers that count in SQL (the console):
+    ``passed`` inputs the release let pass, ``audited`` of them labelled by an audit,
+    ``found`` the ``audit_p`` of each hazard those audits found, ``caught`` hazards."""
+    missed = sum(1 / p for p in found)
+    if not audited or caught + missed == 0:
+        return AuditEstimate(passed, audited, len(found), caught, missed, None, None, None)
     recall = caught / (caught + missed)
     if found:
-        se = math.sqrt(sum((1 - o.audit_p) / o.audit_p**2 for o in found))
+        se = math.sqrt(sum((1 - p) / p**2 for p in found))
         low_m, high_m = max(missed - z * se, 0.0), missed + z * se
     else:
-        low_m, high_m = 0.0, 3.0 * len(passed) / len(audits)
+        low_m, high_m = 0.0, 3.0 * passed / audited
     share = lambda m: caught / (caught + m) if caught + m else 1.0  # noqa: E731
     return AuditEstimate(
-        len(passed), len(audits), len(found), caught, missed, recall, share(high_m), share(low_m)
+        passed, audited, len(found), caught, missed, recall, share(high_m), share(low_m)
     )
