@@ -113,6 +113,15 @@ class OllamaBackend:
                 status = progress.status or status
                 logger.debug("ollama create %s: %s", target, status)
         except (ollama.ResponseError, ConnectionError, httpx.TransportError) as exc:
+            refused = isinstance(exc, ollama.ResponseError) and exc.status_code == 400
+            if refused and "adapter" in str(exc.error).lower():
+                raise ModelError(
+                    f"Ollama at {self.config.host} refused to create {target} with the "
+                    f"release's LoRA adapter: {_reason(exc)}. Ollama 0.34.1 and later no "
+                    "longer create models with an ADAPTER: releases with a LoRA need "
+                    "model.backend: llamacpp (or a teacher that builds head-only releases "
+                    "for Ollama edges: gemma-teacher train --head-only)"
+                ) from exc
             raise ModelError(
                 f"Ollama at {self.config.host} could not create {target} from "
                 f"{self.config.model!r}: {_reason(exc)}"

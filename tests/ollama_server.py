@@ -19,8 +19,12 @@ blob is there, else 404; ``POST /api/blobs/<digest>`` stores the body and answer
 answers chats); ``DELETE /api/delete`` answers 200, or 404 for an unknown model. A model
 created with a ``template`` that ends in ``Answer:`` replies without that primer, as a
 model continuing its prompt does. Knob: ``create_error`` (an ``{"error": ...}`` line
-instead of ``success``, and no model). Creates and deletes are kept in ``created`` and
-``deleted``.
+instead of ``success``, and no model). Knob ``adapters_removed``: answer a create that
+names ``adapters`` with HTTP 400 and an error, as Ollama 0.34.1 and later do (ollama/ollama
+pull request 14969 removed creating models with a LoRA ADAPTER; the newest snapshot we
+could read, of 2026-08-21, predates it, so the wording of the error is ours; a create FROM
+a base or from GGUF ``files`` still succeeds). Creates and deletes are kept in ``created``
+and ``deleted``.
 
 Test knobs: ``reply`` (text or a function of the request body), ``delay_s`` before
 answering, ``fail_status`` (answer that HTTP status with an error body), and
@@ -90,6 +94,7 @@ class FakeOllama:
         self.deleted: list[str] = []
         self.templates: dict[str, str] = {}
         self.create_error: str | None = None
+        self.adapters_removed = False
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -187,6 +192,8 @@ class FakeOllama:
         missing = [d for d in digests.values() if d not in self.blobs]
         if missing:
             return 400, {"error": f"blob {missing[0]} not found"}
+        if body.get("adapters") and self.adapters_removed:
+            return 400, {"error": "creating a model with adapters is no longer supported"}
         base = body.get("from")
         if base and base not in self.models:
             return 404, {"error": f'model "{base}" not found, try pulling it first'}

@@ -214,8 +214,9 @@ def _train_lora(cfg: TeacherConfig, dataset: Dataset, skill: Skill, args):
 
     if cfg.student.backend == "ollama":
         raise TrainingError(
-            "a LoRA is trained for an embedded or llamacpp student; use --head-only for "
-            "an ollama student"
+            "a LoRA is trained for a llamacpp or embedded student: Ollama 0.34.1 and later "
+            "no longer create models with a LoRA ADAPTER, so releases for Ollama edges carry "
+            "the skill and head only (gemma-teacher train --head-only)"
         )
     device = resolve_device(cfg.train.device)
     dtype = "bfloat16" if device == "cuda" else "float32"

@@ -128,6 +128,23 @@ def test_a_failed_create_keeps_the_old_model(server, tmp_path):
     assert student.release.version == 1 and "gemma-edge-student:r2" not in server.models
 
 
+def test_a_current_ollama_that_refuses_adapters_is_named_and_the_old_model_kept(
+    server, tmp_path
+):
+    backend = backend_for(server)
+    student = Student(backend, release(tmp_path, 1))
+    server.adapters_removed = True
+    with pytest.raises(ModelError, match="refused to create .*r2 with the release's LoRA") as err:
+        student.use(release(tmp_path, 2, seed=1))
+    assert "releases with a LoRA need model.backend: llamacpp" in str(err.value)
+    assert "no longer supported (HTTP 400)" in str(err.value)
+    student.answer("A cat sleeps.")
+    assert server.requests[-1]["model"] == "gemma-edge-student:r1"
+    student.use(release(tmp_path, 3, adapter=False))  # skill and head only: still taken
+    student.answer("A cat sleeps.")
+    assert server.requests[-1]["model"] == BASE and student.release.version == 3
+
+
 def test_an_unknown_base_is_a_clear_error(server, tmp_path):
     backend = OllamaBackend(OllamaModelConfig(host=server.url, model="gemma3:1b"))
     with pytest.raises(ModelError, match="could not create .* from 'gemma3:1b'.*not found"):
