@@ -19,6 +19,16 @@ by Bonferroni: ``delta / 2`` for each of the two risks.
 - ``upper`` (local false alerts): share of safe cases with ``p_unsafe >= upper`` is at
   most ``max_false_alert_rate``, in the same event of probability ``1 - delta``.
 
+``keyword_lower`` (the keyword rule's floor): a case that names a safety keyword is escalated
+when the head does not alert on it, unless its ``p_unsafe`` is below ``keyword_lower``. The
+floor is certified on the keyword hazards alone, the same way as ``lower`` on all of them:
+with probability at least ``1 - delta / 2`` at least ``recall_target`` of the hazards that
+name a keyword score at or above it. The rule exists for the hazard types the head may not
+know (a weapon, a fire), so with fewer keyword hazards in the calibration split than a
+zero-miss result needs (59 at 0.95 and delta/2 = 0.05) the floor stays 0 and every keyword
+case the head does not alert on is escalated. The keyword cases under the floor count as
+missable when ``lower`` is certified, so the system recall guarantee covers the floor.
+
 ``calibrate_policy`` certifies the policy twice, with the safety-keyword rule (keyword
 cases count as caught) and without it (the band alone must reach the target), and keeps
 the certified one that needs fewer teacher calls on the calibration split: a keyword
@@ -79,6 +89,13 @@ class Calibration(BaseModel):
         description="The safety-keyword rule is part of the certified policy (a keyword "
         "escalates what the head does not alert on); False: the head alone was certified.",
     )
+    keyword_lower: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A keyword case the head passes with p_unsafe below this is not "
+        "escalated for its keyword (certified on the keyword hazards; 0: every one is).",
+    )
     keyword_memory: dict[str, list[tuple[tuple[str, ...], bool]]] = Field(
         default_factory=dict,
         description="Reviewed keyword cases (content-word hashes, unsafe) that clear a "
@@ -89,6 +106,10 @@ class Calibration(BaseModel):
     def _ordered(self) -> Calibration:
         if self.lower > self.upper:
             raise ValueError(f"lower ({self.lower}) must not exceed upper ({self.upper})")
+        if self.keyword_lower > self.lower:
+            raise ValueError(
+                f"keyword_lower ({self.keyword_lower}) must not exceed lower ({self.lower})"
+            )
         return self
 
     def zone(self, p_unsafe: float) -> str:
@@ -182,6 +203,15 @@ def conservative(
     )
 
 
+def _flags(values: Sequence[bool] | None, n: int, what: str) -> list[bool]:
+    if values is None:
+        return [False] * n
+    out = [bool(v) for v in values]
+    if len(out) != n:
+        raise ValueError(f"{n} p_unsafe values but {len(out)} {what} flags")
+    return out
+
+
 def _check_inputs(
     p_unsafe: Sequence[float], labels: Sequence[bool], caught: Sequence[bool] | None
 ) -> tuple[list[float], list[bool], list[bool]]:
@@ -189,12 +219,7 @@ def _check_inputs(
     flags = [bool(label) for label in labels]
     if len(probs) != len(flags):
         raise ValueError(f"{len(probs)} p_unsafe values but {len(flags)} labels")
-    if caught is None:
-        escalated = [False] * len(probs)
-    else:
-        escalated = [bool(c) for c in caught]
-        if len(escalated) != len(probs):
-            raise ValueError(f"{len(probs)} p_unsafe values but {len(escalated)} caught flags")
+    escalated = _flags(caught, len(probs), "caught")
     for index, p in enumerate(probs):
         if math.isnan(p):
             raise ValueError(f"p_unsafe[{index}] is NaN")
@@ -215,12 +240,15 @@ def calibrate(
     max_false_alert_rate: float = 0.05,
     delta: float = 0.1,
     caught: Sequence[bool] | None = None,
+    keyword: Sequence[bool] | None = None,
 ) -> Calibration:
     """Thresholds certified by Learn-then-Test on a labelled calibration split.
 
     ``labels`` is True for unsafe cases; ``caught`` is True where the rest of the policy
     escalates the case anyway, so such an unsafe case is never missed whatever ``lower``
-    is. Raises ValueError on mismatched lengths, NaN or out-of-range probabilities.
+    is; ``keyword`` is True where the keyword rule would escalate the case unless the head
+    alerts or its p_unsafe is under ``keyword_lower`` (certified here first, see the module
+    docstring). Raises ValueError on mismatched lengths, NaN or out-of-range probabilities.
     """
     if not 0 < recall_target < 1:
         raise ValueError(f"recall_target must be in (0, 1), got {recall_target}")
@@ -232,19 +260,36 @@ def calibrate(
     each = delta / 2  # Bonferroni: one half for each risk
     max_miss = 1 - recall_target
 
+    named = _flags(keyword, len(probs), "keyword")
     unsafe = [p for p, f in zip(probs, flags, strict=True) if f]
-    missable = sorted(p for p, f, c in zip(probs, flags, escalated, strict=True) if f and not c)
     safe = sorted(p for p, f in zip(probs, flags, strict=True) if not f)
     n_unsafe, n_safe = len(unsafe), len(safe)
     distinct = sorted(set(probs))
+    candidates = [0.0, *(p for p in distinct if p > 0.0)]
+    # unsafe cases nothing else escalates: those that name a keyword, and the rest
+    loose = [
+        (p, k) for p, f, c, k in zip(probs, flags, escalated, named, strict=True) if f and not c
+    ]
+    named_unsafe = sorted(p for p, k in loose if k)
+    plain_unsafe = sorted(p for p, k in loose if not k)
+
+    # The keyword floor, certified on the keyword hazards alone (walk up while certified).
+    floor, floor_misses = 0.0, 0
+    for t in candidates if named_unsafe else ():
+        k = bisect_left(named_unsafe, t)
+        if clopper_pearson_upper(k, len(named_unsafe), each) > max_miss:
+            break
+        floor, floor_misses = t, k
 
     # Lower: the miss risk grows with t, so test t = 0 first and walk up while certified.
+    # A keyword hazard under lower is still escalated from min(floor, t) up.
     lower, misses, recall_ok = 0.0, 0, False
-    for t in [0.0, *(p for p in distinct if p > 0.0)]:
-        k = bisect_left(missable, t)  # uncaught unsafe cases with p < t
+    for t in candidates:
+        k = bisect_left(plain_unsafe, t) + bisect_left(named_unsafe, min(floor, t))
         if clopper_pearson_upper(k, n_unsafe, each) > max_miss:
             break
         lower, misses, recall_ok = t, k, True
+    floor = min(floor, lower)
 
     # Upper: the false-alert risk grows as t falls, so test t = 1 first and walk down.
     upper, false_alerts, alerts_ok = 1.0, 0, False
@@ -269,6 +314,17 @@ def calibrate(
             f"only {n_unsafe} unsafe calibration cases: at least {needed} are needed to "
             f"certify recall {recall_target:g} at delta {delta:g} ({each:g} per risk); "
             "every case the head cannot rule out is escalated"
+        )
+    if named_unsafe and floor > 0:
+        parts.append(
+            f"keyword cases pass under keyword_lower {floor:.4g}: recall >= {recall_target:g} "
+            f"on the {len(named_unsafe)} hazards that name a keyword ({floor_misses} under it)"
+        )
+    elif recall_ok:
+        needed = min_unsafe_cases(recall_target, each)
+        parts.append(
+            f"every keyword case the head does not alert on is escalated ({len(named_unsafe)} "
+            f"keyword hazards; {needed} would certify a floor)"
         )
     if alerts_ok:
         parts.append(
@@ -298,6 +354,7 @@ def calibrate(
         n_unsafe=n_unsafe,
         n_safe=n_safe,
         note="; ".join(parts),
+        keyword_lower=floor,
     )
 
 
@@ -305,11 +362,12 @@ def expected_calls(
     calibration: Calibration, p_unsafe: Sequence[float], keyword_hits: Sequence[bool]
 ) -> int:
     """Cases the policy would escalate for safety (the band, plus keyword cases the head
-    does not alert on when the keyword rule is on)."""
+    does not alert on and scores at or above ``keyword_lower``, when the rule is on)."""
     calls = 0
     for p, hit in zip(p_unsafe, keyword_hits, strict=True):
         zone = calibration.zone(p)
-        calls += zone == UNCERTAIN or (calibration.keywords and hit and zone != ALERT)
+        named = calibration.keywords and hit and zone != ALERT and p >= calibration.keyword_lower
+        calls += zone == UNCERTAIN or named
     return calls
 
 
@@ -333,7 +391,7 @@ def calibrate_policy(
         "max_false_alert_rate": max_false_alert_rate,
         "delta": delta,
     }
-    with_rule = calibrate(p_unsafe, labels, caught=keyword_hits, **common)
+    with_rule = calibrate(p_unsafe, labels, keyword=keyword_hits, **common)
     without = calibrate(p_unsafe, labels, **common).model_copy(update={"keywords": False})
     if not without.guaranteed or not with_rule.guaranteed:
         return with_rule if with_rule.guaranteed or not without.guaranteed else without

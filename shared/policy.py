@@ -22,8 +22,10 @@ apply. Reasons, checked in this order:
                        but "fire next to the fire extinguisher" does); with a head, only
                        when the head does not alert already, and only if the release's
                        calibration kept the rule (``Calibration.keywords``), and not
-                       where the release's reviewed cases of that keyword near it were
-                       all safe (``shared.keyword_memory``, ``Decision.keyword_cleared``)
+                       where p_unsafe is under the release's ``keyword_lower`` (a floor
+                       certified on keyword hazards, ``shared.calibration``) or the
+                       release's reviewed cases of that keyword near it were all safe
+                       (``shared.keyword_memory``); either sets ``Decision.keyword_cleared``
 - ``uncertain_safety`` the head's p_unsafe is in the calibrated band
 - ``format_error``     the answer broke the three-line format
 - ``low_confidence``   (no head) the stated confidence is under the threshold
@@ -206,7 +208,9 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
         alert = zone == "alert"
         if matched and not alert and calibration.keywords:
             memory = calibration.keyword_memory
-            if memory and cleared(memory, context.input_text, matched, keywords):
+            if answer.p_unsafe < calibration.keyword_lower:
+                keyword_cleared = True  # under the floor certified on keyword hazards
+            elif memory and cleared(memory, context.input_text, matched, keywords):
                 keyword_cleared = True  # near reviewed safe cases of every keyword
             else:
                 reasons.append(SAFETY_KEYWORD)

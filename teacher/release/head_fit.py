@@ -307,7 +307,7 @@ def fit_and_calibrate(
     if cfg.release.keyword_rule == "certify":
         calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, **goal)
     else:
-        calibration = calibrate(p_cal.tolist(), cal_labels, caught=hits, **goal)
+        calibration = calibrate(p_cal.tolist(), cal_labels, keyword=hits, **goal)
     if mode == "crossfit":
         method = f"{calibration.method}, on out-of-fold scores ({head.info['folds']}-fold crossfit)"
         calibration = calibration.model_copy(update={"method": method})

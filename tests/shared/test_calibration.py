@@ -313,3 +313,53 @@ def test_conservative_escalates_everything_and_alerts_nothing():
     assert cal.note
     empty = calibrate([], [])
     assert (empty.lower, empty.upper, empty.guaranteed) == (0.0, 1.0, False)
+
+
+def test_a_keyword_floor_is_certified_on_the_keyword_hazards_alone():
+    # 80 keyword hazards the head scores 0.3-1.0, 60 keyword-free hazards 0.5-1.0; safe
+    # cases: 40 naming a keyword (a chef's knife) at 0.0-0.05, 100 others at 0.0-0.4.
+    named_hazards = np.linspace(0.3, 1.0, 80).tolist()
+    plain_hazards = np.linspace(0.5, 1.0, 60).tolist()
+    named_safe = np.linspace(0.0, 0.05, 40).tolist()
+    plain_safe = np.linspace(0.0, 0.4, 100).tolist()
+    p = named_hazards + plain_hazards + named_safe + plain_safe
+    labels = [True] * 140 + [False] * 140
+    keyword = [True] * 80 + [False] * 60 + [True] * 40 + [False] * 100
+    cal = calibrate(p, labels, keyword=keyword)
+    assert cal.guaranteed
+    assert cal.keyword_lower == 0.3  # the lowest keyword hazard: none of them under it
+    assert cal.keyword_lower <= cal.lower
+    assert all(x < cal.keyword_lower for x in named_safe)  # a chef's knife passes
+    assert "keyword cases pass under keyword_lower 0.3" in cal.note
+    # Too few keyword hazards to certify anything: every keyword case escalates.
+    few = calibrate(p[50:], labels[50:], keyword=keyword[50:])
+    assert few.keyword_lower == 0.0
+    assert "every keyword case the head does not alert on is escalated (30" in few.note
+
+
+def test_keyword_hazards_under_the_floor_count_as_misses_for_lower():
+    # The floor lets 2 of 80 keyword hazards pass (0.01, 0.02); lower must then spend its
+    # miss budget on them: it stays where those two plus the plain misses are certified.
+    named_hazards = [0.01, 0.02, *np.linspace(0.3, 1.0, 78).tolist()]
+    plain_hazards = np.linspace(0.05, 1.0, 60).tolist()
+    safe = np.linspace(0.0, 0.4, 140).tolist()
+    p = named_hazards + plain_hazards + safe
+    labels = [True] * 140 + [False] * 140
+    keyword = [True] * 80 + [False] * 200
+    cal = calibrate(p, labels, keyword=keyword)
+    unsafe = sorted(named_hazards + plain_hazards)
+    missed = sum(x < cal.keyword_lower for x in named_hazards) + sum(
+        x < cal.lower for x in plain_hazards
+    )
+    assert clopper_pearson_upper(missed, len(unsafe), 0.05) <= 0.05
+    assert cal.keyword_lower <= cal.lower
+
+
+def test_a_release_whose_keyword_floor_exceeds_lower_is_refused():
+    from shared.calibration import Calibration
+
+    with pytest.raises(ValueError, match="keyword_lower"):
+        Calibration(
+            lower=0.1, upper=0.5, recall_target=0.95, max_false_alert_rate=0.1, delta=0.1,
+            guaranteed=True, n_unsafe=100, n_safe=100, keyword_lower=0.2,
+        )  # fmt: skip

@@ -346,3 +346,22 @@ def test_the_same_input_and_count_draw_the_same_audit():
 
     assert audit_draw(7, "a pool") == audit_draw(7, "a pool") != audit_draw(8, "a pool")
     assert 0 <= audit_draw(1, "x") < 1
+
+
+def test_a_keyword_case_under_the_certified_floor_is_not_escalated_for_its_keyword():
+    from shared.calibration import Calibration
+
+    cal = Calibration(
+        lower=0.2, upper=0.7, recall_target=0.95, max_false_alert_rate=0.1, delta=0.1,
+        guaranteed=True, n_unsafe=100, n_safe=100, keyword_lower=0.05,
+    )  # fmt: skip
+    config = PolicyConfig(audit_every=0)
+    text = "A chef slices onions with a knife at the food court."
+    for p, escalated in ((0.01, False), (0.049, False), (0.05, True), (0.15, True)):
+        answer = Answer("", None, None, True, "", p_unsafe=p)
+        context = PolicyContext(now=0.0, processed=1, input_text=text, scene_key=text,
+                                calibration=cal)  # fmt: skip
+        decision = decide(answer, context, config)
+        assert decision.escalate is escalated, p
+        assert decision.keyword_cleared is (not escalated)
+        assert decision.keywords == ("knife",)
