@@ -128,9 +128,7 @@ def test_a_failed_create_keeps_the_old_model(server, tmp_path):
     assert student.release.version == 1 and "gemma-edge-student:r2" not in server.models
 
 
-def test_a_current_ollama_that_refuses_adapters_is_named_and_the_old_model_kept(
-    server, tmp_path
-):
+def test_a_current_ollama_that_refuses_adapters_is_named_and_the_old_model_kept(server, tmp_path):
     backend = backend_for(server)
     student = Student(backend, release(tmp_path, 1))
     server.adapters_removed = True
