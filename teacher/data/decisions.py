@@ -1,25 +1,17 @@
-"""A person's decisions on cases, and the review queue that asks for them (the console).
+"""A person's decisions on cases (the console, ``cases correct``).
 
-``Decisions`` is the half of ``teacher.data.store.CaseStore`` behind ``gemma-teacher
-console`` and ``cases correct``:
+``Decisions`` is the part of ``teacher.data.store.CaseStore`` that keeps them:
 
 - ``decide``: a person's verdict on a case, as a correction (it outranks the teacher's
   review everywhere downstream) that is also sent to the case's edge as a ``Review`` from
   ``person:<who>``. Every decision is logged with who made it, when, and what it replaced;
+- ``confirm_teacher``: many cases at once, cautiously (what the edge flagged is skipped);
 - ``undo``: puts back what the decision replaced (the earlier correction, else the teacher's
-  review) and sends that to the edge again;
-- ``queue``: the cases no person has decided, ordered by how much a verdict is worth.
+  review) and sends that to the edge again.
 
-Worth (higher first), from what the store knows about a case::
-
-    4   the teacher and the student disagree (+1 more when the teacher saw a hazard
-        the student passed: a missed hazard is the worst thing the edge can do)
-    3   nobody has a verdict yet (the teacher has not reviewed it, or could not)
-    1   an audit (its label is what the recall estimate rests on)
-    0-1 how close the student's p(unsafe) is to its release's escalation band
-        (1 inside the band, falling to 0 half a unit of probability away)
-
-It uses the store's connection and lock; it knows nothing about sockets or web pages.
+The queue that asks for decisions is ``teacher.data.queue`` (``Band`` and ``STATES`` are
+re-exported here). It uses the store's connection and lock; it knows nothing about
+sockets or web pages.
 """
 
 from __future__ import annotations
@@ -28,22 +20,14 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 
 from shared.errors import StoreError
 from shared.messages import Review
+from teacher.data.queue import STATES, Band
 
-STATES = ("todo", "disagreed", "unreviewed", "audit", "decided", "all")
+__all__ = ["STATES", "Band", "Decisions", "PERSON", "person_answer"]
+
 PERSON = "person:"
-
-
-@dataclass(frozen=True)
-class Band:
-    """A release's escalation band: p(unsafe) in [lower, upper] goes to the teacher."""
-
-    release: int
-    lower: float
-    upper: float
 
 
 def person_answer(sentence: str | None, safety: bool) -> str | None:
@@ -56,102 +40,10 @@ def person_answer(sentence: str | None, safety: bool) -> str | None:
     return f"Answer: {sentence.strip()}\nSAFETY: {verdict}\nCONFIDENCE: 1.00"
 
 
-# the student's verdict as shared.scoring.student_verdict has it: its head at 0.5, else SAFETY
-_STUDENT = "(CASE WHEN c.p_unsafe IS NOT NULL THEN c.p_unsafe >= 0.5 ELSE c.safety END)"
-_DISAGREE = f"(r.case_id IS NOT NULL AND ({_STUDENT} IS NULL OR {_STUDENT} != r.safety))"
-_NO_VERDICT = "(r.case_id IS NULL)"
-_AUDIT = "(c.audit_p IS NOT NULL)"
-_P = "COALESCE(c.p_unsafe, CASE c.safety WHEN 1 THEN c.confidence WHEN 0 THEN 1 - c.confidence END)"
-_CLOSE = (
-    f"(CASE WHEN {_P} IS NULL THEN 0.5"
-    f" WHEN {_P} BETWEEN COALESCE(b.lower, 0.5) AND COALESCE(b.upper, 0.5) THEN 1.0"
-    f" ELSE 1.0 - 2 * MIN(0.5, MIN(ABS({_P} - COALESCE(b.lower, 0.5)),"
-    f" ABS({_P} - COALESCE(b.upper, 0.5)))) END)"
-)
-WORTH = (
-    f"(4 * {_DISAGREE} + ({_DISAGREE} AND r.safety = 1) + 3 * {_NO_VERDICT} + {_AUDIT} + {_CLOSE})"
-)
-_STATE_WHERE = {
-    "todo": "k.case_id IS NULL",
-    "disagreed": f"k.case_id IS NULL AND {_DISAGREE}",
-    "unreviewed": f"k.case_id IS NULL AND {_NO_VERDICT}",
-    "audit": f"k.case_id IS NULL AND {_AUDIT}",
-    "decided": "k.case_id IS NOT NULL",
-    "all": "1",
-}
-_QUEUE_COLUMNS = (
-    "c.case_id, c.edge_id, c.received_at, c.kind, c.input, c.answer, c.safety, c.confidence,"
-    " c.reasons, c.status, c.status_detail, c.frame IS NOT NULL, c.release_version, c.p_unsafe,"
-    " c.alert, c.audit_p, r.safety, r.answer, r.reviewer, k.safety, k.answer, k.who,"
-    " k.corrected_at"
-)
-
-
 class Decisions:
     _db: sqlite3.Connection
     _lock: threading.Lock
     path: object
-
-    # ------------------------------------------------------------ the queue
-    def queue(
-        self,
-        bands: list[Band] = (),
-        state: str = "todo",
-        edge: str | None = None,
-        reason: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[dict]:
-        """Cases in ``state`` (``STATES``), worth first (then newest), as plain data."""
-        where, args = self._filters(state, edge, reason)
-        order = "k.corrected_at DESC" if state == "decided" else "worth DESC, c.received_at DESC"
-        sql = (
-            f"{_bands_cte(bands)} SELECT {_QUEUE_COLUMNS}, {WORTH} AS worth FROM cases c"
-            " LEFT JOIN reviews r ON r.case_id=c.case_id"
-            " LEFT JOIN corrections k ON k.case_id=c.case_id"
-            " LEFT JOIN bands b ON b.release=c.release_version"
-            f" WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
-        )
-        with self._lock:
-            rows = self._db.execute(sql, (*_band_args(bands), *args, limit, offset)).fetchall()
-        return [_queue_row(r) for r in rows]
-
-    def queue_counts(self, edge: str | None = None, reason: str | None = None) -> dict[str, int]:
-        """How many cases each state holds (with the same edge and reason filters)."""
-        where, args = self._filters("all", edge, reason)
-        sql = (
-            "SELECT COUNT(*), SUM(k.case_id IS NULL), SUM(k.case_id IS NULL AND"
-            f" {_DISAGREE}), SUM(k.case_id IS NULL AND {_NO_VERDICT}), SUM(k.case_id IS NULL"
-            f" AND {_AUDIT}), SUM(k.case_id IS NOT NULL) FROM cases c"
-            " LEFT JOIN reviews r ON r.case_id=c.case_id"
-            " LEFT JOIN corrections k ON k.case_id=c.case_id"
-            f" WHERE {where}"
-        )
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
-        keys = ("all", "todo", "disagreed", "unreviewed", "audit", "decided")
-        return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
-
-    def edge_ids(self) -> list[str]:
-        """Every edge that sent a case or a heartbeat."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT edge_id FROM edges UNION SELECT DISTINCT edge_id FROM cases"
-            ).fetchall()
-        return sorted(r[0] for r in rows)
-
-    @staticmethod
-    def _filters(state: str, edge: str | None, reason: str | None) -> tuple[str, tuple]:
-        if state not in _STATE_WHERE:
-            raise StoreError(f"unknown queue state {state!r} (one of {', '.join(STATES)})")
-        where, args = [_STATE_WHERE[state]], []
-        if edge:
-            where.append("c.edge_id = ?")
-            args.append(edge)
-        if reason:
-            where.append("c.reasons LIKE ?")
-            args.append(f'%"{reason}"%')
-        return " AND ".join(where), tuple(args)
 
     # ------------------------------------------------------------ decisions
     def decide(
@@ -204,9 +96,8 @@ class Decisions:
         for cid in case_ids:
             with self._lock:
                 row = self._db.execute(
-                    f"SELECT r.safety, k.case_id IS NOT NULL, c.alert, {_STUDENT} FROM cases c"
-                    " LEFT JOIN reviews r ON r.case_id=c.case_id"
-                    " LEFT JOIN corrections k ON k.case_id=c.case_id WHERE c.case_id=?",
+                    "SELECT teacher, person IS NOT NULL, alert, student FROM case_index"
+                    " WHERE case_id=?",
                     (cid,),
                 ).fetchone()
             if row is None:
@@ -349,45 +240,3 @@ class Decisions:
                 old["who"],
             ),  # fmt: skip
         )
-
-
-def _bands_cte(bands: list[Band]) -> str:
-    if not bands:
-        return "WITH bands(release, lower, upper) AS (SELECT NULL, NULL, NULL WHERE 0)"
-    values = ",".join("(?,?,?)" for _ in bands)
-    return f"WITH bands(release, lower, upper) AS (VALUES {values})"
-
-
-def _band_args(bands: list[Band]) -> tuple:
-    return tuple(x for b in bands for x in (b.release, b.lower, b.upper))
-
-
-def _queue_row(r: tuple) -> dict:
-    (cid, edge, received, kind, text, answer, safety, conf, reasons, status, detail, has_frame,
-     release, p, alert, audit_p, t_safety, t_answer, t_who, k_safety, k_answer, k_who, k_at,
-     worth) = r  # fmt: skip
-    return {
-        "case_id": cid,
-        "edge_id": edge,
-        "received_at": received,
-        "kind": kind,
-        "input": text,
-        "answer": answer,
-        "safety": None if safety is None else bool(safety),
-        "confidence": conf,
-        "reasons": json.loads(reasons),
-        "status": status,
-        "status_detail": detail,
-        "has_frame": bool(has_frame),
-        "release": int(release),
-        "p_unsafe": p,
-        "alert": bool(alert),
-        "audit_p": audit_p,
-        "teacher": None
-        if t_safety is None
-        else {"safety": bool(t_safety), "answer": t_answer, "reviewer": t_who},
-        "person": None
-        if k_safety is None
-        else {"safety": bool(k_safety), "answer": k_answer, "who": k_who, "at": k_at},
-        "worth": round(float(worth), 3),
-    }

@@ -5,9 +5,11 @@ only what is on disk; a case id seen before is reported as a duplicate and not
 stored twice. A correction by a person outranks the teacher's review everywhere
 downstream (``labeled_cases`` feeds datasets and evaluation sets).
 
-The tables are in ``teacher.data.schema``; a person's decisions and the review queue are
-kept and read by ``teacher.data.decisions``; what edges report in heartbeats (inputs per
-release, release and head) is kept and read by ``teacher.data.edges``.
+The tables are in ``teacher.data.schema``; a person's decisions are kept by
+``teacher.data.decisions``, and the review queue is read by ``teacher.data.queue`` from
+the compact per-case index that ``teacher.data.case_index`` keeps; what edges report in
+heartbeats (inputs per release, release and head) is kept and read by
+``teacher.data.edges``.
 
 Case status: ``new`` → ``reviewing`` (claimed by a worker) → ``reviewed`` |
 ``unreviewable`` (the reviewer had no answer, e.g. no label). Claims left by a
@@ -28,8 +30,11 @@ from pathlib import Path
 from shared.errors import StoreError
 from shared.evaluation import LabeledCase
 from shared.messages import Escalation, Review
+from teacher.data import case_index
+from teacher.data.case_index import CaseIndex
 from teacher.data.decisions import Decisions
 from teacher.data.edges import EdgeRecords
+from teacher.data.queue import ReviewQueue
 from teacher.data.schema import ADDED_COLUMNS, INDEXES, SCHEMA
 
 
@@ -57,7 +62,7 @@ class StoredCase:
     has_frame: bool
 
 
-class CaseStore(EdgeRecords, Decisions):
+class CaseStore(EdgeRecords, Decisions, ReviewQueue, CaseIndex):
     def __init__(self, path: Path | str, recover: bool = True):
         """Open (or create) the store. ``recover``: give claims left by a killed process
         back to ``new``; only the process that runs the review workers should (the
@@ -76,6 +81,7 @@ class CaseStore(EdgeRecords, Decisions):
                 if column not in have:  # a store from an older version
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._db.executescript(INDEXES)
+            case_index.ensure(self._db)
             if recover:
                 self._db.execute("UPDATE cases SET status='new' WHERE status='reviewing'")
         except sqlite3.Error as exc:
