@@ -11,6 +11,7 @@ examples:
   gemma-teacher serve --config teacher.yaml        # accept escalations, review them
   gemma-teacher keys new-edge kitchen-cam          # key pair for a new edge
   gemma-teacher cases list --unreviewed
+  gemma-teacher console --config teacher.yaml      # review queue, fleet, releases (web page)
   gemma-teacher upskill --config teacher.yaml      # better prompt for the student
   gemma-teacher train --config teacher.yaml        # release: LoRA + safety head + thresholds
   gemma-teacher train --head-only --labels f.jsonl # release: safety head + thresholds (~1-2 min)
@@ -38,6 +39,15 @@ COMMANDS = [
         "teacher.serve.cases",
         "List, show and correct stored cases.",
         "examples:\n  gemma-teacher cases list\n  gemma-teacher cases correct CASE_ID --safety yes",
+    ),
+    Subcommand(
+        "console",
+        "teacher.console.cli",
+        "The review console, a web page beside `serve`: the review queue (confirm or correct "
+        "verdicts), the fleet, releases (roll back, re-push) and the flywheel.",
+        "examples:\n  gemma-teacher console --config teacher.yaml        # http://127.0.0.1:8765/\n"
+        "  ssh -L 8765:127.0.0.1:8765 teacher-box            # from another machine, then open\n"
+        "                                                    # http://127.0.0.1:8765/ there",
     ),
     Subcommand(
         "upskill",

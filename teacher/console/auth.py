@@ -53,9 +53,16 @@ def check_exposure(host: str, token: str | None) -> None:
     """ConfigError unless the console stays on this machine or asks for a token."""
     if not is_loopback(host) and not token:
         raise ConfigError(
-            f"console.host {host!r} is reachable from other machines: set console.token "
-            "(a long random secret, e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
-            " or bind to 127.0.0.1 and tunnel (ssh -L 8765:127.0.0.1:8765 teacher-box)"
+            "console",
+            [
+                (
+                    "console.host",
+                    host,
+                    "reachable from other machines: set console.token (a long random secret, "
+                    "e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`) or bind "
+                    "to 127.0.0.1 and tunnel (ssh -L 8765:127.0.0.1:8765 teacher-box)",
+                )
+            ],
         )
 
 
