@@ -77,6 +77,21 @@ class LlamaCppModelConfig(Strict):
         DEFAULT_HOME / "adapters",
         description="Where releases' LoRA adapters are kept converted to GGUF (once each).",
     )
+    mmproj: Path | None = Field(
+        None,
+        description="The multimodal projector GGUF (mmproj) of the model in gguf_path: frames "
+        "then reach the model as images (llama.cpp's mtmd); empty means text only (the scene "
+        "sketch).",
+    )
+
+    @model_validator(mode="after")
+    def _mmproj_needs_its_model(self) -> LlamaCppModelConfig:
+        if self.mmproj is not None and self.gguf_path is None:
+            raise ValueError(
+                "mmproj is set without gguf_path: give the multimodal GGUF the projector "
+                "belongs to (the bundled Gemma 3 270M reads no images)"
+            )
+        return self
 
 
 class OllamaModelConfig(Strict):

@@ -126,6 +126,8 @@ class LlamaCppBackend:
         self._exp = np.empty(self._n_vocab, dtype=np.float32)
         self.loads = 0  # base model loads: 1, whatever adapters come and go
         self.loads += 1
+        self._vision = self._open_vision(threads)
+        self.accepts_images = self._vision is not None  # the edge sends frames as JPEG
         logger.info("llama.cpp loaded %s in %.2f s", weights.path.name, time.perf_counter() - t0)
 
     # ------------------------------------------------------------ generation
@@ -143,6 +145,8 @@ class LlamaCppBackend:
         with self.lock:
             if self._llm is None:
                 return
+            if self._vision is not None:
+                self._vision.close()
             self._ll.llama_batch_free(self._batch)
             if self._own_ctx:
                 self._ll.llama_free(self._ctx)
@@ -163,9 +167,12 @@ class LlamaCppBackend:
         if wanted:
             self._tap(tuple(i for i in wanted if i < self.hidden.num_layers))
         t0 = time.perf_counter()
-        ids = self._tokenize(
-            render_prefix(request.system, request.demos) + render_input(request.input)
-        )
+        if self._vision is not None and request.image is not None:
+            ids = self._vision.prompt(request)  # a frame's positions are keys < 0: see below
+        else:
+            ids = self._tokenize(
+                render_prefix(request.system, request.demos) + render_input(request.input)
+            )
         budget = request.max_new_tokens
         if len(ids) + budget > self._n_ctx:
             raise BackendError(
@@ -247,6 +254,8 @@ class LlamaCppBackend:
 
     def _eval(self, tokens: list[int], output_last: bool) -> None:
         """Append ``tokens`` to sequence 0 in batches; logits for the last one if asked."""
+        if self._vision is not None and tokens and min(tokens) < 0:
+            return self._vision.eval(tokens, output_last)  # a frame inside: see below
         step = self.config.n_batch
         for start in range(0, len(tokens), step):
             chunk = tokens[start : start + step]
@@ -411,3 +420,21 @@ class LlamaCppBackend:
             self._active = None
             self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
             raise ModelError(f"llama.cpp refused the adapter (llama_set_adapters_lora = {rc})")
+
+    # ------------------------------------------------------------ frames (model.llamacpp.mmproj)
+    # The hook for a multimodal GGUF: shared.llamacpp_vision puts a request's JPEG in the
+    # prompt through llama.cpp's mtmd, as keys < 0 in ``ids`` and ``_cached`` (one per image
+    # position, so prefix reuse compares them like tokens); ``_eval`` hands a run holding
+    # them to it, and it evaluates the text around them here. Without mmproj a request's
+    # image is ignored: a text-only model reads the scene sketch.
+    def _open_vision(self, threads: int) -> Any:
+        if self.config.mmproj is None:
+            return None
+        from shared.llamacpp_vision import Vision
+
+        try:
+            return Vision(self, self.config.mmproj, threads)
+        except ModelError:
+            self._vision = None
+            self.close()
+            raise
