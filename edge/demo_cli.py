@@ -73,10 +73,10 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=["embedded", "llamacpp"],
-        default="embedded",
-        help="the student engine on the edge and the teacher (llamacpp: pip install "
-        "'.[llamacpp]'; its own bundled v0)",
+        choices=["llamacpp", "embedded"],
+        default="llamacpp",
+        help="the student engine on the edge and the teacher (default llamacpp; embedded: "
+        "transformers + PyTorch); each has its own bundled v0",
     )
     parser.add_argument(
         "--answer",

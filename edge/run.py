@@ -84,7 +84,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--realtime", action="store_true", help="play video files in real time")
     parser.add_argument(
-        "--backend", choices=["embedded", "llamacpp", "ollama"], help="override model.backend"
+        "--backend", choices=["llamacpp", "embedded", "torch", "ollama"], help="override model.backend"
     )
     parser.add_argument(
         "--answer",
@@ -111,7 +111,8 @@ def load_run_config(args) -> EdgeConfig:
     if args.events:
         path = None if args.events == "-" else Path(args.events)
         updates["events"] = config.events.model_copy(update={"path": path})
-    model = {k: v for k, v in (("backend", args.backend), ("answer", args.answer)) if v}
+    engine = "embedded" if args.backend == "torch" else args.backend
+    model = {k: v for k, v in (("backend", engine), ("answer", args.answer)) if v}
     if model:
         updates["model"] = config.model.model_copy(update=model)
     if args.skill:

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import ConfigError
 
@@ -141,10 +148,11 @@ class OpenAIModelConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backend: Literal["embedded", "llamacpp", "ollama", "openai"] = Field(
-        "embedded",
-        description="Which backend answers: in-process transformers (embedded), in-process "
-        "llama.cpp (llamacpp), an Ollama server, or an OpenAI-compatible server (openai).",
+    backend: Literal["llamacpp", "embedded", "ollama", "openai"] = Field(
+        "llamacpp",
+        description="Which backend answers: in-process llama.cpp on the GGUF (llamacpp, the "
+        "default: no torch in the process), in-process transformers + PyTorch (embedded; "
+        "`torch` is accepted for it), an Ollama server, or an OpenAI-compatible server (openai).",
     )
     embedded: EmbeddedModelConfig = Field(default_factory=EmbeddedModelConfig)
     llamacpp: LlamaCppModelConfig = Field(default_factory=LlamaCppModelConfig)
@@ -152,14 +160,20 @@ class ModelConfig(Strict):
     openai: OpenAIModelConfig = Field(default_factory=OpenAIModelConfig)
     max_new_tokens: int = Field(48, ge=1, le=4096, description="Token budget per answer.")
     answer: Literal["always", "when_needed"] = Field(
-        "always",
-        description="always: every input gets its sentence; when_needed: with a release's "
-        "head, an input is judged from its prefill and the sentence is generated only for "
-        "an alert, an escalation or an audit (set the same on the teacher's student).",
+        "when_needed",
+        description="when_needed: with a release's head, an input is judged from its prefill "
+        "and the sentence is generated only for an alert, an escalation, an audit or "
+        "policy.sentence_share of the rest; always: every input gets its sentence (set the "
+        "same on the teacher's student).",
     )
     adapter: Path | None = Field(
         None, description="LoRA adapter directory to activate at start (embedded, llamacpp)."
     )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _torch_is_embedded(cls, value: object) -> object:
+        return "embedded" if value == "torch" else value
 
 
 # ---------------------------------------------------------------- edge
@@ -272,6 +286,13 @@ class PolicyConfig(Strict):
     )
     escalate_format_errors: bool = Field(
         True, description="Escalate answers that break the output format."
+    )
+    sentence_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="With model.answer when_needed: this share of the inputs that need no "
+        "sentence get one anyway (a hash draw), for the people reading the events.",
     )
     budget_per_minute: int = Field(
         30,
@@ -391,7 +412,7 @@ class LinkConfig(Strict):
     )
     send_frames: bool = Field(True, description="Send the JPEG frame with frame escalations.")
     settled_share: float = Field(
-        0.25,
+        1.0,
         ge=0,
         le=1,
         description="Share of the inputs the edge settled itself (alerted, or passed below "

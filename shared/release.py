@@ -231,22 +231,24 @@ def payload(folder: Path) -> list[tuple[FileEntry, bytes]]:
 
 
 ENGINES = ("torch", "llamacpp")  # the engines a bundled release v0 is built for
+DEFAULT_ENGINE = "llamacpp"  # the default model.backend's
 
 
-def default_release_dir(engine: str = "torch") -> Path:
+def default_release_dir(engine: str = DEFAULT_ENGINE, fallback: bool = True) -> Path:
     """The bundled release v0 for ``engine`` (its head reads that engine's hidden states):
-    ``shared/data/release`` (torch) or ``shared/data/release-<engine>``."""
-    name = "data/release" if engine == "torch" else f"data/release-{engine}"
-    return Path(str(package_files("shared").joinpath(name)))
+    ``shared/data/release`` (torch) or ``shared/data/release-<engine>``; with ``fallback``
+    the torch one where none is bundled for ``engine`` (its head then does not run there,
+    and the edge says so)."""
+    folder = Path(str(package_files("shared").joinpath(f"data/release-{engine}")))
+    if engine == "torch" or (fallback and not (folder / MANIFEST).is_file()):
+        folder = Path(str(package_files("shared").joinpath("data/release")))
+    return folder
 
 
-def default_release(engine: str = "torch") -> Release:
-    """The release bundled with the package (version 0) for ``engine``; the torch one where
-    none is bundled for it (its head then does not run there, and the edge says so)."""
-    folder = default_release_dir(engine)
-    if engine != "torch" and not (folder / MANIFEST).is_file():
-        folder = default_release_dir("torch")
-    return load_release(folder)
+def default_release(engine: str = DEFAULT_ENGINE) -> Release:
+    """The release bundled with the package (version 0) for ``engine`` (see
+    ``default_release_dir``)."""
+    return load_release(default_release_dir(engine))
 
 
 def model_engine(backend: str) -> str:

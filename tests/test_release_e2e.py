@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.config import EdgeConfig, EmbeddedModelConfig
+from shared.config import EdgeConfig
 from shared.evaluation import bundled_cases
 from shared.release import load_release
 
@@ -50,7 +50,7 @@ def test_a_head_only_release_is_built_run_by_an_edge_and_scored_identically(tmp_
     inputs = tmp_path / "inputs.txt"
     inputs.write_text("".join(c.input + "\n" for c in cases))
     config = tmp_path / "edge.yaml"
-    model = {"embedded": {"int8_head": False, "threads": 2}}
+    model = {"llamacpp": {"threads": 2}}  # the default engine, as the teacher built for
     config.write_text(yaml.safe_dump({"model": model, "state_dir": str(tmp_path / "edge")}))
     events = tmp_path / "events.jsonl"
     done = run("edge", "run", "--release", str(folder), "--source", str(inputs), "--config",
@@ -60,16 +60,15 @@ def test_a_head_only_release_is_built_run_by_an_edge_and_scored_identically(tmp_
     assert [e["release"] for e in answers] == [1] * 8
     assert all(e["p_unsafe"] is not None for e in answers)
 
-    import torch
-
-    from shared.embedded import EmbeddedBackend
+    from shared.backend_factory import make_backend
     from shared.student import Student
     from teacher.release.harness import answer_cases
 
-    torch.set_num_threads(2)
     edge_config = EdgeConfig.model_validate({"model": model})
-    backend = EmbeddedBackend(EmbeddedModelConfig(**model["embedded"]))
-    student = Student(backend, release, edge_config.model.max_new_tokens)
+    backend = make_backend(edge_config.model)  # the edge's backend class and engine
+    student = Student(
+        backend, release, edge_config.model.max_new_tokens, answer=edge_config.model.answer
+    )
     results = answer_cases(student, cases, edge_config.policy, progress=False)
     for event, result in zip(answers, results, strict=True):
         assert event["input"] == cases[results.index(result)].input

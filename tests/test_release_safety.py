@@ -675,13 +675,15 @@ def test_the_bundled_release_passes_its_canaries_on_a_default_edge_and_a_shifted
     import torch
 
     from edge.run import start_backend
+    from shared.backend import engine_of
     from shared.release import default_release
 
     torch.set_num_threads(2)
     config = EdgeConfig()
     backend = start_backend(config)
     try:
-        v0 = default_release()
+        v0 = default_release(engine_of(backend))  # the default edge's engine's v0
+        assert v0.head.engine == engine_of(backend) == "llamacpp"
         assert len(v0.manifest.canaries) >= 4
         assert {c.unsafe for c in v0.manifest.canaries} == {True, False}
         student = Student(backend, v0, config.model.max_new_tokens)

@@ -55,14 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Fit the default release's safety head on the bundled labelled scenes "
         "and calibrate its thresholds (reproducible: same weights, same bytes).",
         epilog="examples:\n  gemma-teacher releases build-default\n"
-        "  gemma-teacher releases build-default --backend llamacpp   # v0 for llama.cpp edges",
+        "  gemma-teacher releases build-default --backend embedded   # v0 for torch edges",
     )
     for action in sub.choices.values():  # `releases list --home H` works as well
         action.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         action.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     build.add_argument(
         "--backend",
-        choices=["embedded", "llamacpp"],
+        choices=["llamacpp", "embedded", "torch"],
         help="the student engine whose hidden states the head reads (default: student.backend)",
     )
     build.add_argument(
@@ -135,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "build-default":
         if args.backend:
-            cfg.student = cfg.student.model_copy(update={"backend": args.backend})
-        out = args.out or default_release_dir(model_engine(cfg.student.backend))
+            engine = "embedded" if args.backend == "torch" else args.backend
+            cfg.student = cfg.student.model_copy(update={"backend": engine})
+        out = args.out or default_release_dir(model_engine(cfg.student.backend), fallback=False)
         return build_default(cfg, Path(out))
     raise StoreError(f"unknown action {args.action!r}")
 

@@ -385,7 +385,7 @@ class TeacherServer:
             and asked <= last[2]  # a re-push asked for since then skips the wait
         ):
             return
-        folder = self.releases.path(number) if number else default_release_dir()
+        folder = self.releases.path(number) if number else default_release_dir(self.releases.engine)
         try:
             files = release_payload(folder)
         except (OSError, ConfigError) as exc:

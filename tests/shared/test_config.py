@@ -27,8 +27,14 @@ def test_example_configs_pass(name, model):
 
 def test_defaults_need_no_file():
     cfg = load_config(None, EdgeConfig)
-    assert cfg.model.backend == "embedded"
+    assert cfg.model.backend == "llamacpp"
     assert cfg.link.teacher is None
+
+
+def test_torch_names_the_embedded_backend(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text("model:\n  backend: torch\n")
+    assert load_config(path, EdgeConfig).model.backend == "embedded"
 
 
 BAD = """\
