@@ -84,7 +84,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--realtime", action="store_true", help="play video files in real time")
     parser.add_argument(
-        "--backend", choices=["llamacpp", "embedded", "torch", "ollama"], help="override model.backend"
+        "--backend",
+        choices=["llamacpp", "embedded", "torch", "ollama"],
+        help="override model.backend",
     )
     parser.add_argument(
         "--answer",

@@ -26,8 +26,11 @@ with probability at least ``1 - delta / 2`` at least ``recall_target`` of the ha
 name a keyword score at or above it. The rule exists for the hazard types the head may not
 know (a weapon, a fire), so with fewer keyword hazards in the calibration split than a
 zero-miss result needs (59 at 0.95 and delta/2 = 0.05) the floor stays 0 and every keyword
-case the head does not alert on is escalated. The keyword cases under the floor count as
-missable when ``lower`` is certified, so the system recall guarantee covers the floor.
+case the head does not alert on is escalated; and it never exceeds ``KEYWORD_MARGIN`` (half)
+of ``lower``, since the certifying hazards cannot cover every type a new site shows. The
+keyword cases under the floor count as missable when ``lower`` is certified, so the system
+recall guarantee covers the floor. ``stratum_only`` cases (a sample enriched with keyword
+scenes, not drawn like the edges' inputs) certify the floor only.
 
 ``calibrate_policy`` certifies the policy twice, with the safety-keyword rule (keyword
 cases count as caught) and without it (the band alone must reach the target), and keeps
@@ -58,6 +61,10 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 METHOD = "learn-then-test, fixed-sequence, Clopper-Pearson bound"
+# A keyword case passes only where the head is this much surer than any input needs to be
+# to pass: the floor never exceeds KEYWORD_MARGIN x lower (the keyword sample certifies the
+# head on the hazard types it holds; a new site may show others).
+KEYWORD_MARGIN = 0.5
 TOLERANCE = 1e-9
 
 ALERT = "alert"
@@ -241,6 +248,7 @@ def calibrate(
     delta: float = 0.1,
     caught: Sequence[bool] | None = None,
     keyword: Sequence[bool] | None = None,
+    stratum_only: Sequence[bool] | None = None,
 ) -> Calibration:
     """Thresholds certified by Learn-then-Test on a labelled calibration split.
 
@@ -248,7 +256,10 @@ def calibrate(
     escalates the case anyway, so such an unsafe case is never missed whatever ``lower``
     is; ``keyword`` is True where the keyword rule would escalate the case unless the head
     alerts or its p_unsafe is under ``keyword_lower`` (certified here first, see the module
-    docstring). Raises ValueError on mismatched lengths, NaN or out-of-range probabilities.
+    docstring); ``stratum_only`` is True for cases that certify the keyword floor but are
+    not drawn like the edges' inputs (a set enriched with keyword scenes), so they stay out
+    of the system recall and false-alert risks. Raises ValueError on mismatched lengths, NaN
+    or out-of-range probabilities.
     """
     if not 0 < recall_target < 1:
         raise ValueError(f"recall_target must be in (0, 1), got {recall_target}")
@@ -261,35 +272,35 @@ def calibrate(
     max_miss = 1 - recall_target
 
     named = _flags(keyword, len(probs), "keyword")
-    unsafe = [p for p, f in zip(probs, flags, strict=True) if f]
-    safe = sorted(p for p, f in zip(probs, flags, strict=True) if not f)
+    extra = _flags(stratum_only, len(probs), "stratum_only")
+    rows = list(zip(probs, flags, escalated, named, extra, strict=True))
+    unsafe = [p for p, f, _, _, x in rows if f and not x]
+    safe = sorted(p for p, f, _, _, x in rows if not f and not x)
     n_unsafe, n_safe = len(unsafe), len(safe)
     distinct = sorted(set(probs))
     candidates = [0.0, *(p for p in distinct if p > 0.0)]
     # unsafe cases nothing else escalates: those that name a keyword, and the rest
-    loose = [
-        (p, k) for p, f, c, k in zip(probs, flags, escalated, named, strict=True) if f and not c
-    ]
-    named_unsafe = sorted(p for p, k in loose if k)
-    plain_unsafe = sorted(p for p, k in loose if not k)
+    named_all = sorted(p for p, f, c, k, _ in rows if f and not c and k)
+    named_unsafe = sorted(p for p, f, c, k, x in rows if f and not c and k and not x)
+    plain_unsafe = sorted(p for p, f, c, k, x in rows if f and not c and not k and not x)
 
     # The keyword floor, certified on the keyword hazards alone (walk up while certified).
     floor, floor_misses = 0.0, 0
-    for t in candidates if named_unsafe else ():
-        k = bisect_left(named_unsafe, t)
-        if clopper_pearson_upper(k, len(named_unsafe), each) > max_miss:
+    for t in candidates if named_all else ():
+        k = bisect_left(named_all, t)
+        if clopper_pearson_upper(k, len(named_all), each) > max_miss:
             break
         floor, floor_misses = t, k
 
     # Lower: the miss risk grows with t, so test t = 0 first and walk up while certified.
-    # A keyword hazard under lower is still escalated from min(floor, t) up.
+    # A keyword hazard under lower is still escalated from min(floor, margin x t) up.
     lower, misses, recall_ok = 0.0, 0, False
     for t in candidates:
-        k = bisect_left(plain_unsafe, t) + bisect_left(named_unsafe, min(floor, t))
+        k = bisect_left(plain_unsafe, t) + bisect_left(named_unsafe, min(floor, KEYWORD_MARGIN * t))
         if clopper_pearson_upper(k, n_unsafe, each) > max_miss:
             break
         lower, misses, recall_ok = t, k, True
-    floor = min(floor, lower)
+    floor = min(floor, KEYWORD_MARGIN * lower)
 
     # Upper: the false-alert risk grows as t falls, so test t = 1 first and walk down.
     upper, false_alerts, alerts_ok = 1.0, 0, False
@@ -315,15 +326,15 @@ def calibrate(
             f"certify recall {recall_target:g} at delta {delta:g} ({each:g} per risk); "
             "every case the head cannot rule out is escalated"
         )
-    if named_unsafe and floor > 0:
+    if named_all and floor > 0:
         parts.append(
             f"keyword cases pass under keyword_lower {floor:.4g}: recall >= {recall_target:g} "
-            f"on the {len(named_unsafe)} hazards that name a keyword ({floor_misses} under it)"
+            f"on the {len(named_all)} hazards that name a keyword ({floor_misses} under it)"
         )
     elif recall_ok:
         needed = min_unsafe_cases(recall_target, each)
         parts.append(
-            f"every keyword case the head does not alert on is escalated ({len(named_unsafe)} "
+            f"every keyword case the head does not alert on is escalated ({len(named_all)} "
             f"keyword hazards; {needed} would certify a floor)"
         )
     if alerts_ok:
@@ -379,6 +390,7 @@ def calibrate_policy(
     recall_target: float = 0.95,
     max_false_alert_rate: float = 0.05,
     delta: float = 0.1,
+    stratum_only: Sequence[bool] | None = None,
 ) -> Calibration:
     """Thresholds and whether the keyword rule stays (see the module docstring).
 
@@ -391,8 +403,12 @@ def calibrate_policy(
         "max_false_alert_rate": max_false_alert_rate,
         "delta": delta,
     }
-    with_rule = calibrate(p_unsafe, labels, keyword=keyword_hits, **common)
-    without = calibrate(p_unsafe, labels, **common).model_copy(update={"keywords": False})
+    with_rule = calibrate(
+        p_unsafe, labels, keyword=keyword_hits, stratum_only=stratum_only, **common
+    )
+    without = calibrate(p_unsafe, labels, stratum_only=stratum_only, **common).model_copy(
+        update={"keywords": False}
+    )
     if not without.guaranteed or not with_rule.guaranteed:
         return with_rule if with_rule.guaranteed or not without.guaranteed else without
     calls_with = expected_calls(with_rule, p_unsafe, keyword_hits)

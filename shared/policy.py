@@ -275,12 +275,22 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
 def needs_sentence(answer: Answer, context: PolicyContext, config: PolicyConfig) -> bool:
     """Whether an input judged from its prefill alone (``answer``: the head's p(unsafe),
     no text) needs the sentence: the head alerts, or any reason would escalate it (a
-    keyword in the input, the band, an audit; suppressed or not). Always True without a
-    head's judgement and the release's calibration (the confidence rules need the text)."""
+    keyword in the input, the band, an audit; suppressed or not), or it is drawn for
+    ``sentence_share`` (a hash of the input and its count, so the teacher's harness draws
+    alike). Always True without a head's judgement and the release's calibration (the
+    confidence rules need the text)."""
     if context.calibration is None or answer.p_unsafe is None:
         return True
     decision = decide(answer, context, config)
-    return decision.alert or bool(decision.reasons)
+    if decision.alert or decision.reasons:
+        return True
+    return bool(config.sentence_share) and sentence_draw(context) < config.sentence_share
+
+
+def sentence_draw(context: PolicyContext) -> float:
+    """A uniform number in [0, 1) from the input and its count, apart from the audit's."""
+    digest = hashlib.sha256(f"sentence:{context.processed}:{context.input_text}".encode())
+    return int.from_bytes(digest.digest()[:8], "big") / 2**64
 
 
 class EscalationPolicy:

@@ -229,6 +229,13 @@ class ReleaseConfig(Strict):
         "a weapon, may be absent from the calibration cases); certify: keep it only where "
         "it saves teacher calls at the certified recall on the calibration split.",
     )
+    keyword_sample: bool = Field(
+        True,
+        description="Every build also fits the head on the bundled keyword scenes "
+        "(shared/data/keyword_scenes.jsonl: 120 hazards and 60 harmless uses of the safety "
+        "keywords) and certifies the keyword floor on their hazards; they never set lower or "
+        "upper and never join the gate's frozen split. False: the floor rests on reviews.",
+    )
     keyword_memory: bool = Field(
         True,
         description="A release remembers its reviewed keyword cases, so a keyword case near "

@@ -28,7 +28,11 @@ The head and its thresholds come from one of two recipes (``release.calibration`
 
 Either way the head may also train on the edges' own traffic (``teacher.data.traffic``:
 inputs an edge alerted on or passed by itself, labelled with what it did), never scored,
-never calibrated on, never in the frozen split.
+never calibrated on, never in the frozen split. And on the bundled keyword sample
+(``release.keyword_sample``: hazards and harmless uses of every safety keyword): in the
+crossfit folds like a reviewed case, so its out-of-fold scores certify the keyword floor
+(``shared.calibration``), but kept out of the system recall and false-alert risks, which
+must rest on cases drawn like the edges' inputs, and out of the frozen split.
 
 It knows nothing about registries, gates or sockets (``teacher.release.build`` builds and
 gates a release from what this returns).
@@ -47,7 +51,7 @@ from tqdm import tqdm
 from shared.backend import Backend, hidden_spec
 from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.errors import TrainingError
-from shared.evaluation import LabeledCase
+from shared.evaluation import LabeledCase, bundled_cases
 from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head, verdict_logodds
 from shared.keyword_memory import cleared_leave_one_out, remember
 from shared.policy import find_keywords
@@ -247,6 +251,20 @@ def crossfit(
     return average_heads(heads, info), scores
 
 
+KEYWORD_SAMPLE = "keyword_scenes.jsonl"
+
+
+def keyword_sample(cfg: TeacherConfig, known: list[LabeledCase]) -> list[LabeledCase]:
+    """The bundled keyword scenes a build adds (``release.keyword_sample``), minus any
+    input it already has a label for (a review outranks the sample)."""
+    from teacher.data.dataset import case_key
+
+    if not cfg.release.keyword_sample:
+        return []
+    seen = {case_key(c.input) for c in known}
+    return [c for c in bundled_cases(KEYWORD_SAMPLE) if case_key(c.input) not in seen]
+
+
 def fit_and_calibrate(
     cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
 ) -> tuple[SafetyHead, Calibration, dict]:
@@ -266,7 +284,9 @@ def fit_and_calibrate(
         # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
         # then only the cases it never saw (the calibration split) train and calibrate.
         adapter = student.release.adapter_dir is not None
-        cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
+        reviewed = splits.calibration if adapter else splits.fit + splits.calibration
+        sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
+        cal_cases = reviewed + sample
         x = features(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
         t_features = time.perf_counter() - t0
         head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)
@@ -283,7 +303,9 @@ def fit_and_calibrate(
             head.info["self_labelled"] = len(extra[1])
         fit_cases = len(splits.fit)
         t_fit = time.perf_counter() - t0 - t_features
-        cal_cases = splits.calibration
+        # the sample is scored, never fitted on here: its scores certify the keyword floor
+        sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
+        cal_cases = splits.calibration + sample
         x_cal = features(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
         p_cal = head.p_unsafe_many(x_cal)
     policy = cfg.policy
@@ -304,10 +326,12 @@ def fit_and_calibrate(
         "max_false_alert_rate": policy.max_false_alert_rate,
     }
     cal_labels = [c.safety for c in cal_cases]
+    sampled = {c.id for c in sample}
+    only = [c.id in sampled for c in cal_cases]  # the keyword floor's, not lower's or upper's
     if cfg.release.keyword_rule == "certify":
-        calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, **goal)
+        calibration = calibrate_policy(p_cal.tolist(), cal_labels, hits, stratum_only=only, **goal)
     else:
-        calibration = calibrate(p_cal.tolist(), cal_labels, keyword=hits, **goal)
+        calibration = calibrate(p_cal.tolist(), cal_labels, keyword=hits, stratum_only=only, **goal)
     if mode == "crossfit":
         method = f"{calibration.method}, on out-of-fold scores ({head.info['folds']}-fold crossfit)"
         calibration = calibration.model_copy(update={"method": method})
@@ -324,6 +348,7 @@ def fit_and_calibrate(
         "fit_cases": fit_cases,
         "calibration_cases": len(cal_cases),
         "self_labelled_cases": len(splits.traffic),
+        "keyword_sample_cases": len(sample),
     }
     logger.info("head %s, %s; %s", head.info, calibration.note, timing)
     return head, calibration, timing

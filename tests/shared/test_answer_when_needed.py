@@ -27,6 +27,7 @@ def release(tmp_path_factory):
     cfg = TeacherConfig(home=tmp_path_factory.mktemp("teacher"))
     cfg.policy.audit_every = 0
     cfg.student.max_new_tokens = 16
+    cfg.release.keyword_sample = False  # the fake's features know nothing of those scenes
     result = build_release(cfg, FeatureBackend(), hazard_cases(400), progress=False)
     assert result.verdict.passed, result.verdict.reasons
     from shared.release import load_release
@@ -130,3 +131,18 @@ def test_a_canary_is_judged_the_edge_s_way(release):
     student = Student(FeatureBackend(), release, 16, answer="when_needed")
     assert release.manifest.canaries
     assert check_release(student, release, no_audits()) == []
+
+
+def test_a_sampled_share_of_passed_inputs_gets_its_sentence_too(release):
+    texts = [f"calm scene number {i} by the dock" for i in range(40)]
+
+    def sentences(share: float) -> list[bool]:
+        student = Student(FeatureBackend(), release, 16, answer="when_needed")
+        policy = EscalationPolicy(PolicyConfig(audit_every=0, sentence_share=share))
+        return [judge(student, policy, text)[0].sentence for text in texts]
+
+    assert not any(sentences(0.0))
+    assert all(sentences(1.0))
+    drawn = sentences(0.25)
+    assert 3 <= sum(drawn) <= 20  # a hash draw of input and count: about a quarter
+    assert drawn == sentences(0.25)  # the same inputs draw alike (the harness scores them so)

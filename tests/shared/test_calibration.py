@@ -327,10 +327,14 @@ def test_a_keyword_floor_is_certified_on_the_keyword_hazards_alone():
     keyword = [True] * 80 + [False] * 60 + [True] * 40 + [False] * 100
     cal = calibrate(p, labels, keyword=keyword)
     assert cal.guaranteed
-    assert cal.keyword_lower == 0.3  # the lowest keyword hazard: none of them under it
-    assert cal.keyword_lower <= cal.lower
+    # the lowest keyword hazard (0.3) is certified; the floor is capped at half of lower
+    assert 0.5 <= cal.lower < 0.6 and cal.keyword_lower == pytest.approx(cal.lower / 2)
     assert all(x < cal.keyword_lower for x in named_safe)  # a chef's knife passes
-    assert "keyword cases pass under keyword_lower 0.3" in cal.note
+    assert f"keyword cases pass under keyword_lower {cal.keyword_lower:.4g}" in cal.note
+    # a sample enriched with keyword scenes certifies the floor but not lower or upper
+    enriched = calibrate(p, labels, keyword=keyword, stratum_only=[k for k in keyword])
+    assert enriched.n_unsafe == 60 and enriched.n_safe == 100
+    assert enriched.keyword_lower == pytest.approx(min(0.3, enriched.lower / 2))
     # Too few keyword hazards to certify anything: every keyword case escalates.
     few = calibrate(p[50:], labels[50:], keyword=keyword[50:])
     assert few.keyword_lower == 0.0

@@ -115,7 +115,19 @@ def config(tmp_path, **policy) -> TeacherConfig:
         setattr(cfg.policy, key, value)
     cfg.policy.audit_every = 0
     cfg.student.max_new_tokens = 16
+    cfg.release.keyword_sample = False  # the fakes' features know nothing of those scenes
     return cfg
+
+
+def test_the_keyword_sample_joins_the_head_and_the_floor_but_not_lower_or_upper(tmp_path):
+    cfg = config(tmp_path)
+    cfg.release.keyword_sample = True
+    result = build_release(cfg, FeatureBackend(), hazard_cases(400), progress=False)
+    assert result.timing["keyword_sample_cases"] == 180
+    cal = result.calibration
+    # lower and upper rest on the 400 reviewed cases only (minus the frozen split's)
+    assert cal.n_unsafe + cal.n_safe == result.timing["calibration_cases"] - 180
+    assert "hazards that name a keyword" in cal.note  # the floor was judged on the sample
 
 
 def test_a_head_only_release_is_built_gated_and_activated(tmp_path):
