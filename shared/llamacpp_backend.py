@@ -11,19 +11,20 @@ What the edge needs from an engine, on the engine every small-device runtime use
   token-prefix it shares with the cached tokens (the skill's instructions and
   demonstrations: the same for every input) and only the rest is evaluated. The SWA
   layers keep their full cache (``swa_full``), so cutting back to the prefix is exact.
-- **The head's features from the answering pass.** The prompt but its last token is
-  evaluated with no outputs; the last token alone with embeddings on (with embeddings on
-  llama.cpp outputs every token of a batch, and Gemma's 262k-token vocabulary makes that
-  1 MiB of logits per token), which gives its logits and its final-norm hidden state
-  (hidden-state index ``n_layer`` in the embedded backend's numbering); embeddings go off
-  again for decoding. A head that reads an earlier layer ``i`` (1 .. n_layer - 1: the
-  output of block ``i - 1``, llama.cpp's ``l_out-{i-1}``) gets it from the same pass
-  through llama.cpp's eval callback (``cb_eval``), which copies that one tensor out. The
-  callback costs every later decode step about 6 % (measured: llama.cpp asks it about
-  each of ~750 graph nodes per token), so the context carries it only while a head
-  reads such a layer: the first request that asks for one rebuilds the context with it
-  (the cached prefix is recomputed once), a head of the final state alone rebuilds it
-  without.
+- **The head's features from the answering pass.** A head that reads an earlier layer
+  ``i`` (1 .. n_layer - 1: the output of block ``i - 1``, llama.cpp's ``l_out-{i-1}``)
+  gets it through llama.cpp's eval callback (``cb_eval``), which copies the batch's last
+  row of that tensor out; the same callback copies the final-norm state (``result_norm``,
+  hidden-state index ``n_layer`` in the embedded backend's numbering), which llama.cpp
+  computes for the output token only. So the rest of the prompt is one batch with logits
+  for its last token, as when no head reads anything. The callback costs every later
+  decode step about 6 % (measured: llama.cpp asks it about each of ~750 graph nodes per
+  token), so the context carries it only while a head reads an earlier layer: the first
+  request that asks for one rebuilds the context with it (the cached prefix is recomputed
+  once). A head of the final state alone runs without it: the prompt but its last token is
+  evaluated with no outputs, then the last token alone with embeddings on (with embeddings
+  on llama.cpp outputs every token of a batch, and Gemma's 262k-token vocabulary makes
+  that 1 MiB of logits per token); embeddings go off again for decoding.
 - **LoRA hot-swap.** A release's PEFT adapter is converted to a GGUF adapter once
   (``shared.gguf_adapter``: numpy, no torch) into ``adapter_cache``, loaded with
   ``llama_adapter_lora_init`` and switched on the live context with
@@ -181,7 +182,9 @@ class LlamaCppBackend:
             )
         common = self._keep_prefix(ids)
         try:
-            if wanted:  # the last token alone, with embeddings on (see the module doc)
+            if wanted and self._tapped and self._vision is None:
+                hidden = self._eval_tapped(ids[common:], wanted)  # one pass (module doc)
+            elif wanted:  # the last token alone, with embeddings on (see the module doc)
                 self._eval(ids[common:-1], output_last=False)
                 hidden = self._eval_last(ids[-1], wanted)
             else:
@@ -284,6 +287,27 @@ class LlamaCppBackend:
         if missing:
             raise BackendError(f"{self.name}: llama.cpp's graph gave no state for layers {missing}")
         return np.concatenate([states[i] for i in layers]).astype(np.float64).tolist()
+
+    def _eval_tapped(self, tokens: list[int], layers: tuple[int, ...]) -> list[float]:
+        """The rest of the prompt in one pass on a tapped context, logits for its last token
+        only: the eval callback copies the last token's row of the earlier ``layers`` and of
+        the final-norm state (``result_norm``), so no embeddings pass is needed."""
+        final = self.hidden.num_layers
+        tail = tokens[-self.config.n_batch :]  # the last batch carries the output token
+        head = tokens[: len(tokens) - len(tail)]
+        if head:
+            self._eval(head, output_last=False)
+        self._layers.want([i for i in layers if i < final], final if final in layers else None)
+        try:
+            self._decode(tail, True)
+        finally:
+            taps, error = self._layers.collect()
+        if error:
+            raise BackendError(f"{self.name}: {error}")
+        missing = [i for i in layers if i not in taps]
+        if missing:
+            raise BackendError(f"{self.name}: llama.cpp's graph gave no state for layers {missing}")
+        return np.concatenate([taps[i] for i in layers]).astype(np.float64).tolist()
 
     # ------------------------------------------------------------ earlier layers
     def _tap(self, earlier: tuple[int, ...]) -> None:

@@ -56,9 +56,10 @@ def _ggml_tensor_api(llama_cpp: Any) -> _GgmlTensors | None:
 
 class LayerTaps:
     """llama.cpp's eval callback: asked about every graph node (is it wanted?), then called
-    once each wanted one is computed, to copy it out. Never raises into C: a problem is
-    kept and returned by ``collect``. Block ``i - 1``'s output (``l_out-{i-1}``) is
-    hidden-state index ``i`` in the embedded backend's numbering."""
+    once each wanted one is computed, to copy out the row of the batch's last token. Never
+    raises into C: a problem is kept and returned by ``collect``. Block ``i - 1``'s output
+    (``l_out-{i-1}``) is hidden-state index ``i`` in the embedded backend's numbering; the
+    final-norm state (``result_norm``, computed for the output tokens only) is ``n_layer``."""
 
     def __init__(self, llama_cpp: Any, size: int):
         self.size = size
@@ -72,8 +73,12 @@ class LayerTaps:
     def available(self) -> bool:
         return self._api is not None
 
-    def want(self, layers: list[int]) -> None:
+    def want(self, layers: list[int], final: int | None = None) -> None:
+        """Copy out ``layers`` (earlier ones) and, with ``final`` (n_layer), the final-norm
+        state under that index, at the next decode."""
         self._names = {f"l_out-{i - 1}".encode(): i for i in layers}
+        if final is not None:
+            self._names[b"result_norm"] = final
         self._states, self._error = {}, None
 
     def collect(self) -> tuple[dict[int, np.ndarray], str | None]:
@@ -90,11 +95,11 @@ class LayerTaps:
             if ask:
                 return name in names
             n = self._api.nelements(tensor)
-            if n != self.size or self._api.nbytes(tensor) != 4 * n:
-                self._error = f"{name.decode()} has {n} values, not {self.size} float32"
+            if n % self.size or self._api.nbytes(tensor) != 4 * n:
+                self._error = f"{name.decode()} has {n} values, not rows of {self.size} float32"
                 return True
-            out = np.empty(n, dtype=np.float32)
-            self._api.tensor_get(tensor, out.ctypes.data, 0, 4 * n)
+            out = np.empty(self.size, dtype=np.float32)  # the last row: the last token's
+            self._api.tensor_get(tensor, out.ctypes.data, 4 * (n - self.size), 4 * self.size)
             self._states[names[name]] = out
         except Exception as exc:  # noqa: BLE001 - kept for collect, see above
             self._error = f"reading a hidden layer failed: {exc}"
