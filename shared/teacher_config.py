@@ -231,10 +231,11 @@ class ReleaseConfig(Strict):
     )
     keyword_sample: bool = Field(
         True,
-        description="Every build also fits the head on the bundled keyword scenes "
-        "(shared/data/keyword_scenes.jsonl: 120 hazards and 60 harmless uses of the safety "
-        "keywords) and certifies the keyword floor on their hazards; they never set lower or "
-        "upper and never join the gate's frozen split. False: the floor rests on reviews.",
+        description="Every build scores the bundled keyword scenes (shared/data/"
+        "keyword_scenes.jsonl: 120 hazards and 60 harmless uses of the safety keywords) with "
+        "its head and certifies the keyword floor on their hazards; they train nothing, never "
+        "set lower or upper and never join the gate's frozen split. False: the floor rests "
+        "on reviews alone.",
     )
     keyword_memory: bool = Field(
         True,

@@ -28,11 +28,12 @@ The head and its thresholds come from one of two recipes (``release.calibration`
 
 Either way the head may also train on the edges' own traffic (``teacher.data.traffic``:
 inputs an edge alerted on or passed by itself, labelled with what it did), never scored,
-never calibrated on, never in the frozen split. And on the bundled keyword sample
-(``release.keyword_sample``: hazards and harmless uses of every safety keyword): in the
-crossfit folds like a reviewed case, so its out-of-fold scores certify the keyword floor
-(``shared.calibration``), but kept out of the system recall and false-alert risks, which
-must rest on cases drawn like the edges' inputs, and out of the frozen split.
+never calibrated on, never in the frozen split. The bundled keyword sample
+(``release.keyword_sample``: hazards and harmless uses of every safety keyword) is never
+trained on: the shipped head scores it, and its hazards certify the keyword floor
+(``shared.calibration``) and nothing else (the system recall and false-alert risks rest
+on cases drawn like the edges' inputs). Trained on, it made the head sure of itself on
+the generic cases (a higher lower, a lower upper) and it then missed more on a new site.
 
 It knows nothing about registries, gates or sockets (``teacher.release.build`` builds and
 gates a release from what this returns).
@@ -284,9 +285,7 @@ def fit_and_calibrate(
         # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
         # then only the cases it never saw (the calibration split) train and calibrate.
         adapter = student.release.adapter_dir is not None
-        reviewed = splits.calibration if adapter else splits.fit + splits.calibration
-        sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
-        cal_cases = reviewed + sample
+        cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
         x = features(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
         t_features = time.perf_counter() - t0
         head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)
@@ -303,11 +302,16 @@ def fit_and_calibrate(
             head.info["self_labelled"] = len(extra[1])
         fit_cases = len(splits.fit)
         t_fit = time.perf_counter() - t0 - t_features
-        # the sample is scored, never fitted on here: its scores certify the keyword floor
-        sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
-        cal_cases = splits.calibration + sample
+        cal_cases = splits.calibration
         x_cal = features(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
         p_cal = head.p_unsafe_many(x_cal)
+    # The keyword sample is scored by the shipped head, which never trained on it: its
+    # hazards certify the keyword floor (and nothing else, see the module docstring).
+    sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
+    if sample:
+        x_sample = features(student, sample, kind, layers, "keyword sample (the floor)")
+        p_cal = np.concatenate([p_cal, head.p_unsafe_many(x_sample)])
+        cal_cases = cal_cases + sample
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
     hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in cal_cases]
