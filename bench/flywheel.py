@@ -4,9 +4,10 @@
     .venv/bin/python bench/flywheel.py --summarize bench/results/flywheel/*/report.json
 
 Each run is ``gemma-edge demo`` (head-only releases, labels standing in for the teacher)
-on one site: ``demo`` is the bundled factory (the site the defaults were tuned on),
-``heldout`` is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written before
-the flywheel defaults changed, never used to choose one). Every round's inputs are also
+on one site: ``demo`` is the bundled factory and ``tuning`` is
+``bench/data/tuning_site/scenes.jsonl`` (a railway station): the defaults were chosen on
+these two; ``heldout`` is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written
+before the flywheel defaults changed, never used to choose one). Every round's inputs are also
 answered by the starting release v0 through the same code (the demo does it), so the
 loop's effect is the ratio of the two, round by round.
 
@@ -26,14 +27,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-SITES = {"demo": None, "heldout": ROOT / "bench" / "data" / "heldout_site" / "scenes.jsonl"}
+DATA = ROOT / "bench" / "data"
+SITES = {
+    "demo": None,
+    "tuning": DATA / "tuning_site" / "scenes.jsonl",
+    "heldout": DATA / "heldout_site" / "scenes.jsonl",
+}
 
 
 def run_demo(
-    site: str, seed: int, rounds: int | None, backend: str = "embedded", answer: str = "always"
+    site: str, seed: int, rounds: int | None, backend: str = "llamacpp", answer: str = "when_needed"
 ) -> Path:
-    tag = "" if backend == "embedded" else f"-{backend}"
-    tag += "" if answer == "always" else f"-{answer}"
+    tag = "" if backend == "llamacpp" else f"-{backend}"
+    tag += "" if answer == "when_needed" else f"-{answer}"
     out = RESULTS / "flywheel" / f"{site}-seed{seed}{tag}"
     cmd = [sys.executable, "-m", "edge", "demo", "--seed", str(seed), "--out", str(out),
            "--backend", backend, "--answer", answer]  # fmt: skip
@@ -131,8 +137,8 @@ def main() -> int:
     ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--rounds", type=int, help="rounds per run (default: the site's all)")
-    ap.add_argument("--backend", choices=["embedded", "llamacpp"], default="embedded")
-    ap.add_argument("--answer", choices=["always", "when_needed"], default="always")
+    ap.add_argument("--backend", choices=["llamacpp", "embedded"], default="llamacpp")
+    ap.add_argument("--answer", choices=["when_needed", "always"], default="when_needed")
     ap.add_argument("--summarize", nargs="*", type=Path, default=[], help="report.json files")
     args = ap.parse_args()
     reports = list(args.summarize)

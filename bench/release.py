@@ -1,18 +1,21 @@
 """Benchmark: releases judged as the edge runs them, on scenes no release ever saw.
 
-    .venv/bin/python bench/release.py [--lora] [--epochs 1] [--limit N]
+    .venv/bin/python bench/release.py [--engines llamacpp embedded] [--lora] [--limit N]
 
-1. Builds releases with the real commands, each in a fresh teacher home, from the
-   project's 300 labelled scenes (shared/data/scenes.jsonl + dev_scenes.jsonl):
+Per engine (``llamacpp``, the edges' default, and ``embedded``, torch; the same GGUF):
+
+1. Builds releases with the real commands, each in a fresh teacher home whose
+   ``student.backend`` is that engine, from the project's 300 labelled scenes
+   (shared/data/scenes.jsonl + dev_scenes.jsonl):
    - head only: ``gemma-teacher train --no-store --labels … --home H --head-only``
    - head + LoRA (``--lora``): the same without ``--head-only`` (fp32 CPU; minutes)
    and times each command (model load included).
-2. Scores, in one process with one backend, through ``teacher.release.harness`` (the edge's own
-   Student + policy.decide) on ``bench/data/heldout_scenes.jsonl`` (160 hand-written
-   scenes, never used for training or calibration):
+2. Scores, in one process with that engine's backend, through ``teacher.release.harness``
+   (the edge's own Student + policy.decide) on ``bench/data/heldout_scenes.jsonl`` (160
+   hand-written scenes, never used for training or calibration):
    - "today": the default skill as edges ran it before releases (no head; confidence,
      keyword, format and audit rules);
-   - the bundled default release v0 (default skill + head + thresholds);
+   - the engine's bundled release v0 (default skill + head + thresholds);
    - the head-only release, and the head + LoRA release.
 3. Latency with the head against without it: the same release and inputs, hidden states
    asked for or not, alternated input by input in the same process.
@@ -37,9 +40,12 @@ HELDOUT = ROOT / "bench" / "data" / "heldout_scenes.jsonl"
 LABELS = [ROOT / "shared" / "data" / "scenes.jsonl", ROOT / "shared" / "data" / "dev_scenes.jsonl"]
 
 
-def train(home: Path, head_only: bool, epochs: float) -> tuple[float, dict, int]:
+def train(home: Path, engine: str, head_only: bool, epochs: float) -> tuple[float, dict, int]:
     """Run ``gemma-teacher train`` like a person would; (seconds, its JSON report, exit)."""
-    command = [sys.executable, "-m", "teacher", "train", "--no-store", "--home", str(home),
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "teacher.yaml"
+    config.write_text(json.dumps({"home": str(home), "student": {"backend": engine}}))
+    command = [sys.executable, "-m", "teacher", "train", "--no-store", "--config", str(config),
                "--no-progress", "--keep-refused"]  # fmt: skip
     for path in LABELS:
         command += ["--labels", str(path)]
@@ -80,7 +86,7 @@ def plot(rows: list[tuple[str, dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [label for label, _ in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, key, title in zip(
         axes,
         ("system_recall", "teacher_calls_per_100", "false_alerts_per_100"),
@@ -88,7 +94,9 @@ def plot(rows: list[tuple[str, dict]], path: Path) -> None:
         strict=True,
     ):
         values = [doc[key] for _, doc in rows]
-        ax.bar(labels, values, color=["#999", "#4a90d9", "#2e7d32", "#8e24aa"][: len(rows)])
+        palette = ["#999", "#4a90d9", "#2e7d32", "#8e24aa"]
+        colours = [palette[i % len(palette)] for i in range(len(rows))]
+        ax.bar(labels, values, color=colours)
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
         for i, v in enumerate(values):
@@ -104,6 +112,8 @@ def plot(rows: list[tuple[str, dict]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", nargs="+", default=["llamacpp", "embedded"],
+                        choices=["llamacpp", "embedded"])  # fmt: skip
     parser.add_argument("--lora", action="store_true", help="also build a head + LoRA release")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--limit", type=int, help="score only the first N held-out scenes")
@@ -113,7 +123,7 @@ def main() -> int:
 
     from shared.backend_factory import make_backend
     from shared.evaluation import load_labeled
-    from shared.release import default_release, load_release, skill_release
+    from shared.release import default_release, load_release, model_engine, skill_release
     from shared.skill import default_skill
     from shared.student import Student
     from shared.teacher_config import TeacherConfig
@@ -121,40 +131,50 @@ def main() -> int:
     from teacher.release.harness import table
 
     builds: dict[str, dict] = {}
-    for name, head_only in (("head-only", True), ("head+LoRA", False)):
-        if name == "head+LoRA" and not args.lora:
-            continue
-        home = args.work / name
-        done = home / "build.json"
-        if done.is_file():
-            print(f"{name}: reusing the release built in {home}")
-            builds[name] = json.loads(done.read_text())
-            continue
-        seconds, report, code = train(home, head_only, args.epochs)
-        builds[name] = {"seconds": round(seconds, 1), "exit": code, "report": report}
-        done.write_text(json.dumps(builds[name], indent=1))
-
-    cfg = TeacherConfig()
-    backend = make_backend(cfg.student)
+    rows, reports, latency = [], {}, {}
     cases = load_labeled(HELDOUT)[: args.limit]
-    releases = [("today (default skill, no head)", skill_release(default_skill())),
-                ("default release v0", default_release())]  # fmt: skip
-    for name, build in builds.items():
-        number = build["report"].get("version")
-        if number:
-            gate = "passed" if build["report"].get("passed") else "refused"
-            folder = args.work / name / "releases" / f"v{number}"
-            releases.append((f"{name} v{number} ({gate})", load_release(folder)))
-    rows, reports = [], {}
-    for label, release in releases:
-        report = evaluate(cfg, backend, release, cases)
-        rows.append((label, report.summary()))
-        reports[label] = {**report.summary(), "calibration": release.calibration.model_dump()
-                          if release.calibration else None}  # fmt: skip
-        print(table(rows[-1:]), flush=True)
-    latency = latency_with_and_without_head(Student(backend, default_release()), cases[:40])
+    for engine in args.engines:
+        for name, head_only in (("head-only", True), ("head+LoRA", False)):
+            if name == "head+LoRA" and not args.lora:
+                continue
+            key = f"{engine} {name}"
+            home = args.work / engine / name
+            done = home / "build.json"
+            if done.is_file():
+                print(f"{key}: reusing the release built in {home}")
+                builds[key] = json.loads(done.read_text())
+                continue
+            seconds, report, code = train(home, engine, head_only, args.epochs)
+            builds[key] = {"seconds": round(seconds, 1), "exit": code, "report": report}
+            done.write_text(json.dumps(builds[key], indent=1))
+
+        cfg = TeacherConfig.model_validate({"student": {"backend": engine}})
+        backend = make_backend(cfg.student)
+        v0 = default_release(model_engine(engine))
+        releases = [(f"{engine}: today (default skill, no head)", skill_release(default_skill())),
+                    (f"{engine}: default release v0", v0)]  # fmt: skip
+        for key, build in builds.items():
+            number = build["report"].get("version")
+            if number and key.startswith(engine + " "):
+                gate = "passed" if build["report"].get("passed") else "refused"
+                name = key.split(" ", 1)[1]
+                folder = args.work / engine / name / "releases" / f"v{number}"
+                releases.append((f"{engine}: {name} v{number} ({gate})", load_release(folder)))
+        for label, release in releases:
+            report = evaluate(cfg, backend, release, cases)
+            rows.append((label, report.summary()))
+            calibration = release.calibration.model_dump() if release.calibration else None
+            reports[label] = {**report.summary(), "calibration": calibration}
+            print(table(rows[-1:]), flush=True)
+        latency[engine] = latency_with_and_without_head(Student(backend, v0), cases[:40])
+        backend.close()
     text = table(rows)
     today = rows[0][1]["teacher_calls_per_100"]
+    v0_calls = {
+        label.split(":")[0]: doc["teacher_calls_per_100"]
+        for label, doc in rows
+        if "default release v0" in label
+    }
     lines = [
         f"# Releases on {len(cases)} held-out scenes (bench/data/heldout_scenes.jsonl)",
         "",
@@ -163,6 +183,7 @@ def main() -> int:
         "```",
         "",
         f"today's default-skill edge: {today:.1f} teacher calls per 100 inputs",
+        f"v0 per engine, same cases, one run: {json.dumps(v0_calls)} teacher calls per 100",
         f"latency with the head vs without (same release, same inputs, alternated): {latency}",
         "release builds (wall seconds, model load included): "
         + json.dumps({k: v["seconds"] for k, v in builds.items()}),
