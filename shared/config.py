@@ -419,7 +419,7 @@ class LinkConfig(Strict):
         "the band) sent to the teacher, redacted, for self-training (0 = none).",
     )
     settled_per_minute: int = Field(
-        30, ge=0, le=100_000, description="Most settled inputs sent per minute."
+        120, ge=0, le=100_000, description="Most settled inputs sent per minute."
     )
     max_message_bytes: int = Field(
         8 * 2**20, ge=1024, le=2**31, description="Largest message accepted from the teacher."
