@@ -14,9 +14,7 @@ This module knows nothing about models, policy or sources: records in, lines out
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import queue
 import shlex
 import subprocess
@@ -25,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from edge.jsonline import dumps
 from shared.config import EventsConfig
 from shared.errors import ConfigError
 
@@ -32,26 +31,6 @@ logger = logging.getLogger(__name__)
 
 HOOK_TIMEOUT_S = 10.0
 PUB_TOPIC = b"safety"
-
-
-def dumps(event: dict) -> str:
-    """One strict JSON line: a non-finite float (NaN, inf) becomes null, never bare NaN."""
-    try:
-        return json.dumps(
-            event, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False
-        )
-    except ValueError:
-        return json.dumps(_finite(event), ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 class EventLog:

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from edge.jsonline import dumps
 from shared.config import MqttConfig
 from shared.errors import ConfigError
 
@@ -106,8 +107,6 @@ class MqttSink:
     # ------------------------------------------------------------ producer side
     def submit(self, event: dict) -> None:
         """Queue a safety event for the broker; never blocks, never raises."""
-        from edge.events import dumps
-
         try:
             doc = {"type": event_type(event), "edge_id": self.edge_id, "after": event}
             data = dumps(doc).encode()
