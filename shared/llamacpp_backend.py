@@ -7,10 +7,14 @@
 
 What the edge needs from an engine, on the engine every small-device runtime uses:
 
-- **Prefix reuse.** One KV sequence. Before each request the cache keeps the longest
-  token-prefix it shares with the cached tokens (the skill's instructions and
-  demonstrations: the same for every input) and only the rest is evaluated. The SWA
-  layers keep their full cache (``swa_full``), so cutting back to the prefix is exact.
+- **Prefix reuse, the same bits every time.** One KV sequence. The skill's prefix (its
+  instructions and demonstrations: the same for every input) is always evaluated alone,
+  and the input after it as one batch; before each request the cache is cut back to the
+  prefix if it holds it, else cleared. llama.cpp's numbers depend slightly on how tokens
+  are batched, and a safety head can turn that into a p(unsafe) 0.09 apart (seen: an
+  edge refused a release because one canary scored 0.64 there and 0.55 on the teacher),
+  so an input never rides in a batch with another input's leftovers. The SWA layers keep
+  their full cache (``swa_full``), so cutting back to the prefix is exact.
 - **The head's features from the answering pass.** A head that reads an earlier layer
   ``i`` (1 .. n_layer - 1: the output of block ``i - 1``, llama.cpp's ``l_out-{i-1}``)
   gets it through llama.cpp's eval callback (``cb_eval``), which copies the batch's last
@@ -124,6 +128,7 @@ class LlamaCppBackend:
         self._adapters: dict[str, tuple[Any, Path]] = {}  # name -> (llama adapter, gguf)
         self._active: str | None = None
         self._pieces: dict[int, str] = {}
+        self._prefix_ids: dict[str, list[int]] = {}
         self._exp = np.empty(self._n_vocab, dtype=np.float32)
         self.loads = 0  # base model loads: 1, whatever adapters come and go
         self.loads += 1
@@ -168,20 +173,24 @@ class LlamaCppBackend:
         if wanted:
             self._tap(tuple(i for i in wanted if i < self.hidden.num_layers))
         t0 = time.perf_counter()
+        boundary = 0
         if self._vision is not None and request.image is not None:
             ids = self._vision.prompt(request)  # a frame's positions are keys < 0: see below
         else:
-            ids = self._tokenize(
-                render_prefix(request.system, request.demos) + render_input(request.input)
-            )
+            prefix = render_prefix(request.system, request.demos)
+            ids = self._tokenize(prefix + render_input(request.input))
+            boundary = self._boundary(prefix, ids)
         budget = request.max_new_tokens
         if len(ids) + budget > self._n_ctx:
             raise BackendError(
                 f"{self.name}: the prompt is {len(ids)} tokens and {budget} more were asked; "
                 f"the context holds {self._n_ctx} (model.llamacpp.n_ctx)"
             )
-        common = self._keep_prefix(ids)
+        common = kept = self._keep_prefix(ids, boundary)
         try:
+            if common < boundary:  # the skill prefix alone first: the same bits every time
+                self._eval(ids[common:boundary], output_last=False)
+                common = boundary
             if wanted and self._tapped and self._vision is None:
                 hidden = self._eval_tapped(ids[common:], wanted)  # one pass (module doc)
             elif wanted:  # the last token alone, with embeddings on (see the module doc)
@@ -222,7 +231,7 @@ class LlamaCppBackend:
         return Generation(
             text=ANSWER_PRIMER + text,
             tokens=len(tokens),
-            prompt_tokens=len(ids) - common,
+            prompt_tokens=len(ids) - kept,
             ttft_s=ttft,
             total_s=time.perf_counter() - t0,
             logprobs=logprobs if budget > 0 else None,
@@ -231,16 +240,31 @@ class LlamaCppBackend:
         )
 
     # ------------------------------------------------------------ the context
-    def _keep_prefix(self, ids: list[int]) -> int:
-        """Cut sequence 0 back to the longest prefix it shares with ``ids`` (at most all
-        but the last token, which is always evaluated); the number of tokens kept."""
+    def _boundary(self, prefix: str, ids: list[int]) -> int:
+        """How many of ``ids`` are the skill prefix's own tokens (0 where its tokenisation
+        is not a token-prefix of the whole prompt's: then nothing is reused)."""
+        own = self._prefix_ids.get(prefix)
+        if own is None:
+            own = self._tokenize(prefix)
+            self._prefix_ids = {prefix: own}  # one skill at a time
+        n = len(own)
+        return n if n < len(ids) and ids[:n] == own else 0
+
+    def _keep_prefix(self, ids: list[int], boundary: int = 0) -> int:
+        """Cut sequence 0 back to the longest prefix it shares with ``ids``, and never past
+        ``boundary`` (the skill prefix) where there is one: the prefix is always evaluated
+        alone and the input after it as one batch, so an input's numbers do not depend on
+        what came before it in this process (a teacher scoring it and an edge answering it
+        compute the same bits); at most all but the last token. The number of tokens kept."""
         common = 0
         if self.config.prefix_cache:
             for a, b in zip(self._cached, ids, strict=False):
                 if a != b:
                     break
                 common += 1
-        common = min(common, len(ids) - 1)
+        common = min(common, len(ids) - 1, boundary or len(ids))
+        if 0 < common < boundary:  # a partial prefix was built another way: build it anew
+            common = 0
         memory = self._ll.llama_get_memory(self._ctx)
         if common == 0:
             self._ll.llama_memory_clear(memory, True)

@@ -103,8 +103,10 @@ def test_a_reused_prefix_answers_as_a_cold_start(backend):
         cold.close()
     assert warm_gen.prompt_tokens < cold_gen.prompt_tokens
     assert warm_gen.text == cold_gen.text
-    a, b = np.array(warm_gen.hidden), np.array(cold_gen.hidden)
-    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.995  # batch-size rounding only
+    # the prefix is always evaluated alone and the input after it as one batch, so a
+    # warm answer is a cold one bit for bit (llama.cpp's sums depend on the batching)
+    assert warm_gen.hidden == cold_gen.hidden
+    assert [lp.logprob for lp in warm_gen.logprobs] == [lp.logprob for lp in cold_gen.logprobs]
 
 
 def test_a_lora_switches_on_the_live_context_and_the_base_is_never_reloaded(backend, tmp_path):

@@ -113,7 +113,7 @@ def test_text_after_a_frame_reads_as_on_a_fresh_text_only_backend(tiny, backend)
     finally:
         text_only.close()
     assert after.text == fresh.text == ignored.text
-    assert fresh.prompt_tokens > 100 and ignored.prompt_tokens == 1  # the image played no part
+    assert fresh.prompt_tokens > 100 and ignored.prompt_tokens < 30  # the input alone again
     np.testing.assert_allclose(after.hidden, fresh.hidden, rtol=1e-5, atol=1e-6)
     assert ignored.hidden == fresh.hidden
     for x, y in zip(after.logprobs, fresh.logprobs, strict=True):
