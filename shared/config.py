@@ -135,7 +135,9 @@ class PolicyConfig(Strict):
         "(no head: every Nth input; 0 = never).",
     )
     escalate_format_errors: bool = Field(
-        True, description="Escalate answers that break the output format."
+        True,
+        description="Escalate answers that break the output format (with a safety head, "
+        "only those the head does not alert on).",
     )
     sentence_share: float = Field(
         0.0,

@@ -27,7 +27,9 @@ apply. Reasons, checked in this order:
                        release's reviewed cases of that keyword near it were all safe
                        (``shared.keyword_memory``); either sets ``Decision.keyword_cleared``
 - ``uncertain_safety`` the head's p_unsafe is in the calibrated band
-- ``format_error``     the answer broke the three-line format
+- ``format_error``     the answer broke the three-line format (with a head: only where
+                       the head does not alert; an alert already stands, and under
+                       ``answer: when_needed`` a passed input has no sentence to break)
 - ``low_confidence``   (no head) the stated confidence is under the threshold
 - ``low_prob_confidence`` (no head) the probability-based confidence is under it
 - ``audit``            with a head: an input it would pass, drawn with probability
@@ -216,8 +218,8 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
                 reasons.append(SAFETY_KEYWORD)
         if zone == "uncertain":
             reasons.append(UNCERTAIN_SAFETY)
-        if not answer.format_ok and config.escalate_format_errors:
-            reasons.append(FORMAT_ERROR)
+        if not answer.format_ok and config.escalate_format_errors and not alert:
+            reasons.append(FORMAT_ERROR)  # an alert stands whatever its sentence looks like
     else:
         alert = answer.safety is True
         threshold, calibrated = threshold_for(context, config)

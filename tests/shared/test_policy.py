@@ -275,6 +275,7 @@ def headed(p, text="A cat sleeps.", safety=False, conf=0.9, ok=True) -> Answer:
             False,
         ),  # fmt: skip
         ("format break still escalates", headed(0.1, ok=False), "A cat.", (FORMAT_ERROR,), False),
+        ("format break on an alert: it stands", headed(0.9, ok=False), "A cat.", (), True),
     ],
 )
 def test_the_head_decides_with_the_release_thresholds(case, ans, text, reasons, alert):
