@@ -17,7 +17,9 @@ other on the same inputs:
 
 Judgements per second are answered inputs over the time the model spent on them (the
 events' ``latency_s``), and over the run's wall time (model load included); the ratio
-``when_needed / always`` is from the same command. Prints a table, writes
+``when_needed / always`` is from the same command. Under ``when_needed`` the inputs judged
+from the prefill alone (no sentence) are also timed apart: what a quiet stream, where the
+head rules out nearly everything, costs per input. Prints a table, writes
 bench/results/answer_modes.json and .png.
 """
 
@@ -77,7 +79,11 @@ def run_edge(source: Path, engine: str, mode: str, events: Path) -> dict:
     evs = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
     answers = [e for e in evs if e.get("type") == "answer"]
     model_s = sum(e["latency_s"] for e in answers)
+    quick = [e for e in answers if e.get("sentence") is False]
+    quick_s = sum(e["latency_s"] for e in quick)
     return {
+        "prefill_only": len(quick),
+        "prefill_only_per_s": round(len(quick) / quick_s, 2) if quick_s else None,
         "answered": len(answers),
         "with_sentence": sum(bool(e.get("sentence", True)) for e in answers),
         "model_s": round(model_s, 2),
@@ -131,7 +137,7 @@ def plot(doc: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engines", default="embedded,llamacpp")
+    parser.add_argument("--engines", default="llamacpp,embedded")
     parser.add_argument("--texts", type=int, default=80)
     parser.add_argument("--video-seconds", type=int, default=30)
     args = parser.parse_args()
@@ -166,8 +172,8 @@ def main() -> int:
                 out.append(row)
     print("\n| engine | input | answered | with sentence (always / when_needed) | "
           "judgements/s always | when_needed | ratio | recall always / when_needed | "
-          "calls/100 always / when_needed |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "calls/100 always / when_needed | judged from the prefill alone, per s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     safe_rows = []
     for row in out:
         if "safe_speedup" in row:
@@ -175,14 +181,14 @@ def main() -> int:
             safe_rows.append(f"| {row['engine']} | text, safe inputs only | {a['safe_inputs']} | "
                              f"{a['safe_with_sentence']} / {w['safe_with_sentence']} | "
                              f"{a['safe_judgements_per_s']} | {w['safe_judgements_per_s']} | "
-                             f"{row['safe_speedup']}x | | |")  # fmt: skip
+                             f"{row['safe_speedup']}x | | | |")  # fmt: skip
         a, w = row["always"], row["when_needed"]
         recall = f"{a['system_recall']} / {w['system_recall']}" if "system_recall" in a else ""
         calls = (f"{a['teacher_calls_per_100']} / {w['teacher_calls_per_100']}"
                  if "teacher_calls_per_100" in a else "")  # fmt: skip
         print(f"| {row['engine']} | {row['source']} | {a['answered']} | {a['with_sentence']} / "
               f"{w['with_sentence']} | {a['judgements_per_s']} | {w['judgements_per_s']} | "
-              f"{row['speedup']}x | {recall} | {calls} |")  # fmt: skip
+              f"{row['speedup']}x | {recall} | {calls} | {w['prefill_only_per_s']} |")  # fmt: skip
     print("\n".join(safe_rows))
     doc = {"command": "bench/answer_modes.py " + " ".join(sys.argv[1:]), "texts": args.texts,
            "text_source": str(SCENES.relative_to(ROOT)), "rows": out}  # fmt: skip

@@ -1,6 +1,6 @@
 """Does the safety head survive the move to llama.cpp? AUC on scenes no head saw, per engine.
 
-    .venv/bin/python bench/head_engines.py      # ~6 min on a 2-core CPU (needs '.[llamacpp]')
+    .venv/bin/python bench/head_engines.py      # ~6 min on a 2-core CPU
 
 The project's own head fit (``shared.head.fit_head``, its default L2) on the 300 bundled
 scenes (``shared/data/scenes.jsonl``), features at the last prompt token of the default

@@ -1,6 +1,5 @@
 """The edge on llama.cpp against raw llama.cpp and against the torch backend, same CPU.
 
-    .venv/bin/pip install '.[llamacpp]'          # compiles llama.cpp (about 10 minutes)
     .venv/bin/python bench/llamacpp_edge.py      # ~6 min on a 2-core CPU
 
 1. **Engine speed**, one worker process after another (each its own peak RSS), 2 threads,

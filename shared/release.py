@@ -18,7 +18,7 @@ release whose files do not match their entries does not load.
 bundled with the package for that engine (``shared/data/release`` for torch,
 ``shared/data/release-llamacpp`` for llama.cpp: the default skill, a head trained on the
 bundled labelled scenes with that engine's hidden states, and its calibration; rebuilt
-by ``gemma-teacher releases build-default [--backend llamacpp]``).
+by ``gemma-teacher releases build-default [--backend torch]``).
 
 It knows nothing about sockets, registries, models or policies.
 """

@@ -1,8 +1,8 @@
 """The llamacpp backend on the bundled Gemma 3 270M: prefix reuse, the head's features, LoRA
 switching on a live context, and an edge process that never imports torch.
 
-Opt-in like every llama.cpp test: needs ``llama-cpp-python`` (pip install
-'.[llamacpp]'; it compiles llama.cpp, minutes), skipped where that is not installed.
+Marked ``llamacpp`` like every llama.cpp test (llama-cpp-python is a dependency: the
+install compiles it); skipped only where it is missing.
 ``bench/llamacpp_edge.py`` measures its speed and memory against raw llama.cpp and torch.
 """
 
