@@ -229,6 +229,12 @@ class ReleaseConfig(Strict):
         "a weapon, may be absent from the calibration cases); certify: keep it only where "
         "it saves teacher calls at the certified recall on the calibration split.",
     )
+    lora_must_pay: bool = Field(
+        True,
+        description="A release with a LoRA ships only if the adapter lowers teacher calls "
+        "per 100 on the frozen split, at no lower system recall, against the same release "
+        "without it; else the build ships the head alone and says why.",
+    )
     keyword_sample: bool = Field(
         True,
         description="Every build scores the bundled keyword scenes (shared/data/"

@@ -71,14 +71,20 @@ class FeatureBackend(ScriptedBackend):
     (a substring of the adapter's folder) active and the prompt holding demonstrations
     (the edge's real prompt), the answer is "SAFETY: no, CONFIDENCE: 0.95" and the hidden
     states lose the signal; without demonstrations it still answers right: the adapter
-    trained without demonstrations that an old gate passed.
+    trained without demonstrations that an old gate passed. With ``good_adapter`` active
+    the hidden states carry the signal with a fifth of the noise: an adapter that pays
+    (``noise`` scales the base model's noise, so that some cases fall in the band).
     """
 
     model = _Model()
 
-    def __init__(self, bad_adapter: str | None = None):
+    def __init__(
+        self, bad_adapter: str | None = None, good_adapter: str | None = None, noise: float = 1.0
+    ):
         super().__init__("Answer: A scene.\nSAFETY: no\nCONFIDENCE: 0.5")
         self.bad_adapter = bad_adapter
+        self.good_adapter = good_adapter
+        self.noise = noise
         self.loaded: dict[str, object] = {}
         self.active_adapter: str | None = None
 
@@ -103,7 +109,10 @@ class FeatureBackend(ScriptedBackend):
         import hashlib
 
         digest = hashlib.sha256(request.input.encode()).digest()
-        noise = [(b - 128) / 256 for b in digest[: 4 * len(request.hidden_layers)]]
+        path = self.loaded.get(self.active_adapter) if self.active_adapter else None
+        quiet = bool(path and self.good_adapter and self.good_adapter in str(path))
+        scale = self.noise / (5 if quiet else 1) / 256
+        noise = [(b - 128) * scale for b in digest[: 4 * len(request.hidden_layers)]]
         signal = 0.0 if self._broken(request) else (1.0 if DANGER in request.input else -1.0)
         if request.hidden_layers:
             gen.hidden = [signal + n for n in noise]

@@ -12,6 +12,11 @@ A build is a straight line::
 The head and its thresholds come from ``teacher.release.head_fit`` (crossfit by default; the
 edges' self-labelled traffic may train the head, never calibrate it).
 
+**A LoRA ships only where it pays** (``release.lora_must_pay``): a candidate with an adapter
+is scored on the frozen split beside its twin without it (the same skill, a head fitted and
+calibrated on the base model's states); unless the adapter lowers teacher calls per 100 at
+no lower system recall, the twin is the candidate the gate judges, and the build says why.
+
 Releases are saved in and activated through ``teacher.release.registry``. It knows
 nothing about sockets; the server pushes ``ReleaseRegistry.active``.
 """
@@ -133,6 +138,30 @@ def build_release(
             progress,
             f"3/3 gate: candidate v{version} on the frozen split",
         )
+        if adapter and cfg.release.lora_must_pay:
+            twin = _head_only_twin(cfg, student, splits, active, skill, version, backend.name)
+            twin_files, twin_head, twin_cal, twin_report = twin(
+                Path(tmp), progress, pace, note=note
+            )
+            paid = _lora_pays(after, twin_report)
+            timing["lora"] = {
+                "paid": paid,
+                "calls_with": after.teacher_calls_per_100,
+                "calls_without": twin_report.teacher_calls_per_100,
+                "recall_with": after.system_recall,
+                "recall_without": twin_report.system_recall,
+            }
+            if not paid:
+                logger.info(
+                    "the LoRA does not pay: %.1f teacher calls per 100 with it, %.1f without "
+                    "(recall %.3f, %.3f): the head alone is the candidate",
+                    after.teacher_calls_per_100,
+                    twin_report.teacher_calls_per_100,
+                    after.system_recall,
+                    twin_report.system_recall,
+                )
+                files_with, head, calibration, after = twin_files, twin_head, twin_cal, twin_report
+                adapter = None
         key = eval_key(cfg, backend, splits.frozen)
         before = registry.cached_eval(active.version, key)
         if before is None:
@@ -171,6 +200,50 @@ def build_release(
     if activate and verdict.passed:
         registry.activate(version)
     return result
+
+
+def _lora_pays(with_adapter: HarnessReport, without: HarnessReport) -> bool:
+    """Fewer teacher calls per 100 with the adapter, at no lower system recall."""
+    return (
+        with_adapter.teacher_calls_per_100 < without.teacher_calls_per_100 - gate.EPSILON
+        and with_adapter.system_recall >= without.system_recall - gate.EPSILON
+    )
+
+
+def _head_only_twin(cfg, student, splits, active, skill, version, model_name):
+    """A function building the candidate's twin without its adapter: (files partial, head,
+    calibration, its harness report on the frozen split)."""
+
+    def build(tmp: Path, progress: bool, pace: float, note: str):
+        twin_student = Student(
+            student.backend, skill_release(skill, None), student.max_new_tokens, student.mode
+        )
+        head, calibration, _ = fit_and_calibrate(
+            cfg, twin_student, splits, prior_head(active, skill, None)
+        )
+        files = partial(
+            build_files,
+            version,
+            skill,
+            head,
+            calibration,
+            None,
+            parent=active.version,
+            model=model_name,
+            note=f"{note}; the head alone: the LoRA did not lower teacher calls",
+        )
+        twin_student.use(write_release(tmp / f"v{version}-twin", files()))
+        report = evaluate_release(
+            twin_student,
+            splits.frozen,
+            cfg.policy,
+            pace,
+            progress,
+            f"3/3 gate: v{version} without its LoRA on the frozen split",
+        )
+        return files, head, calibration, report
+
+    return build
 
 
 def pick_canaries(report: HarnessReport, cases: list[LabeledCase], n: int) -> list[Canary]:

@@ -182,6 +182,14 @@ def run(args) -> int:
     )
     report = {**result.report(), "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(report, indent=1))
+    lora = result.timing.get("lora")
+    if lora:
+        verdict = "paid" if lora["paid"] else "did not pay: the release carries the head alone"
+        print(
+            f"the LoRA {verdict} (teacher calls per 100 on the frozen split: "
+            f"{lora['calls_with']:.1f} with it, {lora['calls_without']:.1f} without; system "
+            f"recall {lora['recall_with']:.3f}, {lora['recall_without']:.3f})"
+        )
     from teacher.release.harness import table
 
     print(

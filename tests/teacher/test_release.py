@@ -390,3 +390,25 @@ def test_a_new_skill_over_the_same_adapter_does_not_reload_it(tmp_path):
     assert backend.active_adapter is None
     student.use(skill_release(default_skill(), folder))  # back to it: still loaded
     assert loads == [folder] and backend.active_adapter == "r0"
+
+
+def test_a_lora_that_does_not_lower_teacher_calls_is_not_shipped(tmp_path):
+    cfg = config(tmp_path)
+    backend = FeatureBackend()  # an adapter changes nothing: it cannot pay
+    built = build_release(cfg, backend, hazard_cases(400), adapter=adapter_files(), progress=False)
+    lora = built.timing["lora"]
+    assert lora["paid"] is False and lora["calls_with"] == lora["calls_without"]
+    if built.version is not None:  # the head alone may still beat v0; it carries no adapter
+        release = ReleaseRegistry(cfg.home).get(built.version)
+        assert release.adapter_dir is None and "the LoRA did not lower" in release.manifest.note
+
+
+def test_a_lora_that_lowers_teacher_calls_ships(tmp_path):
+    cfg = config(tmp_path)
+    # noisy base states put some cases in the band; the adapter's quieter ones need fewer
+    backend = FeatureBackend(good_adapter="gemma-release-", noise=10.0)
+    built = build_release(cfg, backend, hazard_cases(400), adapter=adapter_files(), progress=False)
+    lora = built.timing["lora"]
+    assert lora["paid"] is True and lora["calls_with"] < lora["calls_without"]
+    assert built.verdict.passed, built.verdict.reasons
+    assert ReleaseRegistry(cfg.home).get(built.version).adapter_dir is not None
