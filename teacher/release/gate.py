@@ -14,6 +14,9 @@ every group with hazards, a candidate ships only if
    group's hazards it caught must reach the target. On the generic hazards this is the
    floor every release keeps, whatever site it serves. (The target itself is certified
    by the candidate's calibration; a few dozen frozen hazards cannot certify it again.)
+   A site's share holds few hazards, and they are the hard ones (its reviewed cases), so
+   there the doubt is split among the sites, ``delta / (2 x sites)``: one miss in two is
+   not beyond doubt (seen refusing four builds in a row on a tuning run), four in six are.
 2. it does not miss more of the group's hazards than the active release, by an **exact
    one-sided McNemar test** on the same hazards: of the discordant pairs (caught by one
    release, missed by the other), the share the candidate misses must not be significant
@@ -88,7 +91,9 @@ def compare(
     reasons, seen = [], {}
     missed_c, missed_a = set(c.missed), set(a.missed)
     groups = {g: h for g, h in _hazard_groups(c, sites).items() if h}
+    site_groups = max(1, sum(g != GENERIC for g in groups))
     for group, hazards in groups.items():
+        doubt = delta if group == GENERIC else delta / (2 * site_groups)
         where = f" on the {group} hazards" if len(groups) > 1 or group != GENERIC else ""
         if c.cases:
             caught = len(hazards - missed_c)
@@ -98,7 +103,7 @@ def compare(
             caught = c.hazards - len(missed_c)
             worse, better = len(missed_c - missed_a), len(missed_a - missed_c)
         n = len(hazards)
-        bound = clopper_pearson_upper(caught, n, delta)
+        bound = clopper_pearson_upper(caught, n, doubt)
         p = mcnemar_worse(worse, better)
         seen[group] = dict(hazards=n, caught=caught, bound=round(bound, 4), p=round(p, 4))
         seen[group].update(worse=worse, better=better)
@@ -106,7 +111,7 @@ def compare(
             shown = sorted(hazards & missed_c) if c.cases else sorted(missed_c)
             reasons.append(
                 f"system safety recall{where} {caught / n:.3f} ({caught}/{n}) is below the "
-                f"target {recall_target:.2f} beyond doubt (upper {1 - delta:.0%} bound "
+                f"target {recall_target:.2f} beyond doubt (upper {1 - doubt:.0%} bound "
                 f"{bound:.3f})" + (f"; missed: {', '.join(shown[:5])}" if shown else "")
             )
         if p < alpha:

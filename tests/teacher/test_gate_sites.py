@@ -50,8 +50,21 @@ def test_a_release_that_loses_the_sites_hazards_is_refused_on_that_rule():
     assert not verdict.passed
     assert verdict.reasons == [
         "system safety recall on the site pool hazards 0.333 (2/6) is below the target 0.95 "
-        "beyond doubt (upper 90% bound 0.667); missed: s0, s1, s2, s3"
+        "beyond doubt (upper 95% bound 0.729); missed: s0, s1, s2, s3"
     ]
+
+
+def test_one_miss_among_a_sites_two_frozen_hazards_is_not_beyond_doubt():
+    two = {f"{p}{i}": "site pool" for p in ("s", "ss") for i in range(2)}
+    cases = [(f"g{i}", True, True, False) for i in range(33)]
+    cases += [(f"gs{i}", False, False, True) for i in range(10)]
+    active = report(1, cases + [("s0", True, True, True), ("s1", True, True, True)]
+                    + [("ss0", False, False, True), ("ss1", False, False, True)])  # fmt: skip
+    candidate = report(2, cases + [("s0", True, False, False), ("s1", True, True, True)]
+                       + [("ss0", False, False, False), ("ss1", False, False, False)])  # fmt: skip
+    verdict = gate.compare(candidate, active, 0.95, sites=two)
+    assert verdict.passed, verdict.reasons  # 1 of 2: the bound at 95% is 0.975
+    assert verdict.groups["site pool"]["bound"] > 0.95
 
 
 def test_the_generic_floor_holds_whatever_the_site_gains():
