@@ -3,6 +3,7 @@
     gemma-edge demo --quick            # 2 short rounds, a few minutes on a 2-core CPU
     gemma-edge demo                    # 8 rounds of 80 fresh scenes
     gemma-edge demo --full             # upskill and a LoRA as well as the head
+    gemma-edge demo --lora             # a LoRA with the head, no upskill
 
 What runs, all of it real and on loopback, with the embedded Gemma 3 270M (no network,
 no Ollama):
@@ -102,6 +103,7 @@ class DemoRun:
         self.scenes = scenes or scenario_path()
         self.rounds = rounds
         self.full = full
+        self.lora = False  # a LoRA with the head every round, without upskill
         self.threads = threads
         self.seed = seed
         self.home = work / "teacher"
@@ -294,11 +296,12 @@ class DemoRun:
         for name in ("scenes.jsonl", "dev_scenes.jsonl"):
             prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
         # what the edge settled by itself reaches the teacher over the link (Settled)
-        steps = (
-            [["upskill", *prior], ["train", *prior]]
-            if self.full
-            else [["train", "--head-only", *prior]]
-        )
+        if self.full:
+            steps = [["upskill", *prior], ["train", *prior]]
+        elif self.lora:
+            steps = [["train", *prior]]
+        else:
+            steps = [["train", "--head-only", *prior]]
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:
             shown = [
@@ -325,7 +328,7 @@ class DemoRun:
             said = [
                 line
                 for line in done.stdout.splitlines()
-                if line.startswith(("release v", "refused", "not saved", "no release"))
+                if line.startswith(("release v", "refused", "not saved", "no release", "the LoRA"))
             ]
             doc["steps"][-1]["said"] = said  # what the gate passed, or its named reasons
             for line in said:
