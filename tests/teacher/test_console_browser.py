@@ -125,6 +125,13 @@ def outside_address() -> str:
     return address
 
 
+def edge_link(endpoint: str, folder: Path, edge_id: str, **hooks) -> LinkClient:
+    """An edge's link to the teacher (its outbox and state under ``folder``), quick to retry."""
+    cfg = LinkConfig(teacher=endpoint, insecure=True, outbox=folder / "outbox.sqlite",
+                     heartbeat_s=0.2, timeout_s=1.0, reconnect_max_s=0.5)  # fmt: skip
+    return LinkClient(cfg, edge_id, folder / "state", **hooks)
+
+
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     """A teacher box: ``serve`` with real escalations and reviews, ``console`` beside it."""
@@ -144,35 +151,11 @@ def box(tmp_path_factory):
     procs = []
     got = []
     # e2 runs v1 without its head and refuses v2 (its canaries disagree): the fleet says so
-    behind = LinkClient(
-        LinkConfig(
-            teacher=endpoint,
-            insecure=True,
-            outbox=tmp / "e2" / "outbox.sqlite",
-            heartbeat_s=0.2,
-            timeout_s=1.0,
-            reconnect_max_s=0.5,
-        ),  # fmt: skip
-        "e2",
-        tmp / "e2" / "state",
-        prepare_release=refuse,
-    )
+    behind = edge_link(endpoint, tmp / "e2", "e2", prepare_release=refuse)
     behind.set_versions(0, 0, 1, False)
     for _ in range(25):
         behind.count_input(1)
-    link = LinkClient(
-        LinkConfig(
-            teacher=endpoint,
-            insecure=True,
-            outbox=tmp / "edge" / "outbox.sqlite",
-            heartbeat_s=0.2,
-            timeout_s=1.0,
-            reconnect_max_s=0.5,
-        ),  # fmt: skip
-        "e1",
-        tmp / "edge" / "state",
-        on_review=got.append,
-    )
+    link = edge_link(endpoint, tmp / "edge", "e1", on_review=got.append)
     try:
         serve, _ = start(["serve", "--config", str(config)], tmp / "serve.log", "serving on")
         procs.append(serve)
