@@ -220,7 +220,7 @@ def llamacpp_release(folder: Path, lora: Path) -> None:
 def torch_release(folder: Path, lora: Path) -> None:
     from shared.release import ADAPTER_FILES, build_files, default_release, write_release
 
-    v0 = default_release()
+    v0 = default_release("torch")  # its head reads torch's hidden states
     adapter = {name: (lora / name).read_bytes() for name in ADAPTER_FILES}
     write_release(folder, build_files(1, v0.skill, v0.head, v0.calibration, adapter, note="bench"))
 
