@@ -29,6 +29,9 @@ What the edge needs from an engine, on the engine every small-device runtime use
   evaluated with no outputs, then the last token alone with embeddings on (with embeddings
   on llama.cpp outputs every token of a batch, and Gemma's 262k-token vocabulary makes
   that 1 MiB of logits per token); embeddings go off again for decoding.
+- **A prompt asked again right after** (``answer: when_needed``: the sentence after the
+  prefill that judged the input) starts decoding from the cache and the logits its last
+  token left, so the two calls compute what one answering pass does, at its cost.
 - **LoRA hot-swap.** A release's PEFT adapter is converted to a GGUF adapter once
   (``shared.gguf_adapter``: numpy, no torch) into ``adapter_cache``, loaded with
   ``llama_adapter_lora_init`` and switched on the live context with
@@ -125,6 +128,7 @@ class LlamaCppBackend:
         self._own_ctx = False  # True once the context is ours (rebuilt with or without taps)
         self._tapped = False  # the context carries the eval callback
         self._cached: list[int] = []  # the tokens whose keys and values are in sequence 0
+        self._ready: tuple | None = None  # (ids, layers, hidden): a prompt whose last logits stand
         self._adapters: dict[str, tuple[Any, Path]] = {}  # name -> (llama adapter, gguf)
         self._active: str | None = None
         self._pieces: dict[int, str] = {}
@@ -186,22 +190,14 @@ class LlamaCppBackend:
                 f"{self.name}: the prompt is {len(ids)} tokens and {budget} more were asked; "
                 f"the context holds {self._n_ctx} (model.llamacpp.n_ctx)"
             )
-        common = kept = self._keep_prefix(ids, boundary)
-        try:
-            if common < boundary:  # the skill prefix alone first: the same bits every time
-                self._eval(ids[common:boundary], output_last=False)
-                common = boundary
-            if wanted and self._tapped and self._vision is None:
-                hidden = self._eval_tapped(ids[common:], wanted)  # one pass (module doc)
-            elif wanted:  # the last token alone, with embeddings on (see the module doc)
-                self._eval(ids[common:-1], output_last=False)
-                hidden = self._eval_last(ids[-1], wanted)
-            else:
-                self._eval(ids[common:], output_last=True)
-                hidden = None
-        except BackendError:
-            self._forget()
-            raise
+        ready, self._ready = self._ready, None
+        if self.config.prefix_cache and ready is not None and ready[:2] == (ids, wanted):
+            # the same prompt again (when_needed: its sentence after its prefill): the cache
+            # holds it and its last token's logits stand, as in one answering pass
+            kept, hidden = len(ids), None if ready[2] is None else list(ready[2])
+        else:
+            kept, hidden = self._prompt(ids, boundary, wanted)
+        self._ready = (ids, wanted, hidden)
         ttft = time.perf_counter() - t0
         tokens: list[int] = []
         logprobs: list[TokenLogprob] = []
@@ -238,6 +234,29 @@ class LlamaCppBackend:
             backend=self.name,
             hidden=hidden,
         )
+
+    def _prompt(
+        self, ids: list[int], boundary: int, wanted: tuple[int, ...]
+    ) -> tuple[int, list[float] | None]:
+        """Evaluate the prompt ``ids`` after what the cache keeps of it, with logits for its
+        last token: the tokens kept, and the hidden state of the ``wanted`` layers."""
+        common = kept = self._keep_prefix(ids, boundary)
+        try:
+            if common < boundary:  # the skill prefix alone first: the same bits every time
+                self._eval(ids[common:boundary], output_last=False)
+                common = boundary
+            if wanted and self._tapped and self._vision is None:
+                hidden = self._eval_tapped(ids[common:], wanted)  # one pass (module doc)
+            elif wanted:  # the last token alone, with embeddings on (see the module doc)
+                self._eval(ids[common:-1], output_last=False)
+                hidden = self._eval_last(ids[-1], wanted)
+            else:
+                self._eval(ids[common:], output_last=True)
+                hidden = None
+        except BackendError:
+            self._forget()
+            raise
+        return kept, hidden
 
     # ------------------------------------------------------------ the context
     def _boundary(self, prefix: str, ids: list[int]) -> int:
@@ -278,6 +297,7 @@ class LlamaCppBackend:
     def _forget(self) -> None:
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self._ctx), True)
         self._cached = []
+        self._ready = None
 
     def _eval(self, tokens: list[int], output_last: bool) -> None:
         """Append ``tokens`` to sequence 0 in batches; logits for the last one if asked."""
@@ -366,6 +386,7 @@ class LlamaCppBackend:
         )
 
     def _decode(self, tokens: list[int], output_last: bool) -> None:
+        self._ready = None
         batch = self._batch
         pos = len(self._cached)
         batch.n_tokens = len(tokens)

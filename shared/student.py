@@ -149,8 +149,8 @@ class Student:
         ``answer: when_needed`` with a head: the prompt alone is run first (the prefill:
         the head's features and p(unsafe), no sentence), and ``needs_sentence`` (the
         policy's ``needs_sentence``: an alert, an escalation or an audit) says whether to
-        generate the sentence too; on a prefix-caching backend that costs one token more
-        than answering outright. Without a head, or without ``needs_sentence``, the
+        generate the sentence too; on llama.cpp that starts from where the prefill
+        left off, so it costs what answering outright does. Without a head, or without ``needs_sentence``, the
         sentence is always generated."""
         with self._run:
             request = self.request(text, image)

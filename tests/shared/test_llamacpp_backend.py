@@ -109,6 +109,23 @@ def test_a_reused_prefix_answers_as_a_cold_start(backend):
     assert [lp.logprob for lp in warm_gen.logprobs] == [lp.logprob for lp in cold_gen.logprobs]
 
 
+def test_the_sentence_after_a_prefill_continues_it_and_is_the_answer_in_one_pass(backend):
+    """answer: when_needed asks the prompt twice (prefill, then the sentence); the second
+    call evaluates nothing and gives what one answering pass gives, bit for bit."""
+    for layers in ((backend.hidden.num_layers,), (9, backend.hidden.num_layers)):
+        backend.generate(_request(SCENES[0]))
+        outright = backend.generate(_request(SCENES[2], hidden_layers=layers))
+        backend.generate(_request(SCENES[0]))
+        prefill = backend.generate(_request(SCENES[2], hidden_layers=layers, max_new_tokens=0))
+        sentence = backend.generate(_request(SCENES[2], hidden_layers=layers))
+        assert prefill.prompt_tokens > 0 and sentence.prompt_tokens == 0
+        assert prefill.hidden == sentence.hidden == outright.hidden
+        assert sentence.text == outright.text
+        assert [lp.logprob for lp in sentence.logprobs] == [lp.logprob for lp in outright.logprobs]
+        again = backend.generate(_request(SCENES[2], hidden_layers=layers))  # after decoding
+        assert again.prompt_tokens > 0 and again.text == outright.text
+
+
 def test_a_lora_switches_on_the_live_context_and_the_base_is_never_reloaded(backend, tmp_path):
     sys.path.insert(0, str(ROOT))
     from bench.llamacpp import random_lora
