@@ -96,7 +96,12 @@ def test_the_prefill_then_the_sentence_reuse_the_frame(backend):
     quick = backend.generate(_request(SCENE, frame, hidden_layers=(n,), max_new_tokens=0))
     full = backend.generate(_request(SCENE, frame, hidden_layers=(n,)))
     assert quick.tokens == 0 and quick.logprobs is None and full.tokens == TOKENS
-    assert full.prompt_tokens == 1 and full.hidden == quick.hidden
+    # the sentence continues the prefill: nothing evaluated again, one answering pass's bits
+    assert full.prompt_tokens == 0 and full.hidden == quick.hidden
+    backend.generate(_request(SCENE, _jpeg(4), hidden_layers=(n,)))
+    outright = backend.generate(_request(SCENE, frame, hidden_layers=(n,)))
+    assert outright.prompt_tokens > 0 and outright.text == full.text
+    assert outright.hidden == full.hidden
 
 
 def test_text_after_a_frame_reads_as_on_a_fresh_text_only_backend(tiny, backend):
