@@ -106,17 +106,23 @@ def show(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def site_of(run: dict) -> str:
+    """The site a run played: the one whose scene file its command names, else the demo's."""
+    named = [site for site, scenes in SITES.items() if scenes and str(scenes) in run["command"]]
+    return named[0] if named else "demo"
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sites = sorted({"heldout" if "--scenes" in r["command"] else "demo" for r in runs})
+    sites = sorted({site_of(r) for r in runs})
     fig, axes = plt.subplots(1, len(sites), figsize=(6 * len(sites), 4), squeeze=False)
     for ax, site in zip(axes[0], sites, strict=True):
         for r in runs:
-            if ("heldout" if "--scenes" in r["command"] else "demo") != site:
+            if site_of(r) != site:
                 continue
             x = range(len(r["calls"]))
             (line,) = ax.plot(x, r["calls"], "o-", label=Path(r["report"]).parent.name)
