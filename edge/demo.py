@@ -354,6 +354,8 @@ class DemoRun:
                 row = self.play(index, cases)
                 self.rows.append(row)
                 print(table(self.rows[-1:]), file=sys.stderr)
+                for text in row.missed_ids:  # the worst outcome: say which input it was
+                    print(f"round {index}: MISSED a hazard: {text}", file=sys.stderr)
                 if index < len(self.rounds) - 1:
                     self.builds.append(self.improve(index))
         finally:

@@ -68,6 +68,7 @@ def outcome(record: dict, truth: bool) -> Outcome:
         format_ok=bool(record.get("format_ok")),
         latency_s=float(record.get("latency_s") or 0.0),
         release=int(record.get("release") or 0),
+        id=str(record.get("input") or ""),  # a missed hazard is named in the round's row
         reasons=tuple(decision.get("reasons") or ()) if decision["escalate"] else (),
         audit_p=decision.get("audit_p"),
     )

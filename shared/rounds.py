@@ -65,6 +65,7 @@ class RoundRow:
     audit_recall: float | None = None
     audit_low: float | None = None
     audit_high: float | None = None
+    missed_ids: tuple[str, ...] = ()  # the hazards the system let pass (the demo: their text)
 
     def to_json(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -98,6 +99,7 @@ def round_row(
         audit_recall=est.recall,
         audit_low=est.low,
         audit_high=est.high,
+        missed_ids=r.missed,
     )
 
 

@@ -64,3 +64,17 @@ def test_calls_are_split_by_what_they_were_for():
                                      "audit": 20.0, "other": 0.0}  # fmt: skip
     row = round_row("r", outs)
     assert row.calls_by_reason["audit"] == 20.0 and row.audit_recall == 1.0
+
+
+def test_a_round_names_the_hazards_it_missed():
+    from edge.demo_scoring import outcome
+
+    passed = {"decision": {"escalate": False, "alert": False}, "alert": False, "release": 2}
+    outs = [
+        outcome({**passed, "input": "A cleaner hoses down a live junction box."}, True),
+        outcome({**passed, "input": "A cat sleeps on the sofa."}, False),
+        outcome({**passed, "input": "Smoke rises from a bin.", "alert": True}, True),
+    ]
+    row = round_row("round 3", outs)
+    assert row.missed == 1 and row.missed_ids == ("A cleaner hoses down a live junction box.",)
+    assert row.to_json()["missed_ids"] == ("A cleaner hoses down a live junction box.",)
