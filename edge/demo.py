@@ -96,6 +96,7 @@ class DemoRun:
         scenes: Path | None = None,
         backend: str = "embedded",
         answer: str = "always",
+        lora: bool = False,
     ):
         self.work = work
         self.backend = backend  # the student engine, the same on the edge and the teacher
@@ -103,7 +104,7 @@ class DemoRun:
         self.scenes = scenes or scenario_path()
         self.rounds = rounds
         self.full = full
-        self.lora = False  # a LoRA with the head every round, without upskill
+        self.lora = lora  # a LoRA with the head every round, without upskill
         self.threads = threads
         self.seed = seed
         self.home = work / "teacher"
@@ -296,12 +297,11 @@ class DemoRun:
         for name in ("scenes.jsonl", "dev_scenes.jsonl"):
             prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
         # what the edge settled by itself reaches the teacher over the link (Settled)
-        if self.full:
-            steps = [["upskill", *prior], ["train", *prior]]
-        elif self.lora:
-            steps = [["train", *prior]]
-        else:
-            steps = [["train", "--head-only", *prior]]
+        steps = {
+            "full": [["upskill", *prior], ["train", *prior]],
+            "lora": [["train", *prior]],
+            "head": [["train", "--head-only", *prior]],
+        }[self.improves]
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:
             shown = [
@@ -347,6 +347,19 @@ class DemoRun:
         return doc
 
     # ------------------------------------------------------------ the whole run
+    @property
+    def improves(self) -> str:
+        """What a build trains: full (upskill + LoRA + head), lora (LoRA + head) or head."""
+        return "full" if self.full else "lora" if self.lora else "head"
+
+    @property
+    def mode(self) -> str:
+        return {
+            "full": "full (upskill + LoRA + head)",
+            "lora": "LoRA + head",
+            "head": "head and thresholds",
+        }[self.improves]
+
     def run(self) -> list[RoundRow]:
         self.start()
         try:

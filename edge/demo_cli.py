@@ -113,9 +113,16 @@ def run(args) -> int:
     )
     t0 = time.perf_counter()
     demo = DemoRun(
-        work, rounds, args.full, args.threads, args.seed, args.scenes, args.backend, args.answer
+        work,
+        rounds,
+        args.full,
+        args.threads,
+        args.seed,
+        args.scenes,
+        args.backend,
+        args.answer,
+        lora=args.lora,
     )
-    demo.lora = args.lora
     try:
         rows = demo.run()
     finally:
@@ -130,9 +137,7 @@ def run(args) -> int:
         "command": "gemma-edge " + " ".join(sys.argv[1:]),
         "seconds": round(seconds, 1),
         "teacher": TEACHER_NAME,
-        "mode": "full (upskill + LoRA + head)"
-        if args.full
-        else ("LoRA + head" if args.lora else "head and thresholds"),
+        "mode": demo.mode,
         "backend": args.backend,
         "answer": args.answer,
         "rounds": [r.to_json() for r in rows],
