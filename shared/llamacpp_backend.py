@@ -62,6 +62,7 @@ from shared.backend import GenerateRequest, Generation, HiddenSpec, TokenLogprob
 from shared.config import LlamaCppModelConfig
 from shared.errors import BackendError, ModelError
 from shared.gguf_adapter import cached_gguf_adapter
+from shared.llamacpp_lora import LoraSlots
 from shared.llamacpp_native import LayerTaps, route_logs
 from shared.skill import ANSWER_PRIMER, render_input, render_prefix
 
@@ -129,8 +130,7 @@ class LlamaCppBackend:
         self._tapped = False  # the context carries the eval callback
         self._cached: list[int] = []  # the tokens whose keys and values are in sequence 0
         self._ready: tuple | None = None  # (ids, layers, hidden): a prompt whose last logits stand
-        self._adapters: dict[str, tuple[Any, Path]] = {}  # name -> (llama adapter, gguf)
-        self._active: str | None = None
+        self._loras = LoraSlots(llama_cpp, self._model)  # a release's adapters, loaded once
         self._pieces: dict[int, str] = {}
         self._prefix_ids: dict[str, list[int]] = {}
         self._exp = np.empty(self._n_vocab, dtype=np.float32)
@@ -160,9 +160,7 @@ class LlamaCppBackend:
             self._ll.llama_batch_free(self._batch)
             if self._own_ctx:
                 self._ll.llama_free(self._ctx)
-            for adapter, _ in self._adapters.values():
-                self._ll.llama_adapter_lora_free(adapter)
-            self._adapters.clear()
+            self._loras.close()
             self._llm.close()
             self._llm = None
 
@@ -431,64 +429,42 @@ class LlamaCppBackend:
             self._pieces[token] = piece
         return piece
 
-    # ------------------------------------------------------------ adapters
+    # ------------------------------------------------------------ adapters (LoraSlots)
     @property
     def active_adapter(self) -> str | None:
-        return self._active
+        return self._loras.active
 
     @property
     def adapters(self) -> list[str]:
-        return sorted(self._adapters)
+        return self._loras.names
 
     def load_adapter(self, name: str, path: Path, system: str = "") -> None:
         """Load a release's adapter (a PEFT folder, converted once to a GGUF adapter, or a
         ``.gguf`` file) under ``name``; not activated. A failure keeps what was loaded."""
         gguf = cached_gguf_adapter(Path(path), Path(self.config.adapter_cache).expanduser())
         with self.lock:
-            t0 = time.perf_counter()
-            adapter = self._ll.llama_adapter_lora_init(self._model, str(gguf).encode())
-            if not adapter:
-                raise ModelError(f"adapter {name!r}: llama.cpp could not load {gguf}")
-            old = self._adapters.get(name)
-            self._adapters[name] = (adapter, gguf)
-            if old is not None:
-                if self._active == name:
-                    self._apply()
-                self._ll.llama_adapter_lora_free(old[0])
-            logger.info("loaded adapter %s from %s in %.2f s", name, gguf, time.perf_counter() - t0)
+            try:
+                self._loras.load(name, gguf, self._ctx)
+            finally:
+                if self._loras.active == name:
+                    self._forget()
 
     def set_adapter(self, name: str | None) -> None:
         with self.lock:
-            if name is not None and name not in self._adapters:
-                raise ModelError(f"adapter {name!r} is not loaded (loaded: {self.adapters})")
-            if name == self._active:
-                return
-            self._active = name
-            self._apply()
+            if self._loras.select(name):
+                self._apply()
 
     def unload_adapter(self, name: str) -> None:
         with self.lock:
-            if name not in self._adapters:
-                raise ModelError(f"adapter {name!r} is not loaded (loaded: {self.adapters})")
-            adapter, _ = self._adapters.pop(name)
-            if self._active == name:
-                self._active = None
-                self._apply()
-            self._ll.llama_adapter_lora_free(adapter)
+            if self._loras.unload(name, self._ctx):
+                self._forget()
 
     def _apply(self) -> None:
         """Put the active adapter on the context; the cached keys and values are stale."""
-        if self._active is None:
-            rc = self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
-        else:
-            arr = (self._ll.llama_adapter_lora_p_ctypes * 1)(self._adapters[self._active][0])
-            scales = (ctypes.c_float * 1)(1.0)
-            rc = self._ll.llama_set_adapters_lora(self._ctx, arr, 1, scales)
-        self._forget()
-        if rc != 0:
-            self._active = None
-            self._ll.llama_set_adapters_lora(self._ctx, None, 0, None)
-            raise ModelError(f"llama.cpp refused the adapter (llama_set_adapters_lora = {rc})")
+        try:
+            self._loras.apply(self._ctx)
+        finally:
+            self._forget()
 
     # ------------------------------------------------------------ frames (model.llamacpp.mmproj)
     # The hook for a multimodal GGUF: shared.llamacpp_vision puts a request's JPEG in the
