@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from shared.calibration import clopper_pearson_upper
+from shared.binomial import clopper_pearson_upper
 from teacher.release.harness import HarnessReport
 
 EPSILON = 1e-9  # rates computed on the same cases: only a real difference counts
