@@ -64,7 +64,7 @@ from shared.errors import BackendError, ModelError
 from shared.gguf_adapter import cached_gguf_adapter
 from shared.llamacpp_lora import LoraSlots
 from shared.llamacpp_native import LayerTaps, route_logs
-from shared.skill import ANSWER_PRIMER, render_input, render_prefix
+from shared.skill import ANSWER_PRIMER, INPUT_LABEL, render_input, render_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class LlamaCppBackend:
         self._ready: tuple | None = None  # (ids, layers, hidden): a prompt whose last logits stand
         self._loras = LoraSlots(llama_cpp, self._model)  # a release's adapters, loaded once
         self._pieces: dict[int, str] = {}
-        self._prefix_ids: dict[str, list[int]] = {}
+        self._prefix_ids: dict[str, list[list[int]]] = {}
         self._exp = np.empty(self._n_vocab, dtype=np.float32)
         self.loads = 0  # base model loads: 1, whatever adapters come and go
         self.loads += 1
@@ -258,14 +258,18 @@ class LlamaCppBackend:
 
     # ------------------------------------------------------------ the context
     def _boundary(self, prefix: str, ids: list[int]) -> int:
-        """How many of ``ids`` are the skill prefix's own tokens (0 where its tokenisation
-        is not a token-prefix of the whole prompt's: then nothing is reused)."""
-        own = self._prefix_ids.get(prefix)
-        if own is None:
-            own = self._tokenize(prefix)
-            self._prefix_ids = {prefix: own}  # one skill at a time
-        n = len(own)
-        return n if n < len(ids) and ids[:n] == own else 0
+        """How many of ``ids`` every input of this skill shares: the skill prefix and the
+        input label after it (``Scene:``), else the prefix alone, where that tokenisation is
+        a token-prefix of the whole prompt's (0 where neither is: then nothing is reused)."""
+        owns = self._prefix_ids.get(prefix)
+        if owns is None:
+            owns = [self._tokenize(prefix + INPUT_LABEL), self._tokenize(prefix)]
+            self._prefix_ids = {prefix: owns}  # one skill at a time
+        for own in owns:
+            n = len(own)
+            if n < len(ids) and ids[:n] == own:
+                return n
+        return 0
 
     def _keep_prefix(self, ids: list[int], boundary: int = 0) -> int:
         """Cut sequence 0 back to the longest prefix it shares with ``ids``, and never past

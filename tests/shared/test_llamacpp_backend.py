@@ -23,7 +23,7 @@ from shared.answer import parse_answer, verdict_confidence  # noqa: E402
 from shared.backend import GenerateRequest  # noqa: E402
 from shared.config import LlamaCppModelConfig  # noqa: E402
 from shared.errors import ModelError  # noqa: E402
-from shared.skill import default_skill  # noqa: E402
+from shared.skill import INPUT_LABEL, default_skill, render_input, render_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENES = [
@@ -60,6 +60,13 @@ def test_answers_parse_the_prefix_is_reused_and_the_final_norm_state_comes_with_
         assert len(gen.hidden) == backend.hidden.size and np.isfinite(gen.hidden).all()
     # the skill prefix (~150 tokens) is evaluated once; the next input runs only its own
     assert first.prompt_tokens > 100 and second.prompt_tokens < 30
+    # the input label ("Scene:") every input starts with is reused with the prefix
+    skill = default_skill()
+    prefix = render_prefix(skill.instructions, skill.demos)
+    whole = backend._tokenize(prefix + render_input(SCENES[1]))
+    shared_part = backend._tokenize(prefix + INPUT_LABEL)
+    assert whole[: len(shared_part)] == shared_part
+    assert second.prompt_tokens == len(whole) - len(shared_part)
     features_only = backend.generate(_request(SCENES[2], hidden_layers=layers, max_new_tokens=0))
     assert features_only.tokens == 0 and features_only.hidden is not None
     with pytest.raises(ModelError, match=r"\[0\] were asked"):
