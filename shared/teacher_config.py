@@ -220,6 +220,12 @@ class ReleaseConfig(Strict):
         description="Most self-labelled traffic cases (train --traffic) a head trains on: "
         "the most recent; each costs one prefill per build.",
     )
+    self_labels: Literal["all", "passed", "off"] = Field(
+        "all",
+        description="Which settled inputs train the head: all (alerted -> unsafe, passed -> "
+        "safe), passed (only what the edge ruled out: its alerts at a new site include "
+        "false alerts, and training on them makes the next head alert more), off.",
+    )
     head_l2: float = Field(
         0.1, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
     )

@@ -111,6 +111,13 @@ def merge_traffic(stored: list, logged: list, limit: int) -> list:
     return list(merged.values())[-limit:] if limit else []
 
 
+def self_labels(traffic: list, which: str) -> list:
+    """The settled inputs that train the head (``release.self_labels``)."""
+    if which == "off":
+        return []
+    return [c for c in traffic if not c.safety] if which == "passed" else traffic
+
+
 def run(args) -> int:
     from teacher.release.build import build_release
     from teacher.release.head_fit import make_splits
@@ -139,6 +146,7 @@ def run(args) -> int:
     traffic = [] if args.no_store else stored_traffic(cfg.home, limit)  # what edges sent
     if args.traffic:
         traffic = merge_traffic(traffic, load_traffic([Path(p) for p in args.traffic]), limit)
+    traffic = self_labels(traffic, cfg.release.self_labels)
     splits = make_splits(cfg, cases, skill, traffic)
     sizes = {
         "fit": len(splits.fit),

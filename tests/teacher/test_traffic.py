@@ -94,3 +94,22 @@ def test_self_labelled_cases_train_every_fold_but_are_never_scored(tmp_path):
     assert head.info["self_labelled"] == 40 and "self_labelled" not in plain.info
     assert not np.allclose(with_traffic, scores)  # the traffic moved every fold's head
     assert abs(head.weight[1]) > abs(plain.weight[1])
+
+
+def test_release_self_labels_chooses_which_settled_inputs_train_the_head(tmp_path):
+    from teacher.train.cli import self_labels
+
+    events = tmp_path / "events.jsonl"
+    write(
+        events,
+        [
+            answer("A forklift reverses towards a man.", alert=True, p=0.97),
+            answer("A cat sleeps on the sofa.", p=0.01),
+        ],
+    )
+    traffic = load_traffic([events])
+    assert [c.safety for c in self_labels(traffic, "all")] == [True, False]
+    assert [c.input for c in self_labels(traffic, "passed")] == ["A cat sleeps on the sofa."]
+    assert self_labels(traffic, "off") == []
+    with pytest.raises(ValueError, match="self_labels"):
+        TeacherConfig.model_validate({"release": {"self_labels": "alerts"}})
