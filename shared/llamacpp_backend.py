@@ -175,7 +175,7 @@ class LlamaCppBackend:
         if wanted:
             self._tap(tuple(i for i in wanted if i < self.hidden.num_layers))
         t0 = time.perf_counter()
-        boundary = 0
+        boundary = None  # a frame's prompt: reuse the longest prefix the cache shares
         if self._vision is not None and request.image is not None:
             ids = self._vision.prompt(request)  # a frame's positions are keys < 0: see below
         else:
@@ -234,13 +234,13 @@ class LlamaCppBackend:
         )
 
     def _prompt(
-        self, ids: list[int], boundary: int, wanted: tuple[int, ...]
+        self, ids: list[int], boundary: int | None, wanted: tuple[int, ...]
     ) -> tuple[int, list[float] | None]:
         """Evaluate the prompt ``ids`` after what the cache keeps of it, with logits for its
         last token: the tokens kept, and the hidden state of the ``wanted`` layers."""
         common = kept = self._keep_prefix(ids, boundary)
         try:
-            if common < boundary:  # the skill prefix alone first: the same bits every time
+            if boundary and common < boundary:  # the shared prefix alone: the same bits
                 self._eval(ids[common:boundary], output_last=False)
                 common = boundary
             if wanted and self._tapped and self._vision is None:
@@ -271,20 +271,21 @@ class LlamaCppBackend:
                 return n
         return 0
 
-    def _keep_prefix(self, ids: list[int], boundary: int = 0) -> int:
+    def _keep_prefix(self, ids: list[int], boundary: int | None = None) -> int:
         """Cut sequence 0 back to the longest prefix it shares with ``ids``, and never past
-        ``boundary`` (the skill prefix) where there is one: the prefix is always evaluated
-        alone and the input after it as one batch, so an input's numbers do not depend on
-        what came before it in this process (a teacher scoring it and an edge answering it
-        compute the same bits); at most all but the last token. The number of tokens kept."""
+        ``boundary`` (what every input of the skill shares; 0: nothing is, so nothing is
+        kept; None: no limit): the shared prefix is always evaluated alone and the input
+        after it as one batch, so an input's numbers do not depend on what came before it in
+        this process (a teacher scoring it and an edge answering it compute the same bits);
+        at most all but the last token. The number of tokens kept."""
         common = 0
         if self.config.prefix_cache:
             for a, b in zip(self._cached, ids, strict=False):
                 if a != b:
                     break
                 common += 1
-        common = min(common, len(ids) - 1, boundary or len(ids))
-        if 0 < common < boundary:  # a partial prefix was built another way: build it anew
+        common = min(common, len(ids) - 1, len(ids) if boundary is None else boundary)
+        if boundary and common < boundary:  # a partial prefix was built another way: anew
             common = 0
         memory = self._ll.llama_get_memory(self._ctx)
         if common == 0:
