@@ -90,7 +90,8 @@ def lora_model(model, r=16, alpha=32):
     return get_peft_model(model, cfg)
 
 
-def baseline_loss(model, input_ids, attention_mask, labels):
+def baseline_loss(model, input_ids, attention_mask, labels, **_head_term):
+    # the batch's head-term keys (unsafe, last: teacher.train.probe) are not the model's
     return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 

@@ -178,6 +178,15 @@ class TrainConfig(Strict):
         False,
         description="torch.compile the model body (CUDA only; ~2.7x faster steps, minutes to compile).",
     )
+    objective: Literal["answer", "answer+head"] = Field(
+        "answer",
+        description="What a LoRA learns: answer (the answer tokens under the edge's prompt); "
+        "answer+head (plus a linear probe's logistic loss on the states the safety head "
+        "reads, so its classes separate: teacher.train.probe).",
+    )
+    head_weight: float = Field(
+        1.0, gt=0, le=100, description="Weight of the head term under objective answer+head."
+    )
 
 
 class ReleaseConfig(Strict):

@@ -23,6 +23,7 @@ from teacher.data.dataset import Example
 class Tokenized:
     ids: list[int]
     n_prompt: int  # tokens before the answer; loss is on ids[n_prompt:]
+    unsafe: float = -1.0  # the verdict (1 hazard, 0 safe) for a head term; -1: none
 
 
 def tokenize(
@@ -41,7 +42,8 @@ def tokenize(
         answer = answer[: max_length // 2] + [tokenizer.eos_token_id]
         room = max_length - len(answer) - 1
         prompt = [tokenizer.bos_token_id] + prompt[-room:]
-        out.append(Tokenized(prompt + answer, len(prompt)))
+        verdict = float(ex.safety) if ex.prompt is None else -1.0  # the edge's format only
+        out.append(Tokenized(prompt + answer, len(prompt), verdict))
     return out
 
 
@@ -75,11 +77,26 @@ def collate(items: list[Tokenized], pad_id: int, device) -> dict:
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),
         "labels": labels.to(device),
+        "unsafe": torch.tensor([t.unsafe for t in items]).to(device),
+        "last": torch.tensor([t.n_prompt - 1 for t in items]).to(device),
     }
 
 
-def answer_loss(model, input_ids, attention_mask, labels, fused: bool = False, body=None):
+def answer_loss(
+    model,
+    input_ids,
+    attention_mask,
+    labels,
+    fused: bool = False,
+    body=None,
+    unsafe=None,
+    last=None,
+    probe=None,
+):
     """Mean cross-entropy over answer tokens; the LM head runs only at those positions.
+    With a ``probe`` (``teacher.train.probe``), plus its head term on the same pass's
+    hidden states at each row's ``last`` prompt token, for the rows with an ``unsafe``
+    verdict.
 
     ``model`` is a PEFT model (or a plain causal LM) of the Gemma family: its body
     (``.model``, or ``body``: e.g. a compiled view of it) gives hidden states, and its
@@ -93,18 +110,24 @@ def answer_loss(model, input_ids, attention_mask, labels, fused: bool = False, b
     import torch.nn.functional as F
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = (causal.model if body is None else body)(input_ids=input_ids).last_hidden_state
+    states = probe is not None and unsafe is not None
+    out = (causal.model if body is None else body)(input_ids=input_ids, output_hidden_states=states)
+    hidden = out.last_hidden_state
     targets = labels[:, 1:]
     where = targets != -100
     picked = hidden[:, :-1][where]
     wanted = targets[where]
     cap = getattr(causal.config, "final_logit_softcapping", None)
     if fused and not cap and _liger_loss() is not None:
-        return _liger_loss()(causal.lm_head.weight, picked, wanted), int(wanted.numel())
-    logits = causal.lm_head(picked).float()
-    if cap:
-        logits = (logits / cap).tanh() * cap
-    return F.cross_entropy(logits, wanted), int(wanted.numel())
+        loss = _liger_loss()(causal.lm_head.weight, picked, wanted)
+    else:
+        logits = causal.lm_head(picked).float()
+        if cap:
+            logits = (logits / cap).tanh() * cap
+        loss = F.cross_entropy(logits, wanted)
+    if states:
+        loss = loss + probe.loss(out.hidden_states, last, unsafe)
+    return loss, int(wanted.numel())
 
 
 _LIGER: list = []
@@ -122,7 +145,7 @@ def _liger_loss():
     return _LIGER[0]
 
 
-def eval_loss(model, items, batch_size, pad_id, device, body=None) -> float:
+def eval_loss(model, items, batch_size, pad_id, device, body=None, probe=None) -> float:
     import torch
 
     total, count = 0.0, 0
@@ -130,7 +153,7 @@ def eval_loss(model, items, batch_size, pad_id, device, body=None) -> float:
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
             batch = collate(items[start : start + batch_size], pad_id, device)
-            loss, n = answer_loss(model, **batch, body=body)
+            loss, n = answer_loss(model, **batch, body=body, probe=probe)
             total += float(loss) * n
             count += n
     model.train()

@@ -7,7 +7,9 @@ A straight-line recipe, read top to bottom::
     train     on the fit split only, under the EDGE's prompt (the active release's skill:
               instructions AND demonstrations, so the adapter learns the prompt it will
               answer with); AdamW, cosine schedule with warm-up; loss on answer tokens
-              only, logits computed only at those positions; eval loss for early stopping;
+              only, logits computed only at those positions (``train.objective:
+              answer+head`` adds a head term: ``teacher.train.probe``); eval loss for
+              early stopping;
               resumable checkpoints (safetensors + JSON, never pickle)
     release   the adapter with a safety head fit on its own hidden states and thresholds
               calibrated on the calibration split, scored with ``teacher.release.harness`` against
@@ -131,6 +133,16 @@ def train_adapter(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    probe = None
+    if tc.objective == "answer+head":  # the head's classes separate (teacher.train.probe)
+        from shared.head import default_layers
+        from teacher.train.probe import SafetyProbe
+
+        text = getattr(model.get_base_model().config, "text_config", None)
+        text = text or model.get_base_model().config
+        layers = default_layers(text.num_hidden_layers)
+        probe = SafetyProbe(layers, text.hidden_size, tc.head_weight).to(device)
+        model.add_module("safety_probe", probe)  # trains and checkpoints; never saved
     train_items = tokenize(dataset.train, tokenizer, instructions, tc.max_length, demos)
     eval_items = tokenize(dataset.eval, tokenizer, instructions, tc.max_length, demos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -170,7 +182,7 @@ def train_adapter(
         while state["step"] < total_steps:
             t_step = time.perf_counter()
             batch = collate([train_items[i] for i in schedule[state["step"]]], pad_id, device)
-            loss, _ = answer_loss(model, **batch, body=body)
+            loss, _ = answer_loss(model, **batch, body=body, probe=probe)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -185,7 +197,7 @@ def train_adapter(
             bar.set_postfix(loss=f"{loss_value:.3f}")
             at_end = state["step"] == total_steps
             if state["step"] % eval_every == 0 or at_end:
-                ev = eval_loss(model, eval_items, tc.batch_size, pad_id, device, body)
+                ev = eval_loss(model, eval_items, tc.batch_size, pad_id, device, body, probe)
                 history["eval"].append((state["step"], round(ev, 4)))
                 if state["best_eval"] is None or ev < state["best_eval"]:
                     state["best_eval"], state["bad_evals"] = ev, 0

@@ -62,7 +62,7 @@ def test_answer_only_loss_matches_the_full_vocabulary_loss(tokenizer):
     ).train
     batch = collate(tokenize(examples, tokenizer, "Describe.", 256), 0, "cpu")
     with torch.no_grad():
-        full = model(**batch).loss
+        full = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss
         ours, n = answer_loss(model, **batch)
     assert n == int((batch["labels"][:, 1:] != -100).sum()) > 0
     assert float(ours) == pytest.approx(float(full), rel=1e-5)
@@ -124,3 +124,39 @@ def test_training_resumes_from_its_checkpoint(tmp_path, tokenizer):
     assert first.steps == 2 and second.steps == 4
     steps = [s for s, _ in second.history["train"]]
     assert steps == [1, 2, 3, 4]  # the history carried over, nothing re-trained
+
+
+def test_the_head_objective_adds_a_probe_term_that_trains_the_adapter_and_is_never_shipped(
+    tmp_path, tokenizer
+):
+    import torch
+    from safetensors.numpy import load
+
+    from shared.head import default_layers
+    from teacher.train.batches import answer_loss, collate, tokenize
+    from teacher.train.lora import train_adapter
+    from teacher.train.probe import SafetyProbe
+
+    cfg, ds = small_setup(tmp_path)
+    model = tiny_model()
+    items = tokenize(ds.train[:4], tokenizer, default_skill().instructions, 256)
+    assert {i.unsafe for i in items} <= {0.0, 1.0}  # the edge's format: every row has a verdict
+    batch = collate(items, 0, "cpu")
+    assert batch["last"].tolist() == [i.n_prompt - 1 for i in items]
+    layers = default_layers(model.config.num_hidden_layers)
+    probe = SafetyProbe(layers, model.config.hidden_size)
+    answer, _ = answer_loss(model, **batch)
+    joint, _ = answer_loss(model, **batch, probe=probe)
+    assert float(joint) > float(answer)  # a logistic loss is positive
+    joint.backward()
+    assert probe.linear.weight.grad is not None and probe.linear.weight.grad.abs().sum() > 0
+    none = collate([items[0].__class__(items[0].ids, items[0].n_prompt)], 0, "cpu")
+    alone, _ = answer_loss(model, **none, probe=probe)  # a row without a verdict: no term
+    with torch.no_grad():
+        assert float(alone) == pytest.approx(float(answer_loss(model, **none)[0]), rel=1e-6)
+
+    cfg.train.objective = "answer+head"
+    result = train_adapter(cfg, ds, default_skill(), model, tokenizer, max_steps=2)
+    tensors = load(result.adapter["adapter_model.safetensors"])
+    assert tensors and all("lora_" in name for name in tensors)  # the probe stays behind
+    assert not any("probe" in n for n, _ in model.named_parameters())
