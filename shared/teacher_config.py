@@ -187,6 +187,12 @@ class TrainConfig(Strict):
     head_weight: float = Field(
         1.0, gt=0, le=100, description="Weight of the head term under objective answer+head."
     )
+    lora_cases: Literal["all", "sites"] = Field(
+        "all",
+        description="Which fit-split cases train a LoRA: all; or sites (the edges' reviewed "
+        "cases only: the bundled ones join the calibration split, so a release with an "
+        "adapter certifies its thresholds on as many cases as one without).",
+    )
 
 
 class ReleaseConfig(Strict):

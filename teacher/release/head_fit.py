@@ -93,6 +93,16 @@ def make_splits(
         raise TrainingError("the frozen evaluation split is empty: nothing to gate on")
     rest = [e.labeled() for e in dataset.train if e.origin != "generic"]
     fit, cal = split_fit(rest, cfg.release.calibration_fraction, cfg.train.seed)
+    if cfg.train.lora_cases == "sites":  # the LoRA learns the sites; the rest calibrates
+        site_fit = [c for c in fit if c.site]
+        if len({c.safety for c in site_fit}) == 2:
+            fit, cal = site_fit, cal + [c for c in fit if not c.site]
+        else:
+            logger.info(
+                "%d site case(s) in the fit split, not both verdicts: the LoRA trains on "
+                "the bundled cases too (train.lora_cases)",
+                len(site_fit),
+            )
     labelled = [*cases, *frozen, *rest]  # the redacted texts and the raw ones
     return Splits(fit, cal, frozen, unlabelled_only(list(traffic), labelled))
 

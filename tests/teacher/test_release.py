@@ -412,3 +412,24 @@ def test_a_lora_that_lowers_teacher_calls_ships(tmp_path):
     assert lora["paid"] is True and lora["calls_with"] < lora["calls_without"]
     assert built.verdict.passed, built.verdict.reasons
     assert ReleaseRegistry(cfg.home).get(built.version).adapter_dir is not None
+
+
+def test_a_site_lora_trains_on_the_sites_reviews_and_the_bundled_cases_calibrate(tmp_path):
+    from dataclasses import replace
+
+    from teacher.release.head_fit import make_splits
+
+    cases = hazard_cases(200)
+    cases = [replace(c, site="edge-1") if i % 3 == 0 else c for i, c in enumerate(cases)]
+    cfg = config(tmp_path)
+    every = make_splits(cfg, cases, default_skill())
+    cfg.train.lora_cases = "sites"
+    sites = make_splits(cfg, cases, default_skill())
+    assert sites.frozen == every.frozen  # the gate's split is the same
+    assert {c.id for c in sites.fit + sites.calibration} == {
+        c.id for c in every.fit + every.calibration
+    }  # a head without a LoRA sees the same cases
+    assert sites.fit and all(c.site for c in sites.fit)  # the LoRA: the site's reviews only
+    assert {c.id for c in every.fit if not c.site} <= {c.id for c in sites.calibration}
+    few = [c if c.safety else replace(c, site="") for c in cases]  # no site hazard
+    assert all(not c.site for c in make_splits(cfg, few, default_skill()).fit if c.safety)
