@@ -103,6 +103,14 @@ def stored_traffic(home: Path, limit: int | None = None) -> list[LabeledCase]:
     return list(cases.values())
 
 
+def self_labels(traffic: list[LabeledCase], which: str) -> list[LabeledCase]:
+    """The settled inputs that train the head (``release.self_labels``): all, passed
+    (what the edge ruled out; its alerts at a new site include false alerts), or off."""
+    if which == "off":
+        return []
+    return [c for c in traffic if not c.safety] if which == "passed" else traffic
+
+
 def unlabelled_only(traffic: list[LabeledCase], labelled: list[LabeledCase]) -> list[LabeledCase]:
     """``traffic`` without the inputs that have a real label (reviewed, bundled, frozen)."""
     known = {case_key(c.input) for c in labelled}

@@ -111,13 +111,6 @@ def merge_traffic(stored: list, logged: list, limit: int) -> list:
     return list(merged.values())[-limit:] if limit else []
 
 
-def self_labels(traffic: list, which: str) -> list:
-    """The settled inputs that train the head (``release.self_labels``)."""
-    if which == "off":
-        return []
-    return [c for c in traffic if not c.safety] if which == "passed" else traffic
-
-
 def run(args) -> int:
     from teacher.release.build import build_release
     from teacher.release.head_fit import make_splits
@@ -140,7 +133,7 @@ def run(args) -> int:
             setattr(cfg.train, key, value)
     cases = gather_cases(cfg, args)
     skill = ReleaseRegistry.of(cfg).active().skill
-    from teacher.data.traffic import load_traffic, stored_traffic
+    from teacher.data.traffic import load_traffic, self_labels, stored_traffic
 
     limit = cfg.release.max_self_labelled
     traffic = [] if args.no_store else stored_traffic(cfg.home, limit)  # what edges sent

@@ -138,8 +138,8 @@ def train_adapter(
         from shared.head import default_layers
         from teacher.train.probe import SafetyProbe
 
-        text = getattr(model.get_base_model().config, "text_config", None)
-        text = text or model.get_base_model().config
+        base = model.get_base_model().config
+        text = getattr(base, "text_config", None) or base  # a multimodal Gemma's text half
         layers = default_layers(text.num_hidden_layers)
         probe = SafetyProbe(layers, text.hidden_size, tc.head_weight).to(device)
         model.add_module("safety_probe", probe)  # trains and checkpoints; never saved

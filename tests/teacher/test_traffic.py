@@ -97,7 +97,7 @@ def test_self_labelled_cases_train_every_fold_but_are_never_scored(tmp_path):
 
 
 def test_release_self_labels_chooses_which_settled_inputs_train_the_head(tmp_path):
-    from teacher.train.cli import self_labels
+    from teacher.data.traffic import self_labels
 
     events = tmp_path / "events.jsonl"
     write(
