@@ -19,8 +19,17 @@ Judgements per second are answered inputs over the time the model spent on them 
 events' ``latency_s``), and over the run's wall time (model load included); the ratio
 ``when_needed / always`` is from the same command. Under ``when_needed`` the inputs judged
 from the prefill alone (no sentence) are also timed apart: what a quiet stream, where the
-head rules out nearly everything, costs per input. Prints a table, writes
-bench/results/answer_modes.json and .png.
+head rules out nearly everything, costs per input.
+
+**The prefill's ceiling**, in this process, input by input in turn: the edge's
+``Student.answer`` (v0 on llama.cpp, ``when_needed``, no input needing a sentence: a stream
+the head rules out entirely) against raw llama.cpp (``llama_cpp.Llama``, 2 threads, the same
+GGUF) evaluating the same prompt's own tokens after the cached shared prefix, logits for
+the last token, on three sets of texts of different lengths: the bundled scenes, the 160
+held-out scenes and the held-out site. A judgement cannot be faster than its prefill, so
+raw llama.cpp's rate is the ceiling of judgements per second on that text.
+
+Prints tables, writes bench/results/answer_modes.json and .png.
 """
 
 from __future__ import annotations
@@ -39,6 +48,67 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 SCENES = ROOT / "bench" / "data" / "heldout_site" / "scenes.jsonl"
 MODES = ("always", "when_needed")
+CEILING_SETS = {
+    "bundled scenes": ROOT / "shared" / "data" / "scenes.jsonl",
+    "held-out scenes (160)": ROOT / "bench" / "data" / "heldout_scenes.jsonl",
+    "held-out site": SCENES,
+}
+THREADS = 2
+
+
+def texts_of(path: Path, n: int) -> list[str]:
+    rows = [json.loads(line) for line in path.open() if line.strip()]
+    return [" ".join(r["input"].split()) for r in rows if "input" in r][:n]
+
+
+def prefill_ceiling(n: int) -> list[dict]:
+    """Judgements from the prefill alone against raw llama.cpp's prefill of the same tokens
+    (module doc), per text set: inputs per second each way and the input's own tokens."""
+    from llama_cpp import Llama
+
+    from shared.config import LlamaCppModelConfig
+    from shared.llamacpp_backend import LlamaCppBackend
+    from shared.models import bundled_gguf
+    from shared.release import default_release
+    from shared.skill import INPUT_LABEL, render_input, render_prefix
+    from shared.student import Student
+
+    release = default_release("llamacpp")
+    backend = LlamaCppBackend(LlamaCppModelConfig(threads=THREADS))
+    student = Student(backend, release, answer="when_needed")
+    raw = Llama(model_path=str(bundled_gguf().path), n_ctx=2048, n_batch=512, n_ubatch=512,
+                n_threads=THREADS, n_threads_batch=THREADS, swa_full=True, verbose=False)  # fmt: skip
+    prefix = render_prefix(release.skill.instructions, release.skill.demos)
+    shared_ids = raw.tokenize((prefix + INPUT_LABEL).encode(), add_bos=True, special=False)
+    raw.eval(shared_ids)
+    out = []
+    for name, path in CEILING_SETS.items():
+        texts = texts_of(path, n)
+        student.answer(texts[0], None, lambda answer: False)  # the context and prefix, warm
+        edge_s = raw_s = 0.0
+        tokens = []
+        for text in texts:
+            t0 = time.perf_counter()
+            answered = student.answer(text, None, lambda answer: False)
+            edge_s += time.perf_counter() - t0
+            if answered.sentence:
+                raise SystemExit("a prefill-only answer generated a sentence")
+            t0 = time.perf_counter()
+            ids = raw.tokenize((prefix + render_input(text)).encode(), add_bos=True, special=False)
+            if ids[: len(shared_ids)] != shared_ids:
+                raise SystemExit(f"the shared prefix is not a token-prefix of {text!r}")
+            raw.n_tokens = len(shared_ids)  # eval cuts the cache back to here
+            raw.eval(ids[len(shared_ids) :])
+            raw_s += time.perf_counter() - t0
+            tokens.append(len(ids) - len(shared_ids))
+        tokens.sort()
+        out.append({"texts": name, "source": str(path.relative_to(ROOT)), "inputs": len(texts),
+                    "input_tokens_median": tokens[len(tokens) // 2],
+                    "edge_per_s": round(len(texts) / edge_s, 2),
+                    "raw_llamacpp_per_s": round(len(texts) / raw_s, 2),
+                    "ratio": round(raw_s / edge_s, 3)})  # fmt: skip
+    backend.close()
+    return out
 
 
 def write_video(path: Path, seconds: int = 30, fps: int = 10) -> Path:
@@ -79,7 +149,8 @@ def run_edge(source: Path, engine: str, mode: str, events: Path) -> dict:
     evs = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
     answers = [e for e in evs if e.get("type") == "answer"]
     model_s = sum(e["latency_s"] for e in answers)
-    quick = [e for e in answers if e.get("sentence") is False]
+    # the run's first input pays the context and the skill prefix: prefill speed is warm
+    quick = [e for e in answers[1:] if e.get("sentence") is False]
     quick_s = sum(e["latency_s"] for e in quick)
     return {
         "prefill_only": len(quick),
@@ -140,6 +211,7 @@ def main() -> int:
     parser.add_argument("--engines", default="llamacpp,embedded")
     parser.add_argument("--texts", type=int, default=80)
     parser.add_argument("--video-seconds", type=int, default=30)
+    parser.add_argument("--ceiling-texts", type=int, default=80, help="texts per set (0: skip)")
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
     if "llamacpp" in engines and importlib.util.find_spec("llama_cpp") is None:
@@ -190,8 +262,21 @@ def main() -> int:
               f"{w['with_sentence']} | {a['judgements_per_s']} | {w['judgements_per_s']} | "
               f"{row['speedup']}x | {recall} | {calls} | {w['prefill_only_per_s']} |")  # fmt: skip
     print("\n".join(safe_rows))
+    ceiling = []
+    if "llamacpp" in engines and args.ceiling_texts:
+        print("\nthe prefill's ceiling ...", flush=True)
+        ceiling = prefill_ceiling(args.ceiling_texts)
+        print("\n| texts | inputs | input tokens (median) | edge, judged from the prefill, /s | "
+              "raw llama.cpp prefill, /s | edge / raw |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for c in ceiling:
+            print(
+                f"| {c['texts']} | {c['inputs']} | {c['input_tokens_median']} | "
+                f"{c['edge_per_s']} | {c['raw_llamacpp_per_s']} | {c['ratio']}x |"
+            )
     doc = {"command": "bench/answer_modes.py " + " ".join(sys.argv[1:]), "texts": args.texts,
-           "text_source": str(SCENES.relative_to(ROOT)), "rows": out}  # fmt: skip
+           "text_source": str(SCENES.relative_to(ROOT)), "rows": out,
+           "prefill_ceiling": ceiling}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "answer_modes.json").write_text(json.dumps(doc, indent=1))
     plot(doc, RESULTS / "answer_modes.png")

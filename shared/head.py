@@ -207,6 +207,7 @@ def fit_head(
     l2: float = 1e-2,
     iterations: int = 50,
     prior: SafetyHead | None = None,
+    weights: Sequence[float] | None = None,
 ) -> SafetyHead:
     """Standardise, then L2-regularised logistic regression by Newton's method.
 
@@ -214,7 +215,8 @@ def fit_head(
     log-loss + l2/2 |w - w0|^2), so it means the same for 40 cases or 4,000. ``w0`` is 0,
     or with a ``prior`` head (the parent release's) its weights, in its standardisation:
     the new head is the parent moved only as far as the new cases ask, so a few dozen
-    reviews cannot swing it on what they do not cover. Newton on the
+    reviews cannot swing it on what they do not cover. ``weights`` (positive, one per case;
+    None: all 1) weigh each case's log-loss, scaled to mean 1 so ``l2`` means the same. Newton on the
     dual-sized system: with d features and n cases it solves an n x n system when n < d
     (the hidden head: ~1,300 features, a few hundred cases), else d x d.
     """
@@ -227,6 +229,13 @@ def fit_head(
             f"fit_head: the {len(y)} training cases all have one label; "
             "a safety head needs unsafe and safe cases"
         )
+    if weights is None:
+        c = np.ones(len(y))
+    else:
+        c = np.asarray(weights, dtype=np.float64)
+        if c.shape != y.shape or not np.all(np.isfinite(c)) or c.min(initial=1.0) <= 0:
+            raise ModelError(f"fit_head: weights must be {len(y)} positive numbers")
+        c = c / c.mean()
     if prior is not None and prior.dim != x.shape[1]:
         raise ModelError(
             f"fit_head: the prior head has {prior.dim} features, the cases {x.shape[1]}"
@@ -241,17 +250,19 @@ def fit_head(
     z = (x - mean) / std
     n, d = z.shape
     w = w0.copy()
-    b = math.log(y.mean() / (1 - y.mean())) if prior is None else float(prior.bias)
+    rate = float(np.average(y, weights=c))
+    b = math.log(rate / (1 - rate)) if prior is None else float(prior.bias)
 
     def objective(w: np.ndarray, b: float) -> float:
         m = z @ w + b
-        return float(np.mean(np.logaddexp(0.0, m) - y * m) + 0.5 * l2 * np.sum((w - w0) ** 2))
+        loss = np.mean(c * (np.logaddexp(0.0, m) - y * m))
+        return float(loss + 0.5 * l2 * np.sum((w - w0) ** 2))
 
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
-        s = np.clip(p * (1 - p), 1e-9, None)
-        gw = z.T @ (p - y) / n + l2 * (w - w0)
-        gb = float((p - y).mean())
+        s = c * np.clip(p * (1 - p), 1e-9, None)
+        gw = z.T @ (c * (p - y)) / n + l2 * (w - w0)
+        gb = float((c * (p - y)).mean())
         # Newton step on (w, b): H = Z^T S Z / n + l2 I (w), with the bias folded in.
         za = np.hstack([z, np.ones((n, 1))])
         reg = np.full(d + 1, float(l2))  # float: an int penalty would zero the bias term
@@ -278,6 +289,8 @@ def fit_head(
             break
     p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
     info = {"n": int(n), "unsafe": int(y.sum()), "l2": l2, "train_auc": round(auc(p, y), 4)}
+    if weights is not None:
+        info["weighted"] = True
     if prior is not None:
         info["prior"] = True  # pulled toward the parent release's head, not toward 0
     return SafetyHead(kind, tuple(int(i) for i in layers), mean, std, w, float(b), info)

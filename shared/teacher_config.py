@@ -270,6 +270,14 @@ class ReleaseConfig(Strict):
         "reviewed safe ones only (and no hazard) is not escalated (shared.keyword_memory); "
         "calibration counts those as passed. False: every keyword case escalates.",
     )
+    site_weight: float = Field(
+        1.0,
+        ge=1,
+        le=100,
+        description="Weight of a site's reviewed case in the head's fit, against 1 for a "
+        "bundled case (the edges' self-labelled inputs weigh 1): above 1, a head fits the "
+        "sites it serves sooner. Thresholds are certified as before, every case counted once.",
+    )
     prior_l2: float = Field(
         0.0,
         ge=0,

@@ -192,8 +192,10 @@ def _fit(
     kind: str,
     layers: tuple[int, ...],
     prior: SafetyHead | None,
+    weights: np.ndarray | None = None,
 ) -> SafetyHead:
-    """One head: pulled toward ``prior`` when it reads the same features, else from 0."""
+    """One head: pulled toward ``prior`` when it reads the same features, else from 0;
+    ``weights``: each case's weight in the fit (``case_weights``)."""
     usable = (
         prior is not None
         and cfg.release.prior_l2 > 0
@@ -202,8 +204,19 @@ def _fit(
         and prior.dim == x.shape[1]
     )
     if usable:
-        return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2, prior=prior)
-    return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.head_l2)
+        return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.prior_l2,
+                        prior=prior, weights=weights)  # fmt: skip
+    return fit_head(x, labels, kind=kind, layers=layers, l2=cfg.release.head_l2, weights=weights)
+
+
+def case_weights(cfg: TeacherConfig, cases: list[LabeledCase], extra: int = 0) -> np.ndarray | None:
+    """Each case's weight in a head's fit: ``release.site_weight`` for a site's reviewed
+    case, 1 for a bundled one and for the ``extra`` self-labelled inputs after them; None
+    when all are 1 (the unweighted fit, bit for bit)."""
+    weight = cfg.release.site_weight
+    if weight == 1.0 or not any(c.site for c in cases):
+        return None
+    return np.array([weight if c.site else 1.0 for c in cases] + [1.0] * extra)
 
 
 def crossfit(
@@ -226,6 +239,7 @@ def crossfit(
     k = cfg.release.folds
     fold = np.array([fold_of(c, k, cfg.train.seed) for c in cases])
     labels = np.array([c.safety for c in cases])
+    weights = case_weights(cfg, cases)
     scores = np.zeros(len(cases))
     heads = []
     for f in range(k):
@@ -245,6 +259,7 @@ def crossfit(
             kind,
             layers,
             prior,
+            None if weights is None else np.concatenate([weights[train], np.ones(len(y_extra))]),
         )
         scores[out] = head.p_unsafe_many(x[out])
         heads.append(head)
@@ -257,6 +272,8 @@ def crossfit(
     }
     if len(y_extra):
         info["self_labelled"] = len(y_extra)
+    if weights is not None:
+        info["site_weight"] = cfg.release.site_weight
     if heads[0].info.get("prior"):
         info["prior"] = True
     return average_heads(heads, info), scores
@@ -307,7 +324,9 @@ def fit_and_calibrate(
         y_fit = [c.safety for c in splits.fit]
         if extra is not None:
             x_fit, y_fit = np.vstack([x_fit, extra[0]]), y_fit + extra[1]
-        head = _fit(cfg, x_fit, y_fit, kind, layers, prior)
+        n_extra = len(y_fit) - len(splits.fit)
+        weights = case_weights(cfg, splits.fit, n_extra)
+        head = _fit(cfg, x_fit, y_fit, kind, layers, prior, weights)
         if extra is not None:
             head.info["self_labelled"] = len(extra[1])
         fit_cases = len(splits.fit)

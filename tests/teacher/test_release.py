@@ -12,7 +12,7 @@ import pytest
 
 from shared.calibration import conservative
 from shared.errors import ModelError, PushRejected
-from shared.head import fit_head
+from shared.head import auc, fit_head
 from shared.release import (
     build_files,
     check_files,
@@ -193,6 +193,45 @@ def test_crossfit_trains_and_calibrates_on_every_review_with_honest_scores(tmp_p
     _, again = crossfit(cfg, x, flipped, "hidden", (1, 2))
     assert again[7] == pytest.approx(scores[7], abs=1e-12)
     assert not np.allclose(np.delete(again, 7), np.delete(scores, 7))
+
+
+def test_site_cases_weigh_more_in_the_head_fit_and_weight_one_changes_nothing(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from teacher.release.head_fit import case_weights, crossfit
+
+    cfg = config(tmp_path)
+    rng = np.random.default_rng(5)
+    cases = hazard_cases(120)
+    # the site's 40 cases read feature 1 the other way round from the bundled 80
+    cases = [dataclasses.replace(c, site="pool-cam") if i % 3 == 0 else c
+             for i, c in enumerate(cases)]  # fmt: skip
+    x = rng.normal(size=(120, 4))
+    sign = np.array([(-1.0 if c.site else 1.0) * (1.0 if c.safety else -1.0) for c in cases])
+    x[:, 1] += 1.5 * sign
+    assert case_weights(cfg, cases) is None  # site_weight 1: the unweighted fit, bit for bit
+    plain, plain_scores = crossfit(cfg, x, cases, "hidden", (1, 2))
+    cfg.release.site_weight = 8.0
+    weights = case_weights(cfg, cases, extra=2)
+    assert weights.tolist() == [8.0 if c.site else 1.0 for c in cases] + [1.0, 1.0]
+    assert case_weights(cfg, [c for c in cases if not c.site]) is None  # no site: no weights
+    site, _ = crossfit(cfg, x, cases, "hidden", (1, 2))
+    assert site.info["site_weight"] == 8.0 and "site_weight" not in plain.info
+    on_site = np.array([bool(c.site) for c in cases])
+    labels = np.array([c.safety for c in cases])
+    # weighted, the head follows the site on its own cases and gives up some bundled ones
+    assert auc(site.p_unsafe_many(x[on_site]), labels[on_site]) > auc(
+        plain.p_unsafe_many(x[on_site]), labels[on_site]) + 0.1  # fmt: skip
+    # every case still scored once, out of fold, for the thresholds
+    assert len(plain_scores) == 120
+    with pytest.raises(ModelError, match="positive"):
+        fit_head(x, labels.tolist(), weights=[1.0] * 119 + [0.0])
+    # equal weights are no weights
+    a = fit_head(x, labels.tolist(), l2=0.1)
+    b = fit_head(x, labels.tolist(), l2=0.1, weights=[3.0] * 120)
+    assert np.allclose(a.p_unsafe_many(x), b.p_unsafe_many(x), atol=1e-12)
 
 
 def test_a_crossfit_release_calibrates_on_all_reviews_and_split_on_its_share(tmp_path):
