@@ -193,7 +193,9 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [(f"{r['engine']}\n{r['source']}", r) for r in doc["rows"]]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ceiling = doc.get("prefill_ceiling") or []
+    fig, axes = plt.subplots(1, 2 if ceiling else 1, figsize=(13 if ceiling else 7, 3.8))
+    ax = axes[0] if ceiling else axes
     width = 0.38
     for k, mode in enumerate(MODES):
         values = [r[mode]["judgements_per_s"] or 0 for _, r in rows]
@@ -202,6 +204,18 @@ def plot(doc: dict, path: Path) -> None:
     ax.set_ylabel("judgements / s of model time")
     ax.set_title("answer: always vs when_needed (whole gemma-edge run, same inputs)")
     ax.legend()
+    if ceiling:
+        ax = axes[1]
+        names = [f"{c['texts']}\n({c['input_tokens_median']} tokens)" for c in ceiling]
+        for k, (key, label) in enumerate((("edge_per_s", "edge, judged from the prefill"),
+                                          ("raw_llamacpp_per_s", "raw llama.cpp prefill"))):  # fmt: skip
+            ax.bar([i + (k - 0.5) * width for i in range(len(ceiling))],
+                   [c[key] for c in ceiling], width, label=label)  # fmt: skip
+        ax.axhline(25, color="grey", linestyle="--", linewidth=1, label="issue's goal: 25/s")
+        ax.set_xticks(range(len(ceiling)), names)
+        ax.set_ylabel("inputs / s")
+        ax.set_title("the prefill's ceiling (one process, input by input in turn)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
