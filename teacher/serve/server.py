@@ -9,7 +9,7 @@ one fsync per batch, not per case.
 Besides escalations it
 - stores the inputs edges settled themselves (``Settled``) apart, and acks them the same;
 - answers every edge heartbeat, remembers which edges are connected, what release
-  they run and whether its head is live, and pushes the ACTIVE release
+  they run and whether its head is live (``teacher.serve.fleet``), and pushes the ACTIVE release
   (``teacher.release.build``) to an edge that reports a different one, as one message (so
   a rollback is pushed too); an edge too old to take release pushes is told which
   version it needs;
@@ -30,7 +30,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import zmq
 
@@ -55,23 +54,13 @@ from shared.release import payload as release_payload
 from shared.teacher_config import TeacherConfig
 from teacher.data.store import CaseStore, default_store_path
 from teacher.release.registry import ReleaseRegistry
+from teacher.serve.fleet import EdgeState, Fleet
 from teacher.serve.keys import AllowList, EdgeAuthenticator, teacher_keypair
 from teacher.serve.review import Reviewer, ReviewWorker, Serialised
 
 logger = logging.getLogger(__name__)
 
 ZAP_DOMAIN = b"gemma-edge"
-
-
-@dataclass
-class EdgeState:
-    identity: bytes
-    last_seen: float
-    release_version: int = 0
-    head_live: bool | None = None
-    outbox_depth: int = 0
-    # kind -> (version, time.monotonic(), time.time()) of the latest push
-    pushed: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
 
 class TeacherServer:
@@ -85,7 +74,7 @@ class TeacherServer:
         self.store = store or CaseStore(default_store_path(config.home))
         self.reviewer = reviewer
         self.releases = ReleaseRegistry.of(config)
-        self.edges: dict[str, EdgeState] = {}
+        self.edges = Fleet()
         self.endpoint: str | None = None
         self.ready = threading.Event()
         self.on_ready: Callable[[], None] | None = None
@@ -206,7 +195,7 @@ class TeacherServer:
                 except BlockingIOError:
                     pass
                 self._send_reviews(sock)
-                self._forget_silent_edges()
+                self.edges.forget_silent(self.config.server.edge_timeout_s)
                 next_reviews = now + 1.0
 
     def _turn(self, sock: zmq.Socket) -> None:
@@ -281,10 +270,10 @@ class TeacherServer:
                     sock, identity, ErrorReply(code="rejected", detail=detail, case_id=msg.case_id)
                 )
                 return None
-            self._seen(user or msg.edge_id, identity)
+            self.edges.seen(user or msg.edge_id, identity)
             return identity, msg, payloads[0] if payloads else None
         if isinstance(msg, Heartbeat):
-            edge = self._seen(user or msg.sender, identity)
+            edge = self.edges.seen(user or msg.sender, identity)
             edge.release_version = msg.release_version
             if msg.head_live is False and edge.head_live is not False:
                 logger.warning(
@@ -305,7 +294,7 @@ class TeacherServer:
             self._reply(sock, identity, Heartbeat(sender="teacher"))
             self._maybe_push(sock, user or msg.sender, edge)
         elif isinstance(msg, PushResult):
-            user = user or self._name_of(identity)
+            user = user or self.edges.name_of(identity)
             level = logging.INFO if msg.accepted else logging.WARNING
             logger.log(
                 level,
@@ -319,7 +308,7 @@ class TeacherServer:
             if msg.kind == "release":
                 self._record_push(user, msg.version, msg.accepted, msg.reason)
         elif isinstance(msg, ErrorReply):
-            user = user or self._name_of(identity)
+            user = user or self.edges.name_of(identity)
             logger.warning("edge %s reports %s: %s", user, msg.code, msg.detail)
             if msg.code == "unknown_type" and "release_push" in msg.detail:
                 logger.error("edge %s is too old for this teacher: %s", user, EDGE_TOO_OLD)
@@ -344,25 +333,6 @@ class TeacherServer:
             raise
 
     # ------------------------------------------------------------ edges, pushes, reviews
-    def _seen(self, name: str, identity: bytes) -> EdgeState:
-        edge = self.edges.get(name)
-        if edge is None:
-            logger.info("edge %s connected", name)
-            edge = self.edges[name] = EdgeState(identity, time.monotonic())
-        edge.identity, edge.last_seen = identity, time.monotonic()
-        return edge
-
-    def _name_of(self, identity: bytes) -> str:
-        """The name an edge gave in its heartbeats, else its socket identity in hex."""
-        names = [name for name, edge in self.edges.items() if edge.identity == identity]
-        return names[0] if names else identity.hex()
-
-    def _forget_silent_edges(self) -> None:
-        limit = time.monotonic() - self.config.server.edge_timeout_s
-        for name in [n for n, e in self.edges.items() if e.last_seen < limit]:
-            logger.info("edge %s went silent", name)
-            del self.edges[name]
-
     def _active(self) -> tuple[int, float]:
         """The active release's number and when a re-push was last asked for (``time.time()``;
         ``ReleaseRegistry.request_push``), read at most once a second."""
@@ -375,15 +345,7 @@ class TeacherServer:
 
     def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
         number, asked = self._active()
-        if edge.release_version == number:
-            return
-        last = edge.pushed.get("release")
-        if (
-            last
-            and last[0] == number
-            and time.monotonic() - last[1] < self.config.server.push_retry_s
-            and asked <= last[2]  # a re-push asked for since then skips the wait
-        ):
+        if not self.edges.push_due(edge, number, asked, self.config.server.push_retry_s):
             return
         folder = self.releases.path(number) if number else default_release_dir(self.releases.engine)
         try:
@@ -393,7 +355,7 @@ class TeacherServer:
             return
         msg = ReleasePush(version=number, files=[e for e, _ in files])
         if self._reply(sock, edge.identity, msg, [data for _, data in files]):
-            edge.pushed["release"] = (number, time.monotonic(), time.time())
+            self.edges.pushed(edge, number)
             self._record_push(name, number, None, "")
             logger.info(
                 "pushed release v%s to edge %s (it runs v%s)", number, name, edge.release_version
