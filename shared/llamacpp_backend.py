@@ -12,8 +12,9 @@ What the edge needs from an engine, on the engine every small-device runtime use
   always evaluated alone, and the input after it as one batch; before each request the
   cache is cut back to the prefix if it holds it, else cleared. llama.cpp's numbers
   depend slightly on how tokens are batched, and a safety head can turn that into a
-  p(unsafe) 0.09 apart (seen: an edge refused a release because one canary scored 0.64 there and 0.55 on the teacher),
-  so an input never rides in a batch with another input's leftovers. The SWA layers keep
+  p(unsafe) 0.09 apart (seen: an edge refused a release because one canary scored 0.64
+  there and 0.55 on the teacher), so an input never rides in a batch with another
+  input's leftovers. The SWA layers keep
   their full cache (``swa_full``), so cutting back to the prefix is exact.
 - **The head's features from the answering pass.** A head that reads an earlier layer
   ``i`` (1 .. n_layer - 1: the output of block ``i - 1``, llama.cpp's ``l_out-{i-1}``)
