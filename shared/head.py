@@ -217,8 +217,8 @@ def fit_head(
     the new head is the parent moved only as far as the new cases ask, so a few dozen
     reviews cannot swing it on what they do not cover. ``weights`` (positive, one per case;
     None: all 1) weigh each case's log-loss, scaled to mean 1 so ``l2`` means the same.
-    Newton on the dual-sized system: with d features and n cases it solves an n x n system when n < d
-    (the hidden head: ~1,300 features, a few hundred cases), else d x d.
+    Newton on the dual-sized system: with d features and n cases it solves an n x n
+    system when n < d (the hidden head: ~1,300 features, a few hundred cases), else d x d.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
