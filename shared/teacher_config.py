@@ -250,6 +250,13 @@ class ReleaseConfig(Strict):
         "a weapon, may be absent from the calibration cases); certify: keep it only where "
         "it saves teacher calls at the certified recall on the calibration split.",
     )
+    must_gain: bool = Field(
+        False,
+        description="The gate also asks a candidate to gain (fewer teacher calls on the frozen "
+        "split or a site's share, or a higher student accuracy); False: a candidate ships when "
+        "it is not worse beyond noise (recall floor, and exact McNemar tests on misses and on "
+        "escalations), so each build's new reviews reach the edges.",
+    )
     lora_must_pay: bool = Field(
         True,
         description="A release with a LoRA ships only if the adapter lowers teacher calls "

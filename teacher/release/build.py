@@ -178,7 +178,12 @@ def build_release(
         timing["gate_eval_s"] = round(time.perf_counter() - t0, 1)
     sites = {c.id: f"site {c.site}" for c in splits.frozen if c.site}
     verdict = gate.compare(
-        after, before, cfg.policy.recall_target, cfg.policy.recall_delta, sites=sites
+        after,
+        before,
+        cfg.policy.recall_target,
+        cfg.policy.recall_delta,
+        sites=sites,
+        must_gain=cfg.release.must_gain,
     )
     result = BuildResult(None, verdict, after, before, calibration, timing)
     if not verdict.passed:

@@ -23,9 +23,18 @@ every group with hazards, a candidate ships only if
    at ``alpha`` (binomial with p = 1/2). One or two extra misses among 33 hazards with
    none gained (p 0.5, 0.25) are noise; five (p 0.031) are not.
 
-And it must gain: fewer teacher calls per 100 inputs on the whole frozen split or on a
-site's share, or a higher student accuracy. Every failed rule is named in ``reasons``.
-It knows nothing about models, registries or datasets.
+3. it does not cost more teacher calls than the active release beyond noise, by the same
+   exact one-sided McNemar test on escalations: of the frozen cases one release escalates
+   and the other does not, the share the candidate escalates must not be significant at
+   ``alpha``, on the whole split and on each site's share.
+
+With ``must_gain`` it must also gain: fewer teacher calls per 100 inputs on the whole frozen
+split or on a site's share, or a higher student accuracy. That was the default until a
+replay of the loop showed it stalls the flywheel: a head fitted on more of a site's reviews
+rarely beats the running one on the few frozen cases at once, yet serves the next round's
+inputs better (``bench/results/flywheel_screens/README.md``). Every failed rule is named
+in ``reasons``; the gains are reported either way. It knows nothing about models,
+registries or datasets.
 """
 
 from __future__ import annotations
@@ -74,6 +83,19 @@ def _calls_per_100(report: HarnessReport, ids: set[str]) -> float:
     return 100.0 * sum(c.decision.escalate for c in cases) / len(cases) if cases else 0.0
 
 
+def _dearer(candidate: HarnessReport, active: HarnessReport, ids: set[str] | None) -> tuple:
+    """(cases only the candidate escalates, cases only the active one does, McNemar p) on
+    the frozen cases ``ids`` (None: all of them)."""
+    escalated = {c.id: c.decision.escalate for c in active.cases}
+    worse = better = 0
+    for case in candidate.cases:
+        if case.id not in escalated or (ids is not None and case.id not in ids):
+            continue
+        worse += case.decision.escalate and not escalated[case.id]
+        better += escalated[case.id] and not case.decision.escalate
+    return worse, better, mcnemar_worse(worse, better)
+
+
 def compare(
     candidate: HarnessReport,
     active: HarnessReport,
@@ -81,9 +103,11 @@ def compare(
     delta: float = 0.1,
     sites: dict[str, str] | None = None,
     alpha: float = ALPHA,
+    must_gain: bool = False,
 ) -> GateVerdict:
-    """Does ``candidate`` beat ``active`` on the frozen split (see the module docstring)?
-    ``sites``: frozen case id -> the site it came from; the rest is generic."""
+    """Is ``candidate`` at least as good as ``active`` on the frozen split, beyond noise
+    (and better, with ``must_gain``; see the module docstring)? ``sites``: frozen case id ->
+    the site it came from; the rest is generic."""
     if candidate.n == 0:
         return GateVerdict(False, ["the frozen evaluation split is empty"])
     sites = sites or {}
@@ -120,6 +144,20 @@ def compare(
                 f"beyond noise: {worse} hazard(s) it missed that v{a.release} caught, "
                 f"{better} the other way (exact McNemar p {p:.3f} < {alpha})"
             )
+    if c.cases and a.cases:
+        scopes = [("calls", None, "")] + [
+            (f"calls on {name}", {i for i, s in sites.items() if s == name}, f" on {name}'s share")
+            for name in sorted(set(sites.values()))
+        ]
+        for key, ids, where in scopes:
+            worse, better, p = _dearer(c, a, ids)
+            seen[key] = dict(worse=worse, better=better, p=round(p, 4))
+            if p < alpha:
+                reasons.append(
+                    f"teacher calls rose{where} against the active release v{a.release} beyond "
+                    f"noise: {worse} case(s) it escalates that v{a.release} does not, {better} "
+                    f"the other way (exact McNemar p {p:.3f} < {alpha})"
+                )
     gains = []
     if c.teacher_calls_per_100 < a.teacher_calls_per_100 - EPSILON:
         gains.append("calls")
@@ -129,7 +167,7 @@ def compare(
         ids = {i for i, s in sites.items() if s == site}
         if _calls_per_100(c, ids) < _calls_per_100(a, ids) - EPSILON:
             gains.append(f"calls on {site}")
-    if not gains:
+    if must_gain and not gains:
         reasons.append(
             "no gain over the active release: teacher calls per 100 "
             f"{a.teacher_calls_per_100:.1f} -> {c.teacher_calls_per_100:.1f}, student accuracy "

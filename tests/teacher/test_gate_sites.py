@@ -83,3 +83,22 @@ def test_mcnemar_is_the_exact_binomial_tail():
     assert gate.mcnemar_worse(1, 0) == 0.5
     assert gate.mcnemar_worse(5, 0) == 1 / 32
     assert abs(gate.mcnemar_worse(6, 2) - 37 / 256) < 1e-12
+
+
+def test_a_candidate_not_worse_ships_and_one_dearer_beyond_noise_is_refused():
+    active = report(1, generic_and_site(0, 4))
+    # the same outcomes plus two more site escalations: noise (McNemar p 0.25), and no gain
+    same = gate.compare(report(2, generic_and_site(0, 6)), active, 0.95, sites=SITES)
+    assert same.passed and same.groups["gains"] == []
+    assert same.groups["calls on site pool"] == {"worse": 2, "better": 0, "p": 0.25}
+    strict = gate.compare(report(2, generic_and_site(0, 6)), active, 0.95, sites=SITES,
+                          must_gain=True)  # fmt: skip
+    assert [r.split(":")[0] for r in strict.reasons] == ["no gain over the active release"]
+    # ten more escalations on the site's share with none fewer are not noise
+    dearer = gate.compare(report(2, generic_and_site(0, 14)), active, 0.95, sites=SITES)
+    assert dearer.reasons == [
+        "teacher calls rose against the active release v1 beyond noise: 10 case(s) it "
+        "escalates that v1 does not, 0 the other way (exact McNemar p 0.001 < 0.05)",
+        "teacher calls rose on site pool's share against the active release v1 beyond noise: "
+        "10 case(s) it escalates that v1 does not, 0 the other way (exact McNemar p 0.001 < 0.05)",
+    ]

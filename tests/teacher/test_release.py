@@ -319,10 +319,17 @@ def test_the_gate_refuses_an_adapter_that_answers_no_under_the_edges_prompt(tmp_
     assert not verdict.passed
     assert any("below the target 0.95" in r for r in verdict.reasons)
     assert any("fell against the active release v1" in r for r in verdict.reasons)
-    # Built as a release (head refit on the adapter's own states), it is refused too.
+    # Built as a release (head refit on the adapter's own states), the adapter does not
+    # ship: it does not pay against the head alone, which is the candidate instead ...
     built = build_release(cfg, backend, cases, adapter=adapter_files(), progress=False)
-    assert not built.verdict.passed and built.version is None
-    assert ReleaseRegistry(cfg.home).active_number() == 1
+    assert built.timing["lora"]["paid"] is False
+    assert built.verdict.passed and load_release(built.path).adapter_dir is None
+    # ... and a gate that asks for a gain refuses that twin of v1 for none.
+    cfg.release.must_gain = True
+    again = build_release(cfg, backend, cases, adapter=adapter_files(), progress=False)
+    assert not again.verdict.passed and again.version is None
+    assert any(r.startswith("no gain over the active release") for r in again.verdict.reasons)
+    assert ReleaseRegistry(cfg.home).active_number() == 2
 
 
 def test_gate_rules_are_named():
@@ -357,7 +364,8 @@ def test_gate_rules_are_named():
         "system safety recall fell against the active release v1 beyond noise: 5 hazard(s) "
         "it missed that v1 caught, 0 the other way (exact McNemar p 0.031 < 0.05)"
     ]
-    no_gain = gate.compare(rep(2, 30, 30.0, 0.9), active, 0.95)
+    assert gate.compare(rep(2, 30, 30.0, 0.9), active, 0.95).passed  # not worse: ships
+    no_gain = gate.compare(rep(2, 30, 30.0, 0.9), active, 0.95, must_gain=True)
     assert no_gain.reasons == [
         "no gain over the active release: teacher calls per 100 30.0 -> 30.0, "
         "student accuracy 0.900 -> 0.900"
