@@ -48,7 +48,6 @@ It knows nothing about skills' storage, heads or policy.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -64,7 +63,7 @@ from shared.config import LlamaCppModelConfig
 from shared.errors import BackendError, ModelError
 from shared.gguf_adapter import cached_gguf_adapter
 from shared.llamacpp_lora import LoraSlots
-from shared.llamacpp_native import LayerTaps, route_logs
+from shared.llamacpp_native import LayerTaps, context_with, route_logs
 from shared.skill import ANSWER_PRIMER, INPUT_LABEL, render_input, render_prefix
 
 logger = logging.getLogger(__name__)
@@ -314,48 +313,34 @@ class LlamaCppBackend:
             self._decode(chunk, last)
 
     def _eval_last(self, token: int, layers: tuple[int, ...]) -> list[float]:
-        """The last prompt token alone with embeddings on: its logits, its final-norm state
-        and the earlier ``layers`` the eval callback copies out, concatenated in order."""
+        """The last prompt token alone with embeddings on: its final-norm state and the
+        earlier ``layers`` the eval callback copies out, concatenated in order."""
         final = self.hidden.num_layers
-        self._layers.want([i for i in layers if i < final])
-        self._ll.llama_set_embeddings(self._ctx, True)
-        try:
-            self._decode([token], True)
-            ptr = self._ll.llama_get_embeddings_ith(self._ctx, -1)
-            if not ptr:
-                raise BackendError(f"{self.name}: llama.cpp returned no hidden state")
-            states = {final: np.ctypeslib.as_array(ptr, shape=(self.hidden.size,))}
-        finally:
-            self._ll.llama_set_embeddings(self._ctx, False)
-            taps, error = self._layers.collect()
-        if error:
-            raise BackendError(f"{self.name}: {error}")
-        states.update(taps)
-        missing = [i for i in layers if i not in states]
-        if missing:
-            raise BackendError(f"{self.name}: llama.cpp's graph gave no state for layers {missing}")
-        return np.concatenate([states[i] for i in layers]).astype(np.float64).tolist()
+
+        def decode() -> dict[int, np.ndarray]:
+            self._ll.llama_set_embeddings(self._ctx, True)
+            try:
+                self._decode([token], True)
+                ptr = self._ll.llama_get_embeddings_ith(self._ctx, -1)
+                if not ptr:
+                    raise BackendError(f"{self.name}: llama.cpp returned no hidden state")
+                return {final: np.ctypeslib.as_array(ptr, shape=(self.hidden.size,)).copy()}
+            finally:
+                self._ll.llama_set_embeddings(self._ctx, False)
+
+        return self._layers.read(layers, final, decode, self.name, tap_final=False)
 
     def _eval_tapped(self, tokens: list[int], layers: tuple[int, ...]) -> list[float]:
         """The rest of the prompt in one pass on a tapped context, logits for its last token
         only: the eval callback copies the last token's row of the earlier ``layers`` and of
         the final-norm state (``result_norm``), so no embeddings pass is needed."""
-        final = self.hidden.num_layers
         tail = tokens[-self.config.n_batch :]  # the last batch carries the output token
         head = tokens[: len(tokens) - len(tail)]
         if head:
             self._eval(head, output_last=False)
-        self._layers.want([i for i in layers if i < final], final if final in layers else None)
-        try:
-            self._decode(tail, True)
-        finally:
-            taps, error = self._layers.collect()
-        if error:
-            raise BackendError(f"{self.name}: {error}")
-        missing = [i for i in layers if i not in taps]
-        if missing:
-            raise BackendError(f"{self.name}: llama.cpp's graph gave no state for layers {missing}")
-        return np.concatenate([taps[i] for i in layers]).astype(np.float64).tolist()
+        return self._layers.read(
+            layers, self.hidden.num_layers, lambda: self._decode(tail, True) or {}, self.name
+        )
 
     # ------------------------------------------------------------ earlier layers
     def _tap(self, earlier: tuple[int, ...]) -> None:
@@ -365,17 +350,8 @@ class LlamaCppBackend:
         if need == self._tapped:
             return
         t0 = time.perf_counter()
-        params = self._ll.llama_context_params()
-        ctypes.pointer(params)[0] = self._llm.context_params
-        params.cb_eval = (
-            self._layers.callback if need else self._ll.ggml_backend_sched_eval_callback()
-        )
-        params.cb_eval_user_data = None
-        ctx = self._ll.llama_init_from_model(self._model, params)
-        if not ctx:
-            raise ModelError(
-                f"{self.name}: llama.cpp could not make a context for layers {earlier}"
-            )
+        callback = self._layers.callback if need else None
+        ctx = context_with(self._ll, self._llm, callback, f"{self.name} (layers {list(earlier)})")
         if self._own_ctx:
             self._ll.llama_free(self._ctx)
         else:

@@ -2,7 +2,8 @@
 layers' hidden states out of a decode, and llama.cpp's log lines routed to Python logging.
 
     taps = LayerTaps(llama_cpp, n_embd)      # context params: cb_eval = taps.callback
-    taps.want([9]); llama_decode(...); states, error = taps.collect()
+    ctx = context_with(llama_cpp, llm, taps.callback, what)   # a context that carries it
+    row = taps.read((9, 18), 18, lambda: llama_decode(...), what)   # one decode's states
 
 llama-cpp-python binds llama.h, not ggml.h: the four ggml tensor functions the callback
 needs come from its own ``libggml-base``. Without that library only the final-norm state
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shared.errors import BackendError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,34 @@ class LayerTaps:
         self._names = {}
         return self._states, self._error
 
+    def read(
+        self,
+        layers: tuple[int, ...],
+        final: int,
+        decode: Callable[[], dict[int, np.ndarray]],
+        what: str,
+        tap_final: bool = True,
+    ) -> list[float]:
+        """The hidden states of ``layers`` at the last token of one decode, concatenated in
+        order. ``decode`` runs it with the taps armed for the earlier layers (and, with
+        ``tap_final``, the final-norm state ``final``) and returns any states it read itself
+        (the final-norm row from llama.cpp's embeddings). Raises BackendError naming
+        ``what`` (the backend) where a layer was not read or reading one failed."""
+        self.want(
+            [i for i in layers if i < final], final if tap_final and final in layers else None
+        )
+        try:
+            states = decode()
+        finally:
+            taps, error = self.collect()
+        if error:
+            raise BackendError(f"{what}: {error}")
+        states = {**states, **taps}
+        missing = [i for i in layers if i not in states]
+        if missing:
+            raise BackendError(f"{what}: llama.cpp's graph gave no state for layers {missing}")
+        return np.concatenate([states[i] for i in layers]).astype(np.float64).tolist()
+
     def _on_tensor(self, tensor: int, ask: bool, user_data: Any) -> bool:
         names = self._names
         if not names:
@@ -104,6 +136,21 @@ class LayerTaps:
         except Exception as exc:  # noqa: BLE001 - kept for collect, see above
             self._error = f"reading a hidden layer failed: {exc}"
         return True
+
+
+def context_with(llama_cpp: Any, llm: Any, callback: Any | None, what: str) -> Any:
+    """A new context for ``llm`` (a ``llama_cpp.Llama``) with its context parameters and
+    ``callback`` as the eval callback (None: none). The caller frees the old one."""
+    params = llama_cpp.llama_context_params()
+    ctypes.pointer(params)[0] = llm.context_params
+    params.cb_eval = (
+        callback if callback is not None else llama_cpp.ggml_backend_sched_eval_callback()
+    )
+    params.cb_eval_user_data = None
+    ctx = llama_cpp.llama_init_from_model(llm.model, params)
+    if not ctx:
+        raise ModelError(f"{what}: llama.cpp could not make a context")
+    return ctx
 
 
 _LOG_CALLBACK: Any = None  # kept alive: llama.cpp holds a pointer to it
