@@ -22,17 +22,16 @@ every group with hazards, a candidate ships only if
    release, missed by the other), the share the candidate misses must not be significant
    at ``alpha`` (binomial with p = 1/2). One or two extra misses among 33 hazards with
    none gained (p 0.5, 0.25) are noise; five (p 0.031) are not.
-
 3. it does not cost more teacher calls than the active release beyond noise, by the same
    exact one-sided McNemar test on escalations: of the frozen cases one release escalates
    and the other does not, the share the candidate escalates must not be significant at
    ``alpha``, on the whole split and on each site's share.
 
 With ``must_gain`` it must also gain: fewer teacher calls per 100 inputs on the whole frozen
-split or on a site's share, or a higher student accuracy. That was the default until a
-replay of the loop showed it stalls the flywheel: a head fitted on more of a site's reviews
-rarely beats the running one on the few frozen cases at once, yet serves the next round's
-inputs better (``bench/results/flywheel_screens/README.md``). Every failed rule is named
+split or on a site's share, or a higher student accuracy. That was the rule until stop 34:
+it refused one or two builds a run on the factory and held-out sites, and a head fitted on
+more of a site's reviews rarely beats the running one on the few frozen cases at once
+(``bench/replay.py`` compares both gates on cached features). Every failed rule is named
 in ``reasons``; the gains are reported either way. It knows nothing about models,
 registries or datasets.
 """

@@ -1,0 +1,182 @@
+"""Replay: the head-and-threshold part of the loop on cached features, to screen a setting
+in seconds before a `gemma-edge demo` run measures it.
+
+    .venv/bin/python bench/replay.py                      # the tuning and factory sites, 3 seeds
+    .venv/bin/python bench/replay.py --site heldout       # measure only: never choose with it
+
+Features come once from the bundled llama.cpp v0's own ``Student`` (its prompt, the head's
+layers, ``teacher.release.head_fit.features``) and are cached under
+``~/.cache/gemma-edge/replay/``. Each round the running head and thresholds sort the round's
+inputs into alert, band (escalated: the teacher reviews it) and pass; the band's cases join
+the reviews with their true labels except a hashed share (``train.eval_fraction``, as
+``teacher.data.dataset.site_members``) that joins the gate's frozen split instead; the
+alerted and passed inputs join as self-labels (``release.self_labels: all``). The next head
+and thresholds come from the project's own ``crossfit`` and ``calibrate`` on the bundled
+scenes plus the reviews, as ``teacher.release.head_fit`` does with no LoRA. Gates compared:
+
+- ``not_worse``: every candidate ships (today's gate refuses only a candidate worse beyond
+  noise, which no replayed build was in the demo runs);
+- ``must_gain``: the candidate ships only with fewer band calls than the running release on
+  the frozen split (the bundled frozen share plus the site's) or on the site's share.
+
+Left out (the demo has them): the keyword rule and its floor and memory, audits, format
+breaks, the sentence, the keyword sample in the calibration. So band calls only: a screen,
+not a measurement. Prints a table and writes bench/results/replay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+CACHE = Path("~/.cache/gemma-edge/replay").expanduser()
+SITES = {
+    "demo": ROOT / "shared/data/demo/scenes.jsonl",
+    "tuning": ROOT / "bench/data/tuning_site/scenes.jsonl",
+    "heldout": ROOT / "bench/data/heldout_site/scenes.jsonl",
+}
+GATES = ("not_worse", "must_gain")
+
+
+def load_site(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open() if line.strip()]
+
+
+def cached_features(name: str, texts: list[str], student, kind, layers) -> np.ndarray:
+    """The head's features of ``texts`` from the v0 student, computed once per text set."""
+    from shared.evaluation import LabeledCase
+    from teacher.release.head_fit import features
+
+    key = hashlib.sha256("\n".join([student.backend.name, str(layers), *texts]).encode())
+    path = CACHE / f"{name}-{key.hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    cases = [LabeledCase(id=str(i), input=t, safety=False) for i, t in enumerate(texts)]
+    x = features(student, cases, kind, layers, f"features: {name}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, x)
+    return x
+
+
+def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: int, gate: str):
+    """Per round: (band calls per 100, hazards passed, false alerts per 100, release)."""
+    from shared.calibration import calibrate
+    from shared.evaluation import LabeledCase
+    from shared.teacher_config import TeacherConfig
+    from teacher.data.dataset import frozen_member
+    from teacher.release.head_fit import crossfit
+
+    cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+    goal = dict(recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
+                max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
+    frac = cfg.train.eval_fraction
+    y = np.array([r["safety"] for r in site])
+    rounds = np.array([r["round"] for r in site])
+    frozen_b = np.array([frozen_member(c.input, frac, seed) for c in bundled])
+    fit_b = [c for c, f in zip(bundled, frozen_b, strict=True) if not f]
+    x_fit_b = x_bundled[~frozen_b]
+    head, lower, upper, version = v0, cal0.lower, cal0.upper, 0
+    reviewed, frozen_site, selfl, out = [], [], [], []
+
+    def band_rate(h, lo, up, xs):
+        p = h.p_unsafe_many(xs)
+        return float(((p >= lo) & (p < up)).mean())
+
+    for r in range(int(rounds.max()) + 1):
+        idx = np.where(rounds == r)[0]
+        p = head.p_unsafe_many(x[idx])
+        band, alert, passed = (p >= lower) & (p < upper), p >= upper, p < lower
+        out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
+                        false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
+                        release=version))  # fmt: skip
+        for i, b, a in zip(idx, band, alert, strict=True):
+            if b:
+                held = frozen_member(site[i]["input"], frac, seed)
+                (frozen_site if held else reviewed).append(i)
+            else:  # settled by the edge: alerted -> unsafe, passed -> safe
+                selfl.append((i, bool(a)))
+        cases = fit_b + [LabeledCase(id=site[i]["id"], input=site[i]["input"],
+                                     safety=bool(y[i]), site="site") for i in reviewed]  # fmt: skip
+        xs = np.vstack([x_fit_b, x[reviewed]]) if reviewed else x_fit_b
+        extra = (x[[i for i, _ in selfl]], [lab for _, lab in selfl]) if selfl else None
+        cand, oof = crossfit(cfg, xs, cases, v0.kind, tuple(v0.layers), None, extra)
+        cal = calibrate(oof.tolist(), [c.safety for c in cases], **goal)
+        if gate == "must_gain":
+            frozen_x = np.vstack([x_bundled[frozen_b], x[frozen_site]])
+            gains = band_rate(cand, cal.lower, cal.upper, frozen_x) < band_rate(
+                head, lower, upper, frozen_x
+            )
+            if frozen_site:
+                xs_site = x[frozen_site]
+                gains |= band_rate(cand, cal.lower, cal.upper, xs_site) < band_rate(
+                    head, lower, upper, xs_site
+                )
+            if not gains:
+                continue
+        head, lower, upper, version = cand, cal.lower, cal.upper, version + 1
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    sites = args.site or ["tuning", "demo"]
+    from shared.config import LlamaCppModelConfig
+    from shared.evaluation import bundled_cases
+    from shared.llamacpp_backend import LlamaCppBackend
+    from shared.release import load_release
+    from shared.student import Student
+    from teacher.release.head_fit import head_kind
+
+    t0 = time.time()
+    release = load_release(ROOT / "shared/data/release-llamacpp")
+    backend = LlamaCppBackend(LlamaCppModelConfig(threads=2))
+    student = Student(backend, release, 64)
+    kind, layers = head_kind(backend)
+    bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
+    x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
+    data = {s: load_site(SITES[s]) for s in sites}
+    feats = {s: cached_features(s, [r["input"] for r in data[s]], student, kind, layers)
+             for s in sites}  # fmt: skip
+    backend.close()
+    cal0 = release.manifest.calibration
+    runs = []
+    print(
+        "| site | seed | gate | band calls/100 by round | last | hazards passed | builds shipped |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for s in sites:
+        for seed in args.seeds:
+            for gate in GATES:
+                rows = replay(data[s], feats[s], bundled, x_bundled, release.head, cal0, seed, gate)
+                runs.append(dict(site=s, seed=seed, gate=gate, rounds=rows))
+                calls = ", ".join(f"{r['calls']:.1f}" for r in rows)
+                print(f"| {s} | {seed} | {gate} | {calls} | {rows[-1]['calls']:.1f} | "
+                      f"{sum(r['missed'] for r in rows)} | {rows[-1]['release']} |")  # fmt: skip
+    print("\nmean band calls/100 in the last round:")
+    for s in sites:
+        for gate in GATES:
+            last = [r["rounds"][-1]["calls"] for r in runs if r["site"] == s and r["gate"] == gate]
+            print(f"  {s:8s} {gate:10s} {np.mean(last):5.1f}  ({', '.join(map(str, last))})")
+    doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
+           "seconds": round(time.time() - t0, 1), "runs": runs}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "replay.json" if not args.site else f"replay-{'-'.join(sites)}.json"
+    (RESULTS / name).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {RESULTS / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
