@@ -164,8 +164,12 @@ def test_a_winner_whose_release_the_gate_refuses_never_reaches_the_edge(stack):
                          progress=False)  # fmt: skip
     assert result.decision.to_build and not result.decision.beats_parent
     broken = FeatureBackend(bad_adapter="gemma-release-")  # its LoRA loses the hazard signal
+    # The LoRA does not pay, so its head-only twin is the candidate; a gate that asks for a
+    # gain (release.must_gain) refuses that twin, since it gains nothing over v1.
+    cfg.release.must_gain = True
     built = build_release(cfg, broken, cases, skill=result.skill, adapter=adapter_files(),
                           progress=False)  # fmt: skip
+    assert built.timing["lora"]["paid"] is False
     assert not built.verdict.passed and built.version is None, built.verdict
     assert ReleaseRegistry(cfg.home).versions() == [1]
     time.sleep(0.5)  # several heartbeats: a push would have happened by now

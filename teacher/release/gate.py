@@ -78,20 +78,17 @@ def _hazard_groups(report: HarnessReport, sites: dict[str, str]) -> dict[str, se
 
 
 def _calls_per_100(report: HarnessReport, ids: set[str]) -> float:
-    cases = [c for c in report.cases if c.id in ids]
-    return 100.0 * sum(c.decision.escalate for c in cases) / len(cases) if cases else 0.0
+    escalated = set(report.escalated or ())
+    return 100.0 * len(ids & escalated) / len(ids) if ids else 0.0
 
 
 def _dearer(candidate: HarnessReport, active: HarnessReport, ids: set[str] | None) -> tuple:
     """(cases only the candidate escalates, cases only the active one does, McNemar p) on
     the frozen cases ``ids`` (None: all of them)."""
-    escalated = {c.id: c.decision.escalate for c in active.cases}
-    worse = better = 0
-    for case in candidate.cases:
-        if case.id not in escalated or (ids is not None and case.id not in ids):
-            continue
-        worse += case.decision.escalate and not escalated[case.id]
-        better += escalated[case.id] and not case.decision.escalate
+    mine, theirs = set(candidate.escalated or ()), set(active.escalated or ())
+    if ids is not None:
+        mine, theirs = mine & ids, theirs & ids
+    worse, better = len(mine - theirs), len(theirs - mine)
     return worse, better, mcnemar_worse(worse, better)
 
 
@@ -143,7 +140,7 @@ def compare(
                 f"beyond noise: {worse} hazard(s) it missed that v{a.release} caught, "
                 f"{better} the other way (exact McNemar p {p:.3f} < {alpha})"
             )
-    if c.cases and a.cases:
+    if c.escalated is not None and a.escalated is not None:  # both scored case by case
         scopes = [("calls", None, "")] + [
             (f"calls on {name}", {i for i, s in sites.items() if s == name}, f" on {name}'s share")
             for name in sorted(set(sites.values()))

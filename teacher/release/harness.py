@@ -109,6 +109,7 @@ class HarnessReport:
     latency_p95_s: float
     hazards: int = 0  # unsafe cases among the n
     missed: list[str] = field(default_factory=list)  # ids of hazards the system let pass
+    escalated: list[str] | None = None  # ids the system escalated (None: not recorded)
     reasons: dict = field(default_factory=dict)  # escalation reasons -> count
     cases: list[CaseResult] = field(default_factory=list, repr=False)
 
@@ -182,6 +183,7 @@ def report(release: int, cases: list[LabeledCase], results: list[CaseResult]) ->
         latency_p50_s=rates.p50_s,
         latency_p95_s=rates.p95_s,
         missed=list(rates.missed),
+        escalated=[r.id for r in results if r.decision.escalate],
         reasons=reasons,
         cases=results,
     )

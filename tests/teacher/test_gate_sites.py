@@ -19,7 +19,7 @@ def report(release, cases):
     recall = 1 - len(missed) / len(hazards)
     return HarnessReport(release, len(cases), 1.0, 0.9, 1.0, 1.0, 0.5, 1.0, 1.0, recall, calls,
                          0.0, 0.0, 0.0, 0.1, 0.2, hazards=len(hazards), missed=missed,
-                         cases=results)  # fmt: skip
+                         escalated=[c[0] for c in cases if c[3]], cases=results)  # fmt: skip
 
 
 def generic_and_site(site_missed: int, site_calls: int, generic_missed: int = 0):
@@ -102,3 +102,17 @@ def test_a_candidate_not_worse_ships_and_one_dearer_beyond_noise_is_refused():
         "teacher calls rose on site pool's share against the active release v1 beyond noise: "
         "10 case(s) it escalates that v1 does not, 0 the other way (exact McNemar p 0.001 < 0.05)",
     ]
+
+
+def test_the_paired_test_on_calls_runs_on_a_cached_active_release(tmp_path):
+    """The registry's cached report keeps the escalated ids (not the cases)."""
+    from teacher.release.registry import ReleaseRegistry
+
+    registry = ReleaseRegistry(tmp_path)
+    active = report(1, generic_and_site(0, 4))
+    registry.cache_eval(1, "k" * 24, active)
+    cached = registry.cached_eval(1, "k" * 24)
+    assert cached.cases == [] and sorted(cached.escalated) == sorted(active.escalated)
+    dearer = gate.compare(report(2, generic_and_site(0, 14)), cached, 0.95, sites=SITES)
+    assert dearer.groups["calls"] == {"worse": 10, "better": 0, "p": 0.001}
+    assert not dearer.passed

@@ -483,3 +483,20 @@ def test_a_site_lora_trains_on_the_sites_reviews_and_the_bundled_cases_calibrate
     other.train.lora_cases = "sites"
     fallback = make_splits(other, few, default_skill()).fit  # the LoRA needs both verdicts
     assert any(not c.site for c in fallback) and any(c.site for c in fallback)
+
+
+def test_an_active_release_cached_without_its_escalations_is_scored_again(tmp_path):
+    """A cached report written before escalations were recorded would skip the gate's
+    paired test on calls: the build scores the active release anew instead."""
+    cfg = config(tmp_path)
+    cases = hazard_cases(400)
+    assert build_release(cfg, FeatureBackend(), cases, progress=False).verdict.passed  # v1
+    second = build_release(cfg, FeatureBackend(), cases, progress=False)  # v1 scored, cached
+    assert "calls" in second.verdict.groups
+    evals = ReleaseRegistry(cfg.home).root / "evals"
+    for path in evals.glob("v2-*.json"):  # v2's report, as an older teacher cached it
+        doc = json.loads(path.read_text())
+        doc.pop("escalated")
+        path.write_text(json.dumps(doc))
+    third = build_release(cfg, FeatureBackend(), cases, progress=False)
+    assert third.active.escalated is not None and "calls" in third.verdict.groups
