@@ -19,6 +19,10 @@ scenes plus the reviews, as ``teacher.release.head_fit`` does with no LoRA. Gate
 - ``must_gain``: the candidate ships only with fewer band calls than the running release on
   the frozen split (the bundled frozen share plus the site's) or on the site's share.
 
+And ``oracle`` (a bound, not a gate): one head fitted on every earlier round's scenes with
+their true labels, the last round answered with it: what the features allow where every
+input is labelled.
+
 Left out (the demo has them): the keyword rule and its floor and memory, audits, format
 breaks, the sentence, the keyword sample in the calibration. So band calls only: a screen,
 not a measurement. Prints a table and writes bench/results/replay.json.
@@ -126,6 +130,37 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     return out
 
 
+def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, seed: int) -> dict:
+    """The last round under a head fitted on every earlier round, all labels known."""
+    from shared.calibration import calibrate
+    from shared.evaluation import LabeledCase
+    from shared.teacher_config import TeacherConfig
+    from teacher.data.dataset import frozen_member
+    from teacher.release.head_fit import crossfit
+
+    cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+    y = np.array([r["safety"] for r in site])
+    rounds = np.array([r["round"] for r in site])
+    earlier, last = np.where(rounds < rounds.max())[0], rounds == rounds.max()
+    keep = np.array([not frozen_member(c.input, cfg.train.eval_fraction, seed) for c in bundled])
+    cases = [c for c, k in zip(bundled, keep, strict=True) if k] + [
+        LabeledCase(id=site[i]["id"], input=site[i]["input"], safety=bool(y[i]), site="site")
+        for i in earlier
+    ]
+    xs = np.vstack([x_bundled[keep], x[earlier]])
+    head, oof = crossfit(cfg, xs, cases, "hidden", tuple(_LAYERS), None)
+    cal = calibrate(oof.tolist(), [c.safety for c in cases], recall_target=cfg.policy.recall_target,
+                    delta=cfg.policy.recall_delta,
+                    max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
+    p = head.p_unsafe_many(x[last])
+    band, alert, passed = (p >= cal.lower) & (p < cal.upper), p >= cal.upper, p < cal.lower
+    return dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[last]).sum()),
+                false_alerts=round(100 * (alert & ~y[last]).mean(), 1))  # fmt: skip
+
+
+_LAYERS: list[int] = []
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
@@ -144,6 +179,7 @@ def main() -> int:
     backend = LlamaCppBackend(LlamaCppModelConfig(threads=2))
     student = Student(backend, release, 64)
     kind, layers = head_kind(backend)
+    _LAYERS[:] = layers
     bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
     x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
     data = {s: load_site(SITES[s]) for s in sites}
@@ -164,13 +200,20 @@ def main() -> int:
                 calls = ", ".join(f"{r['calls']:.1f}" for r in rows)
                 print(f"| {s} | {seed} | {gate} | {calls} | {rows[-1]['calls']:.1f} | "
                       f"{sum(r['missed'] for r in rows)} | {rows[-1]['release']} |")  # fmt: skip
+    print("\noracle (every earlier round labelled), last round:")
+    oracles = {}
+    for s in sites:
+        o = oracle(data[s], feats[s], bundled, x_bundled, args.seeds[0])
+        oracles[s] = o
+        print(f"  {s:8s} band {o['calls']:.1f}/100, hazards passed {o['missed']}, "
+              f"false alerts {o['false_alerts']:.1f}/100")  # fmt: skip
     print("\nmean band calls/100 in the last round:")
     for s in sites:
         for gate in GATES:
             last = [r["rounds"][-1]["calls"] for r in runs if r["site"] == s and r["gate"] == gate]
             print(f"  {s:8s} {gate:10s} {np.mean(last):5.1f}  ({', '.join(map(str, last))})")
     doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
-           "seconds": round(time.time() - t0, 1), "runs": runs}  # fmt: skip
+           "seconds": round(time.time() - t0, 1), "runs": runs, "oracle": oracles}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "replay.json" if not args.site else f"replay-{'-'.join(sites)}.json"
     (RESULTS / name).write_text(json.dumps(doc, indent=1))
