@@ -1,5 +1,5 @@
 """Replay: the head-and-threshold part of the loop on cached features, to screen a setting
-in seconds before a `gemma-edge demo` run measures it.
+in minutes (under a minute a site and seed) before a `gemma-edge demo` run measures it.
 
     .venv/bin/python bench/replay.py                      # the tuning and factory sites, 3 seeds
     .venv/bin/python bench/replay.py --site heldout       # measure only: never choose with it
