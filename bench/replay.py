@@ -130,7 +130,7 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     return out
 
 
-def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, seed: int) -> dict:
+def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int) -> dict:
     """The last round under a head fitted on every earlier round, all labels known."""
     from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
@@ -148,7 +148,7 @@ def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, seed: int) -> di
         for i in earlier
     ]
     xs = np.vstack([x_bundled[keep], x[earlier]])
-    head, oof = crossfit(cfg, xs, cases, "hidden", tuple(_LAYERS), None)
+    head, oof = crossfit(cfg, xs, cases, "hidden", tuple(layers), None)
     cal = calibrate(oof.tolist(), [c.safety for c in cases], recall_target=cfg.policy.recall_target,
                     delta=cfg.policy.recall_delta,
                     max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
@@ -156,9 +156,6 @@ def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, seed: int) -> di
     band, alert, passed = (p >= cal.lower) & (p < cal.upper), p >= cal.upper, p < cal.lower
     return dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[last]).sum()),
                 false_alerts=round(100 * (alert & ~y[last]).mean(), 1))  # fmt: skip
-
-
-_LAYERS: list[int] = []
 
 
 def main() -> int:
@@ -179,7 +176,6 @@ def main() -> int:
     backend = LlamaCppBackend(LlamaCppModelConfig(threads=2))
     student = Student(backend, release, 64)
     kind, layers = head_kind(backend)
-    _LAYERS[:] = layers
     bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
     x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
     data = {s: load_site(SITES[s]) for s in sites}
@@ -203,7 +199,7 @@ def main() -> int:
     print("\noracle (every earlier round labelled), last round:")
     oracles = {}
     for s in sites:
-        o = oracle(data[s], feats[s], bundled, x_bundled, args.seeds[0])
+        o = oracle(data[s], feats[s], bundled, x_bundled, layers, args.seeds[0])
         oracles[s] = o
         print(f"  {s:8s} band {o['calls']:.1f}/100, hazards passed {o['missed']}, "
               f"false alerts {o['false_alerts']:.1f}/100")  # fmt: skip

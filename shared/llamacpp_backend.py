@@ -339,7 +339,7 @@ class LlamaCppBackend:
         if head:
             self._eval(head, output_last=False)
         return self._layers.read(
-            layers, self.hidden.num_layers, lambda: self._decode(tail, True) or {}, self.name
+            layers, self.hidden.num_layers, lambda: self._decode(tail, True), self.name
         )
 
     # ------------------------------------------------------------ earlier layers

@@ -94,20 +94,20 @@ class LayerTaps:
         self,
         layers: tuple[int, ...],
         final: int,
-        decode: Callable[[], dict[int, np.ndarray]],
+        decode: Callable[[], dict[int, np.ndarray] | None],
         what: str,
         tap_final: bool = True,
     ) -> list[float]:
         """The hidden states of ``layers`` at the last token of one decode, concatenated in
         order. ``decode`` runs it with the taps armed for the earlier layers (and, with
         ``tap_final``, the final-norm state ``final``) and returns any states it read itself
-        (the final-norm row from llama.cpp's embeddings). Raises BackendError naming
+        (the final-norm row from llama.cpp's embeddings), or None. Raises BackendError naming
         ``what`` (the backend) where a layer was not read or reading one failed."""
         self.want(
             [i for i in layers if i < final], final if tap_final and final in layers else None
         )
         try:
-            states = decode()
+            states = decode() or {}
         finally:
             taps, error = self.collect()
         if error:

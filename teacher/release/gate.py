@@ -140,10 +140,12 @@ def compare(
                 f"beyond noise: {worse} hazard(s) it missed that v{a.release} caught, "
                 f"{better} the other way (exact McNemar p {p:.3f} < {alpha})"
             )
+    shares = {
+        name: {i for i, s in sites.items() if s == name} for name in sorted(set(sites.values()))
+    }
     if c.escalated is not None and a.escalated is not None:  # both scored case by case
         scopes = [("calls", None, "")] + [
-            (f"calls on {name}", {i for i, s in sites.items() if s == name}, f" on {name}'s share")
-            for name in sorted(set(sites.values()))
+            (f"calls on {name}", ids, f" on {name}'s share") for name, ids in shares.items()
         ]
         for key, ids, where in scopes:
             worse, better, p = _dearer(c, a, ids)
@@ -159,8 +161,7 @@ def compare(
         gains.append("calls")
     if c.accuracy > a.accuracy + EPSILON:
         gains.append("accuracy")
-    for site in sorted(set(sites.values())):
-        ids = {i for i, s in sites.items() if s == site}
+    for site, ids in shares.items():
         if _calls_per_100(c, ids) < _calls_per_100(a, ids) - EPSILON:
             gains.append(f"calls on {site}")
     if must_gain and not gains:

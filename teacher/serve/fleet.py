@@ -2,7 +2,7 @@
 
     fleet = Fleet()                                   # a dict: edge name -> EdgeState
     edge = fleet.seen("kitchen-cam", identity)        # on every message from it
-    fleet.push_due(edge, number=3, asked=0.0, retry_s=30.0)
+    edge.push_due(number=3, asked=0.0, retry_s=30.0)   # then edge.was_pushed(3)
     fleet.forget_silent(timeout_s=120.0)
 
 An edge is known by the name it gives (its key name under CurveZMQ) and reached through
@@ -31,6 +31,20 @@ class EdgeState:
     # kind -> (version, time.monotonic(), time.time()) of the latest push
     pushed: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
+    def push_due(self, number: int, asked: float, retry_s: float) -> bool:
+        """Whether release ``number`` should be pushed to this edge now: it runs another one,
+        and the same push was not sent within ``retry_s`` (unless a re-push was ``asked``
+        for, ``time.time()``, since)."""
+        if self.release_version == number:
+            return False
+        last = self.pushed.get("release")
+        return not (
+            last and last[0] == number and time.monotonic() - last[1] < retry_s and asked <= last[2]
+        )
+
+    def was_pushed(self, number: int) -> None:
+        self.pushed["release"] = (number, time.monotonic(), time.time())
+
 
 class Fleet(dict[str, EdgeState]):
     """Edge name -> what the server knows of it (a dict, so callers look edges up directly)."""
@@ -54,19 +68,3 @@ class Fleet(dict[str, EdgeState]):
         for name in [n for n, e in self.items() if e.last_seen < limit]:
             logger.info("edge %s went silent", name)
             del self[name]
-
-    @staticmethod
-    def push_due(edge: EdgeState, number: int, asked: float, retry_s: float) -> bool:
-        """Whether release ``number`` should be pushed to ``edge`` now: it runs another one,
-        and the same push was not sent within ``retry_s`` (unless a re-push was ``asked``
-        for, ``time.time()``, since)."""
-        if edge.release_version == number:
-            return False
-        last = edge.pushed.get("release")
-        return not (
-            last and last[0] == number and time.monotonic() - last[1] < retry_s and asked <= last[2]
-        )
-
-    @staticmethod
-    def pushed(edge: EdgeState, number: int) -> None:
-        edge.pushed["release"] = (number, time.monotonic(), time.time())

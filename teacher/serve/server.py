@@ -345,7 +345,7 @@ class TeacherServer:
 
     def _maybe_push(self, sock: zmq.Socket, name: str, edge: EdgeState) -> None:
         number, asked = self._active()
-        if not self.edges.push_due(edge, number, asked, self.config.server.push_retry_s):
+        if not edge.push_due(number, asked, self.config.server.push_retry_s):
             return
         folder = self.releases.path(number) if number else default_release_dir(self.releases.engine)
         try:
@@ -355,7 +355,7 @@ class TeacherServer:
             return
         msg = ReleasePush(version=number, files=[e for e, _ in files])
         if self._reply(sock, edge.identity, msg, [data for _, data in files]):
-            self.edges.pushed(edge, number)
+            edge.was_pushed(number)
             self._record_push(name, number, None, "")
             logger.info(
                 "pushed release v%s to edge %s (it runs v%s)", number, name, edge.release_version
