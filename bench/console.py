@@ -39,7 +39,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import uvicorn  # noqa: E402
 
-from edge.demo import free_port  # noqa: E402
+from edge.demo_pair import free_port  # noqa: E402
 from shared.calibration import conservative  # noqa: E402
 from shared.messages import Escalation, Review  # noqa: E402
 from shared.release import build_files, default_release  # noqa: E402

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from edge.demo import free_port  # noqa: E402
+from edge.demo_pair import free_port  # noqa: E402
 from edge.link import LinkClient  # noqa: E402
 from edge.outbox import Outbox  # noqa: E402
 from shared.config import LinkConfig  # noqa: E402

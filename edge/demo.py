@@ -24,27 +24,24 @@ no Ollama):
 5. a table per round (from the edge's own events, scored against the scenario's labels)
    and ``report.json`` + ``report.png`` in ``--out``.
 
-It knows how to start and watch the parts, not how any part works inside: it drives the
+The process pair (keys, configs, the two subprocesses, their events and outbox) is
+``edge.demo_pair``; this module plays the rounds on it. It knows how to start and watch
+the parts, not how any part works inside: it drives the
 teacher through its commands and reads only the shared release layout (it imports
 nothing of ``teacher``), so it stands above both sides.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from importlib.resources import files
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
+from edge.demo_pair import DemoProcesses, events, say
 from edge.demo_scoring import outcome, scenario_path, start_outcomes, write_round_labels
 from shared.errors import GemmaEdgeError
 from shared.evaluation import LabeledCase
@@ -54,10 +51,6 @@ from shared.scoring import Outcome
 
 logger = logging.getLogger(__name__)
 
-EDGE_ID = "demo-edge"
-TEACHER_NAME = (
-    "labels stand in for the teacher (a person, or an Ollama teacher in a real deployment)"
-)
 QUICK = {"rounds": 2, "per_round": 24}
 FULL = {"rounds": 8, "per_round": 80}
 ANSWER_TIMEOUT_S = 600
@@ -65,26 +58,8 @@ REVIEW_TIMEOUT_S = 300
 PUSH_TIMEOUT_S = 300
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line being written
-    return out
-
-
-class DemoRun:
-    """The processes and files of one demo run; ``run`` plays the rounds."""
+class DemoRun(DemoProcesses):
+    """One demo run: the process pair (``edge.demo_pair``) and the rounds it plays."""
 
     def __init__(
         self,
@@ -98,139 +73,14 @@ class DemoRun:
         answer: str = "always",
         lora: bool = False,
     ):
-        self.work = work
-        self.backend = backend  # the student engine, the same on the edge and the teacher
-        self.answer = answer
-        self.scenes = scenes or scenario_path()
+        super().__init__(work, scenes or scenario_path(), backend, answer, threads, seed)
         self.rounds = rounds
         self.full = full
         self.lora = lora  # a LoRA with the head every round, without upskill
-        self.threads = threads
-        self.seed = seed
-        self.home = work / "teacher"
-        self.events = work / "events.jsonl"
-        self.teacher: subprocess.Popen | None = None
-        self.edge: subprocess.Popen | None = None
         self.rows: list[RoundRow] = []
         self.outcomes: list[list[Outcome]] = []  # per round, per input, as the edge answered
         self.builds: list[dict] = []
         self._pushed = 0  # the last release the edge was seen to install
-
-    # ------------------------------------------------------------ set-up
-    def write_configs(self) -> tuple[Path, Path]:
-        keys = self.home / "keys"  # made as a person would: `gemma-teacher keys ...`
-        for action in (["init"], ["new-edge", EDGE_ID]):
-            done = subprocess.run(
-                [sys.executable, "-m", "teacher", "keys", *action, "--keys-dir", str(keys)],
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                raise GemmaEdgeError(f"gemma-teacher keys {action[0]} failed: {done.stderr}")
-        edge_secret = keys / "edges" / f"{EDGE_ID}.key_secret"
-        port = free_port()
-        labels = self.work / "labels.jsonl"  # what the teacher "knows": every scenario label
-        shutil.copyfile(self.scenes, labels)
-        student = {
-            "backend": self.backend,
-            self.backend: {"threads": self.threads},
-            "answer": self.answer,
-        }
-        teacher = {
-            "home": str(self.home),
-            "server": {
-                "bind": f"tcp://127.0.0.1:{port}",
-                "keys_dir": str(keys),
-                "heartbeat_s": 0.5,
-            },
-            "reviewer": {"backend": "labels", "labels": str(labels)},
-            "student": student,
-            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-4, "seed": self.seed},
-        }
-        edge = {
-            "edge_id": EDGE_ID,
-            "state_dir": str(self.work / "edge"),
-            "model": student,
-            "link": {
-                "teacher": f"tcp://127.0.0.1:{port}",
-                "edge_secret_key": str(edge_secret),
-                "teacher_public_key": str(keys / "teacher.key"),
-                "heartbeat_s": 0.5,
-                "outbox": str(self.work / "edge" / "outbox.sqlite"),
-            },
-        }
-        paths = self.work / "teacher.yaml", self.work / "edge.yaml"
-        for path, doc in zip(paths, (teacher, edge), strict=True):
-            path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return paths
-
-    def start(self) -> None:
-        from shared.config import EmbeddedModelConfig
-        from shared.models import ensure_cache
-
-        if self.backend == "embedded":  # the first run converts, with a bar
-            ensure_cache(None, EmbeddedModelConfig().cache_dir)
-        teacher_cfg, edge_cfg = self.write_configs()
-        self.teacher_cfg = teacher_cfg
-        self.teacher = subprocess.Popen(
-            [sys.executable, "-m", "teacher", "serve", "--config", str(teacher_cfg)],
-            stdout=subprocess.PIPE,
-            stderr=(self.work / "teacher.log").open("w"),
-            text=True,
-        )
-        line = self.teacher.stdout.readline()
-        if "serving" not in line:
-            raise GemmaEdgeError(f"the teacher did not start: see {self.work / 'teacher.log'}")
-        say(f"teacher: {line.strip()}; reviewer: {TEACHER_NAME}")
-        self.edge = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge",
-                "run",
-                "--config",
-                str(edge_cfg),
-                "--source",
-                "-",
-                "--events",
-                str(self.events),
-                "--no-progress",
-            ],
-            stdin=subprocess.PIPE,
-            stderr=(self.work / "edge.log").open("w"),
-            text=True,
-        )
-        say(f"edge {EDGE_ID}: pid {self.edge.pid}, CurveZMQ link to the teacher")
-
-    def stop(self) -> None:
-        if self.edge is not None and self.edge.poll() is None:
-            self.edge.stdin.close()  # end of input: the edge finishes and exits 0
-            try:
-                self.edge.wait(60)
-            except subprocess.TimeoutExpired:
-                self.edge.kill()
-        if self.teacher is not None and self.teacher.poll() is None:
-            self.teacher.send_signal(signal.SIGTERM)
-            try:
-                self.teacher.wait(30)
-            except subprocess.TimeoutExpired:
-                self.teacher.kill()
-
-    # ------------------------------------------------------------ waiting
-    def _alive(self) -> None:
-        for name, proc in (("edge", self.edge), ("teacher", self.teacher)):
-            if proc is not None and proc.poll() is not None:
-                raise GemmaEdgeError(
-                    f"the {name} exited ({proc.returncode}); see {self.work / (name + '.log')}"
-                )
-
-    def wait(self, cond, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            self._alive()
-            if time.monotonic() > deadline:
-                raise GemmaEdgeError(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(0.2)
 
     # ------------------------------------------------------------ one round
     def play(self, index: int, cases: list[LabeledCase]) -> RoundRow:
@@ -244,15 +94,15 @@ class DemoRun:
             self.edge.stdin.flush()
             target = before + len(answered) + 1
             self.wait(
-                lambda t=target: self._answers() >= t,
+                lambda t=target: self.answers() >= t,
                 ANSWER_TIMEOUT_S,
                 f"the edge's answer to {case.input[:40]!r}",
             )
-            answered = self._answers_since(before)
+            answered = self.answers_since(before)
             bar.update()
         bar.close()
         escalated = {e["case_id"] for e in answered if e.get("case_id")}
-        reviewed = lambda: escalated <= self._reviewed()  # noqa: E731
+        reviewed = lambda: escalated <= self.reviewed()  # noqa: E731
         with tqdm(
             total=len(escalated),
             desc=f"round {index}: stored and reviewed",
@@ -262,33 +112,14 @@ class DemoRun:
         ) as bar:
 
             def progress() -> bool:
-                done = len(escalated & self._reviewed())
+                done = len(escalated & self.reviewed())
                 bar.update(done - bar.n)
                 return reviewed()
 
             self.wait(progress, REVIEW_TIMEOUT_S, "every escalation to be reviewed")
-        self.wait(self._outbox_empty, REVIEW_TIMEOUT_S, "the settled inputs to reach the teacher")
+        self.wait(self.outbox_empty, REVIEW_TIMEOUT_S, "the settled inputs to reach the teacher")
         self.outcomes.append([outcome(e, c.safety) for e, c in zip(answered, cases, strict=True)])
         return round_row(f"round {index}", self.outcomes[-1])
-
-    def _outbox_empty(self) -> bool:
-        """The edge's outbox holds nothing (every case and settled input was acked)."""
-        import sqlite3
-
-        path = self.work / "edge" / "outbox.sqlite"
-        if not path.exists():
-            return True
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
-
-    def _answers(self) -> int:
-        return sum(1 for e in events(self.events) if e.get("type") == "answer")
-
-    def _answers_since(self, before: int) -> list[dict]:
-        return [e for e in events(self.events) if e.get("type") == "answer"][before:]
-
-    def _reviewed(self) -> set[str]:
-        return {e["case_id"] for e in events(self.events) if e.get("type") == "review"}
 
     # ------------------------------------------------------------ releases
     def improve(self, index: int) -> dict:
@@ -394,15 +225,3 @@ class DemoRun:
         return [
             round_row(row.label, self.outcomes[i], start.get(i)) for i, row in enumerate(self.rows)
         ]
-
-    def run_teacher(self, args: list[str]) -> subprocess.CompletedProcess:
-        """``gemma-teacher ARGS --config <the demo's teacher.yaml>``, its stdout captured."""
-        return subprocess.run(
-            [sys.executable, "-m", "teacher", *args, "--config", str(self.teacher_cfg)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-
-def say(text: str) -> None:
-    tqdm.write(text, file=sys.stderr)

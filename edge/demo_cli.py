@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edge.demo import FULL, QUICK, TEACHER_NAME, DemoRun, say
+from edge.demo import FULL, QUICK, DemoRun
+from edge.demo_pair import TEACHER_NAME, say
 from edge.demo_scoring import scenario
 from shared.errors import GemmaEdgeError
 from shared.rounds import plot, table

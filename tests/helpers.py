@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.demo import free_port  # noqa: F401 (one definition, the demo's)
+from edge.demo_pair import free_port  # noqa: F401 (one definition, the demo's)
 
 
 def tiny_gemma(vocab_size: int = 512, seed: int = 0, **overrides):
