@@ -7,7 +7,9 @@ Each run is ``gemma-edge demo`` (head-only releases, labels standing in for the 
 on one site: ``demo`` is the bundled factory and ``tuning`` is
 ``bench/data/tuning_site/scenes.jsonl`` (a railway station): the defaults were chosen on
 these two; ``heldout`` is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written
-before the flywheel defaults changed, never used to choose one). Every round's inputs are also
+before the flywheel defaults changed, never used to choose one); ``hospital`` is
+``bench/data/hospital_site/scenes.jsonl`` (an emergency department whose safe scenes look
+hazardous, written after the defaults were fixed; it chose none). Every round's inputs are also
 answered by the starting release v0 through the same code (the demo does it), so the
 loop's effect is the ratio of the two, round by round.
 
@@ -32,6 +34,7 @@ SITES = {
     "demo": None,
     "tuning": DATA / "tuning_site" / "scenes.jsonl",
     "heldout": DATA / "heldout_site" / "scenes.jsonl",
+    "hospital": DATA / "hospital_site" / "scenes.jsonl",
 }
 
 
@@ -107,8 +110,13 @@ def show(runs: list[dict]) -> str:
 
 
 def site_of(run: dict) -> str:
-    """The site a run played: the one whose scene file its command names, else the demo's."""
-    named = [site for site, scenes in SITES.items() if scenes and str(scenes) in run["command"]]
+    """The site a run played: the one whose scene file its command names (from any checkout),
+    else the demo's."""
+    named = [
+        site
+        for site, scenes in SITES.items()
+        if scenes and str(scenes.relative_to(ROOT)) in run["command"]
+    ]
     return named[0] if named else "demo"
 
 

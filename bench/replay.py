@@ -47,6 +47,7 @@ SITES = {
     "demo": ROOT / "shared/data/demo/scenes.jsonl",
     "tuning": ROOT / "bench/data/tuning_site/scenes.jsonl",
     "heldout": ROOT / "bench/data/heldout_site/scenes.jsonl",
+    "hospital": ROOT / "bench/data/hospital_site/scenes.jsonl",
 }
 GATES = ("not_worse", "must_gain")
 
