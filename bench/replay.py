@@ -3,6 +3,7 @@ in minutes (under a minute a site and seed) before a `gemma-edge demo` run measu
 
     .venv/bin/python bench/replay.py                      # the tuning and factory sites, 3 seeds
     .venv/bin/python bench/replay.py --site heldout       # measure only: never choose with it
+    .venv/bin/python bench/replay.py --levers --site tuning --site demo --site hospital
 
 Features come once from the bundled llama.cpp v0's own ``Student`` (its prompt, the head's
 layers, ``teacher.release.head_fit.features``) and are cached under
@@ -18,6 +19,9 @@ scenes plus the reviews, as ``teacher.release.head_fit`` does with no LoRA. Gate
   noise, which no replayed build was in the demo runs);
 - ``must_gain``: the candidate ships only with fewer band calls than the running release on
   the frozen split (the bundled frozen share plus the site's) or on the site's share.
+
+With ``--levers``: the not-worse gate with each of ``LEVERS`` (against false alerts that
+come back as "unsafe" self-labels) instead, and no oracle.
 
 And ``oracle`` (a bound, not a gate): one head fitted on every earlier round's scenes with
 their true labels, the last round answered with it: what the features allow where every
@@ -72,8 +76,23 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
     return x
 
 
-def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: int, gate: str):
-    """Per round: (band calls per 100, hazards passed, false alerts per 100, release)."""
+# Levers against false alerts turning into "unsafe" self-labels (``--levers``), each with
+# the not-worse gate: self-label an alert only when p(unsafe) is at least ``alert_min``;
+# the teacher reviews a random ``audit_alerts`` share of alerts (each a call); or
+# ``release.self_labels: passed`` (alerts never self-label).
+LEVERS = {
+    "defaults": {},
+    "alert_min_0.9": {"alert_min": 0.9},
+    "alert_min_0.97": {"alert_min": 0.97},
+    "audit_alerts_0.1": {"audit_alerts": 0.1},
+    "self_labels_passed": {"alert_min": 2.0},
+}
+
+
+def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: int, gate: str,
+           lever: dict | None = None):  # fmt: skip
+    """Per round: calls per 100 (the band's, plus audited alerts under a lever), hazards
+    passed, false alerts per 100, the release."""
     from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
     from shared.teacher_config import TeacherConfig
@@ -96,19 +115,22 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         p = h.p_unsafe_many(xs)
         return float(((p >= lo) & (p < up)).mean())
 
+    lever = lever or {}
+    rng = np.random.default_rng(seed)
     for r in range(int(rounds.max()) + 1):
         idx = np.where(rounds == r)[0]
         p = head.p_unsafe_many(x[idx])
         band, alert, passed = (p >= lower) & (p < upper), p >= upper, p < lower
+        band |= alert & (rng.random(len(idx)) < lever.get("audit_alerts", 0.0))
         out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
                         false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
                         release=version))  # fmt: skip
-        for i, b, a in zip(idx, band, alert, strict=True):
+        for i, b, a, pi in zip(idx, band, alert, p, strict=True):
             if b:
                 held = frozen_member(site[i]["input"], frac, seed)
                 (frozen_site if held else reviewed).append(i)
-            else:  # settled by the edge: alerted -> unsafe, passed -> safe
-                selfl.append((i, bool(a)))
+            elif not a or pi >= lever.get("alert_min", 0.0):
+                selfl.append((i, bool(a)))  # settled by the edge: alerted -> unsafe, passed -> safe
         cases = fit_b + [LabeledCase(id=site[i]["id"], input=site[i]["input"],
                                      safety=bool(y[i]), site="site") for i in reviewed]  # fmt: skip
         xs = np.vstack([x_fit_b, x[reviewed]]) if reviewed else x_fit_b
@@ -163,6 +185,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--levers", action="store_true",
+                    help="compare the levers against false-alert self-labels (LEVERS) instead "
+                         "of the gates")  # fmt: skip
     args = ap.parse_args()
     sites = args.site or ["tuning", "demo"]
     from shared.config import LlamaCppModelConfig
@@ -183,6 +208,8 @@ def main() -> int:
     feats = {s: cached_features(s, [r["input"] for r in data[s]], student, kind, layers)
              for s in sites}  # fmt: skip
     backend.close()
+    if args.levers:
+        return levers(args, sites, data, feats, bundled, x_bundled, release, t0)
     cal0 = release.manifest.calibration
     runs = []
     print(
@@ -215,6 +242,41 @@ def main() -> int:
     name = "replay.json" if not args.site else f"replay-{'-'.join(sites)}.json"
     (RESULTS / name).write_text(json.dumps(doc, indent=1))
     print(f"wrote {RESULTS / name}")
+    return 0
+
+
+def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
+    """The LEVERS table: calls per 100 by round, hazards passed and false alerts per 100 in
+    the last round, per site, seed and lever (not-worse gate); writes replay-levers-*.json."""
+    cal0 = release.manifest.calibration
+    runs = []
+    print(
+        "| site | seed | lever | calls/100 by round | last | hazards passed | false alerts, last |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for s in sites:
+        for seed in args.seeds:
+            for name, lever in LEVERS.items():
+                rows = replay(data[s], feats[s], bundled, x_bundled, release.head, cal0, seed,
+                              "not_worse", lever)  # fmt: skip
+                runs.append(dict(site=s, seed=seed, lever=name, rounds=rows))
+                calls = ", ".join(f"{r['calls']:.1f}" for r in rows)
+                print(f"| {s} | {seed} | {name} | {calls} | {rows[-1]['calls']:.1f} | "
+                      f"{sum(r['missed'] for r in rows)} | {rows[-1]['false_alerts']:.1f} |")  # fmt: skip
+    print("\nmean calls/100 in the last round (hazards passed in all rounds, all seeds):")
+    for s in sites:
+        for name in LEVERS:
+            mine = [r["rounds"] for r in runs if r["site"] == s and r["lever"] == name]
+            last = [rows[-1]["calls"] for rows in mine]
+            missed = sum(r["missed"] for rows in mine for r in rows)
+            print(f"  {s:8s} {name:20s} {np.mean(last):5.1f}  ({', '.join(map(str, last))}); "
+                  f"passed {missed}")  # fmt: skip
+    doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
+           "seconds": round(time.time() - t0, 1), "levers": LEVERS, "runs": runs}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"replay-levers-{'-'.join(sites)}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
     return 0
 
 

@@ -62,6 +62,7 @@ from shared.backend import GenerateRequest, Generation, HiddenSpec, TokenLogprob
 from shared.config import LlamaCppModelConfig
 from shared.errors import BackendError, ModelError
 from shared.gguf_adapter import cached_gguf_adapter
+from shared.llamacpp_kv import KVSequence
 from shared.llamacpp_lora import LoraSlots
 from shared.llamacpp_native import LayerTaps, context_with, route_logs
 from shared.skill import ANSWER_PRIMER, INPUT_LABEL, render_input, render_prefix
@@ -112,12 +113,13 @@ class LlamaCppBackend:
             raise ModelError(f"llama.cpp could not load {weights.path}: {exc}") from exc
         self.name = f"llamacpp:{weights.path.stem}"
         self.lock = threading.RLock()
-        self._ctx = self._llm.ctx
         self._model = self._llm.model
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = self._llm.n_vocab()
         self._n_ctx = self._llm.n_ctx()
-        self._batch = llama_cpp.llama_batch_init(self.config.n_batch, 0, 1)
+        self._kv = KVSequence(  # sequence 0 and the tokens it holds
+            llama_cpp, self._llm.ctx, self.config.n_batch, self.config.prefix_cache, self.name
+        )
         n_layer = int(llama_cpp.llama_model_n_layer(self._model))
         self._layers = LayerTaps(llama_cpp, int(self._llm.n_embd()))
         self.hidden = HiddenSpec(
@@ -128,8 +130,7 @@ class LlamaCppBackend:
         )
         self._own_ctx = False  # True once the context is ours (rebuilt with or without taps)
         self._tapped = False  # the context carries the eval callback
-        self._cached: list[int] = []  # the tokens whose keys and values are in sequence 0
-        self._ready: tuple | None = None  # (ids, layers, hidden): a prompt whose last logits stand
+        self._ready: tuple | None = None  # (ids, layers, hidden, kv version): logits that stand
         self._loras = LoraSlots(llama_cpp, self._model)  # a release's adapters, loaded once
         self._pieces: dict[int, str] = {}
         self._prefix_ids: dict[str, list[list[int]]] = {}
@@ -157,9 +158,9 @@ class LlamaCppBackend:
                 return
             if self._vision is not None:
                 self._vision.close()
-            self._ll.llama_batch_free(self._batch)
+            self._kv.close()
             if self._own_ctx:
-                self._ll.llama_free(self._ctx)
+                self._ll.llama_free(self._kv.ctx)
             self._loras.close()
             self._llm.close()
             self._llm = None
@@ -189,13 +190,18 @@ class LlamaCppBackend:
                 f"the context holds {self._n_ctx} (model.llamacpp.n_ctx)"
             )
         ready, self._ready = self._ready, None
-        if self.config.prefix_cache and ready is not None and ready[:2] == (ids, wanted):
+        if (
+            self.config.prefix_cache
+            and ready is not None
+            and ready[:2] == (ids, wanted)
+            and ready[3] == self._kv.version
+        ):
             # the same prompt again (when_needed: its sentence after its prefill): the cache
             # holds it and its last token's logits stand, as in one answering pass
             kept, hidden = len(ids), None if ready[2] is None else list(ready[2])
         else:
             kept, hidden = self._prompt(ids, boundary, wanted)
-        self._ready = (ids, wanted, hidden)
+        self._ready = (ids, wanted, hidden, self._kv.version)
         ttft = time.perf_counter() - t0
         tokens: list[int] = []
         logprobs: list[TokenLogprob] = []
@@ -238,7 +244,7 @@ class LlamaCppBackend:
     ) -> tuple[int, list[float] | None]:
         """Evaluate the prompt ``ids`` after what the cache keeps of it, with logits for its
         last token: the tokens kept, and the hidden state of the ``wanted`` layers."""
-        common = kept = self._keep_prefix(ids, boundary)
+        common = kept = self._kv.keep_prefix(ids, boundary)
         try:
             if boundary and common < boundary:  # the shared prefix alone: the same bits
                 self._eval(ids[common:boundary], output_last=False)
@@ -271,46 +277,15 @@ class LlamaCppBackend:
                 return n
         return 0
 
-    def _keep_prefix(self, ids: list[int], boundary: int | None = None) -> int:
-        """Cut sequence 0 back to the longest prefix it shares with ``ids``, and never past
-        ``boundary`` (what every input of the skill shares; 0: nothing is, so nothing is
-        kept; None: no limit): the shared prefix is always evaluated alone and the input
-        after it as one batch, so an input's numbers do not depend on what came before it in
-        this process (a teacher scoring it and an edge answering it compute the same bits);
-        at most all but the last token. The number of tokens kept."""
-        common = 0
-        if self.config.prefix_cache:
-            for a, b in zip(self._cached, ids, strict=False):
-                if a != b:
-                    break
-                common += 1
-        common = min(common, len(ids) - 1, len(ids) if boundary is None else boundary)
-        if boundary and common < boundary:  # a partial prefix was built another way: anew
-            common = 0
-        memory = self._ll.llama_get_memory(self._ctx)
-        if common == 0:
-            self._ll.llama_memory_clear(memory, True)
-        elif common < len(self._cached):
-            if not self._ll.llama_memory_seq_rm(memory, 0, common, -1):
-                self._ll.llama_memory_clear(memory, True)
-                common = 0
-        self._cached = self._cached[:common]
-        return common
-
     def _forget(self) -> None:
-        self._ll.llama_memory_clear(self._ll.llama_get_memory(self._ctx), True)
-        self._cached = []
+        self._kv.forget()
         self._ready = None
 
     def _eval(self, tokens: list[int], output_last: bool) -> None:
         """Append ``tokens`` to sequence 0 in batches; logits for the last one if asked."""
         if self._vision is not None and tokens and min(tokens) < 0:
             return self._vision.eval(tokens, output_last)  # a frame inside: see below
-        step = self.config.n_batch
-        for start in range(0, len(tokens), step):
-            chunk = tokens[start : start + step]
-            last = output_last and start + step >= len(tokens)
-            self._decode(chunk, last)
+        self._kv.eval(tokens, output_last)
 
     def _eval_last(self, token: int, layers: tuple[int, ...]) -> list[float]:
         """The last prompt token alone with embeddings on: its final-norm state and the
@@ -318,15 +293,16 @@ class LlamaCppBackend:
         final = self.hidden.num_layers
 
         def decode() -> dict[int, np.ndarray]:
-            self._ll.llama_set_embeddings(self._ctx, True)
+            ctx = self._kv.ctx
+            self._ll.llama_set_embeddings(ctx, True)
             try:
-                self._decode([token], True)
-                ptr = self._ll.llama_get_embeddings_ith(self._ctx, -1)
+                self._kv.decode([token], True)
+                ptr = self._ll.llama_get_embeddings_ith(ctx, -1)
                 if not ptr:
                     raise BackendError(f"{self.name}: llama.cpp returned no hidden state")
                 return {final: np.ctypeslib.as_array(ptr, shape=(self.hidden.size,)).copy()}
             finally:
-                self._ll.llama_set_embeddings(self._ctx, False)
+                self._ll.llama_set_embeddings(ctx, False)
 
         return self._layers.read(layers, final, decode, self.name, tap_final=False)
 
@@ -339,7 +315,7 @@ class LlamaCppBackend:
         if head:
             self._eval(head, output_last=False)
         return self._layers.read(
-            layers, self.hidden.num_layers, lambda: self._decode(tail, True), self.name
+            layers, self.hidden.num_layers, lambda: self._kv.decode(tail, True), self.name
         )
 
     # ------------------------------------------------------------ earlier layers
@@ -353,10 +329,11 @@ class LlamaCppBackend:
         callback = self._layers.callback if need else None
         ctx = context_with(self._ll, self._llm, callback, f"{self.name} (layers {list(earlier)})")
         if self._own_ctx:
-            self._ll.llama_free(self._ctx)
+            self._ll.llama_free(self._kv.ctx)
         else:
             self._llm._ctx.close()  # the Llama object's own context: ours replaces it
-        self._ctx, self._own_ctx, self._tapped = ctx, True, need
+        self._kv.rebind(ctx)
+        self._own_ctx, self._tapped = True, need
         self._apply()  # the active adapter on the new context; nothing is cached in it
         logger.info(
             "llama.cpp context rebuilt %s the eval callback (hidden layers %s) in %.3f s",
@@ -365,25 +342,9 @@ class LlamaCppBackend:
             time.perf_counter() - t0,
         )
 
-    def _decode(self, tokens: list[int], output_last: bool) -> None:
-        self._ready = None
-        batch = self._batch
-        pos = len(self._cached)
-        batch.n_tokens = len(tokens)
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = output_last and i == len(tokens) - 1
-        rc = self._ll.llama_decode(self._ctx, batch)
-        if rc != 0:
-            raise BackendError(f"{self.name}: llama_decode returned {rc}")
-        self._cached.extend(tokens)
-
     def _pick(self) -> tuple[int, TokenLogprob]:
         """The greedy token and the top 5 with their log-probabilities (full softmax)."""
-        ptr = self._ll.llama_get_logits_ith(self._ctx, -1)
+        ptr = self._ll.llama_get_logits_ith(self._kv.ctx, -1)
         logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
         peak = float(logits.max())
         near = np.flatnonzero(logits > peak - 8.0)  # the top 5 are almost always here
@@ -426,7 +387,7 @@ class LlamaCppBackend:
         gguf = cached_gguf_adapter(Path(path), Path(self.config.adapter_cache).expanduser())
         with self.lock:
             try:
-                self._loras.load(name, gguf, self._ctx)
+                self._loras.load(name, gguf, self._kv.ctx)
             finally:
                 if self._loras.active == name:
                     self._forget()
@@ -438,19 +399,19 @@ class LlamaCppBackend:
 
     def unload_adapter(self, name: str) -> None:
         with self.lock:
-            if self._loras.unload(name, self._ctx):
+            if self._loras.unload(name, self._kv.ctx):
                 self._forget()
 
     def _apply(self) -> None:
         """Put the active adapter on the context; the cached keys and values are stale."""
         try:
-            self._loras.apply(self._ctx)
+            self._loras.apply(self._kv.ctx)
         finally:
             self._forget()
 
     # ------------------------------------------------------------ frames (model.llamacpp.mmproj)
     # The hook for a multimodal GGUF: shared.llamacpp_vision puts a request's JPEG in the
-    # prompt through llama.cpp's mtmd, as keys < 0 in ``ids`` and ``_cached`` (one per image
+    # prompt through llama.cpp's mtmd, as keys < 0 in ``ids`` and ``_kv`` (one per image
     # position, so prefix reuse compares them like tokens); ``_eval`` hands a run holding
     # them to it, and it evaluates the text around them here. Without mmproj a request's
     # image is ignored: a text-only model reads the scene sketch.

@@ -238,15 +238,15 @@ class Vision:
 
     def _decode(self, chunk: Any, keys: list[int], logits_last: bool) -> None:
         backend, m = self._backend, self._m
-        n_past = len(backend._cached)
+        n_past = len(backend._kv.tokens)
         new_n_past = ctypes.c_int32(n_past)
         rc = m.mtmd_helper_eval_chunk_single(
-            self._ctx, backend._ctx, chunk, n_past, 0, backend.config.n_batch, logits_last,
+            self._ctx, backend._kv.ctx, chunk, n_past, 0, backend.config.n_batch, logits_last,
             ctypes.byref(new_n_past),
         )  # fmt: skip
         if rc != 0 or new_n_past.value != n_past + len(keys):
             raise BackendError(f"{backend.name}: llama.cpp could not evaluate the frame ({rc})")
-        backend._cached.extend(keys)
+        backend._kv.extend(keys)
 
     def _free_chunks(self) -> None:
         self._images = {}

@@ -1,4 +1,5 @@
-"""Which tokens every input of a skill shares on llama.cpp (``LlamaCppBackend._boundary``).
+"""Which tokens every input of a skill shares on llama.cpp (``LlamaCppBackend._boundary``),
+and how sequence 0 is cut back to them (``shared.llamacpp_kv.KVSequence``).
 
 The real engine's reuse is tested in test_llamacpp_backend.py; this checks the fallbacks
 with a toy tokenizer, so it runs without a model."""
@@ -6,6 +7,7 @@ with a toy tokenizer, so it runs without a model."""
 from __future__ import annotations
 
 from shared.llamacpp_backend import LlamaCppBackend
+from shared.llamacpp_kv import KVSequence
 from shared.skill import render_input
 
 
@@ -56,6 +58,9 @@ class _Memory:
     def __init__(self):
         self.calls: list[tuple] = []
 
+    def llama_batch_init(self, n_batch, embd, n_seq):
+        return None
+
     def llama_get_memory(self, ctx):
         return "memory"
 
@@ -68,12 +73,12 @@ class _Memory:
 
 
 def keep(cached: list[int], ids: list[int], shared: int | None) -> tuple[int, list[tuple]]:
-    from types import SimpleNamespace
-
-    backend = object.__new__(LlamaCppBackend)
-    backend._ll, backend._ctx, backend._cached = _Memory(), None, list(cached)
-    backend.config = SimpleNamespace(prefix_cache=True)
-    return backend._keep_prefix(ids, shared), backend._ll.calls
+    ll = _Memory()
+    kv = KVSequence(ll, None, 512)
+    kv.tokens = list(cached)
+    kept = kv.keep_prefix(ids, shared)
+    assert kv.tokens == cached[:kept]
+    return kept, ll.calls
 
 
 def test_the_cache_is_cut_back_to_the_shared_prefix_and_to_nothing_when_none_is_known():
@@ -82,3 +87,15 @@ def test_the_cache_is_cut_back_to_the_shared_prefix_and_to_nothing_when_none_is_
     assert keep(before, now, 0) == (0, [("clear",)])  # nothing shared: nothing reused
     assert keep(before, now, None) == (4, [("cut", 4)])  # a frame: all the cache shares
     assert keep([1, 2], now, 3) == (0, [("clear",)])  # a partial prefix is built anew
+
+
+def test_a_cut_or_a_clear_tells_a_caller_the_last_logits_no_longer_stand():
+    kv = KVSequence(_Memory(), None, 512)
+    kv.tokens = [1, 2, 3, 4]
+    before = kv.version
+    assert kv.keep_prefix([1, 2, 3, 4, 5], 4) == 4 and kv.version == before  # all kept
+    kv.keep_prefix([1, 2, 7, 8], None)
+    cut = kv.version
+    assert cut != before
+    kv.forget()
+    assert kv.version != cut and kv.tokens == []
