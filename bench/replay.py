@@ -25,11 +25,13 @@ come back as "unsafe" self-labels) instead, and no oracle.
 
 And ``oracle`` (a bound, not a gate): one head fitted on every earlier round's scenes with
 their true labels, the last round answered with it: what the features allow where every
-input is labelled.
+input is labelled; and the same head with its thresholds certified on the site cases the
+loop had reviewed by then (and the bundled ones): how much of the gap is the calibration's.
 
 Left out (the demo has them): the keyword rule and its floor and memory, audits, format
 breaks, the sentence, the keyword sample in the calibration. So band calls only: a screen,
-not a measurement. Prints a table and writes bench/results/replay.json.
+not a measurement. Prints a table and writes bench/results/replay.json (replay-<sites>.json
+with --site).
 """
 
 from __future__ import annotations
@@ -90,9 +92,10 @@ LEVERS = {
 
 
 def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: int, gate: str,
-           lever: dict | None = None):  # fmt: skip
+           lever: dict | None = None, state: dict | None = None):  # fmt: skip
     """Per round: calls per 100 (the band's, plus audited alerts under a lever), hazards
-    passed, false alerts per 100, the release."""
+    passed, false alerts per 100, the release. ``state`` gets ``reviewed``: the site's
+    reviewed cases (indices) before the last round."""
     from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
     from shared.teacher_config import TeacherConfig
@@ -118,6 +121,8 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     lever = lever or {}
     rng = np.random.default_rng(seed)
     for r in range(int(rounds.max()) + 1):
+        if state is not None:
+            state["reviewed"] = list(reviewed)
         idx = np.where(rounds == r)[0]
         p = head.p_unsafe_many(x[idx])
         band, alert, passed = (p >= lower) & (p < upper), p >= upper, p < lower
@@ -153,8 +158,12 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     return out
 
 
-def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int) -> dict:
-    """The last round under a head fitted on every earlier round, all labels known."""
+def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int,
+           calibrate_on: list[int] | None = None) -> dict:  # fmt: skip
+    """The last round under a head fitted on every earlier round, all labels known; its
+    thresholds certified on all of them, or with ``calibrate_on`` on those site cases only
+    (and the bundled ones): the loop's reviews, to tell the fit's share from the
+    calibration's."""
     from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
     from shared.teacher_config import TeacherConfig
@@ -172,7 +181,11 @@ def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: in
     ]
     xs = np.vstack([x_bundled[keep], x[earlier]])
     head, oof = crossfit(cfg, xs, cases, "hidden", tuple(layers), None)
-    cal = calibrate(oof.tolist(), [c.safety for c in cases], recall_target=cfg.policy.recall_target,
+    use = np.ones(len(cases), dtype=bool)
+    if calibrate_on is not None:
+        use[int(keep.sum()) :] = np.isin(earlier, calibrate_on)
+    labels = np.array([c.safety for c in cases])
+    cal = calibrate(oof[use].tolist(), labels[use].tolist(), recall_target=cfg.policy.recall_target,
                     delta=cfg.policy.recall_delta,
                     max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
     p = head.p_unsafe_many(x[last])
@@ -216,21 +229,32 @@ def main() -> int:
         "| site | seed | gate | band calls/100 by round | last | hazards passed | builds shipped |"
     )
     print("|---|---|---|---|---|---|---|")
+    reviewed = {}  # (site, seed): the not-worse loop's reviews before the last round
     for s in sites:
         for seed in args.seeds:
             for gate in GATES:
-                rows = replay(data[s], feats[s], bundled, x_bundled, release.head, cal0, seed, gate)
+                state: dict = {}
+                rows = replay(data[s], feats[s], bundled, x_bundled, release.head, cal0, seed, gate,
+                              state=state)  # fmt: skip
+                if gate == "not_worse":
+                    reviewed[s, seed] = state["reviewed"]
                 runs.append(dict(site=s, seed=seed, gate=gate, rounds=rows))
                 calls = ", ".join(f"{r['calls']:.1f}" for r in rows)
                 print(f"| {s} | {seed} | {gate} | {calls} | {rows[-1]['calls']:.1f} | "
                       f"{sum(r['missed'] for r in rows)} | {rows[-1]['release']} |")  # fmt: skip
-    print("\noracle (every earlier round labelled), last round:")
+    print("\noracle (every earlier round labelled), last round; and the same fit with its "
+          "thresholds certified on the loop's reviews only (not_worse):")  # fmt: skip
     oracles = {}
     for s in sites:
-        o = oracle(data[s], feats[s], bundled, x_bundled, layers, args.seeds[0])
-        oracles[s] = o
-        print(f"  {s:8s} band {o['calls']:.1f}/100, hazards passed {o['missed']}, "
-              f"false alerts {o['false_alerts']:.1f}/100")  # fmt: skip
+        for seed in args.seeds:
+            o = oracle(data[s], feats[s], bundled, x_bundled, layers, seed)
+            o["loop_calibration"] = oracle(data[s], feats[s], bundled, x_bundled, layers, seed,
+                                           reviewed[s, seed])  # fmt: skip
+            oracles[f"{s}-seed{seed}"] = o
+            print(f"  {s:8s} seed {seed}: band {o['calls']:.1f}/100, hazards passed {o['missed']}, "
+                  f"false alerts {o['false_alerts']:.1f}/100; certified on the loop's reviews: "
+                  f"band {o['loop_calibration']['calls']:.1f}/100, hazards passed "
+                  f"{o['loop_calibration']['missed']}")  # fmt: skip
     print("\nmean band calls/100 in the last round:")
     for s in sites:
         for gate in GATES:
