@@ -81,13 +81,17 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
 # Levers against false alerts turning into "unsafe" self-labels (``--levers``), each with
 # the not-worse gate: self-label an alert only when p(unsafe) is at least ``alert_min``;
 # the teacher reviews a random ``audit_alerts`` share of alerts (each a call); or
-# ``release.self_labels: passed`` (alerts never self-label).
+# ``release.self_labels: passed`` (alerts never self-label); or, to give the fit more of a
+# site's labels early, the teacher reviews a random ``explore`` share of every input in the
+# first ``explore_rounds`` rounds (each a call).
 LEVERS = {
     "defaults": {},
     "alert_min_0.9": {"alert_min": 0.9},
     "alert_min_0.97": {"alert_min": 0.97},
     "audit_alerts_0.1": {"audit_alerts": 0.1},
     "self_labels_passed": {"alert_min": 2.0},
+    "explore_0.2_rounds_0_1": {"explore": 0.2, "explore_rounds": 2},
+    "explore_0.1_rounds_0_2": {"explore": 0.1, "explore_rounds": 3},
 }
 
 
@@ -127,6 +131,8 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         p = head.p_unsafe_many(x[idx])
         band, alert, passed = (p >= lower) & (p < upper), p >= upper, p < lower
         band |= alert & (rng.random(len(idx)) < lever.get("audit_alerts", 0.0))
+        if r < lever.get("explore_rounds", 0):  # early rounds: a random share of all inputs
+            band |= rng.random(len(idx)) < lever["explore"]
         out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
                         false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
                         release=version))  # fmt: skip
