@@ -43,6 +43,9 @@ class GenerateRequest:
     hidden_layers: tuple[int, ...] = ()  # hidden states wanted at the last prompt token
 
 
+TOP_LOGPROBS = 5  # alternatives every backend reports at each step (TokenLogprob.top)
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str

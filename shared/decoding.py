@@ -34,11 +34,10 @@ import warnings
 import weakref
 from typing import Any, Protocol
 
-from shared.backend import TokenLogprob
+from shared.backend import TOP_LOGPROBS, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
-TOP_LOGPROBS = 5
 CANDIDATES = 64  # int8-head candidates rescored exactly per step
 DRAFT_TOKENS = 8  # prompt-lookup draft length verified per forward
 _INT8_HEADS: dict[int, tuple[Any, Any]] = {}  # id(weight) -> (weakref to it, packed int8)

@@ -58,7 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from shared.backend import GenerateRequest, Generation, HiddenSpec, TokenLogprob, first_stop
+from shared.backend import (
+    TOP_LOGPROBS,
+    GenerateRequest,
+    Generation,
+    HiddenSpec,
+    TokenLogprob,
+    first_stop,
+)
 from shared.config import LlamaCppModelConfig
 from shared.errors import BackendError, ModelError
 from shared.gguf_adapter import cached_gguf_adapter
@@ -69,7 +76,6 @@ from shared.skill import ANSWER_PRIMER, INPUT_LABEL, render_input, render_prefix
 
 logger = logging.getLogger(__name__)
 
-TOP_LOGPROBS = 5
 ENGINE = "llamacpp"
 
 
@@ -223,7 +229,7 @@ class LlamaCppBackend:
                 try:
                     self._eval([token], output_last=True)
                 except BackendError:
-                    self._forget()
+                    self._kv.forget()
                     raise
         if cut is not None:
             logprobs = [lp for lp, o in zip(logprobs, offsets, strict=True) if o < cut]
@@ -258,7 +264,7 @@ class LlamaCppBackend:
                 self._eval(ids[common:], output_last=True)
                 hidden = None
         except BackendError:
-            self._forget()
+            self._kv.forget()
             raise
         return kept, hidden
 
@@ -276,10 +282,6 @@ class LlamaCppBackend:
             if n < len(ids) and ids[:n] == own:
                 return n
         return 0
-
-    def _forget(self) -> None:
-        self._kv.forget()
-        self._ready = None
 
     def _eval(self, tokens: list[int], output_last: bool) -> None:
         """Append ``tokens`` to sequence 0 in batches; logits for the last one if asked."""
@@ -390,7 +392,7 @@ class LlamaCppBackend:
                 self._loras.load(name, gguf, self._kv.ctx)
             finally:
                 if self._loras.active == name:
-                    self._forget()
+                    self._kv.forget()
 
     def set_adapter(self, name: str | None) -> None:
         with self.lock:
@@ -400,14 +402,14 @@ class LlamaCppBackend:
     def unload_adapter(self, name: str) -> None:
         with self.lock:
             if self._loras.unload(name, self._kv.ctx):
-                self._forget()
+                self._kv.forget()
 
     def _apply(self) -> None:
         """Put the active adapter on the context; the cached keys and values are stale."""
         try:
             self._loras.apply(self._kv.ctx)
         finally:
-            self._forget()
+            self._kv.forget()
 
     # ------------------------------------------------------------ frames (model.llamacpp.mmproj)
     # The hook for a multimodal GGUF: shared.llamacpp_vision puts a request's JPEG in the

@@ -43,7 +43,13 @@ from typing import Any
 import httpx
 import ollama
 
-from shared.backend import GenerateRequest, Generation, TokenLogprob, chat_messages
+from shared.backend import (
+    TOP_LOGPROBS,
+    GenerateRequest,
+    Generation,
+    TokenLogprob,
+    chat_messages,
+)
 from shared.config import OllamaModelConfig
 from shared.errors import BackendError, BackendUnavailable, ModelError, ModelNotFound
 from shared.gguf_adapter import (
@@ -55,8 +61,6 @@ from shared.gguf_adapter import (
 from shared.skill import ANSWER_PRIMER
 
 logger = logging.getLogger(__name__)
-
-TOP_LOGPROBS = 5
 
 
 class OllamaBackend:
