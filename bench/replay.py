@@ -92,6 +92,19 @@ LEVERS = {
     "self_labels_passed": {"alert_min": 2.0},
     "explore_0.2_rounds_0_1": {"explore": 0.2, "explore_rounds": 2},
     "explore_0.1_rounds_0_2": {"explore": 0.1, "explore_rounds": 3},
+    "aimed_0.1_rounds_0_2": {"aimed": 0.1, "explore_rounds": 3},
+    "self_label_weight_0.3": {"release": {"self_label_weight": 0.3}},
+    "self_label_weight_0.1": {"release": {"self_label_weight": 0.1}},
+    "true_self_labels": {"true_self_labels": True},
+    "head_l2_0.003": {"release": {"head_l2": 0.003}},
+    "head_l2_0.01": {"release": {"head_l2": 0.01}},
+    "head_l2_0.03": {"release": {"head_l2": 0.03}},
+    "head_l2_0.3": {"release": {"head_l2": 0.3}},
+    "head_l2_0.03_explore_0.1": {"release": {"head_l2": 0.03}, "explore": 0.1, "explore_rounds": 3},
+    "head_l2_0.03_self_label_weight_0.3": {"release": {"head_l2": 0.03, "self_label_weight": 0.3}},
+    "head_l2_0.03_folds_10": {"release": {"head_l2": 0.03, "folds": 10}},
+    "head_l2_1": {"release": {"head_l2": 1.0}},
+    "folds_10": {"release": {"folds": 10}},  # a diagnostic, not a lever: the noise's cost
 }
 
 
@@ -106,7 +119,10 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     from teacher.data.dataset import frozen_member
     from teacher.release.head_fit import crossfit
 
-    cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+    lever = lever or {}
+    cfg = TeacherConfig.model_validate(
+        {"train": {"seed": seed}, "release": lever.get("release", {})}
+    )
     goal = dict(recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
                 max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
     frac = cfg.train.eval_fraction
@@ -122,7 +138,6 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         p = h.p_unsafe_many(xs)
         return float(((p >= lo) & (p < up)).mean())
 
-    lever = lever or {}
     rng = np.random.default_rng(seed)
     for r in range(int(rounds.max()) + 1):
         if state is not None:
@@ -132,7 +147,14 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         band, alert, passed = (p >= lower) & (p < upper), p >= upper, p < lower
         band |= alert & (rng.random(len(idx)) < lever.get("audit_alerts", 0.0))
         if r < lever.get("explore_rounds", 0):  # early rounds: a random share of all inputs
-            band |= rng.random(len(idx)) < lever["explore"]
+            band |= rng.random(len(idx)) < lever.get("explore", 0.0)
+            if lever.get("aimed"):  # the share of inputs nearest the band, in log-odds
+                logit = np.log(np.clip(p, 1e-9, 1 - 1e-9) / np.clip(1 - p, 1e-9, 1))
+                edge = [np.log(t / (1 - t)) for t in (lower, upper)]
+                gap = np.where(p < lower, edge[0] - logit, np.where(p >= upper, logit - edge[1], 0))
+                extra = int(round(lever["aimed"] * len(idx)))
+                order = [j for j in np.argsort(gap) if not band[j]][:extra]
+                band[order] = True
         out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
                         false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
                         release=version))  # fmt: skip
@@ -141,7 +163,9 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                 held = frozen_member(site[i]["input"], frac, seed)
                 (frozen_site if held else reviewed).append(i)
             elif not a or pi >= lever.get("alert_min", 0.0):
-                selfl.append((i, bool(a)))  # settled by the edge: alerted -> unsafe, passed -> safe
+                selfl.append(
+                    (i, bool(y[i]) if lever.get("true_self_labels") else bool(a))
+                )  # settled by the edge: alerted -> unsafe, passed -> safe
         cases = fit_b + [LabeledCase(id=site[i]["id"], input=site[i]["input"],
                                      safety=bool(y[i]), site="site") for i in reviewed]  # fmt: skip
         xs = np.vstack([x_fit_b, x[reviewed]]) if reviewed else x_fit_b
@@ -207,6 +231,8 @@ def main() -> int:
     ap.add_argument("--levers", action="store_true",
                     help="compare the levers against false-alert self-labels (LEVERS) instead "
                          "of the gates")  # fmt: skip
+    ap.add_argument("--lever", choices=sorted(LEVERS), action="append", default=[],
+                    help="with --levers: only these (default: all)")  # fmt: skip
     args = ap.parse_args()
     sites = args.site or ["tuning", "demo"]
     from shared.config import LlamaCppModelConfig
@@ -279,6 +305,7 @@ def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
     """The LEVERS table: calls per 100 by round, hazards passed and false alerts per 100 in
     the last round, per site, seed and lever (not-worse gate); writes replay-levers-*.json."""
     cal0 = release.manifest.calibration
+    chosen = {k: v for k, v in LEVERS.items() if not args.lever or k in args.lever}
     runs = []
     print(
         "| site | seed | lever | calls/100 by round | last | hazards passed | false alerts, last |"
@@ -286,7 +313,7 @@ def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
     print("|---|---|---|---|---|---|---|")
     for s in sites:
         for seed in args.seeds:
-            for name, lever in LEVERS.items():
+            for name, lever in chosen.items():
                 rows = replay(data[s], feats[s], bundled, x_bundled, release.head, cal0, seed,
                               "not_worse", lever)  # fmt: skip
                 runs.append(dict(site=s, seed=seed, lever=name, rounds=rows))
@@ -295,16 +322,17 @@ def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
                       f"{sum(r['missed'] for r in rows)} | {rows[-1]['false_alerts']:.1f} |")  # fmt: skip
     print("\nmean calls/100 in the last round (hazards passed in all rounds, all seeds):")
     for s in sites:
-        for name in LEVERS:
+        for name in chosen:
             mine = [r["rounds"] for r in runs if r["site"] == s and r["lever"] == name]
             last = [rows[-1]["calls"] for rows in mine]
             missed = sum(r["missed"] for rows in mine for r in rows)
             print(f"  {s:8s} {name:20s} {np.mean(last):5.1f}  ({', '.join(map(str, last))}); "
                   f"passed {missed}")  # fmt: skip
     doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
-           "seconds": round(time.time() - t0, 1), "levers": LEVERS, "runs": runs}  # fmt: skip
+           "seconds": round(time.time() - t0, 1), "levers": chosen, "runs": runs}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"replay-levers-{'-'.join(sites)}.json"
+    tail = "-".join(args.lever) if args.lever else ""
+    path = RESULTS / f"replay-levers-{'-'.join(sites)}{'-' + tail if tail else ''}.json"
     path.write_text(json.dumps(doc, indent=1))
     print(f"wrote {path}")
     return 0

@@ -242,7 +242,11 @@ class ReleaseConfig(Strict):
         "false alerts, and training on them makes the next head alert more), off.",
     )
     head_l2: float = Field(
-        0.1, gt=0, le=100, description="L2 penalty of a safety head fitted from scratch."
+        0.03,
+        gt=0,
+        le=100,
+        description="L2 penalty of a safety head fitted from scratch (0.03: fewer band calls "
+        "than 0.1 on the three tuning sites' replays, bench/results/replay-levers-*.json).",
     )
     keyword_rule: Literal["keep", "certify"] = Field(
         "keep",
@@ -284,6 +288,14 @@ class ReleaseConfig(Strict):
         description="Weight of a site's reviewed case in the head's fit, against 1 for a "
         "bundled case (the edges' self-labelled inputs weigh 1): above 1, a head fits the "
         "sites it serves sooner. Thresholds are certified as before, every case counted once.",
+    )
+    self_label_weight: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Weight of an edge's self-labelled input in the head's fit, against 1 for "
+        "a reviewed case: below 1, the edges' own verdicts (its false alerts among them) "
+        "count for less than the teacher's.",
     )
     prior_l2: float = Field(
         0.0,

@@ -211,12 +211,12 @@ def _fit(
 
 def case_weights(cfg: TeacherConfig, cases: list[LabeledCase], extra: int = 0) -> np.ndarray | None:
     """Each case's weight in a head's fit: ``release.site_weight`` for a site's reviewed
-    case, 1 for a bundled one and for the ``extra`` self-labelled inputs after them; None
-    when all are 1 (the unweighted fit, bit for bit)."""
-    weight = cfg.release.site_weight
-    if weight == 1.0 or not any(c.site for c in cases):
+    case, 1 for a bundled one, ``release.self_label_weight`` for the ``extra`` self-labelled
+    inputs after them; None when all are 1 (the unweighted fit, bit for bit)."""
+    weight, own = cfg.release.site_weight, cfg.release.self_label_weight
+    if (weight == 1.0 or not any(c.site for c in cases)) and (own == 1.0 or not extra):
         return None
-    return np.array([weight if c.site else 1.0 for c in cases] + [1.0] * extra)
+    return np.array([weight if c.site else 1.0 for c in cases] + [own] * extra)
 
 
 def crossfit(
@@ -239,8 +239,9 @@ def crossfit(
     k = cfg.release.folds
     fold = np.array([fold_of(c, k, cfg.train.seed) for c in cases])
     labels = np.array([c.safety for c in cases])
-    weights = case_weights(cfg, cases)
-    scores = np.zeros(len(cases))
+    weights = case_weights(cfg, cases, len(y_extra))
+    n = len(cases)
+    scores = np.zeros(n)
     heads = []
     for f in range(k):
         out = fold == f
@@ -259,7 +260,7 @@ def crossfit(
             kind,
             layers,
             prior,
-            None if weights is None else np.concatenate([weights[train], np.ones(len(y_extra))]),
+            None if weights is None else np.concatenate([weights[:n][train], weights[n:]]),
         )
         scores[out] = head.p_unsafe_many(x[out])
         heads.append(head)
@@ -274,6 +275,8 @@ def crossfit(
         info["self_labelled"] = len(y_extra)
     if weights is not None:
         info["site_weight"] = cfg.release.site_weight
+        if len(y_extra):
+            info["self_label_weight"] = cfg.release.self_label_weight
     if heads[0].info.get("prior"):
         info["prior"] = True
     return average_heads(heads, info), scores

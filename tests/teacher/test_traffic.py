@@ -96,6 +96,29 @@ def test_self_labelled_cases_train_every_fold_but_are_never_scored(tmp_path):
     assert abs(head.weight[1]) > abs(plain.weight[1])
 
 
+def test_self_labels_weigh_self_label_weight_against_a_review(tmp_path):
+    from teacher.release.head_fit import case_weights
+
+    cfg = TeacherConfig(home=tmp_path / "teacher")
+    rng = np.random.default_rng(4)
+    cases = hazard_cases(100)
+    x = rng.normal(size=(100, 6))
+    x[:, 0] += [2.0 if c.safety else 0.0 for c in cases]
+    x_extra = rng.normal(size=(40, 6))
+    x_extra[:, 1] += 3.0
+    y_extra = [bool(v > 3.0) for v in x_extra[:, 1]]  # the edge's verdicts, on its own axis
+    assert case_weights(cfg, cases, extra=40) is None  # weight 1: the unweighted fit
+    full, _ = crossfit(cfg, x, cases, "hidden", (1, 2), extra=(x_extra, y_extra))
+    cfg.release.self_label_weight = 0.1
+    assert case_weights(cfg, cases, extra=2).tolist() == [1.0] * 100 + [0.1, 0.1]
+    assert case_weights(cfg, cases) is None  # no self-labels: nothing to weigh
+    light, scores = crossfit(cfg, x, cases, "hidden", (1, 2), extra=(x_extra, y_extra))
+    assert light.info["self_label_weight"] == 0.1 and "self_label_weight" not in full.info
+    assert len(scores) == 100  # reviews are still each scored once, out of fold
+    # weighed less, the edge's own verdicts pull the head less along their axis
+    assert abs(light.weight[1]) < abs(full.weight[1])
+
+
 def test_release_self_labels_chooses_which_settled_inputs_train_the_head(tmp_path):
     from teacher.data.traffic import self_labels
 
