@@ -6,10 +6,13 @@
 Each run is ``gemma-edge demo`` (head-only releases, labels standing in for the teacher)
 on one site: ``demo`` is the bundled factory and ``tuning`` is
 ``bench/data/tuning_site/scenes.jsonl`` (a railway station): the defaults were chosen on
-these two; ``heldout`` is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written
-before the flywheel defaults changed, never used to choose one); ``hospital`` is
-``bench/data/hospital_site/scenes.jsonl`` (an emergency department whose safe scenes look
-hazardous, written after the defaults were fixed; it chose none). Every round's inputs are also
+these two; ``hospital`` is ``bench/data/hospital_site/scenes.jsonl`` (an emergency
+department whose safe scenes look hazardous, written after those defaults were fixed; with
+the other two it chose ``release.head_l2`` at stop 36, in ``bench/replay.py``); ``heldout``
+is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written before the flywheel
+defaults changed, never used to choose one); ``farm`` is ``bench/data/farm_site/scenes.jsonl``
+(a dairy and arable farm: a second held-out site, written at stop 36 after the last default
+changed). Every round's inputs are also
 answered by the starting release v0 through the same code (the demo does it), so the
 loop's effect is the ratio of the two, round by round.
 
@@ -35,6 +38,7 @@ SITES = {
     "tuning": DATA / "tuning_site" / "scenes.jsonl",
     "heldout": DATA / "heldout_site" / "scenes.jsonl",
     "hospital": DATA / "hospital_site" / "scenes.jsonl",
+    "farm": DATA / "farm_site" / "scenes.jsonl",
 }
 
 

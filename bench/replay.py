@@ -54,6 +54,7 @@ SITES = {
     "tuning": ROOT / "bench/data/tuning_site/scenes.jsonl",
     "heldout": ROOT / "bench/data/heldout_site/scenes.jsonl",
     "hospital": ROOT / "bench/data/hospital_site/scenes.jsonl",
+    "farm": ROOT / "bench/data/farm_site/scenes.jsonl",
 }
 GATES = ("not_worse", "must_gain")
 
@@ -78,33 +79,38 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
     return x
 
 
-# Levers against false alerts turning into "unsafe" self-labels (``--levers``), each with
-# the not-worse gate: self-label an alert only when p(unsafe) is at least ``alert_min``;
-# the teacher reviews a random ``audit_alerts`` share of alerts (each a call); or
-# ``release.self_labels: passed`` (alerts never self-label); or, to give the fit more of a
-# site's labels early, the teacher reviews a random ``explore`` share of every input in the
-# first ``explore_rounds`` rounds (each a call).
+# Levers (``--levers``), each with the not-worse gate. Against false alerts turning into
+# "unsafe" self-labels: self-label an alert only when p(unsafe) is at least ``alert_min``;
+# the teacher reviews a random ``audit_alerts`` share of alerts (each a call);
+# ``release.self_labels: passed`` (alerts never self-label); a settled input weighs
+# ``release.self_label_weight`` in the fit. To give the fit more of a site's labels early,
+# the teacher reviews, in the first ``explore_rounds`` rounds, a random ``explore`` share of
+# every input, or the ``aimed`` share nearest the band (each a call). The head's own
+# settings: ``release.head_l2`` (0.1 until stop 36, then 0.03, chosen with this table on the
+# three tuning sites), ``release.folds``. ``true_self_labels`` is a diagnostic, not a lever:
+# every settled input self-labels with its true label (what the edges' mistakes cost).
 LEVERS = {
     "defaults": {},
     "alert_min_0.9": {"alert_min": 0.9},
     "alert_min_0.97": {"alert_min": 0.97},
     "audit_alerts_0.1": {"audit_alerts": 0.1},
     "self_labels_passed": {"alert_min": 2.0},
+    "self_label_weight_0.3": {"release": {"self_label_weight": 0.3}},
+    "self_label_weight_0.1": {"release": {"self_label_weight": 0.1}},
     "explore_0.2_rounds_0_1": {"explore": 0.2, "explore_rounds": 2},
     "explore_0.1_rounds_0_2": {"explore": 0.1, "explore_rounds": 3},
     "aimed_0.1_rounds_0_2": {"aimed": 0.1, "explore_rounds": 3},
-    "self_label_weight_0.3": {"release": {"self_label_weight": 0.3}},
-    "self_label_weight_0.1": {"release": {"self_label_weight": 0.1}},
     "true_self_labels": {"true_self_labels": True},
     "head_l2_0.003": {"release": {"head_l2": 0.003}},
     "head_l2_0.01": {"release": {"head_l2": 0.01}},
     "head_l2_0.03": {"release": {"head_l2": 0.03}},
+    "head_l2_0.1": {"release": {"head_l2": 0.1}},
     "head_l2_0.3": {"release": {"head_l2": 0.3}},
+    "head_l2_1": {"release": {"head_l2": 1.0}},
+    "folds_10": {"release": {"folds": 10}},
     "head_l2_0.03_explore_0.1": {"release": {"head_l2": 0.03}, "explore": 0.1, "explore_rounds": 3},
     "head_l2_0.03_self_label_weight_0.3": {"release": {"head_l2": 0.03, "self_label_weight": 0.3}},
     "head_l2_0.03_folds_10": {"release": {"head_l2": 0.03, "folds": 10}},
-    "head_l2_1": {"release": {"head_l2": 1.0}},
-    "folds_10": {"release": {"folds": 10}},  # a diagnostic, not a lever: the noise's cost
 }
 
 
