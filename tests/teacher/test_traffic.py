@@ -79,15 +79,21 @@ def test_traffic_with_a_real_label_or_in_the_frozen_split_is_dropped(tmp_path):
     assert frozen and not frozen & {c.input for c in splits.traffic}
 
 
-def test_self_labelled_cases_train_every_fold_but_are_never_scored(tmp_path):
-    cfg = TeacherConfig(home=tmp_path / "teacher")
+def reviews_and_traffic(cut: float):
+    """100 reviewed cases that read feature 0, and 40 self-labelled inputs whose verdicts
+    follow feature 1 above ``cut``: the site's own direction, only the traffic shows it."""
     rng = np.random.default_rng(4)
     cases = hazard_cases(100)
     x = rng.normal(size=(100, 6))
     x[:, 0] += [2.0 if c.safety else 0.0 for c in cases]
     x_extra = rng.normal(size=(40, 6))
-    x_extra[:, 1] += 3.0  # the site's own direction, only the traffic shows it
-    y_extra = [bool(v > 1.5) for v in x_extra[:, 1]]
+    x_extra[:, 1] += 3.0
+    return cases, x, x_extra, [bool(v > cut) for v in x_extra[:, 1]]
+
+
+def test_self_labelled_cases_train_every_fold_but_are_never_scored(tmp_path):
+    cfg = TeacherConfig(home=tmp_path / "teacher")
+    cases, x, x_extra, y_extra = reviews_and_traffic(1.5)
     plain, scores = crossfit(cfg, x, cases, "hidden", (1, 2))
     head, with_traffic = crossfit(cfg, x, cases, "hidden", (1, 2), extra=(x_extra, y_extra))
     assert len(with_traffic) == len(scores) == 100  # only reviewed cases are scored
@@ -100,13 +106,7 @@ def test_self_labels_weigh_self_label_weight_against_a_review(tmp_path):
     from teacher.release.head_fit import case_weights
 
     cfg = TeacherConfig(home=tmp_path / "teacher")
-    rng = np.random.default_rng(4)
-    cases = hazard_cases(100)
-    x = rng.normal(size=(100, 6))
-    x[:, 0] += [2.0 if c.safety else 0.0 for c in cases]
-    x_extra = rng.normal(size=(40, 6))
-    x_extra[:, 1] += 3.0
-    y_extra = [bool(v > 3.0) for v in x_extra[:, 1]]  # the edge's verdicts, on its own axis
+    cases, x, x_extra, y_extra = reviews_and_traffic(3.0)
     assert case_weights(cfg, cases, extra=40) is None  # weight 1: the unweighted fit
     full, _ = crossfit(cfg, x, cases, "hidden", (1, 2), extra=(x_extra, y_extra))
     cfg.release.self_label_weight = 0.1
