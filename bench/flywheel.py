@@ -7,12 +7,11 @@ Each run is ``gemma-edge demo`` (head-only releases, labels standing in for the 
 on one site: ``demo`` is the bundled factory and ``tuning`` is
 ``bench/data/tuning_site/scenes.jsonl`` (a railway station): the defaults were chosen on
 these two; ``hospital`` is ``bench/data/hospital_site/scenes.jsonl`` (an emergency
-department whose safe scenes look hazardous, written after those defaults were fixed; with
-the other two it chose ``release.head_l2`` at stop 36, in ``bench/replay.py``); ``heldout``
+department whose safe scenes look hazardous, written after those defaults were fixed; it
+screened levers in ``bench/replay.py`` with the other two and changed no default); ``heldout``
 is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written before the flywheel
 defaults changed, never used to choose one); ``farm`` is ``bench/data/farm_site/scenes.jsonl``
-(a dairy and arable farm: a second held-out site, written at stop 36 after the last default
-changed). Every round's inputs are also
+(a dairy and arable farm: a second held-out site, written at stop 36; it chose nothing). Every round's inputs are also
 answered by the starting release v0 through the same code (the demo does it), so the
 loop's effect is the ratio of the two, round by round.
 
