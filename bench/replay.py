@@ -101,6 +101,7 @@ LEVERS = {
     "explore_0.1_rounds_0_2": {"explore": 0.1, "explore_rounds": 3},
     "aimed_0.1_rounds_0_2": {"aimed": 0.1, "explore_rounds": 3},
     "true_self_labels": {"true_self_labels": True},
+    "audits": {"audits": True},
     "head_l2_0.003": {"release": {"head_l2": 0.003}},
     "head_l2_0.01": {"release": {"head_l2": 0.01}},
     "head_l2_0.03": {"release": {"head_l2": 0.03}},
@@ -121,6 +122,7 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     reviewed cases (indices) before the last round."""
     from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
+    from shared.policy import audit_probability
     from shared.teacher_config import TeacherConfig
     from teacher.data.dataset import frozen_member
     from teacher.release.head_fit import crossfit
@@ -152,6 +154,9 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         p = head.p_unsafe_many(x[idx])
         band, alert, passed = (p >= lower) & (p < upper), p >= upper, p < lower
         band |= alert & (rng.random(len(idx)) < lever.get("audit_alerts", 0.0))
+        if lever.get("audits"):  # the edge's own audit draw on passed inputs (shared.policy)
+            chance = [audit_probability(float(q), lower, cfg.policy.audit_every) for q in p]
+            band |= passed & (rng.random(len(idx)) < np.array(chance))
         if r < lever.get("explore_rounds", 0):  # early rounds: a random share of all inputs
             band |= rng.random(len(idx)) < lever.get("explore", 0.0)
             if lever.get("aimed"):  # the share of inputs nearest the band, in log-odds
