@@ -287,8 +287,9 @@ class ReleaseConfig(Strict):
         ge=1,
         le=100,
         description="Weight of a site's reviewed case in the head's fit, against 1 for a "
-        "bundled case (an edge's self-labelled input weighs self_label_weight): above 1, a head fits the "
-        "sites it serves sooner. Thresholds are certified as before, every case counted once.",
+        "bundled case (an edge's self-labelled input weighs self_label_weight): above 1, a "
+        "head fits the sites it serves sooner. Thresholds are certified as before, every case "
+        "counted once.",
     )
     self_label_weight: float = Field(
         1.0,
