@@ -39,8 +39,8 @@ What the edge needs from an engine, on the engine every small-device runtime use
   ``llama_set_adapters_lora``: the base weights are never reloaded; the cached prefix is
   dropped on a switch and recomputed under the new adapter.
 - **Greedy decoding with log-probabilities** (top 5 at each step from the full
-  softmax), stop sequences cut from the text, the token budget; the text starts with
-  ``Answer:`` as on every backend.
+  softmax, ``shared.llamacpp_vocab``), stop sequences cut from the text, the token budget;
+  the text starts with ``Answer:`` as on every backend.
 
 Thread safety: one lock around the context; calls are serialised.
 It knows nothing about skills' storage, heads or policy.
@@ -49,7 +49,6 @@ It knows nothing about skills' storage, heads or policy.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -59,7 +58,6 @@ from typing import Any
 import numpy as np
 
 from shared.backend import (
-    TOP_LOGPROBS,
     GenerateRequest,
     Generation,
     HiddenSpec,
@@ -72,6 +70,7 @@ from shared.gguf_adapter import cached_gguf_adapter
 from shared.llamacpp_kv import KVSequence
 from shared.llamacpp_lora import LoraSlots
 from shared.llamacpp_native import LayerTaps, context_with, route_logs
+from shared.llamacpp_vocab import Vocab
 from shared.skill import ANSWER_PRIMER, INPUT_LABEL, render_input, render_prefix
 
 logger = logging.getLogger(__name__)
@@ -120,8 +119,7 @@ class LlamaCppBackend:
         self.name = f"llamacpp:{weights.path.stem}"
         self.lock = threading.RLock()
         self._model = self._llm.model
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = self._llm.n_vocab()
+        self._text = Vocab(llama_cpp, self._llm)  # tokens, pieces, the greedy read-out
         self._n_ctx = self._llm.n_ctx()
         self._kv = KVSequence(  # sequence 0 and the tokens it holds
             llama_cpp, self._llm.ctx, self.config.n_batch, self.config.prefix_cache, self.name
@@ -138,11 +136,8 @@ class LlamaCppBackend:
         self._tapped = False  # the context carries the eval callback
         self._ready: tuple | None = None  # (ids, layers, hidden, kv version): logits that stand
         self._loras = LoraSlots(llama_cpp, self._model)  # a release's adapters, loaded once
-        self._pieces: dict[int, str] = {}
         self._prefix_ids: dict[str, list[list[int]]] = {}
-        self._exp = np.empty(self._n_vocab, dtype=np.float32)
-        self.loads = 0  # base model loads: 1, whatever adapters come and go
-        self.loads += 1
+        self.loads = 1  # base model loads, whatever adapters come and go
         self._vision = self._open_vision(threads)
         self.accepts_images = self._vision is not None  # the edge sends frames as JPEG
         logger.info("llama.cpp loaded %s in %.2f s", weights.path.name, time.perf_counter() - t0)
@@ -216,13 +211,13 @@ class LlamaCppBackend:
         offsets: list[int] = []
         if budget > 0:
             while True:
-                token, lp = self._pick()
-                if self._ll.llama_vocab_is_eog(self._vocab, token):
+                token, lp = self._text.pick(self._kv.ctx)
+                if self._text.is_end(token):
                     break
                 tokens.append(token)
                 offsets.append(len(text))
                 logprobs.append(lp)
-                text = self._detokenize(tokens)
+                text = self._text.detokenize(tokens)
                 cut = first_stop(text, request.stop)
                 if cut is not None or len(tokens) >= budget:
                     break
@@ -344,35 +339,9 @@ class LlamaCppBackend:
             time.perf_counter() - t0,
         )
 
-    def _pick(self) -> tuple[int, TokenLogprob]:
-        """The greedy token and the top 5 with their log-probabilities (full softmax)."""
-        ptr = self._ll.llama_get_logits_ith(self._kv.ctx, -1)
-        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
-        peak = float(logits.max())
-        near = np.flatnonzero(logits > peak - 8.0)  # the top 5 are almost always here
-        if near.size < TOP_LOGPROBS:
-            near = np.argpartition(logits, -TOP_LOGPROBS)[-TOP_LOGPROBS:]
-        top = near[np.argsort(-logits[near], kind="stable")[:TOP_LOGPROBS]]
-        np.subtract(logits, peak, out=self._exp)
-        np.exp(self._exp, out=self._exp)
-        logz = peak + math.log(float(self._exp.sum(dtype=np.float64)))
-        alts = {self._piece(int(i)): float(logits[i]) - logz for i in top}
-        token = int(top[0])
-        return token, TokenLogprob(self._piece(token), float(logits[token]) - logz, alts)
-
-    # ------------------------------------------------------------ tokens
+    # ------------------------------------------------------------ tokens (shared.llamacpp_vocab)
     def _tokenize(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
-
-    def _detokenize(self, tokens: list[int]) -> str:
-        return self._llm.detokenize(tokens).decode("utf-8", errors="ignore")
-
-    def _piece(self, token: int) -> str:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._llm.detokenize([token]).decode("utf-8", errors="replace")
-            self._pieces[token] = piece
-        return piece
+        return self._text.tokenize(text)
 
     # ------------------------------------------------------------ adapters (LoraSlots)
     @property
