@@ -59,6 +59,12 @@ SITES = {
 GATES = ("not_worse", "must_gain")
 
 
+def logit(p):
+    """log(p / (1 - p)), clipped away from 0 and 1 (the fallback thresholds are 0 and 1)."""
+    q = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(q / (1 - q))
+
+
 def load_site(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open() if line.strip()]
 
@@ -160,12 +166,10 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         if r < lever.get("explore_rounds", 0):  # early rounds: a random share of all inputs
             band |= rng.random(len(idx)) < lever.get("explore", 0.0)
             if lever.get("aimed"):  # the share of inputs nearest the band, in log-odds
-                logit = np.log(np.clip(p, 1e-9, 1 - 1e-9) / np.clip(1 - p, 1e-9, 1))
-                edge = [np.log(t / (1 - t)) for t in (lower, upper)]
-                gap = np.where(p < lower, edge[0] - logit, np.where(p >= upper, logit - edge[1], 0))
-                extra = int(round(lever["aimed"] * len(idx)))
-                order = [j for j in np.argsort(gap) if not band[j]][:extra]
-                band[order] = True
+                z, lo, up = logit(p), logit(lower), logit(upper)
+                gap = np.where(passed, lo - z, np.where(alert, z - up, 0.0))
+                n_aimed = int(round(lever["aimed"] * len(idx)))
+                band[[j for j in np.argsort(gap) if not band[j]][:n_aimed]] = True
         out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
                         false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
                         release=version))  # fmt: skip
