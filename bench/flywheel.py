@@ -11,8 +11,10 @@ department whose safe scenes look hazardous, written after those defaults were f
 screened levers in ``bench/replay.py`` with the other two and changed no default); ``heldout``
 is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written before the flywheel
 defaults changed, never used to choose one); ``farm`` is ``bench/data/farm_site/scenes.jsonl``
-(a dairy and arable farm: a second held-out site, written at stop 36; it chose nothing). Every round's inputs are also
-answered by the starting release v0 through the same code (the demo does it), so the
+(a dairy and arable farm: a second held-out site, written at stop 36; it chose nothing);
+``quay`` is ``bench/data/quay_site/scenes.jsonl`` (a fishing harbour and marina: a third
+held-out site, written at stop 37 before any default changed; it chose nothing). Every
+round's inputs are also answered by the starting release v0 through the same code (the demo does it), so the
 loop's effect is the ratio of the two, round by round.
 
 Prints a table (per run: calls per 100 by round against v0's, the last round's ratio,
@@ -38,6 +40,7 @@ SITES = {
     "heldout": DATA / "heldout_site" / "scenes.jsonl",
     "hospital": DATA / "hospital_site" / "scenes.jsonl",
     "farm": DATA / "farm_site" / "scenes.jsonl",
+    "quay": DATA / "quay_site" / "scenes.jsonl",
 }
 
 

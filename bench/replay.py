@@ -55,6 +55,7 @@ SITES = {
     "heldout": ROOT / "bench/data/heldout_site/scenes.jsonl",
     "hospital": ROOT / "bench/data/hospital_site/scenes.jsonl",
     "farm": ROOT / "bench/data/farm_site/scenes.jsonl",
+    "quay": ROOT / "bench/data/quay_site/scenes.jsonl",
 }
 GATES = ("not_worse", "must_gain")
 
@@ -118,6 +119,8 @@ LEVERS = {
     "head_l2_0.03_explore_0.1": {"release": {"head_l2": 0.03}, "explore": 0.1, "explore_rounds": 3},
     "head_l2_0.03_self_label_weight_0.3": {"release": {"head_l2": 0.03, "self_label_weight": 0.3}},
     "head_l2_0.03_folds_10": {"release": {"head_l2": 0.03, "folds": 10}},
+    "choose_weight_site_loss": {"choose": [1.0, 0.3, 0.1], "by": "site_loss"},
+    "choose_weight_traffic_band": {"choose": [1.0, 0.3, 0.1], "by": "traffic_band"},
 }
 
 
@@ -187,6 +190,18 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         extra = (x[[i for i, _ in selfl]], [lab for _, lab in selfl]) if selfl else None
         cand, oof = crossfit(cfg, xs, cases, v0.kind, tuple(v0.layers), None, extra)
         cal = calibrate(oof.tolist(), [c.safety for c in cases], **goal)
+        if lever.get("choose"):  # one candidate per self-label weight; the site's data picks
+            best = None
+            for w in lever["choose"]:
+                cfg_w = cfg.model_copy(update={"release": cfg.release.model_copy(
+                    update={"self_label_weight": w})})  # fmt: skip
+                c_w, oof_w = crossfit(cfg_w, xs, cases, v0.kind, tuple(v0.layers), None, extra)
+                cal_w = calibrate(oof_w.tolist(), [c.safety for c in cases], **goal)
+                score = choose_score(lever["by"], c_w, cal_w, oof_w, cases, x[idx])
+                if best is None or score < best[0]:
+                    best = (score, c_w, cal_w, w)
+            _, cand, cal, chosen_w = best
+            out[-1]["weight"] = chosen_w
         if gate == "must_gain":
             frozen_x = np.vstack([x_bundled[frozen_b], x[frozen_site]])
             gains = band_rate(cand, cal.lower, cal.upper, frozen_x) < band_rate(
@@ -201,6 +216,20 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                 continue
         head, lower, upper, version = cand, cal.lower, cal.upper, version + 1
     return out
+
+
+def choose_score(by: str, head, cal, oof, cases, x_round) -> float:
+    """A candidate's score (lower is better): ``site_loss``, the out-of-fold log loss on the
+    site's reviewed cases; ``traffic_band``, its band's share of the round's inputs."""
+    if by == "traffic_band":
+        p = head.p_unsafe_many(x_round)
+        return float(((p >= cal.lower) & (p < cal.upper)).mean())
+    site = np.array([bool(c.site) for c in cases])
+    if not site.any():
+        return 0.0
+    y = np.array([c.safety for c in cases])[site]
+    q = np.clip(oof[site], 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(q) + (~y) * np.log(1 - q)))
 
 
 def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int,
