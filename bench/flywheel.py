@@ -10,7 +10,7 @@ these two; ``hospital`` is ``bench/data/hospital_site/scenes.jsonl`` (an emergen
 department whose safe scenes look hazardous, written after those defaults were fixed; it
 screened levers in ``bench/replay.py`` with the other two and changed no default); ``heldout``
 is ``bench/data/heldout_site/scenes.jsonl`` (a leisure centre written before the flywheel
-defaults changed, never used to choose one); ``farm`` is ``bench/data/farm_site/scenes.jsonl``
+defaults changed, held out through stop 36, screening levers since stop 37); ``farm`` is ``bench/data/farm_site/scenes.jsonl``
 (a dairy and arable farm: a second held-out site, written at stop 36; it chose nothing);
 ``quay`` is ``bench/data/quay_site/scenes.jsonl`` (a fishing harbour and marina: a third
 held-out site, written at stop 37 before any default changed; it chose nothing). Every

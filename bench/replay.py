@@ -2,7 +2,7 @@
 in minutes (under a minute a site and seed) before a `gemma-edge demo` run measures it.
 
     .venv/bin/python bench/replay.py                      # the tuning and factory sites, 3 seeds
-    .venv/bin/python bench/replay.py --site heldout       # measure only: never choose with it
+    .venv/bin/python bench/replay.py --site farm --site quay  # the held-out sites: measure only
     .venv/bin/python bench/replay.py --levers --site tuning --site demo --site hospital
 
 Features come once from the bundled llama.cpp v0's own ``Student`` (its prompt, the head's
