@@ -231,6 +231,8 @@ def decode(
         )
     doc = parse_document(head)
     kind = doc.get("type")
+    if not isinstance(kind, str):  # a list or an object is no name (and unhashable)
+        raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
     if kind in RETIRED:
         raise MessageError(f"unknown_type: {kind!r} {RETIRED[kind]}")
     if kind not in TYPES:

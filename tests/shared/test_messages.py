@@ -83,6 +83,8 @@ def test_round_trip(msg, payloads):
         ([b"not json"], "malformed"),
         ([b"[1,2]"], "malformed"),
         ([json.dumps({"type": "teleport", "schema_version": 1}).encode()], "unknown_type"),
+        ([b'{"type": [], "schema_version": 1}'], "unknown_type"),  # unhashable: no TypeError
+        ([b'{"type": {"a": 1}}'], "unknown_type"),
         (
             [json.dumps({"type": "ack", "schema_version": 2, "case_id": CASE}).encode()],
             "bad_version",
