@@ -231,11 +231,9 @@ def decode(
         )
     doc = parse_document(head)
     kind = doc.get("type")
-    if not isinstance(kind, str):  # a list or an object is no name (and unhashable)
-        raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
-    if kind in RETIRED:
+    if isinstance(kind, str) and kind in RETIRED:
         raise MessageError(f"unknown_type: {kind!r} {RETIRED[kind]}")
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:  # a list or an object is no name
         raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
