@@ -193,19 +193,22 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                                      safety=bool(y[i]), site="site") for i in reviewed]  # fmt: skip
         xs = np.vstack([x_fit_b, x[reviewed]]) if reviewed else x_fit_b
         extra = (x[[i for i, _ in selfl]], [lab for _, lab in selfl]) if selfl else None
-        cand, oof = crossfit(cfg, xs, cases, v0.kind, tuple(v0.layers), None, extra)
-        cal = calibrate(oof.tolist(), [c.safety for c in cases], **goal)
-        if lever.get("choose"):  # one candidate per self-label weight; the site's data picks
-            best = None
-            for w in lever["choose"]:
-                cfg_w = cfg.model_copy(update={"release": cfg.release.model_copy(
-                    update={"self_label_weight": w})})  # fmt: skip
-                c_w, oof_w = crossfit(cfg_w, xs, cases, v0.kind, tuple(v0.layers), None, extra)
-                cal_w = calibrate(oof_w.tolist(), [c.safety for c in cases], **goal)
-                score = choose_score(lever["by"], c_w, cal_w, oof_w, cases, x[idx])
-                if best is None or score < best[0]:
-                    best = (score, c_w, cal_w, w)
-            _, cand, cal, chosen_w = best
+        weights = lever.get("choose") or [cfg.release.self_label_weight]  # one fit, or a pick
+        best = None
+        for w in weights:
+            cfg_w = cfg.model_copy(update={"release": cfg.release.model_copy(
+                update={"self_label_weight": w})})  # fmt: skip
+            c_w, oof_w = crossfit(cfg_w, xs, cases, v0.kind, tuple(v0.layers), None, extra)
+            cal_w = calibrate(oof_w.tolist(), [c.safety for c in cases], **goal)
+            score = (
+                choose_score(lever["by"], c_w, cal_w, oof_w, cases, x[idx])
+                if len(weights) > 1
+                else 0.0
+            )
+            if best is None or score < best[0]:
+                best = (score, c_w, cal_w, w)
+        _, cand, cal, chosen_w = best
+        if lever.get("choose"):  # the weight the site's data picked for the next round
             out[-1]["weight"] = chosen_w
         if gate == "must_gain":
             frozen_x = np.vstack([x_bundled[frozen_b], x[frozen_site]])
