@@ -132,7 +132,8 @@ LEVERS = {
 def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: int, gate: str,
            lever: dict | None = None, state: dict | None = None):  # fmt: skip
     """Per round: calls per 100 (the band's, plus audited alerts under a lever), hazards
-    passed, false alerts per 100, the release. ``state`` gets ``reviewed``: the site's
+    passed, false alerts per 100, hazards among the calls per 100, the thresholds, the
+    release. ``state`` gets ``reviewed``: the site's
     reviewed cases (indices) before the last round."""
     from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
@@ -180,6 +181,8 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                 band[[j for j in np.argsort(gap) if not band[j]][:n_aimed]] = True
         out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
                         false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
+                        band_hazards=round(100 * (band & y[idx]).mean(), 1),
+                        lower=round(float(lower), 4), upper=round(float(upper), 4),
                         release=version))  # fmt: skip
         for i, b, a, pi in zip(idx, band, alert, p, strict=True):
             if b:

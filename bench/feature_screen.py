@@ -1,0 +1,251 @@
+"""Feature screen: would another safety-head feature set close the held-out gap? A screen
+on the replay (``bench/replay.py``), not a measurement: it changes no default.
+
+    .venv/bin/python bench/feature_screen.py                 # 4 screening sites, 8 seeds
+    .venv/bin/python bench/feature_screen.py --seeds 3 --features last mean
+
+The head reads the hidden states of the middle and the last layer at the last prompt
+token (``last``). This screen compares, on the embedded backend's Gemma 3 270M with the
+bundled v0 prompt:
+
+- ``last``: those features (the control, from the same engine as the others);
+- ``mean``: the same layers averaged over every token the edge evaluates after the cached
+  prompt prefix (the scene and the answer primer), which a prefill computes anyway;
+- ``concat``: both.
+
+For each feature set a v0 head is fitted and certified on the bundled scenes (crossfit,
+``calibrate``) as the releases' are, then ``bench.replay.replay`` runs the loop (the
+not-worse gate, today's defaults) per site and seed, under three settings:
+
+- ``defaults``: the loop as it runs;
+- ``explore``: in rounds 0-2 the teacher also reviews a random 20 % of all inputs (each a
+  call): labels for the fit early, paid for early;
+- ``true_self_labels`` (a diagnostic, not a lever): every settled input self-labels with
+  its true label.
+
+Reported per site: band calls per 100 in the last two rounds (their mean: one round of 60
+is too noisy, stop 36), the mean over rounds 1 on, false alerts per 100 (rounds 1 on) and
+hazards the band passed (all rounds; the demo's keyword rule and audits would catch some).
+And bounds for the last round (3 seeds, with ``true_self_labels``): one head fitted on the
+bundled scenes and every earlier input with its true label (``bounds``), its thresholds
+certified four ways: on all of those (``oracle``); on the bundled scenes plus only the site
+cases the loop had reviewed by then (what a release can certify today); on the bundled
+scenes alone; on the site's labelled inputs alone. They tell how much of the gap to the
+oracle is the certification's (thresholds set by scenes from other domains) rather than
+the fit's.
+
+The held-out sites (farm, harbour) are never screened here: they choose nothing. The
+features are cached under ``~/.cache/gemma-edge/replay/`` (about 5 minutes the first time
+on two cores). Prints a table and writes bench/results/feature_screen.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from replay import CACHE, RESULTS, SITES, load_site, replay  # noqa: E402
+
+SCREENING = ("tuning", "demo", "hospital", "heldout")  # the held-out farm and harbour: never
+FEATURES = ("last", "mean", "concat")
+SETTINGS = {
+    "defaults": {},
+    "explore": {"explore": 0.2, "explore_rounds": 3},
+    "true_self_labels": {"true_self_labels": True},
+}
+
+
+def extract(sets: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """``<set>_last`` and ``<set>_mean`` for each text set, from the embedded backend's
+    prefill of the bundled v0 release's own request (its prompt prefix cached)."""
+    from dataclasses import replace
+
+    import torch
+    from tqdm import tqdm
+
+    from shared.config import EmbeddedModelConfig
+    from shared.embedded import EmbeddedBackend
+    from shared.release import load_release
+    from shared.student import Student
+
+    release = load_release(ROOT / "shared/data/release")
+    backend = EmbeddedBackend(EmbeddedModelConfig())
+    student = Student(backend, release, 64)
+    layers = tuple(release.head.layers)
+    decoder = backend._decoder  # a screen reads every tail position, which no request asks
+    taken: dict[str, np.ndarray] = {}
+
+    def prefill(ids, cache, wanted=(), pick=True):
+        out = decoder.model.model(
+            input_ids=torch.tensor([ids], device=decoder.model.device),
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        states = out.hidden_states
+        taken["last"] = torch.cat([states[i][0, -1] for i in wanted]).float().numpy()
+        taken["mean"] = torch.cat([states[i][0].mean(0) for i in wanted]).float().numpy()
+        return None, taken["last"].tolist()
+
+    decoder.prefill = prefill
+    out: dict[str, np.ndarray] = {}
+    try:
+        for name, texts in sets.items():
+            rows: dict[str, list] = {"last": [], "mean": []}
+            for text in tqdm(texts, desc=f"features: {name}", unit="case", leave=False):
+                request = replace(student.request(text), max_new_tokens=0, hidden_layers=layers)
+                backend.generate(request)
+                for kind in rows:
+                    rows[kind].append(taken[kind].copy())
+            for kind, value in rows.items():
+                out[f"{name}_{kind}"] = np.asarray(value)
+    finally:
+        backend.close()
+    return out
+
+
+def cached(sets: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    key = hashlib.sha256("\n".join(f"{k}\n" + "\n".join(v) for k, v in sets.items()).encode())
+    path = CACHE / f"pooled-{key.hexdigest()[:16]}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    feats = extract(sets)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **feats)
+    return feats
+
+
+CERTIFIED_ON = ("all", "bundled+reviews", "bundled", "site")
+
+
+def certified_bands(site, x, bundled, x_bundled, layers, seed, reviewed) -> dict:
+    """The last round under one head fitted (crossfit) on the bundled scenes outside the
+    frozen share and every earlier round's inputs with their true labels, its thresholds
+    certified on each of ``CERTIFIED_ON``'s out-of-fold scores: band calls per 100, lower,
+    upper."""
+    from shared.calibration import calibrate
+    from shared.evaluation import LabeledCase
+    from shared.teacher_config import TeacherConfig
+    from teacher.data.dataset import frozen_member
+    from teacher.release.head_fit import crossfit
+
+    cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+    y = np.array([r["safety"] for r in site])
+    rounds = np.array([r["round"] for r in site])
+    earlier, last = np.where(rounds < rounds.max())[0], rounds == rounds.max()
+    keep = np.array([not frozen_member(c.input, cfg.train.eval_fraction, seed) for c in bundled])
+    cases = [c for c, k in zip(bundled, keep, strict=True) if k] + [
+        LabeledCase(id=site[i]["id"], input=site[i]["input"], safety=bool(y[i]), site="site")
+        for i in earlier
+    ]
+    head, oof = crossfit(cfg, np.vstack([x_bundled[keep], x[earlier]]), cases, "hidden",
+                         layers, None)  # fmt: skip
+    labels = np.array([c.safety for c in cases])
+    n_b = int(keep.sum())
+    is_site = np.arange(len(cases)) >= n_b
+    uses = {
+        "all": np.ones(len(cases), dtype=bool),
+        "bundled+reviews": ~is_site | np.isin(np.r_[np.full(n_b, -1), earlier], reviewed),
+        "bundled": ~is_site,
+        "site": is_site,
+    }
+    p = head.p_unsafe_many(x[last])
+    out = {}
+    for way, use in uses.items():
+        cal = calibrate(oof[use].tolist(), labels[use].tolist(),
+                        recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
+                        max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
+        band = float(((p >= cal.lower) & (p < cal.upper)).mean())
+        out[way] = {"band": 100 * band, "lower": cal.lower, "upper": cal.upper}
+    return out
+
+
+def pick(feats: dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
+    if kind == "concat":
+        return np.hstack([feats[f"{name}_last"], feats[f"{name}_mean"]])
+    return feats[f"{name}_{kind}"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--site", choices=SCREENING, action="append", default=[])
+    ap.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per site (default 8)")
+    ap.add_argument("--features", choices=FEATURES, nargs="+", default=list(FEATURES))
+    args = ap.parse_args()
+    from shared.calibration import calibrate
+    from shared.evaluation import bundled_cases
+    from shared.teacher_config import TeacherConfig
+    from teacher.release.head_fit import crossfit
+
+    t0 = time.time()
+    sites = args.site or list(SCREENING)
+    bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
+    data = {s: load_site(SITES[s]) for s in SCREENING}
+    sets = {"bundled": [c.input for c in bundled]}
+    sets.update({s: [r["input"] for r in data[s]] for s in SCREENING})
+    feats = cached(sets)
+    cfg = TeacherConfig()
+    goal = dict(recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
+                max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
+    layers = (9, 18)
+    rows = []
+    print("| features | setting | site | band calls/100, last 2 rounds | rounds 1+ | "
+          "false alerts/100, rounds 1+ | hazards passed | "
+          + " | ".join(f"bound, certified on {w}" for w in CERTIFIED_ON) + " |")  # fmt: skip
+    print("|---" * (7 + len(CERTIFIED_ON)) + "|")
+    for kind in args.features:
+        x_bundled = pick(feats, "bundled", kind)
+        v0, oof = crossfit(cfg, x_bundled, bundled, "hidden", layers, None)
+        cal0 = calibrate(oof.tolist(), [c.safety for c in bundled], **goal)
+        for setting, lever in SETTINGS.items():
+            for s in sites:
+                x = pick(feats, s, kind)
+                tail, later, false_alerts, missed, bounds = [], [], [], 0, []
+                for seed in range(args.seeds):
+                    state: dict = {}
+                    run = replay(data[s], x, bundled, x_bundled, v0, cal0, seed, "not_worse",
+                                 lever, state=state)  # fmt: skip
+                    tail.append((run[-1]["calls"] + run[-2]["calls"]) / 2)
+                    later.append(np.mean([r["calls"] for r in run[1:]]))
+                    false_alerts.append(np.mean([r["false_alerts"] for r in run[1:]]))
+                    missed += sum(r["missed"] for r in run)
+                    if setting == "true_self_labels" and seed < 3:
+                        bounds.append(certified_bands(data[s], x, bundled, x_bundled, layers,
+                                                      seed, state["reviewed"]))  # fmt: skip
+                row = dict(features=kind, setting=setting, site=s, seeds=args.seeds,
+                           last_two=round(float(np.mean(tail)), 1),
+                           last_two_by_seed=[round(float(v), 1) for v in tail],
+                           rounds_1_on=round(float(np.mean(later)), 1),
+                           false_alerts=round(float(np.mean(false_alerts)), 1), missed=missed)  # fmt: skip
+                if bounds:
+                    row["bounds"] = {
+                        way: {k: round(float(np.mean([b[way][k] for b in bounds])), 3)
+                              for k in ("band", "lower", "upper")}
+                        for way in CERTIFIED_ON
+                    }  # fmt: skip
+                rows.append(row)
+                cells = [f"{row['bounds'][w]['band']:.1f}" if bounds else "-" for w in CERTIFIED_ON]
+                print(f"| {kind} | {setting} | {s} | {row['last_two']:.1f} | "
+                      f"{row['rounds_1_on']:.1f} | {row['false_alerts']:.1f} | {missed} | "
+                      f"{' | '.join(cells)} |", flush=True)  # fmt: skip
+    doc = {"command": "bench/feature_screen.py " + " ".join(sys.argv[1:]),
+           "seconds": round(time.time() - t0, 1), "rows": rows}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "feature_screen.json"
+    path.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
