@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from replay import CACHE, RESULTS, SITES, load_site, replay  # noqa: E402
+from replay import CACHE, RESULTS, SITES, certify, load_site, oracle_fit, replay  # noqa: E402
 
 SCREENING = ("tuning", "demo", "hospital", "heldout")  # the held-out farm and harbour: never
 FEATURES = ("last", "mean", "concat")
@@ -129,42 +129,22 @@ CERTIFIED_ON = ("all", "bundled+reviews", "bundled", "site")
 
 
 def certified_bands(site, x, bundled, x_bundled, layers, seed, reviewed) -> dict:
-    """The last round under one head fitted (crossfit) on the bundled scenes outside the
-    frozen share and every earlier round's inputs with their true labels, its thresholds
-    certified on each of ``CERTIFIED_ON``'s out-of-fold scores: band calls per 100, lower,
-    upper."""
-    from shared.calibration import calibrate
-    from shared.evaluation import LabeledCase
-    from shared.teacher_config import TeacherConfig
-    from teacher.data.dataset import frozen_member
-    from teacher.release.head_fit import crossfit
-
-    cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
-    y = np.array([r["safety"] for r in site])
-    rounds = np.array([r["round"] for r in site])
-    earlier, last = np.where(rounds < rounds.max())[0], rounds == rounds.max()
-    keep = np.array([not frozen_member(c.input, cfg.train.eval_fraction, seed) for c in bundled])
-    cases = [c for c, k in zip(bundled, keep, strict=True) if k] + [
-        LabeledCase(id=site[i]["id"], input=site[i]["input"], safety=bool(y[i]), site="site")
-        for i in earlier
-    ]
-    head, oof = crossfit(cfg, np.vstack([x_bundled[keep], x[earlier]]), cases, "hidden",
-                         layers, None)  # fmt: skip
-    labels = np.array([c.safety for c in cases])
-    n_b = int(keep.sum())
-    is_site = np.arange(len(cases)) >= n_b
+    """The last round under one head fitted on the bundled scenes and every earlier round's
+    inputs with their true labels (``bench.replay.oracle_fit``), its thresholds certified on
+    each of ``CERTIFIED_ON``'s out-of-fold scores: band calls per 100, lower, upper."""
+    fit = oracle_fit(site, x, bundled, x_bundled, layers, seed)
+    is_site = np.arange(len(fit.labels)) >= fit.n_bundled
+    reviews = np.r_[np.full(fit.n_bundled, -1), fit.earlier]
     uses = {
-        "all": np.ones(len(cases), dtype=bool),
-        "bundled+reviews": ~is_site | np.isin(np.r_[np.full(n_b, -1), earlier], reviewed),
+        "all": np.ones(len(fit.labels), dtype=bool),
+        "bundled+reviews": ~is_site | np.isin(reviews, reviewed),
         "bundled": ~is_site,
         "site": is_site,
     }
-    p = head.p_unsafe_many(x[last])
+    p = fit.head.p_unsafe_many(x[fit.last])
     out = {}
     for way, use in uses.items():
-        cal = calibrate(oof[use].tolist(), labels[use].tolist(),
-                        recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
-                        max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
+        cal = certify(fit, use)
         band = float(((p >= cal.lower) & (p < cal.upper)).mean())
         out[way] = {"band": 100 * band, "lower": cal.lower, "upper": cal.upper}
     return out

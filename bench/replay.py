@@ -41,6 +41,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -243,13 +244,21 @@ def choose_score(by: str, head, cal, oof, cases, x_round) -> float:
     return float(-np.mean(y * np.log(q) + (~y) * np.log(1 - q)))
 
 
-def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int,
-           calibrate_on: list[int] | None = None) -> dict:  # fmt: skip
-    """The last round under a head fitted on every earlier round, all labels known; its
-    thresholds certified on all of them, or with ``calibrate_on`` on those site cases only
-    (and the bundled ones): the loop's reviews, to tell the fit's share from the
-    calibration's."""
-    from shared.calibration import calibrate
+@dataclass(frozen=True)
+class OracleFit:
+    """One head fitted (crossfit) on the bundled scenes outside the frozen share and every
+    earlier round's inputs with their true labels, and what certifying it needs."""
+
+    cfg: object  # the TeacherConfig of the seed
+    head: object  # the shipped average of the fold heads
+    oof: np.ndarray  # every case's out-of-fold p(unsafe): bundled first, then the site's
+    labels: np.ndarray
+    n_bundled: int
+    earlier: np.ndarray  # the site indices after the bundled cases
+    last: np.ndarray  # the last round's mask over the site
+
+
+def oracle_fit(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int) -> OracleFit:
     from shared.evaluation import LabeledCase
     from shared.teacher_config import TeacherConfig
     from teacher.data.dataset import frozen_member
@@ -266,17 +275,36 @@ def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: in
     ]
     xs = np.vstack([x_bundled[keep], x[earlier]])
     head, oof = crossfit(cfg, xs, cases, "hidden", tuple(layers), None)
-    use = np.ones(len(cases), dtype=bool)
-    if calibrate_on is not None:
-        use[int(keep.sum()) :] = np.isin(earlier, calibrate_on)
     labels = np.array([c.safety for c in cases])
-    cal = calibrate(oof[use].tolist(), labels[use].tolist(), recall_target=cfg.policy.recall_target,
-                    delta=cfg.policy.recall_delta,
-                    max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
-    p = head.p_unsafe_many(x[last])
+    return OracleFit(cfg, head, oof, labels, int(keep.sum()), earlier, last)
+
+
+def certify(fit: OracleFit, use: np.ndarray):
+    """``fit``'s thresholds, certified on the out-of-fold scores of the cases in ``use``."""
+    from shared.calibration import calibrate
+
+    policy = fit.cfg.policy
+    return calibrate(fit.oof[use].tolist(), fit.labels[use].tolist(),
+                     recall_target=policy.recall_target, delta=policy.recall_delta,
+                     max_false_alert_rate=policy.max_false_alert_rate)  # fmt: skip
+
+
+def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int,
+           calibrate_on: list[int] | None = None) -> dict:  # fmt: skip
+    """The last round under a head fitted on every earlier round, all labels known; its
+    thresholds certified on all of them, or with ``calibrate_on`` on those site cases only
+    (and the bundled ones): the loop's reviews, to tell the fit's share from the
+    calibration's."""
+    fit = oracle_fit(site, x, bundled, x_bundled, layers, seed)
+    use = np.ones(len(fit.labels), dtype=bool)
+    if calibrate_on is not None:
+        use[fit.n_bundled :] = np.isin(fit.earlier, calibrate_on)
+    cal = certify(fit, use)
+    y = np.array([r["safety"] for r in site])[fit.last]
+    p = fit.head.p_unsafe_many(x[fit.last])
     band, alert, passed = (p >= cal.lower) & (p < cal.upper), p >= cal.upper, p < cal.lower
-    return dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[last]).sum()),
-                false_alerts=round(100 * (alert & ~y[last]).mean(), 1))  # fmt: skip
+    return dict(calls=round(100 * band.mean(), 1), missed=int((passed & y).sum()),
+                false_alerts=round(100 * (alert & ~y).mean(), 1))  # fmt: skip
 
 
 def main() -> int:
