@@ -254,6 +254,7 @@ class OracleFit:
     oof: np.ndarray  # every case's out-of-fold p(unsafe): bundled first, then the site's
     labels: np.ndarray
     n_bundled: int
+    kept: np.ndarray  # the bundled scenes outside the frozen share (the first n_bundled)
     earlier: np.ndarray  # the site indices after the bundled cases
     last: np.ndarray  # the last round's mask over the site
 
@@ -276,7 +277,7 @@ def oracle_fit(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed
     xs = np.vstack([x_bundled[keep], x[earlier]])
     head, oof = crossfit(cfg, xs, cases, "hidden", tuple(layers), None)
     labels = np.array([c.safety for c in cases])
-    return OracleFit(cfg, head, oof, labels, int(keep.sum()), earlier, last)
+    return OracleFit(cfg, head, oof, labels, int(keep.sum()), keep, earlier, last)
 
 
 def certify(fit: OracleFit, use: np.ndarray):
