@@ -231,9 +231,10 @@ def decode(
         )
     doc = parse_document(head)
     kind = doc.get("type")
-    if isinstance(kind, str) and kind in RETIRED:
-        raise MessageError(f"unknown_type: {kind!r} {RETIRED[kind]}")
-    if not isinstance(kind, str) or kind not in TYPES:  # a list or an object is no name
+    name = kind if isinstance(kind, str) else ""  # a list or an object is no name
+    if name in RETIRED:
+        raise MessageError(f"unknown_type: {kind!r} {RETIRED[name]}")
+    if name not in TYPES:
         raise MessageError(f"unknown_type: {kind!r} is not a message type ({', '.join(TYPES)})")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
