@@ -62,6 +62,7 @@ from replay import CACHE, RESULTS, SITES, certify, load_site, oracle_fit, replay
 from shared.binomial import clopper_pearson_upper  # noqa: E402
 from shared.head import fit_head  # noqa: E402
 
+V0 = ROOT / "shared/data/release"  # the embedded engine's bundled v0
 SCREENING = ("tuning", "demo", "hospital", "heldout")  # the held-out farm and harbour: never
 FEATURES = ("last", "mean", "concat")
 SETTINGS = {
@@ -84,7 +85,7 @@ def extract(sets: dict[str, list[str]]) -> dict[str, np.ndarray]:
     from shared.release import load_release
     from shared.student import Student
 
-    release = load_release(ROOT / "shared/data/release")
+    release = load_release(V0)
     backend = EmbeddedBackend(EmbeddedModelConfig())
     student = Student(backend, release, 64)
     layers = tuple(release.head.layers)
@@ -150,7 +151,7 @@ def certified_bands(site, x, bundled, x_bundled, layers, seed, reviewed) -> dict
     p = fit.head.p_unsafe_many(x[fit.last])
     out = {}
     for way, use in uses.items():
-        cal = certify(fit, use)
+        cal = certify(fit.oof[use], fit.labels[use], fit.cfg.policy)
         band = float(((p >= cal.lower) & (p < cal.upper)).mean())
         out[way] = {"band": 100 * band, "lower": cal.lower, "upper": cal.upper}
     # Covariate shift (Tibshirani, Barber, Candes, Ramdas 2019): a classifier tells the
@@ -203,8 +204,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per site (default 8)")
     ap.add_argument("--features", choices=FEATURES, nargs="+", default=list(FEATURES))
     args = ap.parse_args()
-    from shared.calibration import calibrate
     from shared.evaluation import bundled_cases
+    from shared.release import load_release
     from shared.teacher_config import TeacherConfig
     from teacher.release.head_fit import crossfit
 
@@ -216,9 +217,7 @@ def main() -> int:
     sets.update({s: [r["input"] for r in data[s]] for s in SCREENING})
     feats = cached(sets)
     cfg = TeacherConfig()
-    goal = dict(recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
-                max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
-    layers = (9, 18)
+    layers = tuple(load_release(V0).head.layers)  # the layers ``extract`` read
     rows = []
     print("| features | setting | site | band calls/100, last 2 rounds | rounds 1+ | "
           "false alerts/100, rounds 1+ | hazards passed | "
@@ -227,7 +226,7 @@ def main() -> int:
     for kind in args.features:
         x_bundled = pick(feats, "bundled", kind)
         v0, oof = crossfit(cfg, x_bundled, bundled, "hidden", layers, None)
-        cal0 = calibrate(oof.tolist(), [c.safety for c in bundled], **goal)
+        cal0 = certify(oof, [c.safety for c in bundled], cfg.policy)
         for setting, lever in SETTINGS.items():
             for s in sites:
                 x = pick(feats, s, kind)

@@ -136,7 +136,6 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     passed, false alerts per 100, hazards among the calls per 100, the thresholds, the
     release. ``state`` gets ``reviewed``: the site's
     reviewed cases (indices) before the last round."""
-    from shared.calibration import calibrate
     from shared.evaluation import LabeledCase
     from shared.policy import audit_probability
     from shared.teacher_config import TeacherConfig
@@ -147,8 +146,6 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     cfg = TeacherConfig.model_validate(
         {"train": {"seed": seed, **lever.get("train", {})}, "release": lever.get("release", {})}
     )
-    goal = dict(recall_target=cfg.policy.recall_target, delta=cfg.policy.recall_delta,
-                max_false_alert_rate=cfg.policy.max_false_alert_rate)  # fmt: skip
     frac = cfg.train.eval_fraction
     y = np.array([r["safety"] for r in site])
     rounds = np.array([r["round"] for r in site])
@@ -203,7 +200,7 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
             cfg_w = cfg.model_copy(update={"release": cfg.release.model_copy(
                 update={"self_label_weight": w})})  # fmt: skip
             c_w, oof_w = crossfit(cfg_w, xs, cases, v0.kind, tuple(v0.layers), None, extra)
-            cal_w = calibrate(oof_w.tolist(), [c.safety for c in cases], **goal)
+            cal_w = certify(oof_w, [c.safety for c in cases], cfg.policy)
             score = (
                 choose_score(lever["by"], c_w, cal_w, oof_w, cases, x[idx])
                 if len(weights) > 1
@@ -253,10 +250,13 @@ class OracleFit:
     head: object  # the shipped average of the fold heads
     oof: np.ndarray  # every case's out-of-fold p(unsafe): bundled first, then the site's
     labels: np.ndarray
-    n_bundled: int
-    kept: np.ndarray  # the bundled scenes outside the frozen share (the first n_bundled)
+    kept: np.ndarray  # the bundled scenes outside the frozen share (the first cases)
     earlier: np.ndarray  # the site indices after the bundled cases
     last: np.ndarray  # the last round's mask over the site
+
+    @property
+    def n_bundled(self) -> int:
+        return int(self.kept.sum())
 
 
 def oracle_fit(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int) -> OracleFit:
@@ -277,15 +277,15 @@ def oracle_fit(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed
     xs = np.vstack([x_bundled[keep], x[earlier]])
     head, oof = crossfit(cfg, xs, cases, "hidden", tuple(layers), None)
     labels = np.array([c.safety for c in cases])
-    return OracleFit(cfg, head, oof, labels, int(keep.sum()), keep, earlier, last)
+    return OracleFit(cfg, head, oof, labels, keep, earlier, last)
 
 
-def certify(fit: OracleFit, use: np.ndarray):
-    """``fit``'s thresholds, certified on the out-of-fold scores of the cases in ``use``."""
+def certify(scores, labels, policy):
+    """Thresholds certified on ``scores`` (out-of-fold p(unsafe)) and their labels under the
+    policy's recall target, delta and false-alert rate (``shared.calibration.calibrate``)."""
     from shared.calibration import calibrate
 
-    policy = fit.cfg.policy
-    return calibrate(fit.oof[use].tolist(), fit.labels[use].tolist(),
+    return calibrate([float(p) for p in scores], [bool(y) for y in labels],
                      recall_target=policy.recall_target, delta=policy.recall_delta,
                      max_false_alert_rate=policy.max_false_alert_rate)  # fmt: skip
 
@@ -300,7 +300,7 @@ def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: in
     use = np.ones(len(fit.labels), dtype=bool)
     if calibrate_on is not None:
         use[fit.n_bundled :] = np.isin(fit.earlier, calibrate_on)
-    cal = certify(fit, use)
+    cal = certify(fit.oof[use], fit.labels[use], fit.cfg.policy)
     y = np.array([r["safety"] for r in site])[fit.last]
     p = fit.head.p_unsafe_many(x[fit.last])
     band, alert, passed = (p >= cal.lower) & (p < cal.upper), p >= cal.upper, p < cal.lower
