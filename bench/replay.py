@@ -143,9 +143,9 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     from teacher.release.head_fit import crossfit
 
     lever = lever or {}
-    cfg = TeacherConfig.model_validate(
-        {"train": {"seed": seed, **lever.get("train", {})}, "release": lever.get("release", {})}
-    )
+    cfg = TeacherConfig.model_validate({"train": {"seed": seed, **lever.get("train", {})},
+                                        "release": lever.get("release", {}),
+                                        "policy": lever.get("policy", {})})  # fmt: skip
     frac = cfg.train.eval_fraction
     y = np.array([r["safety"] for r in site])
     rounds = np.array([r["round"] for r in site])

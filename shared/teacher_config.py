@@ -268,6 +268,13 @@ class ReleaseConfig(Strict):
         "per 100 on the frozen split, at no lower system recall, against the same release "
         "without it; else the build ships the head alone and says why.",
     )
+    feature_cache: bool = Field(
+        True,
+        description="Keep the head's features of every case a build runs in the home "
+        "(cache/features.sqlite), keyed by the student, the request and the adapter's weights, "
+        "so the next build runs the student only on new cases (teacher.release.feature_cache). "
+        "False: every build runs the student on every case.",
+    )
     keyword_sample: bool = Field(
         True,
         description="Every build scores the bundled keyword scenes (shared/data/"

@@ -45,6 +45,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from tqdm import tqdm
@@ -61,6 +62,7 @@ from shared.skill import Skill
 from shared.student import Student
 from shared.teacher_config import TeacherConfig
 from teacher.data.dataset import case_hash
+from teacher.release.feature_cache import FeatureCache, open_cache, request_key, student_identity
 
 logger = logging.getLogger(__name__)
 
@@ -145,25 +147,48 @@ def head_kind(backend: Backend) -> tuple[str, tuple[int, ...]]:
 
 
 def features(
-    student: Student, cases: list[LabeledCase], kind: str, layers: tuple[int, ...], desc: str
+    student: Student,
+    cases: list[LabeledCase],
+    kind: str,
+    layers: tuple[int, ...],
+    desc: str,
+    cache: FeatureCache | None = None,
+    identity: str = "",
+    stats: dict | None = None,
 ) -> np.ndarray:
     """The head's inputs for ``cases``, from the release's own prompt and adapter.
 
     ``hidden``: the request ``Student`` builds, run for its prompt only (the features
-    come from the prefill an edge runs before it decodes). ``verdict``: a full answer.
+    come from the prefill an edge runs before it decodes); with ``cache`` (and the
+    student's ``identity``, ``feature_cache.student_identity``), a prefill it already
+    ran is read back instead. ``verdict``: a full answer.
     """
     from dataclasses import replace
 
-    rows = []
-    for case in tqdm(cases, desc=desc, unit="case", leave=False):
-        request = student.request(case.input)
-        if kind == "hidden":
-            gen = student.backend.generate(replace(request, max_new_tokens=0, hidden_layers=layers))
-            rows.append(gen.hidden)
-        else:
-            gen = student.backend.generate(request)
+    if kind != "hidden":
+        rows = []
+        for case in tqdm(cases, desc=desc, unit="case", leave=False):
+            gen = student.backend.generate(student.request(case.input))
             value = verdict_logodds(gen.text, gen.logprobs)
             rows.append([0.0 if value is None else value])
+        return np.asarray(rows, dtype=np.float64)
+    requests = [
+        replace(student.request(c.input), max_new_tokens=0, hidden_layers=layers) for c in cases
+    ]
+    keys = [request_key(identity, r) for r in requests] if cache is not None else []
+    known = cache.get(keys) if cache is not None else {}
+    rows: list = [known.get(k) for k in keys] if keys else [None] * len(cases)
+    fresh: dict[str, np.ndarray] = {}
+    for i in tqdm([i for i, r in enumerate(rows) if r is None], desc=desc, unit="case",
+                  leave=False):  # fmt: skip
+        rows[i] = np.asarray(student.backend.generate(requests[i]).hidden, dtype=np.float64)
+        if keys:
+            fresh[keys[i]] = rows[i]
+    if cache is not None:
+        cache.put(fresh)
+        if stats is not None:
+            stats["cached"] = stats.get("cached", 0) + len(known)
+        logger.info("%s: %d of %d cases from the feature cache", desc, len(known), len(cases))
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -303,11 +328,27 @@ def fit_and_calibrate(
     docstring); the head is pulled toward ``prior`` (the running release's head) when
     given and ``release.prior_l2`` > 0."""
     kind, layers = head_kind(student.backend)
+    cache = open_cache(cfg.home) if cfg.release.feature_cache and kind == "hidden" else None
+    try:
+        return _fit_and_calibrate(cfg, student, splits, prior, kind, layers, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _fit_and_calibrate(cfg, student, splits, prior, kind, layers, cache):
+    identity = ""
+    if cache is not None:
+        identity = student_identity(
+            student.backend, cfg.student.model_dump_json(), student.release.adapter_dir
+        )
+    stats: dict = {}
+    features_of = partial(features, cache=cache, identity=identity, stats=stats)
     t0 = time.perf_counter()
     mode = cfg.release.calibration
     extra = None
     if splits.traffic:
-        x_extra = features(
+        x_extra = features_of(
             student, splits.traffic, kind, layers, "head features (edge traffic, self-labelled)"
         )
         extra = (x_extra, [c.safety for c in splits.traffic])
@@ -316,13 +357,13 @@ def fit_and_calibrate(
         # then only the cases it never saw (the calibration split) train and calibrate.
         adapter = student.release.adapter_dir is not None
         cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
-        x = features(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
+        x = features_of(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
         t_features = time.perf_counter() - t0
         head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)
         fit_cases = len(cal_cases)
         t_fit = time.perf_counter() - t0 - t_features
     else:
-        x_fit = features(student, splits.fit, kind, layers, "1/3 head features (fit split)")
+        x_fit = features_of(student, splits.fit, kind, layers, "1/3 head features (fit split)")
         t_features = time.perf_counter() - t0
         y_fit = [c.safety for c in splits.fit]
         if extra is not None:
@@ -335,13 +376,13 @@ def fit_and_calibrate(
         fit_cases = len(splits.fit)
         t_fit = time.perf_counter() - t0 - t_features
         cal_cases = splits.calibration
-        x_cal = features(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
+        x_cal = features_of(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
         p_cal = head.p_unsafe_many(x_cal)
     # The keyword sample is scored by the shipped head, which never trained on it: its
     # hazards certify the keyword floor (and nothing else, see the module docstring).
     sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
     if sample:
-        x_sample = features(student, sample, kind, layers, "keyword sample (the floor)")
+        x_sample = features_of(student, sample, kind, layers, "keyword sample (the floor)")
         p_cal = np.concatenate([p_cal, head.p_unsafe_many(x_sample)])
         cal_cases = cal_cases + sample
     policy = cfg.policy
@@ -385,6 +426,7 @@ def fit_and_calibrate(
         "calibration_cases": len(cal_cases),
         "self_labelled_cases": len(splits.traffic),
         "keyword_sample_cases": len(sample),
+        "features_from_cache": stats.get("cached", 0),
     }
     logger.info("head %s, %s; %s", head.info, calibration.note, timing)
     return head, calibration, timing

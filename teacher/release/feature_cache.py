@@ -1,0 +1,120 @@
+"""The head's features of inputs a build has already run, kept between builds.
+
+Every build runs the student's prefill on every case it fits or calibrates on: the bundled
+scenes, the keyword sample, each review and each settled input, most of them the same as
+the last build's. With the same student (engine, model, settings), the same request (the
+skill's instructions and demonstrations, the input, the layers) and the same adapter
+weights, the prefill gives the same hidden states, so a build reads them back instead of
+running it again. The key is a digest of exactly those; anything else (another skill,
+another adapter, another quantisation, another engine) misses and runs the student.
+
+One SQLite file in the teacher's home (``cache/features.sqlite``), float64 rows as the
+student returned them, so a build from the cache fits the same head bit for bit. A row
+that does not read back (a short blob, another width) is run again and replaced; the
+oldest rows go beyond ``MAX_ROWS``. Only ``hidden`` features are kept (a ``verdict``
+feature is a whole answer, not a prefill). The gate never reads it: it scores releases
+through the edge's own answer path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from shared.backend import GenerateRequest, hidden_spec
+
+logger = logging.getLogger(__name__)
+
+MAX_ROWS = 200_000  # about 2 GB of 1280-wide rows at most; a build keeps a few thousand
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def student_identity(backend: object, settings: str, adapter_dir: Path | None) -> str:
+    """What besides the request decides the features: the engine and model (the backend's
+    name and hidden-state spec), the student's settings, the adapter's weights."""
+    digest = hashlib.sha256()
+    spec = hidden_spec(backend)
+    shape = None if spec is None else [spec.engine, spec.num_layers, spec.size]
+    name = getattr(backend, "name", type(backend).__name__)
+    digest.update(json.dumps([name, shape, settings]).encode())
+    if adapter_dir is not None:
+        weights = Path(adapter_dir) / ADAPTER_WEIGHTS
+        digest.update(weights.read_bytes() if weights.exists() else str(adapter_dir).encode())
+    return digest.hexdigest()
+
+
+def request_key(identity: str, request: GenerateRequest) -> str:
+    """The digest of one prefill: the student's identity and the whole request."""
+    doc = asdict(request)
+    doc["image"] = hashlib.sha256(request.image).hexdigest() if request.image else None
+    text = json.dumps(doc, sort_keys=True, default=_plain)
+    return hashlib.sha256((identity + text).encode()).hexdigest()
+
+
+def _plain(value: object) -> object:
+    """A request's nested parts (the skill's demonstrations) as plain data."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    raise TypeError(f"a request holds a {type(value).__name__}, which the cache cannot key")
+
+
+class FeatureCache:
+    """``get`` the features of request keys it has, ``put`` new ones (one transaction)."""
+
+    def __init__(self, path: Path, max_rows: int = MAX_ROWS):
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, width INTEGER NOT NULL,"
+            " data BLOB NOT NULL)"
+        )
+        self._db.commit()
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, width, data in self._db.execute(
+                f"SELECT key, width, data FROM features WHERE key IN ({marks})", chunk
+            ):
+                if isinstance(data, bytes) and width > 0 and len(data) == 8 * width:
+                    found[key] = np.frombuffer(data, dtype="<f8").astype(np.float64)
+        return found
+
+    def put(self, rows: dict[str, np.ndarray]) -> None:
+        if not rows:
+            return
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO features (key, width, data) VALUES (?, ?, ?)",
+                [(k, int(v.size), np.asarray(v, dtype="<f8").tobytes()) for k, v in rows.items()],
+            )
+            (count,) = self._db.execute("SELECT COUNT(*) FROM features").fetchone()
+            if count > self.max_rows:
+                self._db.execute(
+                    "DELETE FROM features WHERE rowid IN (SELECT rowid FROM features "
+                    "ORDER BY rowid LIMIT ?)",
+                    (count - self.max_rows,),
+                )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_cache(home: Path) -> FeatureCache | None:
+    """The teacher home's feature cache, or None (and a warning) when it cannot be opened:
+    a build then runs the student on every case, as without one."""
+    try:
+        return FeatureCache(Path(home) / "cache" / "features.sqlite")
+    except (OSError, sqlite3.Error) as exc:
+        logger.warning("feature cache unusable (%s): every case runs the student", exc)
+        return None
