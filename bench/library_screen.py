@@ -40,7 +40,7 @@ import sys
 import time
 
 import numpy as np
-from replay import RESULTS, ROOT, SITES, cached_features, certify, load_site, replay
+from replay import RESULTS, ROOT, SITES, certify, load_site, replay, v0_features
 
 LIBRARY = ("tuning", "hospital", "heldout")  # the sites that may join a library
 SCREEN = ("tuning", "demo", "hospital", "heldout")
@@ -81,26 +81,16 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--targets", type=float, nargs="+", default=[0.95, 0.97, 0.98])
     args = ap.parse_args()
-    from shared.config import LlamaCppModelConfig
-    from shared.evaluation import bundled_cases, load_labeled
-    from shared.llamacpp_backend import LlamaCppBackend
-    from shared.release import load_release
-    from shared.student import Student
-    from teacher.release.head_fit import head_kind
+    from shared.evaluation import load_labeled
 
     t0 = time.time()
-    release = load_release(ROOT / "shared/data/release-llamacpp")
-    backend = LlamaCppBackend(LlamaCppModelConfig(threads=2))
-    student = Student(backend, release, 64)
-    kind, layers = head_kind(backend)
-    bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
-    x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
     data = {s: load_site(SITES[s]) for s in SCREEN}
-    feats = {s: cached_features(s, [r["input"] for r in data[s]], student, kind, layers)
-             for s in SCREEN}  # fmt: skip
     held = load_labeled(HELDOUT_160)
-    x_held = cached_features("heldout160", [c.input for c in held], student, kind, layers)
-    backend.close()
+    sets = {s: [r["input"] for r in data[s]] for s in SCREEN}
+    v0 = v0_features({**sets, "heldout160": [c.input for c in held]})
+    release, kind, layers, bundled, x_bundled = (v0.release, v0.kind, v0.layers, v0.bundled,
+                                                 v0.x_bundled)  # fmt: skip
+    feats, x_held = v0.x, v0.x["heldout160"]
     cal0 = release.manifest.calibration
 
     rows, runs = [], []

@@ -308,6 +308,43 @@ def oracle(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: in
                 false_alerts=round(100 * (alert & ~y).mean(), 1))  # fmt: skip
 
 
+@dataclass(frozen=True)
+class V0Features:
+    """The bundled llama.cpp v0, its head's kind and layers, the bundled scenes and the
+    features of every text set asked for (``x``, by name), all from v0's own student."""
+
+    release: object
+    kind: str
+    layers: tuple
+    bundled: list
+    x_bundled: np.ndarray
+    x: dict
+
+
+def v0_features(sets: dict[str, list[str]]) -> V0Features:
+    """Features of the bundled scenes and of ``sets`` (name -> texts) from the bundled
+    llama.cpp v0's student, cached under CACHE; the model is closed afterwards."""
+    from shared.config import LlamaCppModelConfig
+    from shared.evaluation import bundled_cases
+    from shared.llamacpp_backend import LlamaCppBackend
+    from shared.release import load_release
+    from shared.student import Student
+    from teacher.release.head_fit import head_kind
+
+    release = load_release(ROOT / "shared/data/release-llamacpp")
+    backend = LlamaCppBackend(LlamaCppModelConfig(threads=2))
+    try:
+        student = Student(backend, release, 64)
+        kind, layers = head_kind(backend)
+        bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
+        x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
+        x = {name: cached_features(name, texts, student, kind, layers)
+             for name, texts in sets.items()}  # fmt: skip
+    finally:
+        backend.close()
+    return V0Features(release, kind, tuple(layers), bundled, x_bundled, x)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--site", choices=sorted(SITES), action="append", default=[])
@@ -319,24 +356,16 @@ def main() -> int:
                     help="with --levers: only these (default: all)")  # fmt: skip
     args = ap.parse_args()
     sites = args.site or ["tuning", "demo"]
-    from shared.config import LlamaCppModelConfig
-    from shared.evaluation import bundled_cases
-    from shared.llamacpp_backend import LlamaCppBackend
-    from shared.release import load_release
-    from shared.student import Student
-    from teacher.release.head_fit import head_kind
-
     t0 = time.time()
-    release = load_release(ROOT / "shared/data/release-llamacpp")
-    backend = LlamaCppBackend(LlamaCppModelConfig(threads=2))
-    student = Student(backend, release, 64)
-    kind, layers = head_kind(backend)
-    bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
-    x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
     data = {s: load_site(SITES[s]) for s in sites}
-    feats = {s: cached_features(s, [r["input"] for r in data[s]], student, kind, layers)
-             for s in sites}  # fmt: skip
-    backend.close()
+    v0 = v0_features({s: [r["input"] for r in data[s]] for s in sites})
+    release, layers, bundled, x_bundled, feats = (
+        v0.release,
+        v0.layers,
+        v0.bundled,
+        v0.x_bundled,
+        v0.x,
+    )
     if args.levers:
         return levers(args, sites, data, feats, bundled, x_bundled, release, t0)
     cal0 = release.manifest.calibration
