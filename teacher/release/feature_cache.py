@@ -11,7 +11,8 @@ another adapter, another quantisation, another engine) misses and runs the stude
 One SQLite file in the teacher's home (``cache/features.sqlite``), float64 rows as the
 student returned them, so a build from the cache fits the same head bit for bit. A row
 that does not read back (a short blob, another width) is run again and replaced; the
-oldest rows go beyond ``MAX_ROWS``. Only ``hidden`` features are kept (a ``verdict``
+oldest rows go beyond ``MAX_ROWS``; a cache that cannot be opened, read or written is left
+out with a warning and the build runs the student, never fails for it. Only ``hidden`` features are kept (a ``verdict``
 feature is a whole answer, not a prefill). The gate never reads it: it scores releases
 through the edge's own answer path.
 """
@@ -79,32 +80,43 @@ class FeatureCache:
         self._db.commit()
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The rows it has for ``keys``; none (and a warning) when the file cannot be read."""
         found: dict[str, np.ndarray] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, width, data in self._db.execute(
-                f"SELECT key, width, data FROM features WHERE key IN ({marks})", chunk
-            ):
-                if isinstance(data, bytes) and width > 0 and len(data) == 8 * width:
-                    found[key] = np.frombuffer(data, dtype="<f8").astype(np.float64)
+        try:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, width, data in self._db.execute(
+                    f"SELECT key, width, data FROM features WHERE key IN ({marks})", chunk
+                ):
+                    if isinstance(data, bytes) and width > 0 and len(data) == 8 * width:
+                        found[key] = np.frombuffer(data, dtype="<f8").astype(np.float64)
+        except sqlite3.Error as exc:
+            logger.warning("feature cache %s unreadable (%s): every case runs the student",
+                           self.path, exc)  # fmt: skip
+            return {}
         return found
 
     def put(self, rows: dict[str, np.ndarray]) -> None:
+        """Keep ``rows``; a write that fails is logged and dropped (the build goes on)."""
         if not rows:
             return
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO features (key, width, data) VALUES (?, ?, ?)",
-                [(k, int(v.size), np.asarray(v, dtype="<f8").tobytes()) for k, v in rows.items()],
-            )
-            (count,) = self._db.execute("SELECT COUNT(*) FROM features").fetchone()
-            if count > self.max_rows:
-                self._db.execute(
-                    "DELETE FROM features WHERE rowid IN (SELECT rowid FROM features "
-                    "ORDER BY rowid LIMIT ?)",
-                    (count - self.max_rows,),
-                )
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO features (key, width, data) VALUES (?, ?, ?)",
+                    [(k, int(v.size), np.asarray(v, dtype="<f8").tobytes())
+                     for k, v in rows.items()],
+                )  # fmt: skip
+                (count,) = self._db.execute("SELECT COUNT(*) FROM features").fetchone()
+                if count > self.max_rows:
+                    self._db.execute(
+                        "DELETE FROM features WHERE rowid IN (SELECT rowid FROM features "
+                        "ORDER BY rowid LIMIT ?)",
+                        (count - self.max_rows,),
+                    )
+        except sqlite3.Error as exc:
+            logger.warning("feature cache %s not written (%s)", self.path, exc)
 
     def close(self) -> None:
         self._db.close()

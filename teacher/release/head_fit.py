@@ -336,7 +336,15 @@ def fit_and_calibrate(
             cache.close()
 
 
-def _fit_and_calibrate(cfg, student, splits, prior, kind, layers, cache):
+def _fit_and_calibrate(
+    cfg: TeacherConfig,
+    student: Student,
+    splits: Splits,
+    prior: SafetyHead | None,
+    kind: str,
+    layers: tuple[int, ...],
+    cache: FeatureCache | None,
+) -> tuple[SafetyHead, Calibration, dict]:
     identity = ""
     if cache is not None:
         identity = student_identity(

@@ -118,3 +118,12 @@ def test_a_cache_that_cannot_be_opened_is_left_out(tmp_path):
     assert open_cache(home) is None
     built = build_release(config(home), CountingBackend(), hazard_cases(400), progress=False)
     assert built.verdict.passed and built.timing["features_from_cache"] == 0
+
+
+def test_a_cache_that_fails_to_read_or_write_costs_the_build_nothing(tmp_path):
+    backend = CountingBackend()
+    student = Student(backend, default_release(), 16)
+    cache = FeatureCache(tmp_path / "features.sqlite")
+    cache.close()  # every read and write now raises sqlite3.Error inside the cache
+    x = features(student, hazard_cases(4), "hidden", (1, 2), "t", cache, "id")
+    assert x.shape == (4, 8) and backend.prefills == 4
