@@ -6,7 +6,7 @@ in minutes (under a minute a site and seed) before a `gemma-edge demo` run measu
     .venv/bin/python bench/replay.py --levers --site tuning --site demo --site hospital
 
 Features come once from the bundled llama.cpp v0's own ``Student`` (its prompt, the head's
-layers, ``teacher.release.head_fit.features``) and are cached under
+layers, ``teacher.release.feature_cache.features``) and are cached under
 ``~/.cache/gemma-edge/replay/``. Each round the running head and thresholds sort the round's
 inputs into alert, band (escalated: the teacher reviews it) and pass; the band's cases join
 the reviews with their true labels except a hashed share (``train.eval_fraction``, as
@@ -74,7 +74,7 @@ def load_site(path: Path) -> list[dict]:
 def cached_features(name: str, texts: list[str], student, kind, layers) -> np.ndarray:
     """The head's features of ``texts`` from the v0 student, computed once per text set."""
     from shared.evaluation import LabeledCase
-    from teacher.release.head_fit import features
+    from teacher.release.feature_cache import features
 
     key = hashlib.sha256("\n".join([student.backend.name, str(layers), *texts]).encode())
     path = CACHE / f"{name}-{key.hexdigest()[:16]}.npy"

@@ -1,4 +1,5 @@
-"""The head's features of inputs a build has already run, kept between builds.
+"""The head's features of a build's cases (``features``), and those a build has already run,
+kept between builds.
 
 Every build runs the student's prefill on every case it fits or calibrates on: the bundled
 scenes, the keyword sample, each review and each settled input, most of them the same as
@@ -27,8 +28,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from shared.backend import GenerateRequest, hidden_spec
+from shared.evaluation import LabeledCase
+from shared.head import verdict_logodds
+from shared.student import Student
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +135,49 @@ def open_cache(home: Path) -> FeatureCache | None:
     except (OSError, sqlite3.Error) as exc:
         logger.warning("feature cache unusable (%s): every case runs the student", exc)
         return None
+
+
+def features(
+    student: Student,
+    cases: list[LabeledCase],
+    kind: str,
+    layers: tuple[int, ...],
+    desc: str,
+    cache: FeatureCache | None = None,
+    identity: str = "",
+    stats: dict | None = None,
+) -> np.ndarray:
+    """The head's inputs for ``cases``, from the release's own prompt and adapter.
+
+    ``hidden``: the request ``Student`` builds, run for its prompt only (the features
+    come from the prefill an edge runs before it decodes); with ``cache`` (and the
+    student's ``identity``, ``feature_cache.student_identity``), a prefill it already
+    ran is read back instead. ``verdict``: a full answer.
+    """
+    from dataclasses import replace
+
+    if kind != "hidden":
+        rows = []
+        for case in tqdm(cases, desc=desc, unit="case", leave=False):
+            gen = student.backend.generate(student.request(case.input))
+            value = verdict_logodds(gen.text, gen.logprobs)
+            rows.append([0.0 if value is None else value])
+        return np.asarray(rows, dtype=np.float64)
+    requests = [
+        replace(student.request(c.input), max_new_tokens=0, hidden_layers=layers) for c in cases
+    ]
+    keys = [request_key(identity, r) for r in requests] if cache is not None else []
+    known = cache.get(keys) if cache is not None else {}
+    rows: list = [known.get(k) for k in keys] if keys else [None] * len(cases)
+    fresh: dict[str, np.ndarray] = {}
+    for i in tqdm([i for i, r in enumerate(rows) if r is None], desc=desc, unit="case",
+                  leave=False):  # fmt: skip
+        rows[i] = np.asarray(student.backend.generate(requests[i]).hidden, dtype=np.float64)
+        if keys:
+            fresh[keys[i]] = rows[i]
+    if cache is not None:
+        cache.put(fresh)
+        if stats is not None:
+            stats["cached"] = stats.get("cached", 0) + len(known)
+        logger.info("%s: %d of %d cases from the feature cache", desc, len(known), len(cases))
+    return np.asarray(rows, dtype=np.float64)

@@ -48,13 +48,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-from tqdm import tqdm
 
 from shared.backend import Backend, hidden_spec
 from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, bundled_cases
-from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head, verdict_logodds
+from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head
 from shared.keyword_memory import cleared_leave_one_out, remember
 from shared.policy import find_keywords
 from shared.release import ADAPTER_FILES, Release
@@ -62,7 +61,7 @@ from shared.skill import Skill
 from shared.student import Student
 from shared.teacher_config import TeacherConfig
 from teacher.data.dataset import case_hash
-from teacher.release.feature_cache import FeatureCache, open_cache, request_key, student_identity
+from teacher.release.feature_cache import FeatureCache, features, open_cache, student_identity
 
 logger = logging.getLogger(__name__)
 
@@ -144,52 +143,6 @@ def head_kind(backend: Backend) -> tuple[str, tuple[int, ...]]:
     if spec.readable is not None and not set(layers) <= set(spec.readable):
         return "hidden", (spec.num_layers,) if spec.num_layers in spec.readable else spec.readable
     return "hidden", layers
-
-
-def features(
-    student: Student,
-    cases: list[LabeledCase],
-    kind: str,
-    layers: tuple[int, ...],
-    desc: str,
-    cache: FeatureCache | None = None,
-    identity: str = "",
-    stats: dict | None = None,
-) -> np.ndarray:
-    """The head's inputs for ``cases``, from the release's own prompt and adapter.
-
-    ``hidden``: the request ``Student`` builds, run for its prompt only (the features
-    come from the prefill an edge runs before it decodes); with ``cache`` (and the
-    student's ``identity``, ``feature_cache.student_identity``), a prefill it already
-    ran is read back instead. ``verdict``: a full answer.
-    """
-    from dataclasses import replace
-
-    if kind != "hidden":
-        rows = []
-        for case in tqdm(cases, desc=desc, unit="case", leave=False):
-            gen = student.backend.generate(student.request(case.input))
-            value = verdict_logodds(gen.text, gen.logprobs)
-            rows.append([0.0 if value is None else value])
-        return np.asarray(rows, dtype=np.float64)
-    requests = [
-        replace(student.request(c.input), max_new_tokens=0, hidden_layers=layers) for c in cases
-    ]
-    keys = [request_key(identity, r) for r in requests] if cache is not None else []
-    known = cache.get(keys) if cache is not None else {}
-    rows: list = [known.get(k) for k in keys] if keys else [None] * len(cases)
-    fresh: dict[str, np.ndarray] = {}
-    for i in tqdm([i for i, r in enumerate(rows) if r is None], desc=desc, unit="case",
-                  leave=False):  # fmt: skip
-        rows[i] = np.asarray(student.backend.generate(requests[i]).hidden, dtype=np.float64)
-        if keys:
-            fresh[keys[i]] = rows[i]
-    if cache is not None:
-        cache.put(fresh)
-        if stats is not None:
-            stats["cached"] = stats.get("cached", 0) + len(known)
-        logger.info("%s: %d of %d cases from the feature cache", desc, len(known), len(cases))
-    return np.asarray(rows, dtype=np.float64)
 
 
 def prior_head(

@@ -14,8 +14,7 @@ from shared.release import default_release, skill_release
 from shared.student import Student
 from shared.teacher_config import TeacherConfig
 from teacher.release.build import build_release
-from teacher.release.feature_cache import FeatureCache, open_cache, student_identity
-from teacher.release.head_fit import features
+from teacher.release.feature_cache import FeatureCache, features, open_cache, student_identity
 from teacher.release.registry import ReleaseRegistry
 from tests.fakes import FeatureBackend, hazard_cases
 
