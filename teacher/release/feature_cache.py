@@ -13,8 +13,8 @@ One SQLite file in the teacher's home (``cache/features.sqlite``), float64 rows 
 student returned them, so a build from the cache fits the same head bit for bit. A row
 that does not read back (a short blob, another width) is run again and replaced; the
 oldest rows go beyond ``MAX_ROWS``; a cache that cannot be opened, read or written is left
-out with a warning and the build runs the student, never fails for it. Only ``hidden`` features are kept (a ``verdict``
-feature is a whole answer, not a prefill). The gate never reads it: it scores releases
+out with a warning and the build runs the student, never fails for it. Only ``hidden``
+features are kept (a ``verdict`` feature is a whole answer, not a prefill). The gate never reads it: it scores releases
 through the edge's own answer path.
 """
 
@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import sqlite3
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +71,13 @@ def _plain(value: object) -> object:
 
 
 class FeatureCache:
-    """``get`` the features of request keys it has, ``put`` new ones (one transaction)."""
+    """``get`` the features of request keys it has, ``put`` new ones (one transaction);
+    ``hits``: how many rows it has given back since it was opened."""
 
     def __init__(self, path: Path, max_rows: int = MAX_ROWS):
         self.path = Path(path)
         self.max_rows = max_rows
+        self.hits = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30)
         self._db.execute(
@@ -100,6 +102,7 @@ class FeatureCache:
             logger.warning("feature cache %s unreadable (%s): every case runs the student",
                            self.path, exc)  # fmt: skip
             return {}
+        self.hits += len(found)
         return found
 
     def put(self, rows: dict[str, np.ndarray]) -> None:
@@ -145,7 +148,6 @@ def features(
     desc: str,
     cache: FeatureCache | None = None,
     identity: str = "",
-    stats: dict | None = None,
 ) -> np.ndarray:
     """The head's inputs for ``cases``, from the release's own prompt and adapter.
 
@@ -154,8 +156,6 @@ def features(
     student's ``identity``, ``feature_cache.student_identity``), a prefill it already
     ran is read back instead. ``verdict``: a full answer.
     """
-    from dataclasses import replace
-
     if kind != "hidden":
         rows = []
         for case in tqdm(cases, desc=desc, unit="case", leave=False):
@@ -177,7 +177,5 @@ def features(
             fresh[keys[i]] = rows[i]
     if cache is not None:
         cache.put(fresh)
-        if stats is not None:
-            stats["cached"] = stats.get("cached", 0) + len(known)
         logger.info("%s: %d of %d cases from the feature cache", desc, len(known), len(cases))
     return np.asarray(rows, dtype=np.float64)

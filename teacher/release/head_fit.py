@@ -303,8 +303,7 @@ def _fit_and_calibrate(
         identity = student_identity(
             student.backend, cfg.student.model_dump_json(), student.release.adapter_dir
         )
-    stats: dict = {}
-    features_of = partial(features, cache=cache, identity=identity, stats=stats)
+    features_of = partial(features, cache=cache, identity=identity)
     t0 = time.perf_counter()
     mode = cfg.release.calibration
     extra = None
@@ -387,7 +386,7 @@ def _fit_and_calibrate(
         "calibration_cases": len(cal_cases),
         "self_labelled_cases": len(splits.traffic),
         "keyword_sample_cases": len(sample),
-        "features_from_cache": stats.get("cached", 0),
+        "features_from_cache": 0 if cache is None else cache.hits,
     }
     logger.info("head %s, %s; %s", head.info, calibration.note, timing)
     return head, calibration, timing
