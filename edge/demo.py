@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from importlib.resources import files
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,7 +43,7 @@ from tqdm import tqdm
 from edge.demo_pair import DemoProcesses, events, say
 from edge.demo_scoring import outcome, scenario_path, start_outcomes, write_round_labels
 from shared.errors import GemmaEdgeError
-from shared.evaluation import LabeledCase
+from shared.evaluation import BUNDLED_LABELS, LabeledCase, bundled_path
 from shared.release import read_active
 from shared.rounds import RoundRow, round_row, table
 from shared.scoring import Outcome
@@ -125,8 +124,8 @@ class DemoRun(DemoProcesses):
     def improve(self, index: int) -> dict:
         """Build a release from everything reviewed so far; wait until the edge has it."""
         prior = []  # the teacher's own labelled scenes, besides what it reviewed here
-        for name in ("scenes.jsonl", "dev_scenes.jsonl"):
-            prior += ["--labels", str(files("shared").joinpath(f"data/{name}"))]
+        for name in BUNDLED_LABELS:
+            prior += ["--labels", str(bundled_path(name))]
         # what the edge settled by itself reaches the teacher over the link (Settled)
         steps = {
             "full": [["upskill", *prior], ["train", *prior]],

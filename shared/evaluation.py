@@ -102,9 +102,26 @@ def load_labeled(path: Path | str) -> list[LabeledCase]:
     return cases
 
 
+#: The labelled scenes every release is fitted and certified on (``shared/data``): short
+#: one-line scenes of many domains (``scenes.jsonl``, ``dev_scenes.jsonl``, 300) and a library
+#: of long, site-style scenes of three sites (``site_scenes.jsonl``, 1,080: a railway station,
+#: a hospital's emergency department, a leisure centre), so that a release's thresholds rest on
+#: inputs like a site's, not only on one-liners.
+BUNDLED_LABELS = ("scenes.jsonl", "dev_scenes.jsonl", "site_scenes.jsonl")
+
+
 def bundled_cases(name: str = "dev_scenes.jsonl") -> list[LabeledCase]:
-    """Labelled scenes shipped with the project (dev_scenes.jsonl, scenes.jsonl)."""
-    return load_labeled(Path(str(files("shared").joinpath(f"data/{name}"))))
+    """Labelled scenes shipped with the project (one of ``BUNDLED_LABELS``)."""
+    return load_labeled(bundled_path(name))
+
+
+def bundled_path(name: str) -> Path:
+    return Path(str(files("shared").joinpath(f"data/{name}")))
+
+
+def bundled_labels() -> list[LabeledCase]:
+    """Every labelled scene the teacher fits and certifies releases on (``BUNDLED_LABELS``)."""
+    return [case for name in BUNDLED_LABELS for case in bundled_cases(name)]
 
 
 def cases_hash(cases: list[LabeledCase]) -> str:

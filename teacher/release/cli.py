@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from shared.errors import StoreError
-from shared.evaluation import bundled_cases, load_labeled
+from shared.evaluation import bundled_labels, load_labeled
 from shared.release import default_release_dir, load_release, model_engine
 from shared.teacher_config import TeacherConfig, load_teacher_config
 from teacher.release.harness import table
@@ -147,7 +147,7 @@ def build_default(cfg: TeacherConfig, out: Path) -> int:
     from teacher.release.build import build_default as build
 
     backend = make_backend(cfg.student)
-    cases = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
+    cases = bundled_labels()
     release, timing = build(cfg, backend, cases, out)
     print(release.describe())
     print(release.calibration.note if release.calibration else "no calibration")
