@@ -5,8 +5,8 @@
 Per engine (``llamacpp``, the edges' default, and ``embedded``, torch; the same GGUF):
 
 1. Builds releases with the real commands, each in a fresh teacher home whose
-   ``student.backend`` is that engine, from the project's 300 labelled scenes
-   (shared/data/scenes.jsonl + dev_scenes.jsonl):
+   ``student.backend`` is that engine, from the project's bundled labelled scenes
+   (``shared.evaluation.BUNDLED_LABELS``: 300 one-liners and 1,080 site-style scenes):
    - head only: ``gemma-teacher train --no-store --labels … --home H --head-only``
    - head + LoRA (``--lora``): the same without ``--head-only`` (fp32 CPU; minutes)
    and times each command (model load included).
@@ -34,10 +34,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from shared.evaluation import BUNDLED_LABELS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HELDOUT = ROOT / "bench" / "data" / "heldout_scenes.jsonl"
-LABELS = [ROOT / "shared" / "data" / "scenes.jsonl", ROOT / "shared" / "data" / "dev_scenes.jsonl"]
+LABELS = [ROOT / "shared" / "data" / name for name in BUNDLED_LABELS]
 
 
 def train(home: Path, engine: str, head_only: bool, epochs: float) -> tuple[float, dict, int]:

@@ -123,14 +123,14 @@ class DemoRun(DemoProcesses):
     # ------------------------------------------------------------ releases
     def improve(self, index: int) -> dict:
         """Build a release from everything reviewed so far; wait until the edge has it."""
-        prior = []  # the teacher's own labelled scenes, besides what it reviewed here
-        for name in BUNDLED_LABELS:
-            prior += ["--labels", str(bundled_path(name))]
-        # what the edge settled by itself reaches the teacher over the link (Settled)
+        # every build adds the bundled labelled scenes itself (release.bundled_labels), as a
+        # deployment's does; upskill scores its prompts on them too. What the edge settled
+        # by itself reaches the teacher over the link (Settled).
+        prior = [a for name in BUNDLED_LABELS for a in ("--labels", str(bundled_path(name)))]
         steps = {
-            "full": [["upskill", *prior], ["train", *prior]],
-            "lora": [["train", *prior]],
-            "head": [["train", "--head-only", *prior]],
+            "full": [["upskill", *prior], ["train"]],
+            "lora": [["train"]],
+            "head": [["train", "--head-only"]],
         }[self.improves]
         doc: dict = {"after_round": index, "steps": []}
         for step in steps:

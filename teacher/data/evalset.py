@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import TrainingError
-from shared.evaluation import LabeledCase, cases_hash, load_labeled
+from shared.evaluation import LabeledCase, bundled_labels, cases_hash, load_labeled
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,12 @@ def merge_cases(*sources: list[LabeledCase]) -> list[LabeledCase]:
             if kept is None or TRUST.get(case.origin, 9) < TRUST.get(kept.origin, 9):
                 best[key] = case
     return list(best.values())
+
+
+def with_bundled(cases: list[LabeledCase], on: bool = True) -> list[LabeledCase]:
+    """``cases`` and after them the bundled labelled scenes (``release.bundled_labels``),
+    one case per input as ``merge_cases`` keeps them."""
+    return merge_cases(cases, bundled_labels()) if on else cases
 
 
 def load_cases(store_path: Path | None, label_files: list[Path] = ()) -> list[LabeledCase]:

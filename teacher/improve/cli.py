@@ -16,7 +16,7 @@ from pathlib import Path
 from shared.backend_factory import make_backend
 from shared.config import load_config, validate_config
 from shared.teacher_config import TeacherConfig, UpskillConfig
-from teacher.data.evalset import load_cases
+from teacher.data.evalset import load_cases, with_bundled
 from teacher.improve.upskill import run_upskill, writer_backend
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             built = build_release(
                 cfg,
                 student,
-                cases,
+                with_bundled(cases, cfg.release.bundled_labels),  # as train builds
                 skill=result.skill,
                 note=f"upskill: {result.skill.name}",
                 progress=not args.quiet,

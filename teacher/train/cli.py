@@ -30,7 +30,8 @@ def add_arguments(parser) -> None:
         action="append",
         default=[],
         metavar="JSONL",
-        help="labelled JSONL (input, safety, keywords[, answer]) added to the store's cases",
+        help="labelled JSONL (input, safety, keywords[, answer]) added to the store's cases "
+        "(and to the bundled scenes, release.bundled_labels)",
     )
     parser.add_argument("--no-store", action="store_true", help="ignore the teacher's case store")
     parser.add_argument(
@@ -78,7 +79,7 @@ def add_arguments(parser) -> None:
 
 def gather_cases(cfg: TeacherConfig, args) -> list[LabeledCase]:
     """Reviewed cases (a person's corrections outrank the teacher) and labelled files."""
-    from teacher.data.evalset import merge_cases
+    from teacher.data.evalset import merge_cases, with_bundled
 
     sources: list[list[LabeledCase]] = []
     if args.dataset:
@@ -97,9 +98,12 @@ def gather_cases(cfg: TeacherConfig, args) -> list[LabeledCase]:
             finally:
                 store.close()
     sources += [load_labeled(labels) for labels in args.labels]
-    cases = merge_cases(*sources)
+    cases = with_bundled(merge_cases(*sources), cfg.release.bundled_labels)
     if not cases:
-        raise TrainingError("no reviewed cases: the store has none and no --labels were given")
+        raise TrainingError(
+            "no reviewed cases: the store has none, no --labels were given and "
+            "release.bundled_labels is off"
+        )
     return cases
 
 

@@ -1,8 +1,20 @@
+from pathlib import Path
+
 import pytest
 
 from shared.answer import parse_answer
+from shared.config import PolicyConfig
 from shared.errors import ConfigError
-from shared.evaluation import LabeledCase, bundled_cases, cases_hash, evaluate, load_labeled
+from shared.evaluation import (
+    BUNDLED_LABELS,
+    LabeledCase,
+    bundled_cases,
+    bundled_labels,
+    cases_hash,
+    evaluate,
+    load_labeled,
+)
+from shared.release import default_release
 
 
 def ans(safety, text="A knife lies on a table."):
@@ -51,6 +63,34 @@ def test_bundled_dev_scenes_and_hash():
     assert {c.safety for c in cases} == {True, False}
     assert cases_hash(cases) == cases_hash(list(reversed(cases)))
     assert cases_hash(cases) != cases_hash(cases[1:])
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def test_the_bundled_labels_are_the_one_liners_and_a_library_of_site_scenes():
+    cases = bundled_labels()
+    assert [len(bundled_cases(name)) for name in BUNDLED_LABELS] == [260, 40, 1080]
+    assert len({c.id for c in cases}) == len(cases)  # no id twice
+    library = bundled_cases("site_scenes.jsonl")
+    assert {c.safety for c in library} == {True, False}
+    words = sum(len(c.input.split()) for c in library) / len(library)
+    one_liners = sum(len(c.input.split()) for c in bundled_cases("scenes.jsonl")) / 260
+    assert words > 1.5 * one_liners  # site-style: a place's detail, not one line
+    # the demo's site and the held-out sites stay unseen by every release
+    seen = {_norm(c.input) for c in cases}
+    root = Path(__file__).resolve().parents[2]
+    for unseen in ("shared/data/demo/scenes.jsonl", "bench/data/farm_site/scenes.jsonl",
+                   "bench/data/quay_site/scenes.jsonl", "bench/data/heldout_scenes.jsonl"):  # fmt: skip
+        assert not seen & {_norm(c.input) for c in load_labeled(root / unseen)}, unseen
+
+
+def test_the_default_engines_v0_is_certified_at_the_policys_recall_target():
+    calibration = default_release().calibration  # llama.cpp's, the edges' default engine
+    assert calibration is not None and calibration.guaranteed
+    assert calibration.recall_target == PolicyConfig().recall_target
+    assert calibration.n_unsafe > 400  # the one-liners' hazards and the library's
 
 
 def test_bad_labelled_line_names_the_line(tmp_path):

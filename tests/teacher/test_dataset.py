@@ -171,31 +171,32 @@ def test_train_cli_builds_and_exports_the_dataset(tmp_path):
     import sys
     from pathlib import Path
 
+    from shared.evaluation import bundled_labels
+
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "chat.jsonl"
+    own = tmp_path / "own.yaml"  # the reviews and --labels only
+    own.write_text("release:\n  bundled_labels: false\n")
     args = [sys.executable, "-m", "teacher", "train", "--home", str(tmp_path), "--no-store"]
-    done = subprocess.run(
-        [
-            *args,
-            "--labels",
-            "shared/data/dev_scenes.jsonl",
-            "--dry-run",
-            "--export-dataset",
-            str(out),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    splits = json.loads(done.stdout.splitlines()[0])["splits"]
+    labels = ["--labels", "shared/data/dev_scenes.jsonl", "--dry-run"]
+
+    def splits_of(*extra: str, home: Path = tmp_path) -> dict:
+        done = subprocess.run([*args, *labels, *extra, "--home", str(home)], cwd=root,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[0])["splits"]
+
+    splits = splits_of("--config", str(own), "--export-dataset", str(out))
     assert (
         3 <= splits["frozen"] <= 16
         and splits["fit"] + splits["calibration"] + splits["frozen"] == 40
     )
     assert len(out.read_text().splitlines()) == splits["fit"]  # the LoRA trains on fit only
-    empty = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=120)
+    # by default every build adds the bundled scenes (the dev scenes are among them)
+    splits = splits_of(home=tmp_path / "another")
+    assert splits["fit"] + splits["calibration"] + splits["frozen"] == len(bundled_labels())
+    empty = subprocess.run([*args, "--config", str(own)], cwd=root, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
     assert empty.returncode == 2 and "no reviewed cases" in empty.stderr
 
 

@@ -10,11 +10,11 @@ import pytest
 
 from shared.backend import GenerateRequest
 from shared.errors import TrainingError
-from shared.evaluation import LabeledCase, bundled_cases, cases_hash
+from shared.evaluation import LabeledCase, bundled_cases, bundled_labels, cases_hash
 from shared.messages import Escalation, Review
 from shared.skill import Skill, default_skill
 from shared.teacher_config import UpskillConfig
-from teacher.data.evalset import load_cases, merge_cases, split_cases
+from teacher.data.evalset import load_cases, merge_cases, split_cases, with_bundled
 from teacher.data.store import CaseStore, default_store_path
 from teacher.improve import candidates as cand
 from teacher.improve.report import write_report
@@ -70,6 +70,16 @@ def test_merge_keeps_the_most_trusted_label():
     merged = merge_cases([teacher], [labels], [person])
     assert len(merged) == 1 and merged[0].id == "p1"
     assert merge_cases([teacher, labels])[0].id == "l1"
+
+
+def test_builds_add_the_bundled_scenes_after_the_sites_cases_unless_turned_off():
+    bundled = bundled_labels()
+    person = LabeledCase("p1", bundled[5].input, not bundled[5].safety, origin="person")
+    site = LabeledCase("s1", "A forklift reverses towards a picker on aisle 4.", True)
+    cases = with_bundled([site, person])
+    assert cases[:2] == [site, person] and len(cases) == len(bundled) + 1
+    assert person in cases and bundled[5] not in cases  # a person's review outranks it
+    assert with_bundled([site, person], on=False) == [site, person]
 
 
 def test_cases_come_from_the_store_and_label_files(tmp_path):
@@ -351,6 +361,7 @@ def test_cli_upskills_the_real_student_from_labels_and_the_store(tmp_path):
         f"home: {tmp_path}\nreviewer: {{backend: embedded}}\n"
         "student: {backend: embedded, max_new_tokens: 32, embedded: {threads: 2}}\n"
         "upskill: {candidates: 1, rounds: 1, demos: 2}\n"
+        "release: {bundled_labels: false}\n"  # the build on these 8 cases, not the library
     )
     proc = subprocess.run(
         [sys.executable, "-m", "teacher", "upskill", "--config", str(cfg), "--labels", str(labels)]
