@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--reviews", type=int, default=80, help="factory scenes as reviews")
     args = ap.parse_args()
     from shared.backend_factory import make_backend
-    from shared.evaluation import LabeledCase, bundled_cases
+    from shared.evaluation import LabeledCase, bundled_labels
     from shared.teacher_config import TeacherConfig
     from teacher.release.build import build_release
     from teacher.release.registry import ReleaseRegistry
@@ -47,7 +47,7 @@ def main() -> int:
     site = [json.loads(line) for line in (ROOT / "shared/data/demo/scenes.jsonl").open()]
     reviews = [LabeledCase(id=r["id"], input=r["input"], safety=bool(r["safety"]), site="edge-1",
                            origin="teacher") for r in site[: args.reviews]]  # fmt: skip
-    cases = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl") + reviews
+    cases = bundled_labels() + reviews
     rows, heads = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-feature-cache-") as tmp:
         cfg = TeacherConfig(home=Path(tmp) / "teacher")

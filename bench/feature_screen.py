@@ -204,14 +204,14 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per site (default 8)")
     ap.add_argument("--features", choices=FEATURES, nargs="+", default=list(FEATURES))
     args = ap.parse_args()
-    from shared.evaluation import bundled_cases
+    from shared.evaluation import bundled_labels
     from shared.release import load_release
     from shared.teacher_config import TeacherConfig
     from teacher.release.head_fit import crossfit
 
     t0 = time.time()
     sites = args.site or list(SCREENING)
-    bundled = bundled_cases("scenes.jsonl") + bundled_cases("dev_scenes.jsonl")
+    bundled = bundled_labels()
     data = {s: load_site(SITES[s]) for s in SCREENING}
     sets = {"bundled": [c.input for c in bundled]}
     sets.update({s: [r["input"] for r in data[s]] for s in SCREENING})

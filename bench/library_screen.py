@@ -27,11 +27,9 @@ passes). And the 160 held-out scenes of ``bench/release.py`` (short, hand-writte
 trained on) under v0 heads fitted on the bundled scenes alone and with all three library
 sites.
 
-Since stop 40 the library ships (``shared/data/site_scenes.jsonl``, all three sites, target
-0.98) and the bundled v0 is fitted on it, so ``today`` here is no longer the release before
-the library: this screen reproduces stop 39's ``bench/results/library_screen.json`` only at
-commit 7f3ca55. The v0 heads here are fitted on the one-liners (``ONE_LINERS``) plus a
-library, as then.
+Stop 40 shipped such a library (all three sites, target 0.98) for runs of `gemma-edge demo`
+and took it back: on the harbour, a held-out site, the library v0 missed 2 of round 0's 24
+hazards (recall 0.917; ``bench/results/flywheel_screens/quay-library-seed0/``).
 
 The held-out sites (farm, harbour) are never screened here: they choose nothing. Features
 come from the bundled llama.cpp v0's student and are cached as the replay's. Prints a table
@@ -51,7 +49,6 @@ from replay import RESULTS, ROOT, SITES, certify, load_site, replay, v0_features
 LIBRARY = ("tuning", "hospital", "heldout")  # the sites that may join a library
 SCREEN = ("tuning", "demo", "hospital", "heldout")
 HELDOUT_160 = ROOT / "bench/data/heldout_scenes.jsonl"
-ONE_LINERS = ("scenes.jsonl", "dev_scenes.jsonl")  # the bundled scenes before the library
 
 
 def fit_v0(cases, x, kind, layers, target: float):
@@ -94,7 +91,7 @@ def main() -> int:
     data = {s: load_site(SITES[s]) for s in SCREEN}
     held = load_labeled(HELDOUT_160)
     sets = {s: [r["input"] for r in data[s]] for s in SCREEN}
-    v0 = v0_features({**sets, "heldout160": [c.input for c in held]}, ONE_LINERS)
+    v0 = v0_features({**sets, "heldout160": [c.input for c in held]})
     release, kind, layers, bundled, x_bundled = (v0.release, v0.kind, v0.layers, v0.bundled,
                                                  v0.x_bundled)  # fmt: skip
     feats, x_held = v0.x, v0.x["heldout160"]

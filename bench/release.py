@@ -6,7 +6,7 @@ Per engine (``llamacpp``, the edges' default, and ``embedded``, torch; the same 
 
 1. Builds releases with the real commands, each in a fresh teacher home whose
    ``student.backend`` is that engine, from the project's bundled labelled scenes
-   (``shared.evaluation.BUNDLED_LABELS``: 300 one-liners and 1,080 site-style scenes):
+   (``shared.evaluation.BUNDLED_LABELS``: shared/data/scenes.jsonl + dev_scenes.jsonl):
    - head only: ``gemma-teacher train --no-store --labels … --home H --head-only``
    - head + LoRA (``--lora``): the same without ``--head-only`` (fp32 CPU; minutes)
    and times each command (model load included).

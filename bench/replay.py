@@ -28,12 +28,6 @@ their true labels, the last round answered with it: what the features allow wher
 input is labelled; and the same head with its thresholds certified on the site cases the
 loop had reviewed by then (and the bundled ones): how much of the gap is the calibration's.
 
-Since stop 40 every release fits on the bundled library of site scenes
-(``shared/data/site_scenes.jsonl``): the railway station (``tuning``), the hospital and the
-leisure centre (``heldout``) are in it, so a replay of those sites answers scenes every head
-was fitted on. Of the bundled sites only the factory (``demo``) is unseen; screen a lever
-there or on a newly written site, and measure it on the held-out ones.
-
 Left out (the demo has them): the keyword rule and its floor and memory, audits, format
 breaks, the sentence, the keyword sample in the calibration. So band calls only: a screen,
 not a measurement. Prints a table and writes bench/results/replay.json (replay-<sites>.json
@@ -327,12 +321,11 @@ class V0Features:
     x: dict
 
 
-def v0_features(sets: dict[str, list[str]], labels: tuple[str, ...] | None = None) -> V0Features:
-    """Features of the bundled scenes (``labels``, files of ``shared/data``; default every
-    one a release fits on, ``BUNDLED_LABELS``) and of ``sets`` (name -> texts) from the
-    bundled llama.cpp v0's student, cached under CACHE; the model is closed afterwards."""
+def v0_features(sets: dict[str, list[str]]) -> V0Features:
+    """Features of the bundled scenes and of ``sets`` (name -> texts) from the bundled
+    llama.cpp v0's student, cached under CACHE; the model is closed afterwards."""
     from shared.config import LlamaCppModelConfig
-    from shared.evaluation import BUNDLED_LABELS, bundled_cases
+    from shared.evaluation import bundled_labels
     from shared.llamacpp_backend import LlamaCppBackend
     from shared.release import load_release
     from shared.student import Student
@@ -343,7 +336,7 @@ def v0_features(sets: dict[str, list[str]], labels: tuple[str, ...] | None = Non
     try:
         student = Student(backend, release, 64)
         kind, layers = head_kind(backend)
-        bundled = [c for name in labels or BUNDLED_LABELS for c in bundled_cases(name)]
+        bundled = bundled_labels()
         x_bundled = cached_features("bundled", [c.input for c in bundled], student, kind, layers)
         x = {name: cached_features(name, texts, student, kind, layers)
              for name, texts in sets.items()}  # fmt: skip

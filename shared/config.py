@@ -168,7 +168,7 @@ class PolicyConfig(Strict):
         200, ge=10, le=100_000, description="Recent confidences used for the quantile."
     )
     recall_target: float = Field(
-        0.98,
+        0.95,
         gt=0,
         lt=1,
         description="System safety recall (alerted or escalated) the teacher certifies when it "

@@ -103,11 +103,8 @@ def load_labeled(path: Path | str) -> list[LabeledCase]:
 
 
 #: The labelled scenes every release is fitted and certified on (``shared/data``): short
-#: one-line scenes of many domains (``scenes.jsonl``, ``dev_scenes.jsonl``, 300) and a library
-#: of long, site-style scenes of three sites (``site_scenes.jsonl``, 1,080: a railway station,
-#: a hospital's emergency department, a leisure centre), so that a release's thresholds rest on
-#: inputs like a site's, not only on one-liners.
-BUNDLED_LABELS = ("scenes.jsonl", "dev_scenes.jsonl", "site_scenes.jsonl")
+#: one-line scenes of many domains and a development sample (300 in all).
+BUNDLED_LABELS = ("scenes.jsonl", "dev_scenes.jsonl")
 
 
 def bundled_cases(name: str = "dev_scenes.jsonl") -> list[LabeledCase]:

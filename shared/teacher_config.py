@@ -199,7 +199,7 @@ class ReleaseConfig(Strict):
     bundled_labels: bool = Field(
         True,
         description="Every build (train, upskill) adds the bundled labelled scenes "
-        "(shared.evaluation.BUNDLED_LABELS: 300 one-liners and 1,080 site-style scenes) to "
+        "(shared.evaluation.BUNDLED_LABELS, 300) to "
         "the store's cases and --labels, as v0 was built: the head and its thresholds rest "
         "on them beside the site's reviews. Off: the reviews and --labels only.",
     )

@@ -69,15 +69,10 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def test_the_bundled_labels_are_the_one_liners_and_a_library_of_site_scenes():
+def test_the_bundled_labels_hold_no_scene_of_the_sites_that_measure_the_loop():
     cases = bundled_labels()
-    assert [len(bundled_cases(name)) for name in BUNDLED_LABELS] == [260, 40, 1080]
+    assert [len(bundled_cases(name)) for name in BUNDLED_LABELS] == [260, 40]
     assert len({c.id for c in cases}) == len(cases)  # no id twice
-    library = bundled_cases("site_scenes.jsonl")
-    assert {c.safety for c in library} == {True, False}
-    words = sum(len(c.input.split()) for c in library) / len(library)
-    one_liners = sum(len(c.input.split()) for c in bundled_cases("scenes.jsonl")) / 260
-    assert words > 1.5 * one_liners  # site-style: a place's detail, not one line
     # the demo's site and the held-out sites stay unseen by every release
     seen = {_norm(c.input) for c in cases}
     root = Path(__file__).resolve().parents[2]
@@ -90,7 +85,6 @@ def test_the_default_engines_v0_is_certified_at_the_policys_recall_target():
     calibration = default_release().calibration  # llama.cpp's, the edges' default engine
     assert calibration is not None and calibration.guaranteed
     assert calibration.recall_target == PolicyConfig().recall_target
-    assert calibration.n_unsafe > 400  # the one-liners' hazards and the library's
 
 
 def test_bad_labelled_line_names_the_line(tmp_path):
