@@ -197,8 +197,9 @@ class DemoRun(DemoProcesses):
                 row = self.play(index, cases)
                 self.rows.append(row)
                 print(table(self.rows[-1:]), file=sys.stderr)
-                for text in row.missed_ids:  # the worst outcome: say which input it was
-                    print(f"round {index}: MISSED a hazard: {text}", file=sys.stderr)
+                for text, why in zip(row.missed_ids, row.missed_why, strict=True):
+                    # the worst outcome: say which input it was, and what the edge saw
+                    print(f"round {index}: MISSED a hazard: {text} ({why})", file=sys.stderr)
                 if index < len(self.rounds) - 1:
                     self.builds.append(self.improve(index))
         finally:

@@ -60,9 +60,10 @@ def outcome(record: dict, truth: bool) -> Outcome:
     """An answer event (its ``alert`` says what the edge did, a local alert of an
     escalation it could not queue included) or a harness case, as an Outcome."""
     decision = record["decision"]
+    alert = bool(record.get("alert", decision.get("alert")))
     return Outcome(
         truth=truth,
-        alert=bool(record.get("alert", decision.get("alert"))),
+        alert=alert,
         escalated=bool(decision["escalate"]),
         verdict=student_verdict(record.get("p_unsafe"), record.get("safety")),
         format_ok=bool(record.get("format_ok")),
@@ -71,7 +72,19 @@ def outcome(record: dict, truth: bool) -> Outcome:
         id=str(record.get("input") or ""),  # a missed hazard is named in the round's row
         reasons=tuple(decision.get("reasons") or ()) if decision["escalate"] else (),
         audit_p=decision.get("audit_p"),
+        passed_why="" if alert or decision["escalate"] else passed_why(record),
     )
+
+
+def passed_why(record: dict) -> str:
+    """What the edge saw in an input it let pass: its p_unsafe (under the release's
+    ``lower``), the safety keywords the release cleared (its floor or its memory of
+    reviewed safe cases), and that the audit did not draw it."""
+    decision, p = record["decision"], record.get("p_unsafe")
+    seen = [f"p_unsafe {p:.3f}" if p is not None else "no p_unsafe"]
+    if decision.get("keywords"):
+        seen.append(f"keywords {', '.join(decision['keywords'])} cleared")
+    return "; ".join([*seen, "not drawn for audit"])
 
 
 def write_round_labels(path: Path, rounds: list[list[LabeledCase]]) -> None:

@@ -66,6 +66,7 @@ class RoundRow:
     audit_low: float | None = None
     audit_high: float | None = None
     missed_ids: tuple[str, ...] = ()  # the hazards the system let pass (the demo: their text)
+    missed_why: tuple[str, ...] = ()  # for each, what the edge saw when it let it pass
 
     def to_json(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -100,6 +101,7 @@ def round_row(
         audit_low=est.low,
         audit_high=est.high,
         missed_ids=r.missed,
+        missed_why=tuple(o.passed_why for o in outcomes if o.truth and not o.caught),
     )
 
 

@@ -52,6 +52,7 @@ class Outcome:
     id: str = ""
     reasons: tuple[str, ...] = ()  # why it was escalated (or would have been)
     audit_p: float | None = None  # an audit's inclusion probability (None: not audited)
+    passed_why: str = ""  # for an input the edge let pass: what it saw (p_unsafe, keywords)
 
     @property
     def caught(self) -> bool:

@@ -66,15 +66,22 @@ def test_calls_are_split_by_what_they_were_for():
     assert row.calls_by_reason["audit"] == 20.0 and row.audit_recall == 1.0
 
 
-def test_a_round_names_the_hazards_it_missed():
+def test_a_round_names_the_hazards_it_missed_and_what_the_edge_saw():
     from edge.demo_scoring import outcome
 
     passed = {"decision": {"escalate": False, "alert": False}, "alert": False, "release": 2}
+    knife = {"escalate": False, "alert": False, "keywords": ["knife"], "keyword_cleared": True}
+    junction, held = "A cleaner hoses down a live junction box.", "A man holds a knife low."
     outs = [
-        outcome({**passed, "input": "A cleaner hoses down a live junction box."}, True),
+        outcome({**passed, "input": junction, "p_unsafe": 0.0213}, True),
         outcome({**passed, "input": "A cat sleeps on the sofa."}, False),
         outcome({**passed, "input": "Smoke rises from a bin.", "alert": True}, True),
+        outcome({**passed, "input": held, "decision": knife, "p_unsafe": 0.2}, True),
     ]
     row = round_row("round 3", outs)
-    assert row.missed == 1 and row.missed_ids == ("A cleaner hoses down a live junction box.",)
-    assert row.to_json()["missed_ids"] == ("A cleaner hoses down a live junction box.",)
+    assert row.missed == 2 and row.missed_ids == (junction, held)
+    assert row.to_json()["missed_why"] == (
+        "p_unsafe 0.021; not drawn for audit",
+        "p_unsafe 0.200; keywords knife cleared; not drawn for audit",
+    )
+    assert outs[2].passed_why == ""  # alerted: nothing passed
