@@ -5,9 +5,9 @@
 Per engine (``llamacpp``, the edges' default, and ``embedded``, torch; the same GGUF):
 
 1. Builds releases with the real commands, each in a fresh teacher home whose
-   ``student.backend`` is that engine, from the project's bundled labelled scenes
-   (``shared.evaluation.BUNDLED_LABELS``: shared/data/scenes.jsonl + dev_scenes.jsonl):
-   - head only: ``gemma-teacher train --no-store --labels … --home H --head-only``
+   ``student.backend`` is that engine, from the project's 300 bundled labelled scenes
+   (``shared.evaluation.BUNDLED_LABELS``, which ``train`` adds itself: ``release.bundled_labels``):
+   - head only: ``gemma-teacher train --no-store --home H --head-only``
    - head + LoRA (``--lora``): the same without ``--head-only`` (fp32 CPU; minutes)
    and times each command (model load included).
 2. Scores, in one process with that engine's backend, through ``teacher.release.harness``
@@ -34,12 +34,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from shared.evaluation import BUNDLED_LABELS
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HELDOUT = ROOT / "bench" / "data" / "heldout_scenes.jsonl"
-LABELS = [ROOT / "shared" / "data" / name for name in BUNDLED_LABELS]
 
 
 def train(home: Path, engine: str, head_only: bool, epochs: float) -> tuple[float, dict, int]:
@@ -49,8 +46,6 @@ def train(home: Path, engine: str, head_only: bool, epochs: float) -> tuple[floa
     config.write_text(json.dumps({"home": str(home), "student": {"backend": engine}}))
     command = [sys.executable, "-m", "teacher", "train", "--no-store", "--config", str(config),
                "--no-progress", "--keep-refused"]  # fmt: skip
-    for path in LABELS:
-        command += ["--labels", str(path)]
     command += ["--head-only"] if head_only else ["--epochs", str(epochs), "--batch-size", "8",
                                                   "--lr", "3e-4"]  # fmt: skip
     print("$", " ".join(command), flush=True)

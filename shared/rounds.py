@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from shared.scoring import Outcome, audit_estimate, score
+from shared.scoring import Outcome, audit_estimate, missed_hazards, score
 
 # What a teacher call was for, first match wins: the head's band, a safety keyword, a
 # broken format, an audit, anything else (no head: low confidence; a judge error).
@@ -101,7 +101,7 @@ def round_row(
         audit_low=est.low,
         audit_high=est.high,
         missed_ids=r.missed,
-        missed_why=tuple(o.passed_why for o in outcomes if o.truth and not o.caught),
+        missed_why=tuple(o.passed_why for o in missed_hazards(outcomes)),  # as missed_ids
     )
 
 

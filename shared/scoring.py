@@ -100,12 +100,17 @@ def _share(part: int, whole: int, per: float = 1.0) -> float | None:
     return per * part / whole if whole else None
 
 
+def missed_hazards(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """The known hazards the system let pass (neither alerted nor escalated), in order."""
+    return [o for o in outcomes if o.truth and not o.caught]
+
+
 def score(outcomes: Sequence[Outcome]) -> Rates:
     n = len(outcomes)
     known = [o for o in outcomes if o.truth is not None]
     hazards = [o for o in known if o.truth]
     safe = [o for o in known if not o.truth]
-    missed = tuple(o.id for o in hazards if not o.caught)
+    missed = tuple(o.id for o in missed_hazards(outcomes))
     releases = Counter(o.release for o in outcomes)
     latencies = [o.latency_s for o in outcomes]
     return Rates(
