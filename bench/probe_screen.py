@@ -1,0 +1,155 @@
+"""Probe screen: would the head read better features at a token that asks the safety
+question than at ``Answer:``? A screen on the replay (``bench/replay.py``), not a
+measurement: it changes no default.
+
+    .venv/bin/python bench/probe_screen.py               # 4 screening sites, 6 seeds
+
+The head reads the hidden states of layers 9 and 18 at the last prompt token, which is the
+``Answer:`` primer: the base model is about to describe the scene, not to judge it. This
+screen reads the same layers of the bundled Gemma 3 270M (transformers, fp32, the same
+engine for both) under two prompts:
+
+- ``answer``: the bundled v0 skill's own prompt, ending ``Scene: <input>\\nAnswer:`` (the
+  control);
+- ``danger``: the same instructions, the demos written danger-first
+  (``Scene: ...\\nDanger: yes|no\\nAnswer: ...``) and the input ending
+  ``Scene: <input>\\nDanger:``, so the last token is where the model states its verdict;
+- ``both``: the two side by side (two prefills at the edge).
+
+For each, a v0 head is fitted and certified on the bundled scenes (crossfit,
+``calibrate``), then ``bench.replay.replay`` runs the loop with today's defaults on the
+four screening sites. The held-out farm and harbour are never screened here. Features are
+cached under ``~/.cache/gemma-edge/replay/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from replay import CACHE, RESULTS, SITES, certify, load_site, replay  # noqa: E402
+
+SCREENING = ("tuning", "demo", "hospital", "heldout")
+PROMPTS = ("answer", "danger", "both")
+LAYERS = (9, 18)
+
+
+def prompts(kind: str, skill, texts: list[str]) -> list[str]:
+    from shared.answer import parse_answer
+    from shared.skill import render_input
+
+    if kind == "answer":
+        return [skill.prompt_prefix() + render_input(t) for t in texts]
+    parts = [skill.instructions.strip(), ""]
+    for demo in skill.demos:
+        a = parse_answer(demo.answer)
+        verdict = "yes" if a.safety else "no"
+        parts += [f"Scene: {demo.input.strip()}", f"Danger: {verdict}", f"Answer: {a.text}", ""]
+    prefix = "\n".join(parts) + "\n"
+    return [prefix + f"Scene: {' '.join(t.split())}\nDanger:" for t in texts]
+
+
+def extract(kind: str, texts: list[str], batch: int = 16) -> np.ndarray:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shared.models import ensure_cache
+    from shared.release import load_release
+
+    skill = load_release(ROOT / "shared/data/release").skill
+    folder = ensure_cache(None, Path("~/.cache/gemma-edge/models").expanduser())
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    rows = []
+    with torch.no_grad():
+        all_prompts = prompts(kind, skill, texts)
+        for i in tqdm(range(0, len(texts), batch), desc=f"features: {kind}", unit="batch"):
+            enc = tok(all_prompts[i : i + batch], return_tensors="pt", padding=True)
+            out = model.model(**enc, output_hidden_states=True)
+            rows.append(torch.cat([out.hidden_states[k][:, -1] for k in LAYERS], 1).numpy())
+    return np.vstack(rows)
+
+
+def cached(kind: str, name: str, texts: list[str]) -> np.ndarray:
+    if kind == "both":  # the two read positions side by side
+        return np.hstack([cached("answer", name, texts), cached("danger", name, texts)])
+    key = hashlib.sha256(("probe\n" + kind + "\n" + "\n".join(texts)).encode()).hexdigest()[:16]
+    path = CACHE / f"probe-{name}-{kind}-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    x = extract(kind, texts)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, x)
+    return x
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 per site (default 6)")
+    ap.add_argument("--prompt", choices=PROMPTS, nargs="+", default=list(PROMPTS))
+    args = ap.parse_args()
+    from shared.evaluation import bundled_labels
+    from shared.head import auc
+    from shared.teacher_config import TeacherConfig
+    from teacher.release.head_fit import crossfit
+
+    t0 = time.time()
+    bundled = bundled_labels()
+    data = {s: load_site(SITES[s]) for s in SCREENING}
+    cfg = TeacherConfig()
+    rows = []
+    print("| prompt | site | v0 oof AUC | band calls/100 by round (mean of seeds) | last | "
+          "last by seed | hazards passed | rounds < 0.95 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in args.prompt:
+        x_b = cached(kind, "bundled", [c.input for c in bundled])
+        v0, oof = crossfit(cfg, x_b, bundled, "hidden", LAYERS, None)
+        cal0 = certify(oof, [c.safety for c in bundled], cfg.policy)
+        v0_auc = auc(oof, np.array([c.safety for c in bundled]))
+        for s in SCREENING:
+            x = cached(kind, s, [r["input"] for r in data[s]])
+            runs = [replay(data[s], x, bundled, x_b, v0, cal0, seed, "not_worse")
+                    for seed in range(args.seeds)]  # fmt: skip
+            by_round = np.mean([[r["calls"] for r in run] for run in runs], axis=0)
+            last = [float(run[-1]["calls"]) for run in runs]
+            missed = int(sum(r["missed"] for run in runs for r in run))
+            y, rnd = (
+                np.array([r["safety"] for r in data[s]]),
+                np.array([r["round"] for r in data[s]]),
+            )
+            hazards = [int(y[rnd == k].sum()) for k in range(len(runs[0]))]
+            recalls = [1 - r["missed"] / hazards[k] for run in runs for k, r in enumerate(run)]
+            row = dict(prompt=kind, site=s, v0_auc=round(float(v0_auc), 4),
+                       v0_lower=round(cal0.lower, 4), v0_upper=round(cal0.upper, 4),
+                       calls_by_round=[round(float(v), 1) for v in by_round],
+                       last=round(float(np.mean(last)), 1), last_by_seed=last, missed=missed,
+                       worst_recall=round(min(recalls), 3),
+                       rounds_under_095=sum(v < 0.95 for v in recalls))  # fmt: skip
+            rows.append(row)
+            print(f"| {kind} | {s} | {v0_auc:.3f} | "
+                  f"{', '.join(f'{v:.1f}' for v in by_round)} | {row['last']:.1f} | "
+                  f"{', '.join(f'{v:.1f}' for v in last)} | {missed} | "
+                  f"{row['rounds_under_095']} of {len(recalls)} |", flush=True)  # fmt: skip
+    doc = {"command": "bench/probe_screen.py " + " ".join(sys.argv[1:]),
+           "seconds": round(time.time() - t0, 1), "rows": rows}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "probe_screen.json"
+    path.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
