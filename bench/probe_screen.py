@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from replay import CACHE, RESULTS, SITES, certify, load_site, replay  # noqa: E402
 
 SCREENING = ("tuning", "demo", "hospital", "heldout")
-PROMPTS = ("answer", "danger", "both")
+PROMPTS = ("answer", "danger", "both", "answer5")
 LAYERS = (9, 18)
+WIDE = (6, 9, 12, 15, 18)  # ``answer5``: the answer prompt, five layers
 
 
 def prompts(kind: str, skill, texts: list[str]) -> list[str]:
@@ -60,6 +61,8 @@ def prompts(kind: str, skill, texts: list[str]) -> list[str]:
 
 
 def extract(kind: str, texts: list[str], batch: int = 16) -> np.ndarray:
+    layers = WIDE if kind == "answer5" else LAYERS
+    kind = "answer" if kind == "answer5" else kind
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -78,7 +81,7 @@ def extract(kind: str, texts: list[str], batch: int = 16) -> np.ndarray:
         for i in tqdm(range(0, len(texts), batch), desc=f"features: {kind}", unit="batch"):
             enc = tok(all_prompts[i : i + batch], return_tensors="pt", padding=True)
             out = model.model(**enc, output_hidden_states=True)
-            rows.append(torch.cat([out.hidden_states[k][:, -1] for k in LAYERS], 1).numpy())
+            rows.append(torch.cat([out.hidden_states[k][:, -1] for k in layers], 1).numpy())
     return np.vstack(rows)
 
 
@@ -99,6 +102,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 per site (default 6)")
     ap.add_argument("--prompt", choices=PROMPTS, nargs="+", default=list(PROMPTS))
+    ap.add_argument("--recall-target", type=float, default=None,
+                    help="policy.recall_target for v0 and every build (default: today's)")  # fmt: skip
     args = ap.parse_args()
     from shared.evaluation import bundled_labels
     from shared.head import auc
@@ -108,7 +113,8 @@ def main() -> int:
     t0 = time.time()
     bundled = bundled_labels()
     data = {s: load_site(SITES[s]) for s in SCREENING}
-    cfg = TeacherConfig()
+    policy = {} if args.recall_target is None else {"recall_target": args.recall_target}
+    cfg = TeacherConfig.model_validate({"policy": policy})
     rows = []
     print("| prompt | site | v0 oof AUC | band calls/100 by round (mean of seeds) | last | "
           "last by seed | hazards passed | rounds < 0.95 |")  # fmt: skip
@@ -120,7 +126,7 @@ def main() -> int:
         v0_auc = auc(oof, np.array([c.safety for c in bundled]))
         for s in SCREENING:
             x = cached(kind, s, [r["input"] for r in data[s]])
-            runs = [replay(data[s], x, bundled, x_b, v0, cal0, seed, "not_worse")
+            runs = [replay(data[s], x, bundled, x_b, v0, cal0, seed, "not_worse", {"policy": policy})
                     for seed in range(args.seeds)]  # fmt: skip
             by_round = np.mean([[r["calls"] for r in run] for run in runs], axis=0)
             last = [float(run[-1]["calls"]) for run in runs]
@@ -145,7 +151,9 @@ def main() -> int:
     doc = {"command": "bench/probe_screen.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "rows": rows}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "probe_screen.json"
+    chosen = "" if set(args.prompt) == set(PROMPTS) else "-" + "-".join(args.prompt)
+    chosen += f"-recall{args.recall_target}" if args.recall_target is not None else ""
+    path = RESULTS / f"probe_screen{chosen}.json"
     path.write_text(json.dumps(doc, indent=1))
     print(f"wrote {path}")
     return 0
