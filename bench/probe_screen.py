@@ -3,18 +3,23 @@ question than at ``Answer:``? A screen on the replay (``bench/replay.py``), not 
 measurement: it changes no default.
 
     .venv/bin/python bench/probe_screen.py               # 4 screening sites, 6 seeds
+    .venv/bin/python bench/probe_screen.py --prompt answer answer5 --recall-target 0.97
 
 The head reads the hidden states of layers 9 and 18 at the last prompt token, which is the
 ``Answer:`` primer: the base model is about to describe the scene, not to judge it. This
 screen reads the same layers of the bundled Gemma 3 270M (transformers, fp32, the same
-engine for both) under two prompts:
+engine for all) under these reads:
 
 - ``answer``: the bundled v0 skill's own prompt, ending ``Scene: <input>\\nAnswer:`` (the
   control);
 - ``danger``: the same instructions, the demos written danger-first
   (``Scene: ...\\nDanger: yes|no\\nAnswer: ...``) and the input ending
   ``Scene: <input>\\nDanger:``, so the last token is where the model states its verdict;
-- ``both``: the two side by side (two prefills at the edge).
+- ``both``: the two side by side (two prefills at the edge);
+- ``answer5``: the ``answer`` prompt with five layers (6, 9, 12, 15, 18) instead of two.
+
+``--recall-target`` certifies v0 and every build at another ``policy.recall_target``, so two
+reads can be compared at more than one point of the calls-against-recall trade.
 
 For each, a v0 head is fitted and certified on the bundled scenes (crossfit,
 ``calibrate``), then ``bench.replay.replay`` runs the loop with today's defaults on the
@@ -41,6 +46,7 @@ from replay import CACHE, RESULTS, SITES, certify, load_site, replay  # noqa: E4
 
 SCREENING = ("tuning", "demo", "hospital", "heldout")
 PROMPTS = ("answer", "danger", "both", "answer5")
+DEFAULT = ("answer", "danger", "both")  # bench/results/probe_screen.json
 LAYERS = (9, 18)
 WIDE = (6, 9, 12, 15, 18)  # ``answer5``: the answer prompt, five layers
 
@@ -101,7 +107,7 @@ def cached(kind: str, name: str, texts: list[str]) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 per site (default 6)")
-    ap.add_argument("--prompt", choices=PROMPTS, nargs="+", default=list(PROMPTS))
+    ap.add_argument("--prompt", choices=PROMPTS, nargs="+", default=list(DEFAULT))
     ap.add_argument("--recall-target", type=float, default=None,
                     help="policy.recall_target for v0 and every build (default: today's)")  # fmt: skip
     args = ap.parse_args()
@@ -151,7 +157,7 @@ def main() -> int:
     doc = {"command": "bench/probe_screen.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "rows": rows}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    chosen = "" if set(args.prompt) == set(PROMPTS) else "-" + "-".join(args.prompt)
+    chosen = "" if set(args.prompt) == set(DEFAULT) else "-" + "-".join(args.prompt)
     chosen += f"-recall{args.recall_target}" if args.recall_target is not None else ""
     path = RESULTS / f"probe_screen{chosen}.json"
     path.write_text(json.dumps(doc, indent=1))
