@@ -4,6 +4,7 @@ measurement: it changes no default.
 
     .venv/bin/python bench/probe_screen.py               # 4 screening sites, 6 seeds
     .venv/bin/python bench/probe_screen.py --prompt answer answer5 --recall-target 0.97
+    .venv/bin/python bench/probe_screen.py --prompt answer answer5 --v0-only
 
 The head reads the hidden states of layers 9 and 18 at the last prompt token, which is the
 ``Answer:`` primer: the base model is about to describe the scene, not to judge it. This
@@ -104,12 +105,42 @@ def cached(kind: str, name: str, texts: list[str]) -> np.ndarray:
     return x
 
 
+def v0_alone(kind: str, data: dict, v0, cal0) -> dict:
+    """A read's v0 on every screening scene at once: band calls per 100 and hazards under
+    ``lower`` (the keyword rule's catches among them, at its cap of half ``lower``)."""
+    from shared.config import PolicyConfig
+    from shared.policy import find_keywords
+
+    pc = PolicyConfig()
+    band = n = missed = keyword = hazards = 0
+    for s in SCREENING:
+        x = cached(kind, s, [r["input"] for r in data[s]])
+        p = v0.p_unsafe_many(x)
+        y = np.array([r["safety"] for r in data[s]])
+        named = np.array([bool(find_keywords(r["input"], tuple(pc.safety_keywords),
+                                             tuple(pc.keyword_exceptions))) for r in data[s]])  # fmt: skip
+        under = (p < cal0.lower) & y
+        band += int(((p >= cal0.lower) & (p < cal0.upper)).sum())
+        n, hazards, missed = n + len(y), hazards + int(y.sum()), missed + int(under.sum())
+        keyword += int((under & named & (p >= cal0.lower / 2)).sum())
+    row = dict(prompt=kind, v0_lower=round(cal0.lower, 4), v0_upper=round(cal0.upper, 4),
+               scenes=n, band_per_100=round(100 * band / n, 1), hazards=hazards,
+               under_lower=missed, keyword_catches=keyword)  # fmt: skip
+    print(f"{kind}: v0 alone on {n} screening scenes: band {row['band_per_100']}/100, "
+          f"{missed} of {hazards} hazards under lower {cal0.lower:.3f} "
+          f"({keyword} named a keyword the rule would escalate)", flush=True)  # fmt: skip
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 per site (default 6)")
     ap.add_argument("--prompt", choices=PROMPTS, nargs="+", default=list(DEFAULT))
     ap.add_argument("--recall-target", type=float, default=None,
                     help="policy.recall_target for v0 and every build (default: today's)")  # fmt: skip
+    ap.add_argument("--v0-only", action="store_true",
+                    help="only each read's v0 on every screening scene: band calls/100 and "
+                         "hazards under lower (no loop)")  # fmt: skip
     args = ap.parse_args()
     from shared.evaluation import bundled_labels
     from shared.head import auc
@@ -122,14 +153,18 @@ def main() -> int:
     policy = {} if args.recall_target is None else {"recall_target": args.recall_target}
     cfg = TeacherConfig.model_validate({"policy": policy})
     rows = []
-    print("| prompt | site | v0 oof AUC | band calls/100 by round (mean of seeds) | last | "
-          "last by seed | hazards passed | rounds < 0.95 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    if not args.v0_only:
+        print("| prompt | site | v0 oof AUC | band calls/100 by round (mean of seeds) | last | "
+              "last by seed | hazards passed | rounds < 0.95 |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
     for kind in args.prompt:
         x_b = cached(kind, "bundled", [c.input for c in bundled])
         v0, oof = crossfit(cfg, x_b, bundled, "hidden", LAYERS, None)
         cal0 = certify(oof, [c.safety for c in bundled], cfg.policy)
         v0_auc = auc(oof, np.array([c.safety for c in bundled]))
+        if args.v0_only:
+            rows.append(v0_alone(kind, data, v0, cal0))
+            continue
         for s in SCREENING:
             x = cached(kind, s, [r["input"] for r in data[s]])
             runs = [replay(data[s], x, bundled, x_b, v0, cal0, seed, "not_worse", {"policy": policy})
@@ -159,6 +194,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     chosen = "" if set(args.prompt) == set(DEFAULT) else "-" + "-".join(args.prompt)
     chosen += f"-recall{args.recall_target}" if args.recall_target is not None else ""
+    chosen += "-v0" if args.v0_only else ""
     path = RESULTS / f"probe_screen{chosen}.json"
     path.write_text(json.dumps(doc, indent=1))
     print(f"wrote {path}")
