@@ -105,6 +105,29 @@ def cached(kind: str, name: str, texts: list[str]) -> np.ndarray:
     return x
 
 
+CHOICES = (0.1, 1.0, 10.0, 100.0)  # --choose-l2
+
+
+def fit_v0(cfg, x_b, bundled, choices=None):
+    """(head, out-of-fold scores, thresholds) of a v0 on the bundled scenes; with
+    ``choices``, the ``head_l2`` whose certified band holds the fewest bundled cases."""
+    from shared.teacher_config import TeacherConfig
+    from teacher.release.head_fit import crossfit
+
+    labels = [c.safety for c in bundled]
+    best = None
+    for l2 in choices or [cfg.release.head_l2]:
+        cfg_l2 = TeacherConfig.model_validate(
+            {**cfg.model_dump(mode="json"), "release": {**cfg.release.model_dump(), "head_l2": l2}}
+        )
+        head, oof = crossfit(cfg_l2, x_b, bundled, "hidden", LAYERS, None)
+        cal = certify(oof, labels, cfg.policy)
+        band = float(((oof >= cal.lower) & (oof < cal.upper)).mean()) if cal.guaranteed else 9.0
+        if best is None or band < best[0]:
+            best = (band, head, oof, cal)
+    return best[1], best[2], best[3]
+
+
 def v0_alone(kind: str, data: dict, v0, cal0) -> dict:
     """A read's v0 on every screening scene at once: band calls per 100 and hazards under
     ``lower`` (the keyword rule's catches among them, at its cap of half ``lower``)."""
@@ -138,6 +161,11 @@ def main() -> int:
     ap.add_argument("--prompt", choices=PROMPTS, nargs="+", default=list(DEFAULT))
     ap.add_argument("--recall-target", type=float, default=None,
                     help="policy.recall_target for v0 and every build (default: today's)")  # fmt: skip
+    ap.add_argument("--head-l2", type=float, default=None,
+                    help="release.head_l2 for v0 and every build (default: today's)")  # fmt: skip
+    ap.add_argument("--choose-l2", action="store_true",
+                    help="each build (v0 too) fits heads at head_l2 0.1, 1, 10 and 100 and keeps "
+                         "the one whose certified band holds the fewest calibration cases")  # fmt: skip
     ap.add_argument("--v0-only", action="store_true",
                     help="only each read's v0 on every screening scene: band calls/100 and "
                          "hazards under lower (no loop)")  # fmt: skip
@@ -145,13 +173,16 @@ def main() -> int:
     from shared.evaluation import bundled_labels
     from shared.head import auc
     from shared.teacher_config import TeacherConfig
-    from teacher.release.head_fit import crossfit
 
     t0 = time.time()
     bundled = bundled_labels()
     data = {s: load_site(SITES[s]) for s in SCREENING}
     policy = {} if args.recall_target is None else {"recall_target": args.recall_target}
-    cfg = TeacherConfig.model_validate({"policy": policy})
+    release = {} if args.head_l2 is None else {"head_l2": args.head_l2}
+    cfg = TeacherConfig.model_validate({"policy": policy, "release": release})
+    lever = {"policy": policy, "release": release}
+    if args.choose_l2:
+        lever.update(choose=list(CHOICES), choose_key="head_l2", by="cal_band")
     rows = []
     if not args.v0_only:
         print("| prompt | site | v0 oof AUC | band calls/100 by round (mean of seeds) | last | "
@@ -159,15 +190,14 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|")
     for kind in args.prompt:
         x_b = cached(kind, "bundled", [c.input for c in bundled])
-        v0, oof = crossfit(cfg, x_b, bundled, "hidden", LAYERS, None)
-        cal0 = certify(oof, [c.safety for c in bundled], cfg.policy)
+        v0, oof, cal0 = fit_v0(cfg, x_b, bundled, CHOICES if args.choose_l2 else None)
         v0_auc = auc(oof, np.array([c.safety for c in bundled]))
         if args.v0_only:
             rows.append(v0_alone(kind, data, v0, cal0))
             continue
         for s in SCREENING:
             x = cached(kind, s, [r["input"] for r in data[s]])
-            runs = [replay(data[s], x, bundled, x_b, v0, cal0, seed, "not_worse", {"policy": policy})
+            runs = [replay(data[s], x, bundled, x_b, v0, cal0, seed, "not_worse", lever)
                     for seed in range(args.seeds)]  # fmt: skip
             by_round = np.mean([[r["calls"] for r in run] for run in runs], axis=0)
             last = [float(run[-1]["calls"]) for run in runs]
@@ -194,6 +224,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     chosen = "" if set(args.prompt) == set(DEFAULT) else "-" + "-".join(args.prompt)
     chosen += f"-recall{args.recall_target}" if args.recall_target is not None else ""
+    chosen += f"-l2{args.head_l2}" if args.head_l2 is not None else ""
+    chosen += "-choose_l2" if args.choose_l2 else ""
     chosen += "-v0" if args.v0_only else ""
     path = RESULTS / f"probe_screen{chosen}.json"
     path.write_text(json.dumps(doc, indent=1))

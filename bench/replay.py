@@ -152,6 +152,11 @@ LEVERS = {
     "traffic_gate": {"traffic_gate": True},
     "traffic_gate_recent": {"traffic_gate": True, "window": 24},
     "repeats_3": {"repeats": 3},
+    "choose_l2_cal_band": {
+        "choose": [0.1, 1.0, 10.0, 100.0],
+        "choose_key": "head_l2",
+        "by": "cal_band",
+    },
     "memory2_0.5": {"memory": 2, "sim": 0.5},
     "memory2_0.6": {"memory": 2, "sim": 0.6},
     "memory2_0.7": {"memory": 2, "sim": 0.7},
@@ -249,11 +254,12 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                                      safety=bool(y[i]), site="site") for i in reviewed]  # fmt: skip
         xs = np.vstack([x_fit_b, x[reviewed]]) if reviewed else x_fit_b
         extra = (x[[i for i, _ in fit_selfl]], [lab for _, lab in fit_selfl]) if fit_selfl else None
-        weights = lever.get("choose") or [cfg.release.self_label_weight]  # one fit, or a pick
+        key = lever.get("choose_key", "self_label_weight")
+        weights = lever.get("choose") or [getattr(cfg.release, key)]  # one fit, or a pick
         best = None
         for w in weights:
             cfg_w = cfg.model_copy(update={"release": cfg.release.model_copy(
-                update={"self_label_weight": w})})  # fmt: skip
+                update={key: w})})  # fmt: skip
             c_w, oof_w = crossfit(cfg_w, xs, cases, v0.kind, tuple(v0.layers), None, extra)
             if lever.get("repeats"):  # repeated crossfit: other fold draws, scores averaged
                 from shared.head import average_heads
@@ -388,6 +394,10 @@ def choose_score(by: str, head, cal, oof, cases, x_round) -> float:
     if by == "traffic_band":
         p = head.p_unsafe_many(x_round)
         return float(((p >= cal.lower) & (p < cal.upper)).mean())
+    if by == "cal_band":  # the certified band's share of the calibration cases (out of fold)
+        if not cal.guaranteed:
+            return float("inf")
+        return float(((oof >= cal.lower) & (oof < cal.upper)).mean())
     site = np.array([bool(c.site) for c in cases])
     if not site.any():
         return 0.0
