@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from replay import CACHE, RESULTS, SITES, certify, load_site, replay  # noqa: E402
+from replay import CACHE, SITES, certify, choose_score, load_site, replay, write_result  # noqa: E402
 
 SCREENING = ("tuning", "demo", "hospital", "heldout")
 PROMPTS = ("answer", "danger", "both", "answer5")
@@ -54,17 +53,17 @@ WIDE = (6, 9, 12, 15, 18)  # ``answer5``: the answer prompt, five layers
 
 def prompts(kind: str, skill, texts: list[str]) -> list[str]:
     from shared.answer import parse_answer
-    from shared.skill import render_input
+    from shared.skill import ANSWER_PRIMER, Demo, render_input, render_prefix
 
     if kind == "answer":
-        return [skill.prompt_prefix() + render_input(t) for t in texts]
-    parts = [skill.instructions.strip(), ""]
-    for demo in skill.demos:
+        return [skill.prompt(t) for t in texts]
+    demos = []
+    for demo in skill.demos:  # the verdict first, then the sentence
         a = parse_answer(demo.answer)
-        verdict = "yes" if a.safety else "no"
-        parts += [f"Scene: {demo.input.strip()}", f"Danger: {verdict}", f"Answer: {a.text}", ""]
-    prefix = "\n".join(parts) + "\n"
-    return [prefix + f"Scene: {' '.join(t.split())}\nDanger:" for t in texts]
+        verdict = f"Danger: {'yes' if a.safety else 'no'}\n{ANSWER_PRIMER} {a.text}"
+        demos.append(Demo(input=demo.input, answer=verdict))
+    prefix = render_prefix(skill.instructions, demos)
+    return [prefix + render_input(t).removesuffix(ANSWER_PRIMER) + "Danger:" for t in texts]
 
 
 def extract(kind: str, texts: list[str], batch: int = 16) -> np.ndarray:
@@ -111,18 +110,15 @@ CHOICES = (0.1, 1.0, 10.0, 100.0)  # --choose-l2
 def fit_v0(cfg, x_b, bundled, choices=None):
     """(head, out-of-fold scores, thresholds) of a v0 on the bundled scenes; with
     ``choices``, the ``head_l2`` whose certified band holds the fewest bundled cases."""
-    from shared.teacher_config import TeacherConfig
     from teacher.release.head_fit import crossfit
 
     labels = [c.safety for c in bundled]
     best = None
     for l2 in choices or [cfg.release.head_l2]:
-        cfg_l2 = TeacherConfig.model_validate(
-            {**cfg.model_dump(mode="json"), "release": {**cfg.release.model_dump(), "head_l2": l2}}
-        )
+        cfg_l2 = cfg.model_copy(update={"release": cfg.release.model_copy(update={"head_l2": l2})})
         head, oof = crossfit(cfg_l2, x_b, bundled, "hidden", LAYERS, None)
         cal = certify(oof, labels, cfg.policy)
-        band = float(((oof >= cal.lower) & (oof < cal.upper)).mean()) if cal.guaranteed else 9.0
+        band = choose_score("cal_band", head, cal, oof, bundled, None)  # as the builds choose
         if best is None or band < best[0]:
             best = (band, head, oof, cal)
     return best[1], best[2], best[3]
@@ -221,15 +217,12 @@ def main() -> int:
                   f"{row['rounds_under_095']} of {len(recalls)} |", flush=True)  # fmt: skip
     doc = {"command": "bench/probe_screen.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "rows": rows}  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
     chosen = "" if set(args.prompt) == set(DEFAULT) else "-" + "-".join(args.prompt)
     chosen += f"-recall{args.recall_target}" if args.recall_target is not None else ""
     chosen += f"-l2{args.head_l2}" if args.head_l2 is not None else ""
     chosen += "-choose_l2" if args.choose_l2 else ""
     chosen += "-v0" if args.v0_only else ""
-    path = RESULTS / f"probe_screen{chosen}.json"
-    path.write_text(json.dumps(doc, indent=1))
-    print(f"wrote {path}")
+    write_result(f"probe_screen{chosen}.json", doc)
     return 0
 
 

@@ -67,6 +67,15 @@ def logit(p):
     return np.log(q / (1 - q))
 
 
+def write_result(name: str, doc: dict) -> Path:
+    """A benchmark's JSON under bench/results/, said on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
+    return path
+
+
 def load_site(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open() if line.strip()]
 
@@ -146,7 +155,6 @@ LEVERS = {
     "choose_weight_site_loss": {"choose": [1.0, 0.3, 0.1], "by": "site_loss"},
     "choose_weight_traffic_band": {"choose": [1.0, 0.3, 0.1], "by": "traffic_band"},
     "knn3_drop": {"knn": 3},
-    "knn5_drop": {"knn": 5},
     "knn3_flip": {"knn": 3, "flip": True},
     "knn3_both": {"knn": 3, "which": "both"},
     "traffic_gate": {"traffic_gate": True},
@@ -157,7 +165,6 @@ LEVERS = {
         "choose_key": "head_l2",
         "by": "cal_band",
     },
-    "memory2_0.5": {"memory": 2, "sim": 0.5},
     "memory2_0.6": {"memory": 2, "sim": 0.6},
     "memory2_0.7": {"memory": 2, "sim": 0.7},
     "memory3_0.6": {"memory": 3, "sim": 0.6},
@@ -197,8 +204,7 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     reviewed, frozen_site, selfl, out, watch = [], [], [], [], []
 
     def band_rate(h, lo, up, xs):
-        p = h.p_unsafe_many(xs)
-        return float(((p >= lo) & (p < up)).mean())
+        return band_share(h.p_unsafe_many(xs), lo, up)
 
     rng = np.random.default_rng(seed)
     mem_on = not lever.get("certify_memory")  # certified: off until a build certifies it
@@ -279,11 +285,11 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                 else 0.0
             )
             if best is None or score < best[0]:
-                best = (score, c_w, cal_w, w)
-        _, cand, cal, chosen_w = best
+                best = (score, c_w, cal_w, w, oof_w)
+        _, cand, cal, chosen_w, oof = best
         if lever.get("certify_memory") and len(reviewed) > int(lever["memory"]):
-            mem_on, cal = certify_memory(best[2], oof_w, cases, reviewed, x, y, x_bundled,
-                                         cfg.policy, lever)  # fmt: skip
+            mem_on, cal = certify_memory(cal, oof, cases, reviewed, x, y, x_bundled, cfg.policy,
+                                         lever)  # fmt: skip
             out[-1]["memory_next"] = mem_on
         if lever.get("choose"):  # the weight the site's data picked for the next round
             out[-1]["weight"] = chosen_w
@@ -315,15 +321,10 @@ def certify_memory(cal, oof, cases, reviewed, x, y, x_bundled, policy, lever):
     scores = np.array(oof, dtype=float)
     labels = np.array([c.safety for c in cases])
     n_r = len(reviewed)
-    xr, yr = x[reviewed], y[reviewed]
-    mu, sd = x_bundled.mean(0), x_bundled.std(0) + 1e-6
-    z = (xr - mu) / sd
-    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-9
+    z = unit_rows(x[reviewed], x_bundled)
     sims = z @ z.T
-    np.fill_diagonal(sims, -np.inf)
-    k = int(lever["memory"])
-    top = np.argsort(-sims, axis=1)[:, :k]
-    cleared = ((np.take_along_axis(sims, top, axis=1) >= lever.get("sim", 0.5)) & ~yr[top]).all(1)
+    np.fill_diagonal(sims, -np.inf)  # a case is never its own neighbour
+    cleared = nearest_all_safe(sims, y[reviewed], lever)
     site_scores = scores[-n_r:]
     in_band = (site_scores >= cal.lower) & (site_scores < cal.upper)
     mod = scores.copy()
@@ -331,58 +332,55 @@ def certify_memory(cal, oof, cases, reviewed, x, y, x_bundled, policy, lever):
     cal_m = certify(mod, labels, policy)
     if not cal_m.guaranteed:
         return False, cal
-
-    def calls(c, sc):
-        return int(((sc >= c.lower) & (sc < c.upper)).sum())
-
-    if (cleared & in_band).any() and calls(cal_m, mod) <= calls(cal, scores):
+    fewer = band_share(mod, cal_m.lower, cal_m.upper) <= band_share(scores, cal.lower, cal.upper)
+    if (cleared & in_band).any() and fewer:
         return True, cal_m
     return False, cal
+
+
+def band_share(p, lower, upper) -> float:
+    """The share of scores ``p`` in the band [lower, upper)."""
+    p = np.asarray(p)
+    return float(((p >= lower) & (p < upper)).mean())
+
+
+def unit_rows(a, x_bundled):
+    """Rows of ``a`` standardised by the bundled scenes' features, then of unit length, so
+    that a dot product is a cosine similarity."""
+    z = (a - x_bundled.mean(0)) / (x_bundled.std(0) + 1e-6)
+    return z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-9)
+
+
+def nearest_all_safe(sims, y_ref, lever):
+    """For each row of ``sims`` (query x reference), whether its ``memory`` nearest
+    references are all safe and all at similarity >= ``sim``."""
+    k = int(lever["memory"])
+    if len(y_ref) < k:
+        return np.zeros(len(sims), dtype=bool)
+    top = np.argsort(-sims, axis=1)[:, :k]
+    near = np.take_along_axis(sims, top, axis=1) >= lever.get("sim", 0.5)
+    return (near & ~y_ref[top]).all(axis=1)
 
 
 def memory_clears(xq, xr, yr, x_bundled, lever):
     """Which query inputs have their ``memory`` nearest reviewed site cases (cosine on
     standardised features) all safe and all at similarity >= ``sim``."""
-    mu, sd = x_bundled.mean(0), x_bundled.std(0) + 1e-6
-
-    def unit(a):
-        z = (a - mu) / sd
-        return z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-9)
-
-    k = int(lever["memory"])
-    if len(yr) < k:
-        return np.zeros(len(xq), dtype=bool)
-    sims = unit(xq) @ unit(xr).T
-    top = np.argsort(-sims, axis=1)[:, :k]
-    ok = np.take_along_axis(sims, top, axis=1) >= lever.get("sim", 0.5)
-    safe = ~yr[top]
-    return (ok & safe).all(axis=1)
+    return nearest_all_safe(unit_rows(xq, x_bundled) @ unit_rows(xr, x_bundled).T, yr, lever)
 
 
 def knn_filter(selfl, reviewed, x, y, x_bundled, lever):
-    """Drop (or flip) a self-label whose ``knn`` nearest reviewed site cases (cosine on
-    standardised features) all carry the other label."""
-    mu, sd = x_bundled.mean(0), x_bundled.std(0) + 1e-6
-
-    def unit(a):
-        z = (a - mu) / sd
-        return z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-9)
-
-    k = int(lever["knn"])
-    r = unit(x[reviewed])
+    """Drop a settled alert's self-label (or, with ``flip``, call it safe) whose ``knn``
+    nearest reviewed site cases (cosine on standardised features) are all safe; with
+    ``which: both`` also drop a passed input's whose nearest are all unsafe."""
     yr = y[reviewed]
-    s = unit(x[[i for i, _ in selfl]])
-    sims = s @ r.T
-    top = np.argsort(-sims, axis=1)[:, :k]
+    sims = unit_rows(x[[i for i, _ in selfl]], x_bundled) @ unit_rows(x[reviewed], x_bundled).T
+    top = np.argsort(-sims, axis=1)[:, : int(lever["knn"])]
     out = []
-    for (i, lab), t, row in zip(selfl, top, sims, strict=True):
-        near = yr[t][row[t] >= lever.get("min_sim", -1.0)]
-        against = len(near) >= min(k, len(yr)) and all(bool(v) != lab for v in near)
-        if lab and against and lever.get("which", "alerts") in ("alerts", "both"):
-            if lever.get("flip"):
+    for (i, lab), t in zip(selfl, top, strict=True):
+        against = all(bool(v) != lab for v in yr[t])
+        if against and (lab or lever.get("which") == "both"):
+            if lab and lever.get("flip"):
                 out.append((i, False))
-            continue
-        if not lab and against and lever.get("which") == "both":
             continue
         out.append((i, lab))
     return out
@@ -392,12 +390,9 @@ def choose_score(by: str, head, cal, oof, cases, x_round) -> float:
     """A candidate's score (lower is better): ``site_loss``, the out-of-fold log loss on the
     site's reviewed cases; ``traffic_band``, its band's share of the round's inputs."""
     if by == "traffic_band":
-        p = head.p_unsafe_many(x_round)
-        return float(((p >= cal.lower) & (p < cal.upper)).mean())
+        return band_share(head.p_unsafe_many(x_round), cal.lower, cal.upper)
     if by == "cal_band":  # the certified band's share of the calibration cases (out of fold)
-        if not cal.guaranteed:
-            return float("inf")
-        return float(((oof >= cal.lower) & (oof < cal.upper)).mean())
+        return band_share(oof, cal.lower, cal.upper) if cal.guaranteed else float("inf")
     site = np.array([bool(c.site) for c in cases])
     if not site.any():
         return 0.0
@@ -572,10 +567,7 @@ def main() -> int:
             print(f"  {s:8s} {gate:10s} {np.mean(last):5.1f}  ({', '.join(map(str, last))})")
     doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "runs": runs, "oracle": oracles}  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "replay.json" if not args.site else f"replay-{'-'.join(sites)}.json"
-    (RESULTS / name).write_text(json.dumps(doc, indent=1))
-    print(f"wrote {RESULTS / name}")
+    write_result("replay.json" if not args.site else f"replay-{'-'.join(sites)}.json", doc)
     return 0
 
 
@@ -608,11 +600,8 @@ def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
                   f"passed {missed}")  # fmt: skip
     doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "levers": chosen, "runs": runs}  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
     tail = "-".join(args.lever) if args.lever else ""
-    path = RESULTS / f"replay-levers-{'-'.join(sites)}{'-' + tail if tail else ''}.json"
-    path.write_text(json.dumps(doc, indent=1))
-    print(f"wrote {path}")
+    write_result(f"replay-levers-{'-'.join(sites)}{'-' + tail if tail else ''}.json", doc)
     return 0
 
 
