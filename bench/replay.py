@@ -175,6 +175,12 @@ LEVERS = {
     "memory3_0.6_cert": {"memory": 3, "sim": 0.6, "certify_memory": True},
     "memory2_0.6_blockers": {"memory": 2, "sim": 0.6, "blockers": True},
     "memory3_0.6_blockers": {"memory": 3, "sim": 0.6, "blockers": True},
+    "kw_jaccard": {"keywords": "jaccard"},
+    "kw_none": {"keywords": "none"},
+    "kw_feat2_0.5": {"keywords": "feat", "kw_k": 2, "kw_sim": 0.5},
+    "kw_feat2_0.6": {"keywords": "feat", "kw_k": 2, "kw_sim": 0.6},
+    "kw_feat3_0.5": {"keywords": "feat", "kw_k": 3, "kw_sim": 0.5},
+    "kw_feat1_0.6": {"keywords": "feat", "kw_k": 1, "kw_sim": 0.6},
 }
 
 
@@ -206,6 +212,12 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     def band_rate(h, lo, up, xs):
         return band_share(h.p_unsafe_many(xs), lo, up)
 
+    if lever.get("keywords"):
+        from shared.policy import find_keywords
+
+        kws, exc = tuple(cfg.policy.safety_keywords), tuple(cfg.policy.keyword_exceptions)
+        matched = [find_keywords(r["input"], kws, exc) for r in site]
+        kw_lower = cal0.keyword_lower  # v0's floor, kept: the replay does not certify one
     rng = np.random.default_rng(seed)
     mem_on = not lever.get("certify_memory")  # certified: off until a build certifies it
     for r in range(int(rounds.max()) + 1):
@@ -224,6 +236,16 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                 near_safe &= p < (lower + upper) / 2
             passed = passed | (band & near_safe)
             band = band & ~near_safe
+        kw_call, kw_cleared = np.zeros(len(idx), dtype=bool), []
+        if lever.get("keywords"):  # the keyword rule on inputs the head passes
+            named = passed & np.array([bool(matched[i]) for i in idx]) & (p >= kw_lower)
+            clear = keyword_clears(idx, named, matched, reviewed, selfl, site, x, y, x_bundled,
+                                   lever, kws)  # fmt: skip
+            kw_call = named & ~clear
+            kw_cleared = [site[i]["id"] for i in idx[clear & y[idx]]]  # hazards it let pass
+            passed = passed & ~kw_call
+        band_only = band.copy()
+        band = band | kw_call
         band |= alert & (rng.random(len(idx)) < lever.get("audit_alerts", 0.0))
         if lever.get("audits"):  # the edge's own audit draw on passed inputs (shared.policy)
             chance = [audit_probability(float(q), lower, cfg.policy.audit_every) for q in p]
@@ -238,6 +260,8 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
         out.append(dict(calls=round(100 * band.mean(), 1), missed=int((passed & y[idx]).sum()),
                         false_alerts=round(100 * (alert & ~y[idx]).mean(), 1),
                         band_hazards=round(100 * (band & y[idx]).mean(), 1),
+                        band_calls=round(100 * band_only.mean(), 1),
+                        kw_calls=round(100 * kw_call.mean(), 1), kw_cleared_hazards=kw_cleared,
                         lower=round(float(lower), 4), upper=round(float(upper), 4),
                         release=version))  # fmt: skip
         for i, b, a, pi in zip(idx, band, alert, p, strict=True):
@@ -366,6 +390,42 @@ def memory_clears(xq, xr, yr, x_bundled, lever):
     """Which query inputs have their ``memory`` nearest reviewed site cases (cosine on
     standardised features) all safe and all at similarity >= ``sim``."""
     return nearest_all_safe(unit_rows(xq, x_bundled) @ unit_rows(xr, x_bundled).T, yr, lever)
+
+
+def keyword_clears(idx, named, matched, reviewed, selfl, site, x, y, x_bundled, lever, kws):
+    """Which of the round's keyword inputs (``named``) the keyword memory clears: ``jaccard``
+    is today's rule (``shared.keyword_memory`` on the reviewed site cases); ``feat``: for
+    every keyword it names, its ``kw_k`` nearest reviewed site cases naming that keyword
+    (cosine on standardised features; the settled alerts naming it count as hazards) are all
+    safe and all at similarity >= ``kw_sim``; ``none``: no memory."""
+    out = np.zeros(len(idx), dtype=bool)
+    mode = lever["keywords"]
+    if mode == "none" or not named.any():
+        return out
+    if mode == "jaccard":
+        from shared.keyword_memory import cleared, remember
+
+        mem = remember([(site[i]["input"], bool(y[i]), matched[i]) for i in reviewed], kws)
+        for j, i in enumerate(idx):
+            out[j] = named[j] and cleared(mem, site[i]["input"], matched[i], kws)
+        return out
+    refs = [(i, bool(y[i])) for i in reviewed] + [(i, True) for i, lab in selfl if lab]
+    for j, i in enumerate(idx):
+        if not named[j]:
+            continue
+        ok = True
+        for k in matched[i]:
+            mine = [(r, lab) for r, lab in refs if k in matched[r]]
+            if len(mine) < lever["kw_k"]:
+                ok = False
+                break
+            sims = unit_rows(x[[i]], x_bundled) @ unit_rows(x[[r for r, _ in mine]], x_bundled).T
+            top = np.argsort(-sims[0])[: lever["kw_k"]]
+            if (sims[0][top] < lever["kw_sim"]).any() or any(mine[t][1] for t in top):
+                ok = False
+                break
+        out[j] = ok
+    return out
 
 
 def knn_filter(selfl, reviewed, x, y, x_bundled, lever):

@@ -47,6 +47,8 @@ class Answer:
     raw: str
     prob_confidence: float | None = None  # from log-probabilities, where the backend has them
     p_unsafe: float | None = None  # the release's safety head (shared.student), where it has one
+    # keywords whose nearest reviewed case (the head's keyword sketches) is a safe lookalike
+    keywords_near_safe: frozenset[str] = frozenset()
 
     @property
     def best_confidence(self) -> float | None:

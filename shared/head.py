@@ -38,6 +38,7 @@ import numpy as np
 from shared.answer import verdict_confidence
 from shared.backend import Generation, TokenLogprob
 from shared.errors import ModelError
+from shared.keyword_memory import SketchError, Sketches, sketch
 
 HEAD_FILE = "head.safetensors"
 KINDS = ("hidden", "verdict")
@@ -53,6 +54,8 @@ class SafetyHead:
     weight: np.ndarray
     bias: float
     info: dict = field(default_factory=dict)  # what it was trained on (n, l2, train AUC)
+    # the reviewed keyword cases in this head's feature space (shared.keyword_memory)
+    sketches: Sketches | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -73,6 +76,20 @@ class SafetyHead:
             raise ModelError("safety head std has a zero: standardising would divide by zero")
         if any(i < 0 for i in self.layers):
             raise ModelError(f"safety head layers {self.layers}: a layer index is negative")
+        if self.sketches is not None and len(self.sketches) and self.sketches.dim != d:
+            raise ModelError(f"keyword sketches have {self.sketches.dim} features, the head {d}")
+
+    def sketch(self, features: np.ndarray | None) -> np.ndarray | None:
+        """``features`` as the keyword sketches hold them (standardised, unit length)."""
+        if features is None or self.kind != "hidden":
+            return None
+        return sketch(self.mean, self.std, features)
+
+    def keywords_near_safe(self, features: np.ndarray | None) -> frozenset[str]:
+        """The keywords whose nearest remembered reviewed case is a safe lookalike."""
+        if self.sketches is None:
+            return frozenset()
+        return self.sketches.near_safe(self.sketch(features))
 
     @property
     def engine(self) -> str:
@@ -123,6 +140,9 @@ class SafetyHead:
         }
         # One metadata key: safetensors orders several at random, and the bytes must not vary.
         doc = {"kind": self.kind, "layers": list(self.layers), "info": self.info}
+        if self.sketches is not None:
+            more, doc["sketch_keywords"] = self.sketches.to_tensors()
+            tensors.update(more)
         return save(tensors, metadata={"head": json.dumps(doc, sort_keys=True)})
 
     def save(self, path: Path) -> None:
@@ -135,16 +155,23 @@ class SafetyHead:
 
         try:
             tensors = load(data)
-            meta = json.loads(_metadata(data)["head"])
+            meta = json.loads(safetensors_metadata(data)["head"])
+            weight = tensors["weight"].astype(np.float64)
+            sketches = Sketches.from_tensors(
+                tensors, meta.get("sketch_keywords", []), int(weight.shape[0])
+            )
             return cls(
                 kind=meta["kind"],
                 layers=tuple(int(i) for i in meta["layers"]),
                 mean=tensors["mean"].astype(np.float64),
                 std=tensors["std"].astype(np.float64),
-                weight=tensors["weight"].astype(np.float64),
+                weight=weight,
                 bias=float(tensors["bias"][0]),
                 info=dict(meta.get("info", {})),
+                sketches=sketches,
             )
+        except SketchError as exc:
+            raise ModelError(f"{source}: {exc}") from None
         except (
             SafetensorError,
             KeyError,
@@ -164,7 +191,7 @@ class SafetyHead:
         return cls.from_bytes(data, str(path))
 
 
-def _metadata(data: bytes) -> dict:
+def safetensors_metadata(data: bytes) -> dict:
     """The ``__metadata__`` of a safetensors blob (the header is JSON after an 8-byte size)."""
     size = int.from_bytes(data[:8], "little")
     return json.loads(data[8 : 8 + size]).get("__metadata__", {})

@@ -14,6 +14,18 @@ out, at least ``NEAR``) and every one of those near cases was safe. A keyword ca
 anything reviewed ("a visitor is carrying a gun in reception" after many toy guns in the
 props box) still escalates, and one near a reviewed hazard always does.
 
+Words clear near-repeats of a reviewed scene, but a site's scenes are rarely worded twice
+alike: on the four screening sites (bench/replay.py, ``kw_jaccard``) the word memory cleared
+none of the 9-19 harmless keyword scenes a round. So a release with a hidden-state head also
+remembers its reviewed keyword cases as the student saw them (**sketches**, saved in the
+head's file: the head's standardised features, unit length, float16; no text) with, as hazards, the settled alerts
+that name the keyword. A keyword case is also cleared when, for every keyword it matched, its
+nearest remembered case of that keyword is safe and at cosine similarity at least
+``NEAR_COS``: a lookalike of a reviewed harmless scene, not of a hazard nor of an alert. On
+the screening sites this cleared 25-60 % of the keyword calls and no hazard
+(``kw_feat1_0.6``); "a visitor is carrying a gun in reception" is at cosine 0.15 from a
+toy gun in the props box.
+
 The release's calibration certifies its thresholds with the cleared cases counted as
 passed (leave-one-out: a case is never its own neighbour), so the guarantee covers the rule
 as it runs. It knows nothing about models, releases or files.
@@ -24,6 +36,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 NEAR = 0.3  # a third of the content words shared
 MIN_SAFE = 2  # reviewed safe neighbours it takes to clear a keyword
@@ -36,6 +51,8 @@ STOP = frozenset(
 )
 
 Memory = dict[str, list[tuple[tuple[str, ...], bool]]]  # keyword -> [(word hashes, unsafe)]
+NEAR_COS = 0.6  # cosine of standardised features: a lookalike of the same site's scene
+SKETCHES_PER_KEYWORD = 64  # remembered sketches per keyword (the latest)
 
 
 def content_words(text: str, keywords: Iterable[str] = ()) -> frozenset[str]:
@@ -97,4 +114,135 @@ def cleared_leave_one_out(
                 ok = False
                 break
         out.append(ok)
+    return out
+
+
+# ---------------------------------------------------------------- sketches (features)
+class SketchError(ValueError):
+    """A sketch file that cannot be used (names what is wrong)."""
+
+
+@dataclass(frozen=True)
+class Sketches:
+    """Remembered keyword cases as unit feature vectors: row i names ``keywords[keyword[i]]``
+    and was a hazard when ``unsafe[i]``."""
+
+    keywords: tuple[str, ...]
+    vectors: np.ndarray  # (n, d) float16, rows of unit length
+    unsafe: np.ndarray  # (n,) bool
+    keyword: np.ndarray  # (n,) int32 index into keywords
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def near_safe(self, vector: np.ndarray | None) -> frozenset[str]:
+        """The keywords whose nearest remembered case is safe and at cosine >= NEAR_COS."""
+        if vector is None or not len(self):
+            return frozenset()
+        sims = self.vectors.astype(np.float32) @ np.asarray(vector, dtype=np.float32)
+        return frozenset(_near_safe_row(sims, self.keyword, self.unsafe, self.keywords))
+
+    def to_tensors(self) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Tensors (named ``sketch_*``) and keyword names, for the head's safetensors file."""
+        tensors = {
+            "sketch_vectors": np.ascontiguousarray(self.vectors, dtype=np.float16),
+            "sketch_unsafe": self.unsafe.astype(np.uint8),
+            "sketch_keyword": self.keyword.astype(np.int32),
+        }
+        return tensors, list(self.keywords)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, keywords: Sequence[str], dim: int) -> Sketches | None:
+        """Read and check (``dim``: the head's feature count); None where the file has no
+        sketches; SketchError names what is wrong."""
+        names = [k for k in ("sketch_vectors", "sketch_unsafe", "sketch_keyword") if k in tensors]
+        if not names:
+            return None
+        if len(names) != 3:
+            raise SketchError(f"keyword sketches are incomplete: only {', '.join(names)}")
+        vectors = tensors["sketch_vectors"]
+        unsafe, keyword = tensors["sketch_unsafe"], tensors["sketch_keyword"]
+        n = vectors.shape[0] if vectors.ndim == 2 else -1
+        if n < 0 or unsafe.shape != (n,) or keyword.shape != (n,):
+            raise SketchError(
+                f"keyword sketches' shapes disagree: vectors {vectors.shape}, unsafe "
+                f"{unsafe.shape}, keyword {keyword.shape}"
+            )
+        if n and vectors.shape[1] != dim:
+            raise SketchError(f"keyword sketches have {vectors.shape[1]} features, the head {dim}")
+        bad = int(np.count_nonzero(~np.isfinite(vectors.astype(np.float32))))
+        if bad:
+            raise SketchError(f"keyword sketches hold {bad} non-finite values")
+        if n and (keyword.min() < 0 or keyword.max() >= len(keywords)):
+            raise SketchError(
+                f"a keyword sketch names keyword {int(keyword.max())} of {len(keywords)}"
+            )
+        return cls(
+            tuple(str(k) for k in keywords),
+            vectors.astype(np.float16),
+            unsafe.astype(bool),
+            keyword.astype(np.int32),
+        )
+
+
+def sketch(mean: np.ndarray, std: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Features standardised as the head standardises them, rows of unit length."""
+    z = (np.asarray(features, dtype=np.float64) - mean) / std
+    norm = np.linalg.norm(z, axis=-1, keepdims=True)
+    return (z / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def remember_sketches(
+    vectors: np.ndarray, unsafe: Sequence[bool], matched: Sequence[Sequence[str]]
+) -> tuple[Sketches, np.ndarray]:
+    """Sketches with a row per case and keyword it matched (the latest
+    ``SKETCHES_PER_KEYWORD`` of each keyword), and each row's case (index into ``vectors``)."""
+    names = tuple(sorted({k for m in matched for k in m}))
+    rows: list[tuple[int, int]] = []
+    for ki, k in enumerate(names):
+        mine = [i for i, m in enumerate(matched) if k in m][-SKETCHES_PER_KEYWORD:]
+        rows += [(i, ki) for i in mine]
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(len(matched), -1)
+    idx = np.array([i for i, _ in rows], dtype=int)
+    sketches = Sketches(
+        names,
+        vectors[idx].astype(np.float16),
+        np.asarray(unsafe, dtype=bool)[idx],
+        np.array([ki for _, ki in rows], dtype=np.int32),
+    )
+    return sketches, idx
+
+
+def near_safe_leave_one_out(
+    sketches: Sketches, queries: np.ndarray, owner: Sequence[int], rows_of: Sequence[int]
+) -> list[frozenset[str]]:
+    """``near_safe`` for each query row, never counting the remembered rows of the same
+    case: ``owner[q]`` is query q's case number (-1: in no memory row), ``rows_of[r]`` the
+    case number of memory row r."""
+    if not len(sketches) or not len(queries):
+        return [frozenset() for _ in range(len(queries))]
+    sims = np.asarray(queries, dtype=np.float32) @ sketches.vectors.astype(np.float32).T
+    rows_of = np.asarray(rows_of)
+    out = []
+    for q, row in enumerate(sims):
+        row = np.where(rows_of == owner[q], -np.inf, row) if owner[q] >= 0 else row
+        out.append(
+            frozenset(_near_safe_row(row, sketches.keyword, sketches.unsafe, sketches.keywords))
+        )
+    return out
+
+
+def _near_safe_row(sims: np.ndarray, keyword: np.ndarray, unsafe: np.ndarray, names) -> list[str]:
+    out = []
+    for ki, name in enumerate(names):
+        mine = np.flatnonzero(keyword == ki)
+        if not len(mine):
+            continue
+        best = mine[int(np.argmax(sims[mine]))]
+        if sims[best] >= NEAR_COS and not unsafe[best]:
+            out.append(name)
     return out

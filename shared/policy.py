@@ -25,7 +25,10 @@ apply. Reasons, checked in this order:
                        where p_unsafe is under the release's ``keyword_lower`` (a floor
                        certified on keyword hazards, ``shared.calibration``) or the
                        release's reviewed cases of that keyword near it were all safe
-                       (``shared.keyword_memory``); either sets ``Decision.keyword_cleared``
+                       (``shared.keyword_memory``: by their words, or by the student's
+                       features where each keyword's nearest reviewed case is a safe
+                       lookalike, ``Answer.keywords_near_safe``); each sets
+                       ``Decision.keyword_cleared``
 - ``uncertain_safety`` the head's p_unsafe is in the calibrated band
 - ``format_error``     the answer broke the three-line format (with a head: only where
                        the head does not alert; an alert already stands, and under
@@ -214,6 +217,8 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
                 keyword_cleared = True  # under the floor certified on keyword hazards
             elif memory and cleared(memory, context.input_text, matched, keywords):
                 keyword_cleared = True  # near reviewed safe cases of every keyword
+            elif set(matched) <= answer.keywords_near_safe:
+                keyword_cleared = True  # each keyword's nearest reviewed case: a safe lookalike
             else:
                 reasons.append(SAFETY_KEYWORD)
         if zone == "uncertain":

@@ -179,20 +179,24 @@ def judge(gen: Generation, head: SafetyHead | None) -> Answer:
     answer = parse_answer(gen.text, verdict_confidence(gen.logprobs))
     if head is None:
         return answer
-    return replace(answer, p_unsafe=_p_unsafe(gen, head))
+    p, near = _p_unsafe(gen, head)
+    return replace(answer, p_unsafe=p, keywords_near_safe=near)
 
 
 def judge_prefill(gen: Generation, head: SafetyHead) -> Answer:
     """The head's judgement of a prompt run without a sentence: no text, so nothing to
     parse and no format to break; the safety verdict is the head's."""
-    return Answer("", None, None, True, "", p_unsafe=_p_unsafe(gen, head))
+    p, near = _p_unsafe(gen, head)
+    return Answer("", None, None, True, "", p_unsafe=p, keywords_near_safe=near)
 
 
-def _p_unsafe(gen: Generation, head: SafetyHead) -> float | None:
-    p = head.p_unsafe(head.features(gen))
+def _p_unsafe(gen: Generation, head: SafetyHead) -> tuple[float | None, frozenset[str]]:
+    """p(unsafe), and the keywords whose nearest reviewed case is a safe lookalike."""
+    features = head.features(gen)
+    p = head.p_unsafe(features)
     if p is not None and not 0.0 <= p <= 1.0:  # NaN fails both comparisons
         raise ModelError(f"the safety head computed p_unsafe = {p} (not a probability)")
-    return p
+    return p, head.keywords_near_safe(features) if p is not None else frozenset()
 
 
 def head_problem(backend: Backend, head: SafetyHead | None) -> str | None:

@@ -296,6 +296,14 @@ class ReleaseConfig(Strict):
         "reviewed safe ones only (and no hazard) is not escalated (shared.keyword_memory); "
         "calibration counts those as passed. False: every keyword case escalates.",
     )
+    keyword_sketches: bool = Field(
+        True,
+        description="A hidden-state head also remembers its reviewed keyword cases as the "
+        "student saw them (standardised features, no text; the settled alerts as hazards), "
+        "so a keyword case whose nearest remembered case of each keyword is a safe "
+        "lookalike (cosine >= 0.6) is not escalated; calibration counts those as passed "
+        "(leave-one-out). False: words alone clear a keyword case.",
+    )
     site_weight: float = Field(
         1.0,
         ge=1,

@@ -54,7 +54,12 @@ from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, bundled_cases
 from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head
-from shared.keyword_memory import cleared_leave_one_out, remember
+from shared.keyword_memory import (
+    cleared_leave_one_out,
+    near_safe_leave_one_out,
+    remember,
+    remember_sketches,
+)
 from shared.policy import find_keywords
 from shared.release import ADAPTER_FILES, Release
 from shared.skill import Skill
@@ -274,6 +279,35 @@ def keyword_sample(cfg: TeacherConfig, known: list[LabeledCase]) -> list[Labeled
     return [c for c in bundled_cases(KEYWORD_SAMPLE) if case_key(c.input) not in seen]
 
 
+def with_sketches(
+    head: SafetyHead,
+    remembered: list[tuple[LabeledCase, np.ndarray]],
+    cal_cases: list[LabeledCase],
+    x_cal: np.ndarray,
+    policy,
+) -> tuple[SafetyHead, list[bool]]:
+    """``head`` with the keyword sketches of ``remembered`` (reviewed cases and settled
+    alerts, with their features), and for each calibration case whether the sketches of
+    the *other* cases clear every keyword it names (``shared.keyword_memory``)."""
+    keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
+    seen: dict[str, int] = {}
+    rows = []
+    for c, row in remembered:  # a case reviewed and also settled counts once, as reviewed
+        if c.id not in seen and (matched := find_keywords(c.input, keywords, exceptions)):
+            seen[c.id] = len(seen)
+            rows.append((seen[c.id], c.safety, matched, row))
+    if not rows:
+        return head, [False] * len(cal_cases)
+    vectors = head.sketch(np.array([r[3] for r in rows]))
+    sketches, owner_of_row = remember_sketches(vectors, [r[1] for r in rows], [r[2] for r in rows])
+    queries = head.sketch(np.asarray(x_cal))
+    owners = [seen.get(c.id, -1) for c in cal_cases]
+    near = near_safe_leave_one_out(sketches, queries, owners, owner_of_row)
+    matched = [find_keywords(c.input, keywords, exceptions) for c in cal_cases]
+    cleared = [bool(m) and set(m) <= n for m, n in zip(matched, near, strict=True)]
+    return dataclasses.replace(head, sketches=sketches), cleared
+
+
 def fit_and_calibrate(
     cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
 ) -> tuple[SafetyHead, Calibration, dict]:
@@ -320,6 +354,8 @@ def _fit_and_calibrate(
         x = features_of(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
         t_features = time.perf_counter() - t0
         head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)
+        reviewed_x = list(zip(cal_cases, x, strict=True))
+        x_cal = x
         fit_cases = len(cal_cases)
         t_fit = time.perf_counter() - t0 - t_features
     else:
@@ -338,12 +374,14 @@ def _fit_and_calibrate(
         cal_cases = splits.calibration
         x_cal = features_of(student, cal_cases, kind, layers, "2/3 thresholds (calibration)")
         p_cal = head.p_unsafe_many(x_cal)
+        reviewed_x = [*zip(splits.fit, x_fit, strict=False), *zip(cal_cases, x_cal, strict=True)]
     # The keyword sample is scored by the shipped head, which never trained on it: its
     # hazards certify the keyword floor (and nothing else, see the module docstring).
     sample = keyword_sample(cfg, [*splits.fit, *splits.calibration, *splits.frozen])
     if sample:
         x_sample = features_of(student, sample, kind, layers, "keyword sample (the floor)")
         p_cal = np.concatenate([p_cal, head.p_unsafe_many(x_sample)])
+        x_cal = np.vstack([x_cal, x_sample])
         cal_cases = cal_cases + sample
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
@@ -357,6 +395,12 @@ def _fit_and_calibrate(
             zip((c.id for c in pool), cleared_leave_one_out(reviewed, keywords), strict=True)
         )
         hits = [hit and not loo.get(c.id, False) for hit, c in zip(hits, cal_cases, strict=True)]
+    if cfg.release.keyword_sketches and kind == "hidden":
+        alerts = [] if extra is None else [
+            (c, row) for c, row in zip(splits.traffic, extra[0], strict=True) if c.safety
+        ]  # fmt: skip
+        head, near = with_sketches(head, reviewed_x + alerts, cal_cases, x_cal, policy)
+        hits = [hit and not n for hit, n in zip(hits, near, strict=True)]
     goal = {
         "recall_target": policy.recall_target,
         "delta": policy.recall_delta,
