@@ -28,9 +28,9 @@ their true labels, the last round answered with it: what the features allow wher
 input is labelled; and the same head with its thresholds certified on the site cases the
 loop had reviewed by then (and the bundled ones): how much of the gap is the calibration's.
 
-Left out (the demo has them): the keyword rule and its floor and memory, audits, format
-breaks, the sentence, the keyword sample in the calibration. So band calls only: a screen,
-not a measurement. Prints a table and writes bench/results/replay.json (replay-<sites>.json
+Left out (the demo has them): the keyword rule and its floor and memory (except under the
+``kw_*`` levers, with v0's floor), audits, format breaks, the sentence, the keyword sample in
+the calibration. So band calls only: a screen, not a measurement. Prints a table and writes bench/results/replay.json (replay-<sites>.json
 with --site).
 """
 
@@ -127,6 +127,13 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
 # settled alerts (as the edge labelled them) to the memory, so a band input next to an alert
 # is not cleared: 8.9 / 11.7 / 17.5 / 9.1, the defaults' calls and misses. The memory's cut
 # came from passing lookalikes that sit next to alerted inputs. Band calls only.
+# Stop 42, the keyword rule (``keywords``: keyword inputs the head passes at or above v0's
+# floor are calls too, and join the reviews; ``kw_calls`` per round): ``kw_jaccard`` (today's
+# word memory) clears nothing on these sites, the same as ``kw_none``: last-round keyword
+# calls 4.2 / 5.6 / 2.2 / 2.1; ``kw_feat*`` clear by the nearest reviewed cases of the keyword
+# in standardised features (settled alerts as hazards): at k 1, cosine 0.6, 3.1 / 3.9 / 0.8 /
+# 1.2 with no keyword hazard cleared (k 2-3 cut less). Built as ``release.keyword_sketches``,
+# it cleared nothing in the railway station's demo (flywheel_screens/README.md): off.
 LEVERS = {
     "defaults": {},
     "alert_min_0.9": {"alert_min": 0.9},

@@ -78,12 +78,14 @@ def outcome(record: dict, truth: bool) -> Outcome:
 
 def passed_why(record: dict) -> str:
     """What the edge saw in an input it let pass: its p_unsafe (under the release's
-    ``lower``), the safety keywords the release cleared (its floor or its memory of
-    reviewed safe cases), and that the audit did not draw it."""
+    ``lower``), the safety keywords the release cleared and how (its floor, or its memory
+    of reviewed safe cases by their words or sketches), and that the audit did not draw it."""
     decision, p = record["decision"], record.get("p_unsafe")
     seen = [f"p_unsafe {p:.3f}" if p is not None else "no p_unsafe"]
     if decision.get("keywords"):
-        seen.append(f"keywords {', '.join(decision['keywords'])} cleared")
+        how = decision.get("keyword_cleared")
+        how = f" ({how})" if isinstance(how, str) and how else ""
+        seen.append(f"keywords {', '.join(decision['keywords'])} cleared{how}")
     return "; ".join([*seen, "not drawn for audit"])
 
 

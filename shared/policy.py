@@ -117,7 +117,9 @@ class Decision:
     alert: bool = False  # the student alerts locally (the head above upper, or SAFETY: yes)
     p_unsafe: float | None = None
     audit_p: float | None = None  # an audit's inclusion probability (None: not audited)
-    keyword_cleared: bool = False  # its keywords matched, near reviewed safe cases only
+    # what cleared its keywords: "floor" (p_unsafe under keyword_lower), "words" (near
+    # reviewed safe cases by their words) or "sketches" (by the student's features); "": none
+    keyword_cleared: str = ""
 
     @property
     def safety_keyword(self) -> bool:
@@ -139,7 +141,7 @@ class Decision:
             "threshold": round(self.threshold, 4),
             "alert": self.alert,
             **({"audit_p": round(self.audit_p, 6)} if self.audit_p is not None else {}),
-            **({"keyword_cleared": True} if self.keyword_cleared else {}),
+            **({"keyword_cleared": self.keyword_cleared} if self.keyword_cleared else {}),
         }
 
 
@@ -207,18 +209,18 @@ def decide(answer: Answer, context: PolicyContext, config: PolicyConfig) -> Deci
     head = calibration is not None and answer.p_unsafe is not None
     threshold = 0.0
     reasons: list[str] = []
-    keyword_cleared = False
+    keyword_cleared = ""
     if head:
         zone = calibration.zone(answer.p_unsafe)
         alert = zone == "alert"
         if matched and not alert and calibration.keywords:
             memory = calibration.keyword_memory
             if answer.p_unsafe < calibration.keyword_lower:
-                keyword_cleared = True  # under the floor certified on keyword hazards
+                keyword_cleared = "floor"  # under the floor certified on keyword hazards
             elif memory and cleared(memory, context.input_text, matched, keywords):
-                keyword_cleared = True  # near reviewed safe cases of every keyword
+                keyword_cleared = "words"  # near reviewed safe cases of every keyword
             elif set(matched) <= answer.keywords_near_safe:
-                keyword_cleared = True  # each keyword's nearest reviewed case: a safe lookalike
+                keyword_cleared = "sketches"  # each keyword's nearest review: a safe lookalike
             else:
                 reasons.append(SAFETY_KEYWORD)
         if zone == "uncertain":

@@ -74,7 +74,7 @@ def test_the_policy_escalates_a_keyword_case_unless_the_release_memory_clears_it
                       config)  # fmt: skip
 
     trap = run("In the drama studio a toy gun is in the props box again.")
-    assert not trap.escalate and trap.keyword_cleared and trap.to_json()["keyword_cleared"]
+    assert not trap.escalate and trap.to_json()["keyword_cleared"] == "words"
     visitor = run("A visitor is carrying a gun in the reception area.")
     assert visitor.escalate and visitor.reasons == (SAFETY_KEYWORD,)
 
@@ -119,7 +119,7 @@ def test_the_policy_clears_a_keyword_case_only_when_every_keyword_it_names_is_ne
         return decide(answer, PolicyContext(0.0, 1, text, text, calibration=cal), config)
 
     toy = run("A toy gun lies on the stage.", {"gun"})
-    assert not toy.escalate and toy.keyword_cleared
+    assert not toy.escalate and toy.keyword_cleared == "sketches"
     both = run("A toy gun lies on the stage beside a fire.", {"gun"})
     assert both.escalate and both.reasons == (SAFETY_KEYWORD,)
     assert run("A visitor is carrying a gun in reception.", set()).escalate
