@@ -188,6 +188,9 @@ LEVERS = {
     "kw_feat2_0.6": {"keywords": "feat", "kw_k": 2, "kw_sim": 0.6},
     "kw_feat3_0.5": {"keywords": "feat", "kw_k": 3, "kw_sim": 0.5},
     "kw_feat1_0.6": {"keywords": "feat", "kw_k": 1, "kw_sim": 0.6},
+    "kw_margin_0.5": {"keywords": "none", "kw_margin": 0.5},
+    "kw_margin_0.75": {"keywords": "none", "kw_margin": 0.75},
+    "kw_margin_1": {"keywords": "none", "kw_margin": 1.0},
 }
 
 
@@ -243,13 +246,16 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                 near_safe &= p < (lower + upper) / 2
             passed = passed | (band & near_safe)
             band = band & ~near_safe
-        kw_call, kw_cleared = np.zeros(len(idx), dtype=bool), []
+        kw_call, kw_cleared, kw_under = np.zeros(len(idx), dtype=bool), [], []
         if lever.get("keywords"):  # the keyword rule on inputs the head passes
-            named = passed & np.array([bool(matched[i]) for i in idx]) & (p >= kw_lower)
+            floor = lower * lever["kw_margin"] if "kw_margin" in lever else kw_lower
+            named = passed & np.array([bool(matched[i]) for i in idx]) & (p >= floor)
             clear = keyword_clears(idx, named, matched, reviewed, selfl, site, x, y, x_bundled,
                                    lever, kws)  # fmt: skip
             kw_call = named & ~clear
             kw_cleared = [site[i]["id"] for i in idx[clear & y[idx]]]  # hazards it let pass
+            under = passed & np.array([bool(matched[i]) for i in idx]) & (p < floor) & y[idx]
+            kw_under = [site[i]["id"] for i in idx[under]]  # keyword hazards under the floor
             passed = passed & ~kw_call
         band_only = band.copy()
         band = band | kw_call
@@ -269,6 +275,7 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
                         band_hazards=round(100 * (band & y[idx]).mean(), 1),
                         band_calls=round(100 * band_only.mean(), 1),
                         kw_calls=round(100 * kw_call.mean(), 1), kw_cleared_hazards=kw_cleared,
+                        kw_under_floor=kw_under,
                         lower=round(float(lower), 4), upper=round(float(upper), 4),
                         release=version))  # fmt: skip
         for i, b, a, pi in zip(idx, band, alert, p, strict=True):
