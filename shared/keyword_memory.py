@@ -16,15 +16,16 @@ props box) still escalates, and one near a reviewed hazard always does.
 
 Words clear near-repeats of a reviewed scene, but a site's scenes are rarely worded twice
 alike: on the four screening sites (bench/replay.py, ``kw_jaccard``) the word memory cleared
-none of the 9-19 harmless keyword scenes a round. So a release with a hidden-state head also
-remembers its reviewed keyword cases as the student saw them (**sketches**, saved in the
-head's file: the head's standardised features, unit length, float16; no text) with, as hazards, the settled alerts
-that name the keyword. A keyword case is also cleared when, for every keyword it matched, its
-nearest remembered case of that keyword is safe and at cosine similarity at least
-``NEAR_COS``: a lookalike of a reviewed harmless scene, not of a hazard nor of an alert. On
-the screening sites this cleared 25-60 % of the keyword calls and no hazard
-(``kw_feat1_0.6``); "a visitor is carrying a gun in reception" is at cosine 0.15 from a
-toy gun in the props box.
+none of the 9-19 harmless keyword scenes a round. With ``release.keyword_sketches`` (off by
+default) a hidden-state head also remembers its reviewed keyword cases as the student saw
+them (**sketches**, in the head's file: its standardised features, unit length, float16; no
+text), with the settled alerts that name the keyword as hazards. A keyword case is then also
+cleared when, for every keyword it matched, its nearest remembered case of that keyword is
+safe and at cosine similarity at least ``NEAR_COS``: a lookalike of a reviewed harmless
+scene, not of a hazard nor of an alert. "A visitor is carrying a gun in reception" is at
+cosine 0.15 from a toy gun in the props box. It is off because it did not pay: the replay
+cut keyword calls by about 1 per 100 (``kw_feat1_0.6``), and the railway station's demo
+(seed 0) cleared no case with it: that site's harmless keyword scenes are unlike each other.
 
 The release's calibration certifies its thresholds with the cleared cases counted as
 passed (leave-one-out: a case is never its own neighbour), so the guarantee covers the rule
@@ -119,7 +120,7 @@ def cleared_leave_one_out(
 
 # ---------------------------------------------------------------- sketches (features)
 class SketchError(ValueError):
-    """A sketch file that cannot be used (names what is wrong)."""
+    """Keyword sketches that cannot be used (the message names what is wrong)."""
 
 
 @dataclass(frozen=True)
