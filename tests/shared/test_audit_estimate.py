@@ -70,7 +70,7 @@ def test_a_round_names_the_hazards_it_missed_and_what_the_edge_saw():
     from edge.demo_scoring import outcome
 
     passed = {"decision": {"escalate": False, "alert": False}, "alert": False, "release": 2}
-    knife = {"escalate": False, "alert": False, "keywords": ["knife"], "keyword_cleared": True}
+    knife = {"escalate": False, "alert": False, "keywords": ["knife"], "keyword_cleared": "words"}
     junction, held = "A cleaner hoses down a live junction box.", "A man holds a knife low."
     outs = [
         outcome({**passed, "input": junction, "p_unsafe": 0.0213}, True),
@@ -82,6 +82,6 @@ def test_a_round_names_the_hazards_it_missed_and_what_the_edge_saw():
     assert row.missed == 2 and row.missed_ids == (junction, held)
     assert row.to_json()["missed_why"] == (
         "p_unsafe 0.021; not drawn for audit",
-        "p_unsafe 0.200; keywords knife cleared; not drawn for audit",
+        "p_unsafe 0.200; keywords knife cleared (words); not drawn for audit",
     )
     assert outs[2].passed_why == ""  # alerted: nothing passed
