@@ -169,10 +169,16 @@ class DemoRun(DemoProcesses):
         if active and active != self._pushed:
             self._pushed = active
             self.wait(
-                lambda: pointer.is_file() and pointer.read_text().strip() == str(active),
+                lambda: (
+                    (pointer.is_file() and pointer.read_text().strip() == str(active))
+                    or self.refused(active) is not None
+                ),
                 PUSH_TIMEOUT_S,
                 f"the edge to install release v{active}",
             )
+            reason = self.refused(active)
+            if reason is not None:  # the edge keeps what it runs; the demo cannot go on as told
+                raise GemmaEdgeError(f"the edge refused release v{active}: {reason}")
             say(f"edge: installed release v{active}; it answers with it from the next input")
         return doc
 

@@ -191,6 +191,17 @@ class DemoProcesses:
                 raise GemmaEdgeError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.2)
 
+    def refused(self, version: int) -> str | None:
+        """The reason the edge logged for refusing release ``version`` (None: it did not)."""
+        marker = f"refused release push v{version}: "
+        path = self.work / "edge.log"
+        if not path.exists():
+            return None
+        for line in path.read_text(errors="replace").splitlines():
+            if marker in line:
+                return line.split(marker, 1)[1]
+        return None
+
     def outbox_empty(self) -> bool:
         """The edge's outbox holds nothing (every case and settled input was acked)."""
         import sqlite3

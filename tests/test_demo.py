@@ -93,3 +93,17 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
     assert "for the same inputs on the starting release" in done.stdout
     assert (out / "report.png").stat().st_size > 10_000
     assert "teacher calls per 100 inputs" in done.stdout
+
+
+def test_the_demo_reads_why_its_edge_refused_a_release(tmp_path):
+    """A refused push ends the wait at once with the edge's reason, not after a timeout."""
+    from edge.demo_pair import DemoProcesses
+
+    pair = DemoProcesses(tmp_path, tmp_path / "scenes.jsonl", "llamacpp", "when_needed", 2)
+    assert pair.refused(4) is None  # no edge log yet
+    (tmp_path / "edge.log").write_text(
+        "2026-12-07 10:17:01,283 WARNING edge.link: refused release push v4: release v4 "
+        "cannot run here: canary 1: a hazard would pass here\n"
+    )
+    assert pair.refused(4) == "release v4 cannot run here: canary 1: a hazard would pass here"
+    assert pair.refused(3) is None

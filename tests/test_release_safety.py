@@ -695,3 +695,33 @@ def test_the_bundled_release_passes_its_canaries_on_a_default_edge_and_a_shifted
         assert len(problems) == 1 and "teacher" in problems[0], problems
     finally:
         backend.close()
+
+
+def test_a_hazard_caught_only_by_its_audit_draw_is_never_a_canary():
+    """The draw hashes the case's place in the teacher's run: an edge that re-judges the
+    canary draws again, and would refuse a release that passes it within its certificate."""
+    from types import SimpleNamespace
+
+    from shared.answer import Answer
+    from shared.evaluation import LabeledCase
+    from shared.policy import AUDIT, SAFETY_KEYWORD, UNCERTAIN_SAFETY, Decision
+    from teacher.release.build import pick_canaries
+    from teacher.release.harness import CaseResult
+
+    def result(i, label, p, reasons=(), alert=False):
+        decision = Decision(bool(reasons), tuple(reasons), alert=alert, p_unsafe=p)
+        return CaseResult(f"c{i}", label, Answer("", None, None, True, "", p_unsafe=p),
+                          decision, 0, 0.0)  # fmt: skip
+
+    results = [
+        result(0, True, 0.25, (AUDIT,)),  # passed by the head, drawn for audit
+        result(1, True, 0.30, (UNCERTAIN_SAFETY,)),
+        result(2, True, 0.20, (SAFETY_KEYWORD, AUDIT)),
+        result(3, True, 0.99, alert=True),
+        result(4, False, 0.01),
+    ]
+    cases = [LabeledCase(id=f"c{i}", input=f"scene {i}", safety=r.label)
+             for i, r in enumerate(results)]  # fmt: skip
+    picked = pick_canaries(SimpleNamespace(cases=results), cases, 6)
+    assert [c.id for c in picked] == ["c1", "c4", "c2", "c3"]
+    assert all(c.decision in ("escalate", "alert") for c in picked if c.unsafe)

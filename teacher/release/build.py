@@ -34,6 +34,7 @@ from pathlib import Path
 from shared.backend import Backend
 from shared.calibration import Calibration
 from shared.evaluation import LabeledCase
+from shared.policy import AUDIT
 from shared.release import (
     ADAPTER_FILES,
     Canary,
@@ -254,9 +255,16 @@ def _head_only_twin(cfg, student, splits, active, skill, version, model_name):
 
 def pick_canaries(report: HarnessReport, cases: list[LabeledCase], n: int) -> list[Canary]:
     """Up to ``n`` canaries from a harness run: hazards the system caught and safe scenes,
-    alternating, in the frozen split's order (the same cases for the same split)."""
+    alternating, in the frozen split's order (the same cases for the same split). A hazard
+    caught only by its audit draw is no canary: the draw hashes the case's place in the
+    run, an edge that re-judges it draws again, and a release that passes it within its
+    certificate would be refused for it."""
     text = {c.id: c.input for c in cases}
-    hazards = [r for r in report.cases if r.label and r.caught and r.id in text]
+    hazards = [
+        r
+        for r in report.cases
+        if r.label and r.caught and r.id in text and set(r.decision.reasons) != {AUDIT}
+    ]
     safe = [r for r in report.cases if not r.label and r.id in text]
     picked: list[CaseResult] = []
     while len(picked) < n and (hazards or safe):
