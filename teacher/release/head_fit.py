@@ -54,12 +54,6 @@ from shared.calibration import Calibration, calibrate, calibrate_policy
 from shared.errors import TrainingError
 from shared.evaluation import LabeledCase, bundled_cases
 from shared.head import SafetyHead, auc, average_heads, default_layers, fit_head
-from shared.keyword_memory import (
-    cleared_leave_one_out,
-    near_safe_leave_one_out,
-    remember,
-    remember_sketches,
-)
 from shared.policy import find_keywords
 from shared.release import ADAPTER_FILES, Release
 from shared.skill import Skill
@@ -67,6 +61,7 @@ from shared.student import Student
 from shared.teacher_config import TeacherConfig
 from teacher.data.dataset import case_hash
 from teacher.release.feature_cache import FeatureCache, features, open_cache, student_identity
+from teacher.release.keyword_rule import with_sketches, word_memory
 
 logger = logging.getLogger(__name__)
 
@@ -279,35 +274,6 @@ def keyword_sample(cfg: TeacherConfig, known: list[LabeledCase]) -> list[Labeled
     return [c for c in bundled_cases(KEYWORD_SAMPLE) if case_key(c.input) not in seen]
 
 
-def with_sketches(
-    head: SafetyHead,
-    remembered: list[tuple[LabeledCase, np.ndarray]],
-    cal_cases: list[LabeledCase],
-    x_cal: np.ndarray,
-    policy,
-) -> tuple[SafetyHead, list[bool]]:
-    """``head`` with the keyword sketches of ``remembered`` (reviewed cases and settled
-    alerts, with their features), and for each calibration case whether the sketches of
-    the *other* cases clear every keyword it names (``shared.keyword_memory``)."""
-    keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
-    seen: dict[str, int] = {}
-    rows = []
-    for c, row in remembered:  # a case reviewed and also settled counts once, as reviewed
-        if c.id not in seen and (matched := find_keywords(c.input, keywords, exceptions)):
-            seen[c.id] = len(seen)
-            rows.append((seen[c.id], c.safety, matched, row))
-    if not rows:
-        return head, [False] * len(cal_cases)
-    vectors = head.sketch(np.array([r[3] for r in rows]))
-    sketches, owner_of_row = remember_sketches(vectors, [r[1] for r in rows], [r[2] for r in rows])
-    queries = head.sketch(np.asarray(x_cal))
-    owners = [seen.get(c.id, -1) for c in cal_cases]
-    near = near_safe_leave_one_out(sketches, queries, owners, owner_of_row)
-    matched = [find_keywords(c.input, keywords, exceptions) for c in cal_cases]
-    cleared = [bool(m) and set(m) <= n for m, n in zip(matched, near, strict=True)]
-    return dataclasses.replace(head, sketches=sketches), cleared
-
-
 def fit_and_calibrate(
     cfg: TeacherConfig, student: Student, splits: Splits, prior: SafetyHead | None = None
 ) -> tuple[SafetyHead, Calibration, dict]:
@@ -386,15 +352,10 @@ def _fit_and_calibrate(
     policy = cfg.policy
     keywords, exceptions = tuple(policy.safety_keywords), tuple(policy.keyword_exceptions)
     hits = [bool(find_keywords(c.input, keywords, exceptions)) for c in cal_cases]
-    memory = {}
+    memory, cleared = ({}, [False] * len(cal_cases))
     if cfg.release.keyword_memory:
-        pool = list({c.id: c for c in [*splits.fit, *splits.calibration]}.values())
-        reviewed = [(c.input, c.safety, find_keywords(c.input, keywords, exceptions)) for c in pool]
-        memory = remember(reviewed, keywords)
-        loo = dict(
-            zip((c.id for c in pool), cleared_leave_one_out(reviewed, keywords), strict=True)
-        )
-        hits = [hit and not loo.get(c.id, False) for hit, c in zip(hits, cal_cases, strict=True)]
+        memory, cleared = word_memory(policy, [*splits.fit, *splits.calibration], cal_cases)
+    hits = [hit and not c for hit, c in zip(hits, cleared, strict=True)]
     if cfg.release.keyword_sketches and kind == "hidden":
         alerts = [] if extra is None else [
             (c, row) for c, row in zip(splits.traffic, extra[0], strict=True) if c.safety

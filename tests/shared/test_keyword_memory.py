@@ -24,7 +24,7 @@ from shared.policy import SAFETY_KEYWORD, PolicyContext, decide
 from shared.release import build_files, check_files
 from shared.skill import default_skill
 from shared.student import judge, judge_prefill
-from teacher.release.head_fit import with_sketches
+from teacher.release.keyword_rule import with_sketches
 from tests.shared.test_policy import headed
 
 KW = PolicyConfig().safety_keywords
