@@ -19,7 +19,8 @@ loop's effect is the ratio of the two, round by round.
 
 Prints a table (per run: calls per 100 by round against v0's, the last round's ratio,
 the lowest recall, the last round's calls by reason, its audit-based recall estimate,
-and the builds the gate passed or refused) and writes bench/results/flywheel.json and
+the builds the gate passed or refused, and the student's engine build), then per site how
+many runs meet issue 21's target and whether they ran on one build, and writes bench/results/flywheel.json and
 flywheel.png (calls per round, the loop solid, v0 dashed, one panel per site).
 """
 
@@ -42,6 +43,11 @@ SITES = {
     "farm": DATA / "farm_site" / "scenes.jsonl",
     "quay": DATA / "quay_site" / "scenes.jsonl",
 }
+MIN_RECALL, MAX_LAST_CALLS = 0.95, 12.0  # issue 21's target, with "at most half of v0"
+TARGET = (
+    f"system recall >= {MIN_RECALL} in every round; last round <= {MAX_LAST_CALLS:g} teacher "
+    "calls per 100 and <= half of v0's on the same inputs"
+)
 
 
 def run_demo(
@@ -84,6 +90,7 @@ def summary(path: Path) -> dict:
             "refused": len(outcomes) - outcomes.count("built"),
         },
         "releases": [r["release"] for r in rows],
+        "engine": doc.get("engine"),  # None: a report from before the demo recorded it
         "refusals": [
             line
             for b in doc.get("builds", [])
@@ -92,6 +99,67 @@ def summary(path: Path) -> dict:
             if line.startswith("refused")
         ],
     }
+
+
+def meets(run: dict) -> bool:
+    """The issue's target for one run: recall at least 0.95 in every round, and the last
+    round's calls per 100 at most 12 and at most half of v0's on the same inputs."""
+    last, start = run["calls"][-1], run["start_calls"][-1]
+    return (
+        run["min_recall"] >= MIN_RECALL
+        and last <= MAX_LAST_CALLS
+        and start is not None
+        and last <= start / 2
+    )
+
+
+def engine_label(engine: dict | None) -> str:
+    if not engine:
+        return "not recorded"
+    if "llama_cpp" in engine:
+        return f"llama.cpp {engine['llama_cpp']} library {engine['library']}"
+    return " ".join(f"{k} {v}" for k, v in sorted(engine.items()))
+
+
+def targets(runs: list[dict]) -> list[dict]:
+    """Per site: its runs' last rounds against v0's, how many meet the target, and the
+    student builds they ran on (a site whose runs mix builds is not one experiment)."""
+    out = []
+    for site in sorted({site_of(r) for r in runs}):
+        mine = [r for r in runs if site_of(r) == site]
+        builds = sorted({engine_label(r.get("engine")) for r in mine})
+        out.append(
+            {
+                "site": site,
+                "runs": [Path(r["report"]).parent.name for r in mine],
+                "last": [round(r["calls"][-1], 1) for r in mine],
+                "v0_last": [
+                    None if r["start_calls"][-1] is None else round(r["start_calls"][-1], 1)
+                    for r in mine
+                ],
+                "ratio": [r["last_ratio"] for r in mine],
+                "min_recall": [round(r["min_recall"], 3) for r in mine],
+                "meets": sum(meets(r) for r in mine),
+                "builds": builds,
+            }
+        )
+    return out
+
+
+def show_targets(rows: list[dict]) -> str:
+    lines = [
+        "| site | runs | last round calls/100 | v0, same inputs | ratio | lowest recall | meet the target | student build |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in rows:
+        fmt = lambda xs: " / ".join("-" if x is None else f"{x}" for x in xs)  # noqa: E731
+        mixed = " **(mixed builds)**" if len(t["builds"]) > 1 else ""
+        lines.append(
+            f"| {t['site']} | {len(t['runs'])} | {fmt(t['last'])} | {fmt(t['v0_last'])} | "
+            f"{fmt(t['ratio'])} | {fmt(t['min_recall'])} | {t['meets']} of {len(t['runs'])} | "
+            f"{'; '.join(t['builds'])}{mixed} |"
+        )
+    return "\n".join(lines)
 
 
 def show(runs: list[dict]) -> str:
@@ -111,6 +179,7 @@ def show(runs: list[dict]) -> str:
             f"calls by reason {reasons}; audit-estimated recall {est}",
             f"  builds: {r['builds']['passed']} passed, {r['builds']['refused']} refused; "
             f"releases by round {r['releases']}",
+            f"  student build: {engine_label(r.get('engine'))}",
         ]
     return "\n".join(lines)
 
@@ -168,9 +237,12 @@ def main() -> int:
     if not reports:
         ap.error("give --site (to run demos) or --summarize report.json ...")
     runs = [summary(p) for p in reports]
+    sites = targets(runs)
     print(show(runs))
+    print("\n" + show_targets(sites))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "flywheel.json").write_text(json.dumps({"runs": runs}, indent=1))
+    doc = {"target": TARGET, "sites": sites, "runs": runs}
+    (RESULTS / "flywheel.json").write_text(json.dumps(doc, indent=1))
     plot(runs, RESULTS / "flywheel.png")
     print(f"\nwrote {RESULTS / 'flywheel.json'} and {RESULTS / 'flywheel.png'}")
     return 0

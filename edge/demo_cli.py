@@ -93,6 +93,18 @@ def add_arguments(parser) -> None:
     )
 
 
+def engine_of(backend: str) -> dict[str, str]:
+    """The build the student ran on, kept beside the numbers: two llama.cpp builds can answer
+    the same scene differently (``shared.llamacpp_backend.engine_build``)."""
+    if backend == "llamacpp":
+        from shared.llamacpp_backend import engine_build
+
+        return engine_build()
+    import torch
+
+    return {"torch": torch.__version__}
+
+
 def run(args) -> int:
     plan = QUICK if args.quick else FULL
     whole_site = args.scenes is not None and not args.quick  # all its rounds unless told
@@ -141,6 +153,7 @@ def run(args) -> int:
         "mode": demo.mode,
         "backend": args.backend,
         "answer": args.answer,
+        "engine": engine_of(args.backend),
         "rounds": [r.to_json() for r in rows],
         "builds": demo.builds,
     }

@@ -78,6 +78,9 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
     assert all(e["p_unsafe"] is not None for e in answers)
 
     assert [r["label"] for r in report["rounds"]] == ["round 0", "round 1"]
+    from shared.llamacpp_backend import engine_build
+
+    assert report["engine"] == engine_build()  # the build its numbers came from
     for row in report["rounds"]:
         for key in ("teacher_calls_per_100", "system_recall", "student_accuracy", "format_ok",
                     "release"):  # fmt: skip

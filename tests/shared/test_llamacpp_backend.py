@@ -97,6 +97,18 @@ def test_an_earlier_layer_comes_from_the_answering_pass_and_changes_no_answer(ba
     assert cos[1] > 0.999 and cos[1] > max(cos[0], cos[2]) + 0.005, cos  # the same layer
 
 
+def test_the_engine_build_names_the_library_that_computes_the_numbers():
+    import llama_cpp
+
+    from shared.llamacpp_backend import engine_build
+
+    build = engine_build()
+    assert build["llama_cpp"] == llama_cpp.__version__
+    assert "CPU" in build["cpu_features"]  # the SIMD features it was compiled with
+    assert len(build["library"]) == 16 and int(build["library"], 16) >= 0
+    assert engine_build() == build  # a fingerprint: the same library, the same answer
+
+
 def test_a_reused_prefix_answers_as_a_cold_start(backend):
     from shared.llamacpp_backend import LlamaCppBackend
 
