@@ -146,13 +146,16 @@ def targets(runs: list[dict]) -> list[dict]:
     return out
 
 
+def fmt(values: list) -> str:
+    return " / ".join("-" if v is None else f"{v}" for v in values)
+
+
 def show_targets(rows: list[dict]) -> str:
     lines = [
         "| site | runs | last round calls/100 | v0, same inputs | ratio | lowest recall | meet the target | student build |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for t in rows:
-        fmt = lambda xs: " / ".join("-" if x is None else f"{x}" for x in xs)  # noqa: E731
         mixed = " **(mixed builds)**" if len(t["builds"]) > 1 else ""
         lines.append(
             f"| {t['site']} | {len(t['runs'])} | {fmt(t['last'])} | {fmt(t['v0_last'])} | "

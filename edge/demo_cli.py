@@ -95,14 +95,14 @@ def add_arguments(parser) -> None:
 
 def engine_of(backend: str) -> dict[str, str]:
     """The build the student ran on, kept beside the numbers: two llama.cpp builds can answer
-    the same scene differently (``shared.llamacpp_backend.engine_build``)."""
+    the same scene differently (``shared.llamacpp_native.engine_build``)."""
     if backend == "llamacpp":
-        from shared.llamacpp_backend import engine_build
+        from shared.llamacpp_native import engine_build
 
         return engine_build()
-    import torch
+    from importlib.metadata import version
 
-    return {"torch": torch.__version__}
+    return {"torch": version("torch")}
 
 
 def run(args) -> int:

@@ -48,7 +48,6 @@ It knows nothing about skills' storage, heads or policy.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -77,22 +76,6 @@ from shared.skill import ANSWER_PRIMER, INPUT_LABEL, render_input, render_prefix
 logger = logging.getLogger(__name__)
 
 ENGINE = "llamacpp"
-
-
-def engine_build() -> dict[str, str]:
-    """What decides llama.cpp's numbers on this machine, for a benchmark to record beside
-    them: the binding's version, the CPU features its library was compiled with
-    (``llama_print_system_info``) and a hash of that CPU library. The same GGUF and prompt
-    can give another sentence on another build (the order of float sums differs), so runs
-    from two builds are not one experiment."""
-    import llama_cpp
-
-    lib = Path(llama_cpp.__file__).parent / "lib"
-    cpu = sorted(lib.glob("libggml-cpu.*")) or sorted(lib.glob("*llama*"))
-    digest = hashlib.sha256(cpu[0].read_bytes()).hexdigest()[:16] if cpu else "unknown"
-    info = llama_cpp.llama_print_system_info()
-    features = (info.decode() if isinstance(info, bytes) else str(info)).strip()
-    return {"llama_cpp": llama_cpp.__version__, "cpu_features": features, "library": digest}
 
 
 class LlamaCppBackend:

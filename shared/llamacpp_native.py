@@ -1,9 +1,11 @@
 """What llama.cpp's C side needs from Python: the eval callback that copies earlier
-layers' hidden states out of a decode, and llama.cpp's log lines routed to Python logging.
+layers' hidden states out of a decode, llama.cpp's log lines routed to Python logging, and
+the fingerprint of the native build that computes the numbers.
 
     taps = LayerTaps(llama_cpp, n_embd)      # context params: cb_eval = taps.callback
     ctx = context_with(llama_cpp, llm, taps.callback, what)   # a context that carries it
     row = taps.read((9, 18), 18, lambda: llama_decode(...), what)   # one decode's states
+    engine_build()          # the binding's version, CPU features and library hash
 
 llama-cpp-python binds llama.h, not ggml.h: the four ggml tensor functions the callback
 needs come from its own ``libggml-base``. Without that library only the final-norm state
@@ -13,6 +15,7 @@ is readable (``LayerTaps.available`` is False). It knows nothing about prompts o
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -46,15 +49,38 @@ class _GgmlTensors:
         self.tensor_get = lib.ggml_backend_tensor_get
 
 
+def _shipped(llama_cpp: Any, stem: str) -> list[Path]:
+    """llama-cpp-python's own copies of ggml library ``stem`` (``lib<stem>.so``/``.dylib``,
+    ``<stem>.dll``)."""
+    folder = Path(llama_cpp.__file__).parent / "lib"
+    return sorted(folder.glob(f"lib{stem}.*")) + sorted(folder.glob(f"{stem}.*"))
+
+
+def engine_build() -> dict[str, str]:
+    """What decides llama.cpp's numbers on this machine, for a benchmark to record beside
+    them: the binding's version, the CPU features its library was compiled with
+    (``llama_print_system_info``) and a hash of that CPU library. The same GGUF and prompt
+    can give another sentence on another build (the order of float sums differs), so runs
+    from two builds are not one experiment."""
+    import llama_cpp
+
+    cpu = _shipped(llama_cpp, "ggml-cpu")
+    digest = hashlib.sha256(cpu[0].read_bytes()).hexdigest()[:16] if cpu else "unknown"
+    features = llama_cpp.llama_print_system_info().decode().strip()
+    return {"llama_cpp": llama_cpp.__version__, "cpu_features": features, "library": digest}
+
+
 def _ggml_tensor_api(llama_cpp: Any) -> _GgmlTensors | None:
     """ggml's tensor functions, or None (then only the final-norm state is readable)."""
-    folder = Path(llama_cpp.__file__).parent / "lib"
-    for path in sorted(folder.glob("libggml-base.*")) + sorted(folder.glob("ggml-base.*")):
+    for path in _shipped(llama_cpp, "ggml-base"):
         try:
             return _GgmlTensors(ctypes.CDLL(str(path)))
         except (OSError, AttributeError):
             continue
-    logger.warning("no ggml library next to llama_cpp in %s: only the final-norm state", folder)
+    logger.warning(
+        "no ggml library next to llama_cpp in %s: only the final-norm state",
+        Path(llama_cpp.__file__).parent / "lib",
+    )
     return None
 
 

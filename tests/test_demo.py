@@ -78,7 +78,7 @@ def test_the_quick_demo_closes_the_loop(tmp_path):
     assert all(e["p_unsafe"] is not None for e in answers)
 
     assert [r["label"] for r in report["rounds"]] == ["round 0", "round 1"]
-    from shared.llamacpp_backend import engine_build
+    from shared.llamacpp_native import engine_build
 
     assert report["engine"] == engine_build()  # the build its numbers came from
     for row in report["rounds"]:

@@ -100,7 +100,7 @@ def test_an_earlier_layer_comes_from_the_answering_pass_and_changes_no_answer(ba
 def test_the_engine_build_names_the_library_that_computes_the_numbers():
     import llama_cpp
 
-    from shared.llamacpp_backend import engine_build
+    from shared.llamacpp_native import engine_build
 
     build = engine_build()
     assert build["llama_cpp"] == llama_cpp.__version__
