@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,15 @@ def show_targets(rows: list[dict]) -> str:
             f"| {t['site']} | {len(t['runs'])} | {fmt(t['last'])} | {fmt(t['v0_last'])} | "
             f"{fmt(t['ratio'])} | {fmt(t['min_recall'])} | {t['meets']} of {len(t['runs'])} | "
             f"{'; '.join(t['builds'])}{mixed} |"
+        )
+    total = sum(len(t["runs"]) for t in rows)
+    met = sum(t["meets"] for t in rows)
+    ratios = sorted(r for t in rows for r in t["ratio"] if r is not None)
+    if ratios:
+        median = statistics.median(ratios)
+        lines.append(
+            f"\n{met} of {total} runs meet the target; the loop's effect in the last round: "
+            f"median {median:.2f}x, {ratios[0]:.2f}x to {ratios[-1]:.2f}x"
         )
     return "\n".join(lines)
 

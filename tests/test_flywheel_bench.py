@@ -3,7 +3,7 @@ runs came from two student builds is flagged (they are not one experiment)."""
 
 from __future__ import annotations
 
-from bench.flywheel import meets, targets
+from bench.flywheel import meets, show_targets, targets
 
 BUILD = {"llama_cpp": "0.3.36", "cpu_features": "CPU : AVX2 = 1 |", "library": "21559879cc10db10"}
 
@@ -36,3 +36,14 @@ def test_a_site_whose_runs_mix_student_builds_says_so():
     assert (farm["site"], farm["meets"], farm["last"]) == ("farm", 1, [10.0, 13.3])
     assert farm["builds"] == ["llama.cpp 0.3.36 library 21559879cc10db10", "not recorded"]
     assert (quay["site"], quay["meets"], quay["builds"]) == ("quay", 1, [farm["builds"][0]])
+
+
+def test_the_target_table_ends_with_the_count_over_every_site():
+    rows = targets([_run("farm-seed0", 10.0, 26.7), _run("farm-seed1", 16.7, 26.7),
+                    _run("quay-seed0", 6.7, 25.0, scenes="bench/data/quay_site/scenes.jsonl")])  # fmt: skip
+    table = show_targets(rows)
+    assert "| farm | 2 | 10.0 / 16.7 |" in table
+    assert table.splitlines()[-1] == (
+        "2 of 3 runs meet the target; the loop's effect in the last round: "
+        "median 0.38x, 0.27x to 0.62x"
+    )
