@@ -1,5 +1,6 @@
-"""``bench/flywheel.py``'s target table: which runs meet issue 21's target, and a site whose
-runs came from two student builds is flagged (they are not one experiment)."""
+"""``bench/flywheel.py``'s target table: which runs meet issue 21's target, a site whose runs
+came from two student builds is flagged (they are not one experiment), and the table ends
+with the count over every site."""
 
 from __future__ import annotations
 
