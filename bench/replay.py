@@ -134,6 +134,12 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
 # in standardised features (settled alerts as hazards): at k 1, cosine 0.6, 3.1 / 3.9 / 0.8 /
 # 1.2 with no keyword hazard cleared (k 2-3 cut less). Built as ``release.keyword_sketches``,
 # it cleared nothing in the railway station's demo (flywheel_screens/README.md): off.
+# Stop 44, a diagnostic, not a lever to ship: ``recall_delta_*`` certifies ``lower`` with a
+# looser recall guarantee (1 - delta; 0.1 by default): last-round band 6.7 / 12.8 / 19.4 / 7.5
+# (railway station / hospital / leisure centre / factory, 3 seeds) falls to 2.2 / 5.6 / 11.7 /
+# 4.6 at 0.3, but hazards passed rise from 17 to 34 and a round passes 2 on the railway
+# station and the factory: the band is the price of the certificate, set by the few hardest
+# calibration hazards.
 LEVERS = {
     "defaults": {},
     "alert_min_0.9": {"alert_min": 0.9},
@@ -191,6 +197,8 @@ LEVERS = {
     "kw_margin_0.5": {"keywords": "none", "kw_margin": 0.5},
     "kw_margin_0.75": {"keywords": "none", "kw_margin": 0.75},
     "kw_margin_1": {"keywords": "none", "kw_margin": 1.0},
+    "recall_delta_0.3": {"policy": {"recall_delta": 0.3}},
+    "recall_delta_0.5": {"policy": {"recall_delta": 0.5}},
 }
 
 
