@@ -49,10 +49,15 @@ class _GgmlTensors:
         self.tensor_get = lib.ggml_backend_tensor_get
 
 
+def _lib_folder(llama_cpp: Any) -> Path:
+    """Where llama-cpp-python keeps its own native libraries."""
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
 def _shipped(llama_cpp: Any, stem: str) -> list[Path]:
     """llama-cpp-python's own copies of ggml library ``stem`` (``lib<stem>.so``/``.dylib``,
     ``<stem>.dll``)."""
-    folder = Path(llama_cpp.__file__).parent / "lib"
+    folder = _lib_folder(llama_cpp)
     return sorted(folder.glob(f"lib{stem}.*")) + sorted(folder.glob(f"{stem}.*"))
 
 
@@ -77,10 +82,8 @@ def _ggml_tensor_api(llama_cpp: Any) -> _GgmlTensors | None:
             return _GgmlTensors(ctypes.CDLL(str(path)))
         except (OSError, AttributeError):
             continue
-    logger.warning(
-        "no ggml library next to llama_cpp in %s: only the final-norm state",
-        Path(llama_cpp.__file__).parent / "lib",
-    )
+    folder = _lib_folder(llama_cpp)
+    logger.warning("no ggml library next to llama_cpp in %s: only the final-norm state", folder)
     return None
 
 
