@@ -86,7 +86,7 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
     from teacher.release.feature_cache import features
 
     key = hashlib.sha256("\n".join([student.backend.name, str(layers), *texts]).encode())
-    path = CACHE / f"{name}-{key.hexdigest()[:16]}.npy"
+    path = CACHE / f"{Path(name).parent.name or name}-{key.hexdigest()[:16]}.npy"
     if path.exists():
         return np.load(path)
     cases = [LabeledCase(id=str(i), input=t, safety=False) for i, t in enumerate(texts)]
@@ -140,6 +140,16 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
 # 4.6 at 0.3, but hazards passed rise from 17 to 34 and a round passes 2 on the railway
 # station and the factory: the band is the price of the certificate, set by the few hardest
 # calibration hazards.
+# Stop 45: ``more_generic`` adds bench/data/generic_more/ (279 generic scenes, 141 hazards,
+# written for this screen; no farm, harbour, swimming pool, hospital, railway or factory) to
+# the bundled cases of every build after v0; ``more_generic_v0`` rebuilds v0 from them too.
+# Twice the calibration hazards did not narrow the band for good: last round 6.7 / 13.9 / 11.7 /
+# 10.8 against 6.7 / 12.8 / 19.4 / 7.5 (railway station / hospital / leisure centre / factory,
+# 3 seeds), hazards passed 1 -> 8 and 13 -> 17 on the railway station and the factory; with
+# v0 rebuilt, 4.5 / 8.9 / 9.5 / 9.6 but 6 / 7 / 0 / 17 passed against 1 / 2 / 1 / 13. v0's
+# ``lower`` moved from 0.08-0.26 to 0.15-0.32 (seeds 0-2): the new hazards have a low tail of
+# their own (2 % of all hazards under 0.15-0.27 out of fold), so ``lower`` is a real 2 %
+# quantile of the hazards, not two outliers.
 LEVERS = {
     "defaults": {},
     "alert_min_0.9": {"alert_min": 0.9},
@@ -199,6 +209,8 @@ LEVERS = {
     "kw_margin_1": {"keywords": "none", "kw_margin": 1.0},
     "recall_delta_0.3": {"policy": {"recall_delta": 0.3}},
     "recall_delta_0.5": {"policy": {"recall_delta": 0.5}},
+    "more_generic": {"labels": "bench/data/generic_more/scenes.jsonl"},
+    "more_generic_v0": {"labels": "bench/data/generic_more/scenes.jsonl", "rebuild_v0": True},
 }
 
 
@@ -522,6 +534,34 @@ def oracle_fit(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed
     return OracleFit(cfg, head, oof, labels, keep, earlier, last)
 
 
+def extra_labels(path: str) -> list:
+    """A lever's extra generic scenes (``labels``, relative to the repository)."""
+    from shared.evaluation import load_labeled
+
+    return load_labeled(ROOT / path)
+
+
+def rebuilt_v0(bundled, x_bundled, kind, layers, seed: int):
+    """v0 as a build from ``bundled`` would make it: the crossfit head on the cases outside
+    the frozen share and its certified thresholds (no keyword floor: the replay has none)."""
+    from shared.teacher_config import TeacherConfig
+    from teacher.data.dataset import frozen_member
+    from teacher.release.head_fit import crossfit
+
+    cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+    keep = np.array([not frozen_member(c.input, cfg.train.eval_fraction, seed) for c in bundled])
+    cases = [c for c, k in zip(bundled, keep, strict=True) if k]
+    head, oof = crossfit(cfg, x_bundled[keep], cases, kind, tuple(layers), None)
+    return head, certify(oof, [c.safety for c in cases], cfg.policy)
+
+
+def v0_band(site: list[dict], x: np.ndarray, head, cal) -> list[float]:
+    """Band calls per 100 of each round's inputs under the release a run starts from."""
+    rounds = np.array([r["round"] for r in site])
+    return [round(100 * band_share(head.p_unsafe_many(x[rounds == r]), cal.lower, cal.upper), 1)
+            for r in range(int(rounds.max()) + 1)]  # fmt: skip
+
+
 def certify(scores, labels, policy):
     """Thresholds certified on ``scores`` (out-of-fold p(unsafe)) and their labels under the
     policy's recall target, delta and false-alert rate (``shared.calibration.calibrate``)."""
@@ -600,7 +640,12 @@ def main() -> int:
     sites = args.site or ["tuning", "demo"]
     t0 = time.time()
     data = {s: load_site(SITES[s]) for s in sites}
-    v0 = v0_features({s: [r["input"] for r in data[s]] for s in sites})
+    sets = {s: [r["input"] for r in data[s]] for s in sites}
+    if args.levers:  # the levers' extra generic scenes (``labels``), featurised with the rest
+        for lever in LEVERS.values():
+            if "labels" in lever and (not args.lever or lever in map(LEVERS.get, args.lever)):
+                sets[lever["labels"]] = [c.input for c in extra_labels(lever["labels"])]
+    v0 = v0_features(sets)
     release, layers, bundled, x_bundled, feats = (
         v0.release,
         v0.layers,
@@ -666,9 +711,15 @@ def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
     for s in sites:
         for seed in args.seeds:
             for name, lever in chosen.items():
-                rows = replay(data[s], feats[s], bundled, x_bundled, release.head, cal0, seed,
-                              "not_worse", lever)  # fmt: skip
-                runs.append(dict(site=s, seed=seed, lever=name, rounds=rows))
+                b, xb, head0, c0 = bundled, x_bundled, release.head, cal0
+                if "labels" in lever:  # more generic scenes in every build's bundled cases
+                    b = bundled + extra_labels(lever["labels"])
+                    xb = np.vstack([x_bundled, feats[lever["labels"]]])
+                    if lever.get("rebuild_v0"):  # and v0 rebuilt from them
+                        head0, c0 = rebuilt_v0(b, xb, release.head.kind, release.head.layers, seed)
+                rows = replay(data[s], feats[s], b, xb, head0, c0, seed, "not_worse", lever)
+                v0_calls = v0_band(data[s], feats[s], head0, c0)
+                runs.append(dict(site=s, seed=seed, lever=name, rounds=rows, v0_calls=v0_calls))
                 calls = ", ".join(f"{r['calls']:.1f}" for r in rows)
                 print(f"| {s} | {seed} | {name} | {calls} | {rows[-1]['calls']:.1f} | "
                       f"{sum(r['missed'] for r in rows)} | {rows[-1]['false_alerts']:.1f} |")  # fmt: skip
@@ -678,8 +729,9 @@ def levers(args, sites, data, feats, bundled, x_bundled, release, t0) -> int:
             mine = [r["rounds"] for r in runs if r["site"] == s and r["lever"] == name]
             last = [rows[-1]["calls"] for rows in mine]
             missed = sum(r["missed"] for rows in mine for r in rows)
+            v0_last = [r["v0_calls"][-1] for r in runs if r["site"] == s and r["lever"] == name]
             print(f"  {s:8s} {name:20s} {np.mean(last):5.1f}  ({', '.join(map(str, last))}); "
-                  f"passed {missed}")  # fmt: skip
+                  f"passed {missed}; v0 {np.mean(v0_last):.1f}")  # fmt: skip
     doc = {"command": "bench/replay.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "levers": chosen, "runs": runs}  # fmt: skip
     tail = "-".join(args.lever) if args.lever else ""

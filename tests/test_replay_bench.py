@@ -1,0 +1,70 @@
+"""``bench/replay.py``'s stop-45 screen: the extra generic scenes are new and generic, a
+rebuilt v0 is fitted outside the gate's frozen share, and the v0 band is counted per round."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from bench.data.check_site import bigrams, jaccard
+from bench.replay import LEVERS, extra_labels, rebuilt_v0, v0_band
+from shared.evaluation import LabeledCase, load_labeled
+from teacher.data.dataset import frozen_member
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_extra_generic_scenes_repeat_no_scene_and_no_site():
+    more = extra_labels(LEVERS["more_generic"]["labels"])
+    assert (len(more), sum(c.safety for c in more)) == (279, 141)
+    others = [
+        c.input
+        for path in [
+            *ROOT.glob("shared/data/**/*.jsonl"),
+            *ROOT.glob("bench/data/*/*.jsonl"),
+            ROOT / "bench/data/heldout_scenes.jsonl",
+        ]  # fmt: skip
+        if "generic_more" not in str(path)
+        for c in load_labeled(path)
+    ]
+    seen = [bigrams(t) for t in others]
+    sharing: dict[tuple, set[int]] = {}  # bigram -> the other inputs that have it
+    for i, b in enumerate(seen):
+        for g in b:
+            sharing.setdefault(g, set()).add(i)
+    mine = [bigrams(c.input) for c in more]
+    near = [(b, set().union(*(sharing.get(g, set()) for g in b))) for b in mine]
+    worst = max(jaccard(b, seen[i]) for b, idx in near for i in idx)
+    assert worst < 0.5
+    sites = re.compile(  # the demo's and the measuring sites' settings
+        r"\b(farms?|harbour|boats?|marina|swimming|gym|leisure|hospital|ward|railway|trains?"
+        r"|factory)\b"
+    )
+    assert not [c.id for c in more if sites.search(c.input.lower())]
+
+
+def test_a_rebuilt_v0_is_fitted_outside_the_frozen_share_and_separates():
+    rng = np.random.default_rng(0)
+    cases = [
+        LabeledCase(id=f"c{i}", input=f"scene number {i}", safety=i % 2 == 0) for i in range(240)
+    ]
+    y = np.array([c.safety for c in cases])
+    x = rng.normal(size=(240, 8)) + np.where(y, 1.5, -1.5)[:, None]
+    head, cal = rebuilt_v0(cases, x, "hidden", (3,), seed=0)
+    frozen = sum(frozen_member(c.input, 0.2, 0) for c in cases)
+    assert 0 < frozen < 240
+    assert cal.n_unsafe + cal.n_safe == 240 - frozen  # the frozen share never calibrates
+    p = head.p_unsafe_many(x)
+    assert p[y].mean() > 0.9 > 0.1 > p[~y].mean()
+    assert 0.0 <= cal.lower <= cal.upper <= 1.0
+
+
+def test_the_v0_band_is_counted_per_round():
+    site = [{"round": r} for r in (0, 0, 0, 0, 1, 1)]
+    x = np.array([[0.1], [0.5], [0.6], [0.9], [0.4], [0.95]])
+    head = SimpleNamespace(p_unsafe_many=lambda xs: xs[:, 0])
+    cal = SimpleNamespace(lower=0.3, upper=0.8)
+    assert v0_band(site, x, head, cal) == [50.0, 50.0]
