@@ -86,7 +86,8 @@ def cached_features(name: str, texts: list[str], student, kind, layers) -> np.nd
     from teacher.release.feature_cache import features
 
     key = hashlib.sha256("\n".join([student.backend.name, str(layers), *texts]).encode())
-    path = CACHE / f"{Path(name).parent.name or name}-{key.hexdigest()[:16]}.npy"
+    stem = Path(name).parent.name or name  # a scene file's set is named by its folder
+    path = CACHE / f"{stem}-{key.hexdigest()[:16]}.npy"
     if path.exists():
         return np.load(path)
     cases = [LabeledCase(id=str(i), input=t, safety=False) for i, t in enumerate(texts)]
@@ -642,9 +643,10 @@ def main() -> int:
     data = {s: load_site(SITES[s]) for s in sites}
     sets = {s: [r["input"] for r in data[s]] for s in sites}
     if args.levers:  # the levers' extra generic scenes (``labels``), featurised with the rest
-        for lever in LEVERS.values():
-            if "labels" in lever and (not args.lever or lever in map(LEVERS.get, args.lever)):
-                sets[lever["labels"]] = [c.input for c in extra_labels(lever["labels"])]
+        for name in args.lever or LEVERS:
+            if "labels" in LEVERS[name]:
+                path = LEVERS[name]["labels"]
+                sets[path] = [c.input for c in extra_labels(path)]
     v0 = v0_features(sets)
     release, layers, bundled, x_bundled, feats = (
         v0.release,
