@@ -61,6 +61,14 @@ SITES = {
 GATES = ("not_worse", "must_gain")
 
 
+def frozen_share(cases, fraction: float, seed: int) -> np.ndarray:
+    """True for the cases in the gate's frozen share (``teacher.data.dataset.frozen_member``):
+    never fitted or calibrated on."""
+    from teacher.data.dataset import frozen_member
+
+    return np.array([frozen_member(c.input, fraction, seed) for c in cases], dtype=bool)
+
+
 def logit(p):
     """log(p / (1 - p)), clipped away from 0 and 1 (the fallback thresholds are 0 and 1)."""
     q = np.clip(p, 1e-9, 1 - 1e-9)
@@ -234,7 +242,7 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
     frac = cfg.train.eval_fraction
     y = np.array([r["safety"] for r in site])
     rounds = np.array([r["round"] for r in site])
-    frozen_b = np.array([frozen_member(c.input, frac, seed) for c in bundled])
+    frozen_b = frozen_share(bundled, frac, seed)
     fit_b = [c for c, f in zip(bundled, frozen_b, strict=True) if not f]
     x_fit_b = x_bundled[~frozen_b]
     head, lower, upper, version = v0, cal0.lower, cal0.upper, 0
@@ -517,14 +525,13 @@ class OracleFit:
 def oracle_fit(site: list[dict], x: np.ndarray, bundled, x_bundled, layers, seed: int) -> OracleFit:
     from shared.evaluation import LabeledCase
     from shared.teacher_config import TeacherConfig
-    from teacher.data.dataset import frozen_member
     from teacher.release.head_fit import crossfit
 
     cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
     y = np.array([r["safety"] for r in site])
     rounds = np.array([r["round"] for r in site])
     earlier, last = np.where(rounds < rounds.max())[0], rounds == rounds.max()
-    keep = np.array([not frozen_member(c.input, cfg.train.eval_fraction, seed) for c in bundled])
+    keep = ~frozen_share(bundled, cfg.train.eval_fraction, seed)
     cases = [c for c, k in zip(bundled, keep, strict=True) if k] + [
         LabeledCase(id=site[i]["id"], input=site[i]["input"], safety=bool(y[i]), site="site")
         for i in earlier
@@ -546,11 +553,10 @@ def rebuilt_v0(bundled, x_bundled, kind, layers, seed: int):
     """v0 as a build from ``bundled`` would make it: the crossfit head on the cases outside
     the frozen share and its certified thresholds (no keyword floor: the replay has none)."""
     from shared.teacher_config import TeacherConfig
-    from teacher.data.dataset import frozen_member
     from teacher.release.head_fit import crossfit
 
     cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
-    keep = np.array([not frozen_member(c.input, cfg.train.eval_fraction, seed) for c in bundled])
+    keep = ~frozen_share(bundled, cfg.train.eval_fraction, seed)
     cases = [c for c, k in zip(bundled, keep, strict=True) if k]
     head, oof = crossfit(cfg, x_bundled[keep], cases, kind, tuple(layers), None)
     return head, certify(oof, [c.safety for c in cases], cfg.policy)

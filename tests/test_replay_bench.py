@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bench.data.check_site import bigrams, jaccard
+from bench.data import check_site
 from bench.replay import LEVERS, extra_labels, rebuilt_v0, v0_band
-from shared.evaluation import LabeledCase, load_labeled
+from shared.evaluation import LabeledCase
 from teacher.data.dataset import frozen_member
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,25 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_extra_generic_scenes_repeat_no_scene_and_no_site():
     more = extra_labels(LEVERS["more_generic"]["labels"])
     assert (len(more), sum(c.safety for c in more)) == (279, 141)
-    others = [
-        c.input
-        for path in [
-            *ROOT.glob("shared/data/**/*.jsonl"),
-            *ROOT.glob("bench/data/*/*.jsonl"),
-            ROOT / "bench/data/heldout_scenes.jsonl",
-        ]  # fmt: skip
-        if "generic_more" not in str(path)
-        for c in load_labeled(path)
-    ]
-    seen = [bigrams(t) for t in others]
-    sharing: dict[tuple, set[int]] = {}  # bigram -> the other inputs that have it
-    for i, b in enumerate(seen):
-        for g in b:
-            sharing.setdefault(g, set()).add(i)
-    mine = [bigrams(c.input) for c in more]
-    near = [(b, set().union(*(sharing.get(g, set()) for g in b))) for b in mine]
-    worst = max(jaccard(b, seen[i]) for b, idx in near for i in idx)
-    assert worst < 0.5
+    scenes = ROOT / LEVERS["more_generic"]["labels"]
+    against = [str(ROOT / "shared/data"), str(ROOT / "bench/data")]
+    assert check_site.main([str(scenes), "--against", *against]) == 0  # format, no repeats
     sites = re.compile(  # the demo's and the measuring sites' settings
         r"\b(farms?|harbour|boats?|marina|swimming|gym|leisure|hospital|ward|railway|trains?"
         r"|factory)\b"

@@ -36,6 +36,20 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 0.0
 
 
+def repeats(grams: list[set], other_grams: list[set]) -> list[tuple[int, int]]:
+    """(i, j) for each input i of ``grams`` that repeats input j of ``other_grams`` (bigram
+    Jaccard 0.5 or more); only pairs that share a bigram are compared."""
+    sharing: dict[tuple[str, str], set[int]] = {}  # bigram -> the other inputs that have it
+    for j, g in enumerate(other_grams):
+        for gram in g:
+            sharing.setdefault(gram, set()).add(j)
+    pairs = []
+    for i, g in enumerate(grams):
+        near = set().union(*(sharing.get(gram, set()) for gram in g))
+        pairs += [(i, j) for j in sorted(near) if jaccard(g, other_grams[j]) >= 0.5]
+    return pairs
+
+
 def problems(doc: dict, line: int) -> list[str]:
     out = []
     for key in ("id", "input", "safety", "keywords", "answer"):
@@ -95,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             if f.resolve() in {x.resolve() for x in args.files}:
                 continue
             others += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-    for d, g in zip(docs, grams, strict=True):
-        for o in others:
-            if o.get("id") != d.get("id") and jaccard(g, bigrams(o.get("input", ""))) >= 0.5:
-                errors.append(f"{d['id']} repeats {o.get('id')}")
+    other_grams = [bigrams(o.get("input", "")) for o in others]
+    for i, j in repeats(grams, other_grams):
+        if others[j].get("id") != docs[i].get("id"):
+            errors.append(f"{docs[i]['id']} repeats {others[j].get('id')}")
     rounds: dict[int, list[dict]] = {}
     for d in docs:
         rounds.setdefault(int(d.get("round", 0)), []).append(d)
