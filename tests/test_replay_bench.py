@@ -52,3 +52,19 @@ def test_the_v0_band_is_counted_per_round():
     head = SimpleNamespace(p_unsafe_many=lambda xs: xs[:, 0])
     cal = SimpleNamespace(lower=0.3, upper=0.8)
     assert v0_band(site, x, head, cal) == [50.0, 50.0]
+
+
+def test_the_feature_screen_centres_a_site_on_the_bundled_mean_and_joins_minilm():
+    from bench.feature_screen import pick
+
+    rng = np.random.default_rng(1)
+    feats = {
+        "bundled_last": rng.normal(size=(30, 4)),
+        "site_last": rng.normal(loc=3.0, size=(20, 4)),
+        "site_minilm": rng.normal(size=(20, 2)),
+    }
+    assert np.array_equal(pick(feats, "bundled", "centred"), feats["bundled_last"])
+    centred = pick(feats, "site", "centred")
+    assert np.allclose(centred.mean(0), feats["bundled_last"].mean(0))
+    assert np.allclose(centred - feats["site_last"], centred[0] - feats["site_last"][0])  # a shift
+    assert pick(feats, "site", "last+minilm").shape == (20, 6)
