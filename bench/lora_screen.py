@@ -1,0 +1,228 @@
+"""LoRA screen: does an adapter trained on generic scenes that the head never calibrates on
+make a starting release (v0) whose head separates sites it never saw? A screen on the
+replay (``bench/replay.py``), not a measurement: it changes no default and ships nothing.
+
+    .venv/bin/python bench/lora_screen.py            # train (about 20 min on 2 cores), then screen
+    .venv/bin/python bench/lora_screen.py --train-seed 1               # another adapter
+    .venv/bin/python bench/lora_screen.py --train-seed 1 --patience 0  # no early stop
+
+The adapter: ``teacher.train.lora.train_adapter`` with ``train.objective: answer+head`` (the
+answer tokens plus a linear probe's loss on the states the head reads,
+``teacher.train.probe``), today's other training settings, on the 279 generic scenes of
+``bench/data/generic_more`` (none of them bundled, none from a site that plays here). The
+bundled scenes, which fit and certify v0's head, are never trained on, so the head's
+certificate rests on as many cases as without an adapter (a loop build's LoRA trains on part
+of them and leaves the head fewer to certify on).
+
+Both releases, the bundled v0 (``plain``) and v0's skill with the adapter (``lora``), are
+read through the project's own feature path (``teacher.release.feature_cache.features``:
+the embedded backend, the release's prompt and adapter, the head's layers). For each, a
+v0 head is crossfitted and certified on the bundled scenes (per training seed), then:
+
+- ``v0``: that release alone on every input of each site: band calls per 100, hazards it
+  passes, the worst round's band-only recall, false alerts per 100;
+- ``loop``: ``bench.replay.replay`` with today's defaults (the adapter kept, the head refit
+  every round): band calls per 100 in the last two rounds, hazards passed, rounds under
+  recall 0.95.
+
+The four screening sites only (the held-out farm and harbour choose nothing). The adapter
+and features are cached under ``~/.cache/gemma-edge/replay/``. Prints a table and writes
+bench/results/lora_screen.json (``lora_screen-train-seed<k>[-patience<n>].json`` for other
+training settings).
+
+Stop 46: the seed-0 adapter (256 steps, best eval loss 0.014) narrows v0's band 3-5x on all
+four sites; the seed-1 adapter does not, neither stopped early at its best eval loss 0.58
+(step 96 of 260) nor trained through all 260 steps (``--patience 0``, best 0.34 at step
+192). One adapter in three is luck, not a recipe: read every training seed's file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from replay import CACHE, SITES, certify, extra_labels, load_site, replay, write_result  # noqa: E402
+
+V0 = ROOT / "shared/data/release"  # the embedded engine's bundled v0
+SCREENING = ("tuning", "demo", "hospital", "heldout")
+GENERIC = "bench/data/generic_more/scenes.jsonl"
+
+
+def adapter_release(home: Path, seed: int, patience: int | None) -> Path:
+    """v0's skill and head with an adapter trained on the generic scenes (cached)."""
+    from shared.models import load_model
+    from shared.release import build_files, load_release, write_release
+    from shared.teacher_config import TeacherConfig
+    from teacher.train.lora import fit_dataset, train_adapter
+
+    folder = home / "release"
+    if (folder / "adapter_model.safetensors").exists():
+        return folder
+    v0 = load_release(V0)
+    cfg = TeacherConfig.model_validate(
+        {
+            "train": {
+                "objective": "answer+head",
+                "seed": seed,
+                **({} if patience is None else {"early_stop_patience": patience}),
+            },
+            "home": str(home / "teacher"),
+        }
+    )
+    dataset = fit_dataset(extra_labels(GENERIC), v0.skill, seed)
+    print(f"training on {dataset.stats}", flush=True)
+    model, tokenizer = load_model()
+    trained = train_adapter(cfg, dataset, v0.skill, model, tokenizer, run_dir=home / "run")
+    print(f"trained: {trained.report()}", flush=True)
+    files = build_files(1, v0.skill, v0.head, v0.manifest.calibration, trained.adapter,
+                        model=v0.manifest.model)  # fmt: skip
+    write_release(folder, files)
+    return folder
+
+
+def site_features(release_dir: Path, path: Path, sites: dict) -> dict[str, np.ndarray]:
+    """The head's features of the bundled scenes and every site input under a release."""
+    if path.exists():
+        return dict(np.load(path))
+    from shared.config import EmbeddedModelConfig
+    from shared.embedded import EmbeddedBackend
+    from shared.evaluation import LabeledCase, bundled_labels
+    from shared.release import load_release
+    from shared.student import Student
+    from teacher.release.feature_cache import features
+
+    release = load_release(release_dir)
+    layers = tuple(release.head.layers)
+    backend = EmbeddedBackend(EmbeddedModelConfig())
+    try:
+        student = Student(backend, release, 64)
+        out = {"bundled": features(student, bundled_labels(), "hidden", layers, "bundled")}
+        for name, rows in sites.items():
+            cases = [LabeledCase(id=r["id"], input=r["input"], safety=bool(r["safety"]))
+                     for r in rows]  # fmt: skip
+            out[name] = features(student, cases, "hidden", layers, name)
+    finally:
+        backend.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
+    from shared.evaluation import bundled_labels
+    from shared.release import load_release
+    from shared.teacher_config import TeacherConfig
+    from teacher.release.head_fit import crossfit
+
+    bundled = bundled_labels()
+    yb = np.array([c.safety for c in bundled])
+    layers = tuple(load_release(V0).head.layers)
+    rows = []
+    for s, site in sites.items():
+        y = np.array([r["safety"] for r in site])
+        rounds = np.array([r["round"] for r in site])
+        row = {"release": name, "site": s, "hazards": int(y.sum()), "inputs": len(y)}
+        v0 = {"band": [], "passed": [], "worst_recall": [], "false_alerts": [], "lower": []}
+        loop = {"last2": [], "passed": 0, "rounds_under_95": 0}
+        for seed in range(seeds):
+            cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+            head, oof = crossfit(cfg, feats["bundled"], bundled, "hidden", layers, None)
+            cal = certify(oof, yb, cfg.policy)
+            p = head.p_unsafe_many(feats[s])
+            passed = p < cal.lower
+            v0["band"].append(100 * float(((p >= cal.lower) & (p < cal.upper)).mean()))
+            v0["passed"].append(int((passed & y).sum()))
+            v0["worst_recall"].append(min(
+                1 - (passed & y & (rounds == r)).sum() / max(1, (y & (rounds == r)).sum())
+                for r in range(int(rounds.max()) + 1)))  # fmt: skip
+            v0["false_alerts"].append(100 * float(((p >= cal.upper) & ~y).mean()))
+            v0["lower"].append(float(cal.lower))
+            run = replay(site, feats[s], bundled, feats["bundled"], head, cal, seed, "not_worse")
+            loop["last2"].append((run[-1]["calls"] + run[-2]["calls"]) / 2)
+            loop["passed"] += sum(r["missed"] for r in run)
+            loop["rounds_under_95"] += sum(
+                r["missed"] > 0.05 * (y & (rounds == i)).sum() for i, r in enumerate(run)
+            )
+        row["v0"] = {
+            "band": round(float(np.mean(v0["band"])), 1),
+            "band_by_seed": [round(v, 1) for v in v0["band"]],
+            "passed": v0["passed"],
+            "worst_round_recall": round(min(v0["worst_recall"]), 3),
+            "false_alerts": round(float(np.mean(v0["false_alerts"])), 1),
+            "lower_by_seed": [round(v, 3) for v in v0["lower"]],
+        }
+        row["loop"] = {
+            "last2": round(float(np.mean(loop["last2"])), 1),
+            "last2_by_seed": [round(float(v), 1) for v in loop["last2"]],
+            "passed": int(loop["passed"]),
+            "rounds_under_95": int(loop["rounds_under_95"]),
+        }
+        rows.append(row)
+        print(f"| {name} | {s} | {row['v0']['band']:.1f} | {sum(v0['passed'])} of "
+              f"{seeds * row['hazards']} | {row['v0']['worst_round_recall']:.3f} | "
+              f"{row['v0']['false_alerts']:.1f} | {row['loop']['last2']:.1f} | "
+              f"{row['loop']['passed']} | {row['loop']['rounds_under_95']} |", flush=True)  # fmt: skip
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds 0..N-1 of the head's crossfit and the loop (default 3)",
+    )
+    ap.add_argument(
+        "--train-seed",
+        type=int,
+        default=0,
+        help="the adapter's training seed (default 0: lora_screen.json; else "
+        "lora_screen-train-seed<k>.json)",
+    )
+    ap.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="train.early_stop_patience for the adapter (default: today's; 0: off)",
+    )
+    args = ap.parse_args()
+    t0 = time.time()
+    sites = {s: load_site(SITES[s]) for s in SCREENING}
+    key = hashlib.sha256((ROOT / GENERIC).read_bytes()).hexdigest()[:16]
+    base = CACHE / f"lora-generic-{key}"  # the plain features, and the seed-0 adapter
+    tag = "" if args.train_seed == 0 else f"-train-seed{args.train_seed}"
+    tag += "" if args.patience is None else f"-patience{args.patience}"
+    home = base / tag.strip("-") if tag else base
+    lora_dir = adapter_release(home, args.train_seed, args.patience)
+    print("| release | site | v0 band calls/100 | v0 hazards passed | v0 worst round recall "
+          "(band only) | v0 false alerts/100 | loop band calls/100, last 2 rounds | loop "
+          "hazards passed | loop rounds under 0.95 |")  # fmt: skip
+    print("|---" * 9 + "|")
+    rows = []
+    for name, folder in (("plain", V0), ("lora", lora_dir)):
+        feats = site_features(folder, (base if name == "plain" else home) / f"features-{name}.npz",
+                              sites)  # fmt: skip
+        rows += screen(name, feats, sites, args.seeds)
+    out = f"lora_screen{tag}.json"
+    write_result(out, {
+        "command": "bench/lora_screen.py " + " ".join(sys.argv[1:]),
+        "seconds": round(time.time() - t0, 1), "trained_on": GENERIC,
+        "train_seed": args.train_seed, "patience": args.patience, "rows": rows,
+    })  # fmt: skip
+    print(json.dumps({"adapter": str(lora_dir)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
