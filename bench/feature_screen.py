@@ -133,9 +133,14 @@ def extract(sets: dict[str, list[str]]) -> dict[str, np.ndarray]:
     return out
 
 
+def sets_key(sets: dict[str, list[str]], salt: str = "") -> str:
+    """A cache file's key for named text sets."""
+    text = salt + "\n".join(f"{k}\n" + "\n".join(v) for k, v in sets.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def cached(sets: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    key = hashlib.sha256("\n".join(f"{k}\n" + "\n".join(v) for k, v in sets.items()).encode())
-    path = CACHE / f"pooled-{key.hexdigest()[:16]}.npz"
+    path = CACHE / f"pooled-{sets_key(sets)}.npz"
     if path.exists():
         return dict(np.load(path))
     feats = extract(sets)
@@ -208,9 +213,7 @@ def sentence_embeddings(sets: dict[str, list[str]], folder: Path) -> dict[str, n
     """``<set>_minilm`` for each text set: a sentence encoder's mean-pooled, unit-length
     embedding (all-MiniLM-L6-v2, 22M parameters, read with transformers from ``folder``),
     cached like the Gemma's features."""
-    key = hashlib.sha256(("minilm\n" + "\n".join(f"{k}\n" + "\n".join(v)
-                                                for k, v in sets.items())).encode())  # fmt: skip
-    path = CACHE / f"minilm-{key.hexdigest()[:16]}.npz"
+    path = CACHE / ("minilm-" + sets_key(sets, "minilm\n") + ".npz")
     if path.exists():
         return dict(np.load(path))
     import torch

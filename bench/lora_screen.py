@@ -17,7 +17,8 @@ of them and leaves the head fewer to certify on).
 Both releases, the bundled v0 (``plain``) and v0's skill with the adapter (``lora``), are
 read through the project's own feature path (``teacher.release.feature_cache.features``:
 the embedded backend, the release's prompt and adapter, the head's layers). For each, a
-v0 head is crossfitted and certified on the bundled scenes (per training seed), then:
+v0 head is crossfitted and certified on the bundled scenes (once per ``--seeds`` seed),
+then:
 
 - ``v0``: that release alone on every input of each site: band calls per 100, hazards it
   passes, the worst round's band-only recall, false alerts per 100;
@@ -51,10 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from feature_screen import SCREENING, V0  # noqa: E402
 from replay import CACHE, SITES, certify, extra_labels, load_site, replay, write_result  # noqa: E402
 
-V0 = ROOT / "shared/data/release"  # the embedded engine's bundled v0
-SCREENING = ("tuning", "demo", "hospital", "heldout")
 GENERIC = "bench/data/generic_more/scenes.jsonl"
 
 
@@ -86,17 +86,17 @@ def adapter_release(home: Path, seed: int, patience: int | None) -> Path:
     print(f"trained: {trained.report()}", flush=True)
     files = build_files(1, v0.skill, v0.head, v0.manifest.calibration, trained.adapter,
                         model=v0.manifest.model)  # fmt: skip
-    write_release(folder, files)
-    return folder
+    write_release(folder, files)  # v0's head and thresholds ride along unused: only the
+    return folder  # prompt and adapter make the features; the screen fits its own head
 
 
-def site_features(release_dir: Path, path: Path, sites: dict) -> dict[str, np.ndarray]:
+def site_features(release_dir: Path, path: Path, sites) -> dict[str, np.ndarray]:
     """The head's features of the bundled scenes and every site input under a release."""
     if path.exists():
         return dict(np.load(path))
     from shared.config import EmbeddedModelConfig
     from shared.embedded import EmbeddedBackend
-    from shared.evaluation import LabeledCase, bundled_labels
+    from shared.evaluation import bundled_labels, load_labeled
     from shared.release import load_release
     from shared.student import Student
     from teacher.release.feature_cache import features
@@ -107,10 +107,8 @@ def site_features(release_dir: Path, path: Path, sites: dict) -> dict[str, np.nd
     try:
         student = Student(backend, release, 64)
         out = {"bundled": features(student, bundled_labels(), "hidden", layers, "bundled")}
-        for name, rows in sites.items():
-            cases = [LabeledCase(id=r["id"], input=r["input"], safety=bool(r["safety"]))
-                     for r in rows]  # fmt: skip
-            out[name] = features(student, cases, "hidden", layers, name)
+        for name in sites:
+            out[name] = features(student, load_labeled(SITES[name]), "hidden", layers, name)
     finally:
         backend.close()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +125,11 @@ def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
     bundled = bundled_labels()
     yb = np.array([c.safety for c in bundled])
     layers = tuple(load_release(V0).head.layers)
+    v0s = []  # (head, thresholds) per seed: the same for every site
+    for seed in range(seeds):
+        cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
+        head, oof = crossfit(cfg, feats["bundled"], bundled, "hidden", layers, None)
+        v0s.append((head, certify(oof, yb, cfg.policy)))
     rows = []
     for s, site in sites.items():
         y = np.array([r["safety"] for r in site])
@@ -134,10 +137,7 @@ def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
         row = {"release": name, "site": s, "hazards": int(y.sum()), "inputs": len(y)}
         v0 = {"band": [], "passed": [], "worst_recall": [], "false_alerts": [], "lower": []}
         loop = {"last2": [], "passed": 0, "rounds_under_95": 0}
-        for seed in range(seeds):
-            cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
-            head, oof = crossfit(cfg, feats["bundled"], bundled, "hidden", layers, None)
-            cal = certify(oof, yb, cfg.policy)
+        for seed, (head, cal) in enumerate(v0s):
             p = head.p_unsafe_many(feats[s])
             passed = p < cal.lower
             v0["band"].append(100 * float(((p >= cal.lower) & (p < cal.upper)).mean()))
