@@ -5,6 +5,7 @@ replay (``bench/replay.py``), not a measurement: it changes no default and ships
     .venv/bin/python bench/lora_screen.py            # train (about 20 min on 2 cores), then screen
     .venv/bin/python bench/lora_screen.py --train-seed 1               # another adapter
     .venv/bin/python bench/lora_screen.py --train-seed 1 --patience 0  # no early stop
+    .venv/bin/python bench/lora_screen.py --train-seed 2 --levers defaults no_self_labels
 
 The adapter: ``teacher.train.lora.train_adapter`` with ``train.objective: answer+head`` (the
 answer tokens plus a linear probe's loss on the states the head reads,
@@ -17,8 +18,9 @@ of them and leaves the head fewer to certify on).
 Both releases, the bundled v0 (``plain``) and v0's skill with the adapter (``lora``), are
 read through the project's own feature path (``teacher.release.feature_cache.features``:
 the embedded backend, the release's prompt and adapter, the head's layers). For each, a
-v0 head is crossfitted and certified on the bundled scenes (once per ``--seeds`` seed),
-then:
+v0 head is crossfitted and certified on the bundled scenes (once per ``--seeds`` seed):
+its out-of-fold band on the bundled scenes and their AUC are what a teacher sees before any
+site (``bundled (out of fold)`` in the table); then:
 
 - ``v0``: that release alone on every input of each site: band calls per 100, hazards it
   passes, the worst round's band-only recall, false alerts per 100;
@@ -34,7 +36,13 @@ training settings).
 Stop 46: the seed-0 adapter (256 steps, best eval loss 0.014) narrows v0's band 3-5x on all
 four sites; the seed-1 adapter does not, neither stopped early at its best eval loss 0.58
 (step 96 of 260) nor trained through all 260 steps (``--patience 0``, best 0.34 at step
-192). One adapter in three is luck, not a recipe: read every training seed's file.
+192). Stop 47: the seed-2 adapter (stopped early, best eval loss 0.67 at step 93) narrows
+it as seed 0's does, so the eval loss does not tell a good adapter from a bad one; the
+bundled out-of-fold band does (2-4 per 100 for seeds 0 and 2, 8-15 for seed 1 and for no
+adapter). Read every training seed's file. The loop on top of either good adapter passes
+more hazards than on the bundled v0, with rounds under recall 0.95 on the factory, whatever
+the self-labels (``--levers defaults no_self_labels self_label_weight_0.1
+true_self_labels``) or the gate (``--gate must_gain``).
 """
 
 from __future__ import annotations
@@ -53,7 +61,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from feature_screen import SCREENING, V0  # noqa: E402
-from replay import CACHE, SITES, certify, extra_labels, load_site, replay, write_result  # noqa: E402
+from replay import (  # noqa: E402
+    CACHE,
+    LEVERS,
+    SITES,
+    band_share,
+    certify,
+    extra_labels,
+    load_site,
+    replay,
+    write_result,
+)
 
 GENERIC = "bench/data/generic_more/scenes.jsonl"
 
@@ -116,8 +134,10 @@ def site_features(release_dir: Path, path: Path, sites) -> dict[str, np.ndarray]
     return out
 
 
-def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
+def screen(name: str, feats: dict, sites: dict, seeds: int, levers=("defaults",),
+           gate: str = "not_worse") -> list[dict]:  # fmt: skip
     from shared.evaluation import bundled_labels
+    from shared.head import auc
     from shared.release import load_release
     from shared.teacher_config import TeacherConfig
     from teacher.release.head_fit import crossfit
@@ -126,17 +146,26 @@ def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
     yb = np.array([c.safety for c in bundled])
     layers = tuple(load_release(V0).head.layers)
     v0s = []  # (head, thresholds) per seed: the same for every site
+    oof_band, oof_auc = [], []  # what a teacher sees before any site: the bundled crossfit
     for seed in range(seeds):
         cfg = TeacherConfig.model_validate({"train": {"seed": seed}})
         head, oof = crossfit(cfg, feats["bundled"], bundled, "hidden", layers, None)
-        v0s.append((head, certify(oof, yb, cfg.policy)))
-    rows = []
+        cal = certify(oof, yb, cfg.policy)
+        v0s.append((head, cal))
+        oof_band.append(100 * band_share(oof, cal.lower, cal.upper))
+        oof_auc.append(auc(oof, yb))
+    rows = [{"release": name, "site": "bundled (out of fold)", "inputs": len(yb),
+             "hazards": int(yb.sum()), "band_by_seed": [round(v, 1) for v in oof_band],
+             "band": round(float(np.mean(oof_band)), 1),
+             "auc": round(float(np.mean(oof_auc)), 4)}]  # fmt: skip
+    print(f"| {name} | bundled, out of fold | {rows[0]['band']:.1f} (AUC {rows[0]['auc']:.4f}) "
+          "| | | | | | |", flush=True)  # fmt: skip
     for s, site in sites.items():
         y = np.array([r["safety"] for r in site])
         rounds = np.array([r["round"] for r in site])
         row = {"release": name, "site": s, "hazards": int(y.sum()), "inputs": len(y)}
         v0 = {"band": [], "passed": [], "worst_recall": [], "false_alerts": [], "lower": []}
-        loop = {"last2": [], "passed": 0, "rounds_under_95": 0}
+        loops = {lv: {"last2": [], "passed": 0, "rounds_under_95": 0} for lv in levers}
         for seed, (head, cal) in enumerate(v0s):
             p = head.p_unsafe_many(feats[s])
             passed = p < cal.lower
@@ -147,12 +176,14 @@ def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
                 for r in range(int(rounds.max()) + 1)))  # fmt: skip
             v0["false_alerts"].append(100 * float(((p >= cal.upper) & ~y).mean()))
             v0["lower"].append(float(cal.lower))
-            run = replay(site, feats[s], bundled, feats["bundled"], head, cal, seed, "not_worse")
-            loop["last2"].append((run[-1]["calls"] + run[-2]["calls"]) / 2)
-            loop["passed"] += sum(r["missed"] for r in run)
-            loop["rounds_under_95"] += sum(
-                r["missed"] > 0.05 * (y & (rounds == i)).sum() for i, r in enumerate(run)
-            )
+            for lv, loop in loops.items():
+                run = replay(site, feats[s], bundled, feats["bundled"], head, cal, seed, gate,
+                             LEVERS[lv])  # fmt: skip
+                loop["last2"].append((run[-1]["calls"] + run[-2]["calls"]) / 2)
+                loop["passed"] += sum(r["missed"] for r in run)
+                loop["rounds_under_95"] += sum(
+                    r["missed"] > 0.05 * (y & (rounds == i)).sum() for i, r in enumerate(run)
+                )
         row["v0"] = {
             "band": round(float(np.mean(v0["band"])), 1),
             "band_by_seed": [round(v, 1) for v in v0["band"]],
@@ -161,17 +192,22 @@ def screen(name: str, feats: dict, sites: dict, seeds: int) -> list[dict]:
             "false_alerts": round(float(np.mean(v0["false_alerts"])), 1),
             "lower_by_seed": [round(v, 3) for v in v0["lower"]],
         }
-        row["loop"] = {
-            "last2": round(float(np.mean(loop["last2"])), 1),
-            "last2_by_seed": [round(float(v), 1) for v in loop["last2"]],
-            "passed": int(loop["passed"]),
-            "rounds_under_95": int(loop["rounds_under_95"]),
-        }
+        for lv, loop in loops.items():
+            row["loop" if lv == levers[0] else f"loop {lv}"] = {
+                "lever": lv,
+                "last2": round(float(np.mean(loop["last2"])), 1),
+                "last2_by_seed": [round(float(v), 1) for v in loop["last2"]],
+                "passed": int(loop["passed"]),
+                "rounds_under_95": int(loop["rounds_under_95"]),
+            }
         rows.append(row)
-        print(f"| {name} | {s} | {row['v0']['band']:.1f} | {sum(v0['passed'])} of "
-              f"{seeds * row['hazards']} | {row['v0']['worst_round_recall']:.3f} | "
-              f"{row['v0']['false_alerts']:.1f} | {row['loop']['last2']:.1f} | "
-              f"{row['loop']['passed']} | {row['loop']['rounds_under_95']} |", flush=True)  # fmt: skip
+        for lv, loop in loops.items():
+            first = lv == levers[0]
+            print(f"| {name} | {s} | {row['v0']['band']:.1f} | {sum(v0['passed'])} of "
+                  f"{seeds * row['hazards']} | {row['v0']['worst_round_recall']:.3f} | "
+                  f"{row['v0']['false_alerts']:.1f} | {'' if first else lv + ': '}"
+                  f"{np.mean(loop['last2']):.1f} | {loop['passed']} | "
+                  f"{loop['rounds_under_95']} |", flush=True)  # fmt: skip
     return rows
 
 
@@ -196,6 +232,21 @@ def main() -> int:
         default=None,
         help="train.early_stop_patience for the adapter (default: today's; 0: off)",
     )
+    ap.add_argument(
+        "--levers",
+        nargs="+",
+        default=["defaults"],
+        choices=sorted(LEVERS),
+        metavar="LEVER",
+        help="replay the loop under each of these bench/replay.py levers (default: defaults; "
+        "the first one is the table's loop column, each other one a row of its own)",
+    )
+    ap.add_argument(
+        "--gate",
+        choices=("not_worse", "must_gain"),
+        default="not_worse",
+        help="the replay's gate (default not_worse: every candidate ships)",
+    )
     args = ap.parse_args()
     t0 = time.time()
     sites = {s: load_site(SITES[s]) for s in SCREENING}
@@ -213,12 +264,15 @@ def main() -> int:
     for name, folder in (("plain", V0), ("lora", lora_dir)):
         feats = site_features(folder, (base if name == "plain" else home) / f"features-{name}.npz",
                               sites)  # fmt: skip
-        rows += screen(name, feats, sites, args.seeds)
-    out = f"lora_screen{tag}.json"
+        rows += screen(name, feats, sites, args.seeds, tuple(args.levers), args.gate)
+    extra = [*args.levers[1:], *([] if args.levers[0] == "defaults" else [args.levers[0]])]
+    out = f"lora_screen{tag}{'-' + '-'.join(extra) if extra else ''}" + (
+        "" if args.gate == "not_worse" else f"-{args.gate}") + ".json"  # fmt: skip
     write_result(out, {
         "command": "bench/lora_screen.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.time() - t0, 1), "trained_on": GENERIC,
-        "train_seed": args.train_seed, "patience": args.patience, "rows": rows,
+        "train_seed": args.train_seed, "patience": args.patience, "levers": args.levers,
+        "gate": args.gate, "rows": rows,
     })  # fmt: skip
     print(json.dumps({"adapter": str(lora_dir)}))
     return 0

@@ -171,6 +171,7 @@ LEVERS = {
     "explore_0.1_rounds_0_2": {"explore": 0.1, "explore_rounds": 3},
     "aimed_0.1_rounds_0_2": {"aimed": 0.1, "explore_rounds": 3},
     "true_self_labels": {"true_self_labels": True},
+    "no_self_labels": {"no_self_labels": True},
     "audits": {"audits": True},
     "head_l2_0.003": {"release": {"head_l2": 0.003}},
     "head_l2_0.01": {"release": {"head_l2": 0.01}},
@@ -216,6 +217,7 @@ LEVERS = {
     "kw_margin_0.5": {"keywords": "none", "kw_margin": 0.5},
     "kw_margin_0.75": {"keywords": "none", "kw_margin": 0.75},
     "kw_margin_1": {"keywords": "none", "kw_margin": 1.0},
+    "recall_target_0.97": {"policy": {"recall_target": 0.97}},
     "recall_delta_0.3": {"policy": {"recall_delta": 0.3}},
     "recall_delta_0.5": {"policy": {"recall_delta": 0.5}},
     "more_generic": {"labels": "bench/data/generic_more/scenes.jsonl"},
@@ -316,6 +318,8 @@ def replay(site: list[dict], x: np.ndarray, bundled, x_bundled, v0, cal0, seed: 
             if b:
                 held = frozen_member(site[i]["input"], frac, seed)
                 (frozen_site if held else reviewed).append(i)
+            elif lever.get("no_self_labels"):
+                continue  # the head refits on the bundled scenes and the reviews alone
             elif not a or pi >= lever.get("alert_min", 0.0):
                 selfl.append(
                     (i, bool(y[i]) if lever.get("true_self_labels") else bool(a))

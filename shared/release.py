@@ -111,6 +111,13 @@ class Release:
     def calibration(self) -> Calibration | None:
         return self.manifest.calibration
 
+    def adapter_files(self) -> dict[str, bytes] | None:
+        """The adapter's PEFT files, to build the next release on the same adapter (a
+        head-only build or an upskill keeps it); None without one."""
+        if self.adapter_dir is None:
+            return None
+        return {name: (self.adapter_dir / name).read_bytes() for name in ADAPTER_FILES}
+
     def describe(self) -> str:
         parts = [f"release v{self.version}", f"skill {self.skill.name!r}"]
         if self.adapter_dir is not None:

@@ -68,3 +68,25 @@ def test_the_feature_screen_centres_a_site_on_the_bundled_mean_and_joins_minilm(
     assert np.allclose(centred.mean(0), feats["bundled_last"].mean(0))
     assert np.allclose(centred - feats["site_last"], centred[0] - feats["site_last"][0])  # a shift
     assert pick(feats, "site", "last+minilm").shape == (20, 6)
+
+
+def test_the_lora_screen_reports_the_bundled_crossfit_and_each_levers_loop():
+    from bench.lora_screen import screen
+    from shared.evaluation import bundled_labels
+
+    rng = np.random.default_rng(2)
+    yb = np.array([c.safety for c in bundled_labels()])
+    site = [{"id": f"s{i}", "input": f"site scene {i}", "safety": i % 3 == 0, "round": i // 30}
+            for i in range(60)]  # fmt: skip
+    ys = np.array([r["safety"] for r in site])
+    feats = {  # hazards apart from safe scenes, the site a little nearer the boundary
+        "bundled": rng.normal(size=(len(yb), 6)) + np.where(yb, 2.0, -2.0)[:, None],
+        "site": rng.normal(size=(60, 6)) + np.where(ys, 1.5, -1.5)[:, None],
+    }
+    rows = screen("test", feats, {"site": site}, 1, ("defaults", "no_self_labels"))
+    bundled, row = rows
+    assert bundled["site"] == "bundled (out of fold)" and bundled["inputs"] == len(yb) == 300
+    assert bundled["auc"] > 0.95 and 0 <= bundled["band"] < 50
+    assert row["hazards"] == 20 and row["loop"]["lever"] == "defaults"
+    assert row["loop no_self_labels"]["lever"] == "no_self_labels"
+    assert len(row["loop"]["last2_by_seed"]) == len(row["v0"]["band_by_seed"]) == 1

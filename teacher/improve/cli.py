@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from teacher.release.build import build_release
     from teacher.release.registry import ReleaseRegistry
 
-    parent = ReleaseRegistry.of(cfg).active().skill
+    active = ReleaseRegistry.of(cfg).active()
+    parent = active.skill
     student = make_backend(cfg.student)
     writer = writer_backend(cfg, student)
     built = None
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 student,
                 with_bundled(cases, cfg.release.bundled_labels),  # as train builds
                 skill=result.skill,
+                adapter=active.adapter_files(),  # kept; it ships only where it pays
                 note=f"upskill: {result.skill.name}",
                 progress=not args.quiet,
             )

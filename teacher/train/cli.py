@@ -50,7 +50,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--head-only",
         action="store_true",
-        help="no LoRA: a release with a new safety head and thresholds only (fast)",
+        help="no new LoRA: a new safety head and thresholds (fast), on the active "
+        "release's adapter if it has one",
     )
     parser.add_argument(
         "--export-dataset", metavar="JSONL", help="write the LoRA's training set as chat JSONL"
@@ -115,6 +116,13 @@ def merge_traffic(stored: list, logged: list, limit: int) -> list:
     return list(merged.values())[-limit:] if limit else []
 
 
+def _note(head_only: bool, adapter, trained, active: int) -> str:
+    """The release's note: what this build trained, and what it kept."""
+    if not head_only:
+        return f"LoRA ({trained.steps} steps) + head"
+    return f"head only (v{active}'s LoRA kept)" if adapter else "head only"
+
+
 def run(args) -> int:
     from teacher.release.build import build_release
     from teacher.release.head_fit import make_splits
@@ -136,7 +144,8 @@ def run(args) -> int:
         if value is not None:
             setattr(cfg.train, key, value)
     cases = gather_cases(cfg, args)
-    skill = ReleaseRegistry.of(cfg).active().skill
+    active = ReleaseRegistry.of(cfg).active()
+    skill = active.skill
     from teacher.data.traffic import load_traffic, self_labels, stored_traffic
 
     limit = cfg.release.max_self_labelled
@@ -165,10 +174,11 @@ def run(args) -> int:
         return 0
     t0 = time.perf_counter()
     adapter, backend, trained = None, None, None
-    if args.head_only:
+    if args.head_only:  # the active release's adapter, if any, stays: a new head on it
         from shared.backend_factory import make_backend
 
         backend = make_backend(cfg.student)
+        adapter = active.adapter_files()
     else:
         backend, trained = _train_lora(cfg, dataset, skill, args)
         adapter = trained.adapter
@@ -181,7 +191,7 @@ def run(args) -> int:
         adapter=adapter,
         activate=not args.no_activate,
         splits=splits,
-        note="head only" if args.head_only else f"LoRA ({trained.steps} steps) + head",
+        note=_note(args.head_only, adapter, trained, active.version),
         progress=not args.no_progress,
         keep_refused=args.keep_refused,
     )

@@ -500,3 +500,32 @@ def test_an_active_release_cached_without_its_escalations_is_scored_again(tmp_pa
         path.write_text(json.dumps(doc))
     third = build_release(cfg, FeatureBackend(), cases, progress=False)
     assert third.active.escalated is not None and "calls" in third.verdict.groups
+
+
+def test_a_head_only_build_keeps_the_active_releases_adapter(tmp_path, monkeypatch):
+    import argparse
+
+    import shared.backend_factory
+    from teacher.train import cli
+
+    cfg = config(tmp_path)
+    cfg.release.bundled_labels = False
+    backend = FeatureBackend(good_adapter="gemma-release-", noise=10.0)
+    first = build_release(cfg, backend, hazard_cases(400), adapter=adapter_files(), progress=False)
+    assert first.timing["lora"]["paid"] and first.verdict.passed  # v1 runs on an adapter
+    own = tmp_path / "teacher.yaml"
+    own.write_text(cfg.model_dump_json())
+    labels = tmp_path / "labels.jsonl"
+    rows = [{"id": c.id, "input": c.input, "safety": c.safety, "keywords": list(c.keywords)}
+            for c in hazard_cases(400)]  # fmt: skip
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(shared.backend_factory, "make_backend", lambda student: backend)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--config", str(own), "--no-store", "--labels", str(labels),
+                              "--head-only", "--keep-refused", "--no-progress"])  # fmt: skip
+    assert cli.run(args) in (0, 1)
+    second = ReleaseRegistry(cfg.home).get(2)
+    kept = ReleaseRegistry(cfg.home).get(1).adapter_files()
+    assert second.adapter_files() == kept == adapter_files()  # a new head, the same adapter
+    assert second.manifest.note == "head only (v1's LoRA kept)"
