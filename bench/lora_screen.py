@@ -37,7 +37,7 @@ Stop 46: the seed-0 adapter (256 steps, best eval loss 0.014) narrows v0's band 
 four sites; the seed-1 adapter does not, neither stopped early at its best eval loss 0.58
 (step 96 of 260) nor trained through all 260 steps (``--patience 0``, best 0.34 at step
 192). Stop 47: the seed-2 adapter (stopped early, best eval loss 0.67 at step 93) narrows
-it as seed 0's does, the seed-4 adapter by a third and the seed-3 adapter (best eval loss
+it as seed 0's does, the seed-4 adapter by about 30 % and the seed-3 adapter (best eval loss
 0.22) not at all, so the eval loss does not tell a good adapter from a bad one; the bundled
 out-of-fold band does (mean of the 3 crossfit seeds: 2.6 and 3.0 per 100 for seeds 0 and 2,
 6.7 for seed 4, 7.4-11.3 for seeds 3 and 1, 13.9 with no adapter). Read every training seed's file. The loop on top of either good adapter passes
