@@ -31,7 +31,8 @@ site (``bundled (out of fold)`` in the table); then:
 The four screening sites only (the held-out farm and harbour choose nothing). The adapter
 and features are cached under ``~/.cache/gemma-edge/replay/``. Prints a table and writes
 bench/results/lora_screen.json (``lora_screen-train-seed<k>[-patience<n>].json`` for other
-training settings).
+training settings, then ``-<lever>`` for each lever other than ``defaults`` and
+``-must_gain`` for that gate).
 
 Stop 46: the seed-0 adapter (256 steps, best eval loss 0.014) narrows v0's band 3-5x on all
 four sites; the seed-1 adapter does not, neither stopped early at its best eval loss 0.58
@@ -40,10 +41,11 @@ four sites; the seed-1 adapter does not, neither stopped early at its best eval 
 it as seed 0's does, the seed-4 adapter by about 30 % and the seed-3 adapter (best eval loss
 0.22) not at all, so the eval loss does not tell a good adapter from a bad one; the bundled
 out-of-fold band does (mean of the 3 crossfit seeds: 2.6 and 3.0 per 100 for seeds 0 and 2,
-6.7 for seed 4, 7.4-11.3 for seeds 3 and 1, 13.9 with no adapter). Read every training seed's file. The loop on top of either good adapter passes
-more hazards than on the bundled v0, with rounds under recall 0.95 on the factory, whatever
-the self-labels (``--levers defaults no_self_labels self_label_weight_0.1
-true_self_labels``) or the gate (``--gate must_gain``).
+6.7 for seed 4, 7.4-11.3 for seeds 3 and 1, 13.9 with no adapter). Read every training
+seed's file. The loop on top of either good adapter passes more hazards than on the bundled
+v0, with rounds under recall 0.95 on the factory, whatever the self-labels (``--levers
+defaults no_self_labels self_label_weight_0.1 true_self_labels``) or the gate (``--gate
+must_gain``).
 """
 
 from __future__ import annotations
@@ -164,17 +166,17 @@ def screen(name: str, feats: dict, sites: dict, seeds: int, levers=("defaults",)
     for s, site in sites.items():
         y = np.array([r["safety"] for r in site])
         rounds = np.array([r["round"] for r in site])
+        hazards = np.bincount(rounds, weights=y)  # per round
         row = {"release": name, "site": s, "hazards": int(y.sum()), "inputs": len(y)}
         v0 = {"band": [], "passed": [], "worst_recall": [], "false_alerts": [], "lower": []}
         loops = {lv: {"last2": [], "passed": 0, "rounds_under_95": 0} for lv in levers}
         for seed, (head, cal) in enumerate(v0s):
             p = head.p_unsafe_many(feats[s])
             passed = p < cal.lower
-            v0["band"].append(100 * float(((p >= cal.lower) & (p < cal.upper)).mean()))
+            v0["band"].append(100 * band_share(p, cal.lower, cal.upper))
             v0["passed"].append(int((passed & y).sum()))
-            v0["worst_recall"].append(min(
-                1 - (passed & y & (rounds == r)).sum() / max(1, (y & (rounds == r)).sum())
-                for r in range(int(rounds.max()) + 1)))  # fmt: skip
+            missed = np.bincount(rounds, weights=passed & y, minlength=len(hazards))
+            v0["worst_recall"].append(float(np.min(1 - missed / np.maximum(hazards, 1))))
             v0["false_alerts"].append(100 * float(((p >= cal.upper) & ~y).mean()))
             v0["lower"].append(float(cal.lower))
             for lv, loop in loops.items():
@@ -183,7 +185,7 @@ def screen(name: str, feats: dict, sites: dict, seeds: int, levers=("defaults",)
                 loop["last2"].append((run[-1]["calls"] + run[-2]["calls"]) / 2)
                 loop["passed"] += sum(r["missed"] for r in run)
                 loop["rounds_under_95"] += sum(
-                    r["missed"] > 0.05 * (y & (rounds == i)).sum() for i, r in enumerate(run)
+                    r["missed"] > 0.05 * hazards[i] for i, r in enumerate(run)
                 )
         row["v0"] = {
             "band": round(float(np.mean(v0["band"])), 1),
@@ -266,9 +268,9 @@ def main() -> int:
         feats = site_features(folder, (base if name == "plain" else home) / f"features-{name}.npz",
                               sites)  # fmt: skip
         rows += screen(name, feats, sites, args.seeds, tuple(args.levers), args.gate)
-    extra = [*args.levers[1:], *([] if args.levers[0] == "defaults" else [args.levers[0]])]
-    out = f"lora_screen{tag}{'-' + '-'.join(extra) if extra else ''}" + (
-        "" if args.gate == "not_worse" else f"-{args.gate}") + ".json"  # fmt: skip
+    tag += "".join(f"-{lv}" for lv in args.levers if lv != "defaults")
+    tag += "" if args.gate == "not_worse" else f"-{args.gate}"
+    out = f"lora_screen{tag}.json"
     write_result(out, {
         "command": "bench/lora_screen.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.time() - t0, 1), "trained_on": GENERIC,
