@@ -33,6 +33,7 @@ from pathlib import Path
 
 from shared.backend import Backend
 from shared.calibration import Calibration
+from shared.errors import TrainingError
 from shared.evaluation import LabeledCase
 from shared.policy import AUDIT
 from shared.release import (
@@ -315,11 +316,18 @@ def v0_canaries(
     return pick_canaries(report, frozen, cfg.release.canaries), round(time.perf_counter() - t0, 1)
 
 
-def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase], out: Path):
+def build_default(
+    cfg: TeacherConfig,
+    backend: Backend,
+    cases: list[LabeledCase],
+    out: Path,
+    adapter_dir: Path | None = None,
+):
     """The bundled release v0: the default skill, a head on ``cases``, its thresholds.
 
     Deterministic for the same cases, weights and seed (``gemma-teacher releases
-    build-default`` rewrites ``shared/data/release``).
+    build-default`` rewrites ``shared/data/release``). With ``adapter_dir`` (a PEFT
+    adapter's files) v0 carries that LoRA and its head reads the adapted model's states.
     """
     from shared.skill import default_skill
     from teacher.data.dataset import frozen_member
@@ -329,12 +337,24 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
     frozen = [c for c in cases if frozen_member(c.input, cfg.train.eval_fraction, cfg.train.seed)]
     kept = [c for c in cases if c not in frozen]
     fit, cal = split_fit(kept, cfg.release.calibration_fraction, cfg.train.seed)
-    student = Student(backend, skill_release(skill), cfg.student.max_new_tokens, cfg.student.answer)
+    adapter = read_adapter(adapter_dir) if adapter_dir else None
+    if adapter and cfg.release.calibration == "crossfit":
+        # An adapter trained elsewhere never saw these scenes (a build's own LoRA trains on
+        # its fit split, which then neither fits nor certifies the head): all of them do.
+        fit, cal = [], fit + cal
+    student = Student(
+        backend, skill_release(skill, adapter_dir), cfg.student.max_new_tokens, cfg.student.answer
+    )
     head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
+    if fit:
+        on = f"fit on {len(fit)} of the bundled labelled scenes, thresholds calibrated on "
+        on += f"{len(cal)} others"
+    else:
+        on = f"crossfitted and its thresholds certified on {len(cal)} bundled labelled scenes"
     note = (
-        f"bundled default: the default skill, a {head.kind} safety head fit on {len(fit)} of "
-        f"the bundled labelled scenes, thresholds calibrated on {len(cal)} others; the "
-        f"{len(cases) - len(kept)} that teacher homes freeze for their gate are left out"
+        f"bundled default: the default skill{' with a LoRA adapter' if adapter else ''}, a "
+        f"{head.kind} safety head {on}; the {len(cases) - len(kept)} that teacher homes "
+        "freeze for their gate are left out"
     )
 
     def files_with(canaries: list[Canary]) -> dict[str, bytes]:
@@ -343,6 +363,7 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
             skill,
             head,
             calibration,
+            adapter,
             model=backend.name,
             metrics={"head": head.info},
             note=note,
@@ -359,3 +380,12 @@ def build_default(cfg: TeacherConfig, backend: Backend, cases: list[LabeledCase]
             cfg, student, write_release(Path(tmp) / "v0", files_with([])), frozen
         )
     return write_release(out, files_with(canaries)), timing
+
+
+def read_adapter(folder: Path) -> dict[str, bytes]:
+    """A PEFT adapter's files from ``folder`` (an adapter folder or a release that carries
+    one); a clear error naming what is missing."""
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise TrainingError(f"{folder}: not a LoRA adapter (no {', '.join(missing)})")
+    return {name: (folder / name).read_bytes() for name in ADAPTER_FILES}

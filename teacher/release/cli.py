@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Fit the default release's safety head on the bundled labelled scenes "
         "and calibrate its thresholds (reproducible: same weights, same bytes).",
         epilog="examples:\n  gemma-teacher releases build-default\n"
-        "  gemma-teacher releases build-default --backend embedded   # v0 for torch edges",
+        "  gemma-teacher releases build-default --backend embedded   # v0 for torch edges\n"
+        "  gemma-teacher releases build-default --adapter run/adapter --out v0-lora/",
     )
     for action in sub.choices.values():  # `releases list --home H` works as well
         action.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -64,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=["llamacpp", "embedded", "torch"],
         help="the student engine whose hidden states the head reads (default: student.backend)",
+    )
+    build.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="a LoRA adapter's folder (adapter_config.json, adapter_model.safetensors; a "
+        "release that carries one will do), trained on none of the bundled scenes: v0 carries "
+        "it, and its head is crossfitted and certified on the bundled scenes through it",
     )
     build.add_argument(
         "--out",
@@ -138,17 +146,20 @@ def run(args: argparse.Namespace) -> int:
             engine = "embedded" if args.backend == "torch" else args.backend
             cfg.student = cfg.student.model_copy(update={"backend": engine})
         out = args.out or default_release_dir(model_engine(cfg.student.backend), fallback=False)
-        return build_default(cfg, Path(out))
+        return build_default(cfg, Path(out), Path(args.adapter) if args.adapter else None)
     raise StoreError(f"unknown action {args.action!r}")
 
 
-def build_default(cfg: TeacherConfig, out: Path) -> int:
+def build_default(cfg: TeacherConfig, out: Path, adapter_dir: Path | None = None) -> int:
     from shared.backend_factory import make_backend
     from teacher.release.build import build_default as build
+    from teacher.release.build import read_adapter
 
+    if adapter_dir is not None:
+        read_adapter(adapter_dir)  # a wrong folder fails before the model loads
     backend = make_backend(cfg.student)
     cases = bundled_labels()
-    release, timing = build(cfg, backend, cases, out)
+    release, timing = build(cfg, backend, cases, out, adapter_dir)
     print(release.describe())
     print(release.calibration.note if release.calibration else "no calibration")
     print(json.dumps({"head": release.head.info if release.head else None, "timing": timing}))

@@ -529,3 +529,36 @@ def test_a_head_only_build_keeps_the_active_releases_adapter(tmp_path, monkeypat
     kept = ReleaseRegistry(cfg.home).get(1).adapter_files()
     assert second.adapter_files() == kept == adapter_files()  # a new head, the same adapter
     assert second.manifest.note == "head only (v1's LoRA kept)"
+
+
+def test_v0_built_on_an_adapter_carries_it_and_its_head_reads_the_adapted_states(tmp_path):
+    from shared.release import load_release
+    from teacher.release.build import build_default
+
+    cfg = config(tmp_path)
+    folder = tmp_path / "lora-run"
+    folder.mkdir()
+    for name, data in adapter_files().items():
+        (folder / name).write_bytes(data)
+    cases = hazard_cases(400)
+    plain, _ = build_default(cfg, FeatureBackend(noise=10.0), cases, tmp_path / "v0")
+    backend = FeatureBackend(good_adapter="lora-run", noise=10.0)
+    adapted, _ = build_default(cfg, backend, cases, tmp_path / "v0-lora", folder)
+    again = load_release(tmp_path / "v0-lora")  # what an edge loads: checked, adapter and all
+    assert again.version == 0 and again.adapter_files() == adapter_files()
+    assert plain.adapter_dir is None and "with a LoRA adapter" in again.manifest.note
+    plain_band, adapted_band = (r.calibration.upper - r.calibration.lower for r in (plain, adapted))
+    assert adapted_band < plain_band  # a fifth of the noise: a narrower band
+
+
+def test_build_default_names_a_folder_that_is_not_an_adapter(tmp_path, capsys):
+    from teacher.cli import main
+
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "adapter_config.json").write_text("{}")
+    argv = ["releases", "--home", str(tmp_path), "build-default", "--adapter",
+            str(tmp_path / "half"), "--out", str(tmp_path / "v0")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "half: not a LoRA adapter (no adapter_model.safetensors)" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "v0").exists()
