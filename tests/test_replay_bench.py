@@ -90,3 +90,26 @@ def test_the_lora_screen_reports_the_bundled_crossfit_and_each_levers_loop():
     assert row["hazards"] == 20 and row["loop"]["lever"] == "defaults"
     assert row["loop no_self_labels"]["lever"] == "no_self_labels"
     assert len(row["loop"]["last2_by_seed"]) == len(row["v0"]["band_by_seed"]) == 1
+
+
+def test_lora_v0_counts_calls_by_reason_and_the_worst_round_from_evals_cases():
+    from bench.lora_v0 import summarize
+
+    def case(i, label, escalate=False, alert=False, reasons=()):
+        decision = {"escalate": escalate, "alert": alert, "reasons": list(reasons)}
+        return {"id": f"c{i}", "label": label, "decision": decision}
+
+    cases = [
+        case(0, True, alert=True),
+        case(1, True, escalate=True, reasons=["safety_keyword", "audit"]),
+        case(2, True),  # passed: round 0 catches 2 of 3
+        case(3, True, escalate=True, reasons=["uncertain_safety"]),
+        case(4, False, alert=True),  # a false alert
+        case(5, False, escalate=True, reasons=["audit"]),
+    ]
+    row = summarize(cases, {"c0": 0, "c1": 0, "c2": 0, "c3": 1, "c4": 1, "c5": 1})
+    assert row["by_reason"] == {"band": 16.7, "keyword": 16.7, "format": 0.0, "audit": 16.7,
+                                "other": 0.0}  # fmt: skip
+    assert (row["calls"], row["recall"], row["missed"]) == (50.0, 0.75, ["c2"])
+    assert row["worst_round_recall"] == 0.667 and row["calls_by_round"] == [33.3, 66.7]
+    assert row["false_alerts"] == 16.7 and "worst_round_recall" not in summarize(cases, {})
