@@ -52,13 +52,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from lora_screen import GENERIC, adapter_release  # noqa: E402
 from replay import CACHE, write_result  # noqa: E402
 
+from shared.rounds import CALL_REASONS as REASONS  # noqa: E402
+
 SETS = {
     "held-out scenes": ROOT / "bench/data/heldout_scenes.jsonl",
     "farm": ROOT / "bench/data/farm_site/scenes.jsonl",
     "harbour": ROOT / "bench/data/quay_site/scenes.jsonl",
 }
-REASONS = (("band", "uncertain_safety"), ("keyword", "safety_keyword"),
-           ("format", "format_error"), ("audit", "audit"))  # fmt: skip
 
 
 def teacher(home: Path, *args: str, recall_target: float = 0.95) -> str:

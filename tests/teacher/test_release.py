@@ -547,6 +547,7 @@ def test_v0_built_on_an_adapter_carries_it_and_its_head_reads_the_adapted_states
     again = load_release(tmp_path / "v0-lora")  # what an edge loads: checked, adapter and all
     assert again.version == 0 and again.adapter_files() == adapter_files()
     assert plain.adapter_dir is None and "with a LoRA adapter" in again.manifest.note
+    assert adapted.head.info["n"] == plain.head.info["n"]  # every kept case fits, certifies
     plain_band, adapted_band = (r.calibration.upper - r.calibration.lower for r in (plain, adapted))
     assert adapted_band < plain_band  # a fifth of the noise: a narrower band
 
