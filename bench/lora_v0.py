@@ -31,8 +31,11 @@ teacher 1.9 / 4.7 / 5.3 times per 100 inputs (held-out scenes / farm / harbour) 
 bundled v0 asks 17.5 / 29.7 / 27.5, but its system recall is 0.988 / 0.986 / 0.931: on
 the harbour it passes 10 of 144 hazards, 3 of 24 in its worst round. At target 0.97 the
 certificate allows no bundled miss and ``lower`` falls to 0.015 (read the
-``-recall0.97`` file: farm / harbour 38.1 / 42.5 calls per 100, recall 1.000). The bundled scenes are too easy for the adapted model to certify it
-for a site: the out-of-fold band that picked the adapter is the band that vanished.
+``-recall0.97`` file: farm / harbour 38.1 / 42.5 calls per 100, recall 1.000). The seed-0
+adapter (``--train-seed 0``) is unsafe on both: farm / harbour 6.7 / 6.7 calls per 100,
+recall 0.972 / 0.917, worst round 0.917 / 0.833. The bundled scenes are too easy for the
+adapted model to certify it for a site: the out-of-fold band that picked the adapter is the
+band that vanished.
 """
 
 from __future__ import annotations
