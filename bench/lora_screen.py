@@ -45,7 +45,9 @@ out-of-fold band does (mean of the 3 crossfit seeds: 2.6 and 3.0 per 100 for see
 seed's file. The loop on top of either good adapter passes more hazards than on the bundled
 v0, with rounds under recall 0.95 on the factory, whatever the self-labels (``--levers
 defaults no_self_labels self_label_weight_0.1 true_self_labels``) or the gate (``--gate
-must_gain``).
+must_gain``). Stop 48: built and scored on llama.cpp (``bench/lora_v0.py``), the seed-0 and
+seed-2 adapters' v0 pass 12 and 10 of the held-out harbour's 144 hazards: a narrow bundled
+out-of-fold band does not make an adapter safe to ship.
 """
 
 from __future__ import annotations
