@@ -81,8 +81,8 @@ from replay import (  # noqa: E402
 GENERIC = "bench/data/generic_more/scenes.jsonl"
 
 
-def adapter_release(home: Path, seed: int, patience: int | None) -> Path:
-    """v0's skill and head with an adapter trained on the generic scenes (cached)."""
+def adapter_release(home: Path, seed: int, patience: int | None, data: str = GENERIC) -> Path:
+    """v0's skill and head with an adapter trained on ``data`` (the generic scenes; cached)."""
     from shared.models import load_model
     from shared.release import build_files, load_release, write_release
     from shared.teacher_config import TeacherConfig
@@ -102,7 +102,7 @@ def adapter_release(home: Path, seed: int, patience: int | None) -> Path:
             "home": str(home / "teacher"),
         }
     )
-    dataset = fit_dataset(extra_labels(GENERIC), v0.skill, seed)
+    dataset = fit_dataset(extra_labels(data), v0.skill, seed)
     print(f"training on {dataset.stats}", flush=True)
     model, tokenizer = load_model()
     trained = train_adapter(cfg, dataset, v0.skill, model, tokenizer, run_dir=home / "run")

@@ -4,10 +4,12 @@ GGUF), on scenes and a site that chose nothing?
 
     .venv/bin/python bench/lora_v0.py                   # training seed 2 (about 10 min), then
     .venv/bin/python bench/lora_v0.py --train-seed 0    # build and score (about 15 min)
+    .venv/bin/python bench/lora_v0.py --trained-on sites --sets farm harbour
 
-1. The adapter: ``bench/lora_screen.py``'s (``train.objective: answer+head`` on the 279
-   generic scenes of ``bench/data/generic_more``; cached under ``~/.cache/gemma-edge/replay``,
-   trained if missing). Seed 2 by default: by the rule stop 47 found (keep the training seed
+1. The adapter (``--trained-on generic``, the default): ``bench/lora_screen.py``'s
+   (``train.objective: answer+head`` on the 279 generic scenes of
+   ``bench/data/generic_more``; cached under ``~/.cache/gemma-edge/replay``, trained if
+   missing). Seed 2 by default: by the rule stop 47 found (keep the training seed
    whose v0 has the narrowest bundled out-of-fold band) seeds 0 and 2 tie (2.6 and 3.0 per
    100, against 6.7-11.3 for seeds 1, 3 and 4), and seed 2 stops early, in half the time.
 2. v0 on it, as a person would build it: ``gemma-teacher releases build-default --adapter
@@ -35,7 +37,10 @@ certificate allows no bundled miss and ``lower`` falls to 0.015 (read the
 adapter (``--train-seed 0``) is unsafe on both: farm / harbour 6.7 / 6.7 calls per 100,
 recall 0.972 / 0.917, worst round 0.917 / 0.833. The bundled scenes are too easy for the
 adapted model to certify it for a site: the out-of-fold band that picked the adapter is the
-band that vanished.
+band that vanished. An adapter trained the same way on 300 long scenes of the four screening
+sites instead (``--trained-on sites``: 75 each, 272 steps, 16.5 min) widens v0's band on the
+bundled scenes (0.028/0.636) and costs more than the bundled v0 on both held-out sites
+(farm / harbour 35.6 / 34.7 calls per 100), with 4 harbour hazards passed (recall 0.972).
 """
 
 from __future__ import annotations
@@ -118,6 +123,9 @@ def summarize(cases: list[dict], rounds: dict[str, int]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-seed", type=int, default=2, help="the adapter's training seed")
+    ap.add_argument("--trained-on", choices=("generic", "sites"), default="generic",
+                    help="the adapter's training scenes: generic (bench/data/generic_more, "
+                    "short) or sites (75 long scenes from each screening site)")  # fmt: skip
     ap.add_argument("--recall-target", type=float, default=0.95,
                     help="policy.recall_target v0's thresholds are certified at (default 0.95, "
                     "today's)")  # fmt: skip
@@ -125,10 +133,11 @@ def main() -> int:
                     help="scene sets to score (default: all three)")  # fmt: skip
     args = ap.parse_args()
     t0 = time.time()
-    key = hashlib.sha256((ROOT / GENERIC).read_bytes()).hexdigest()[:16]
-    base = CACHE / f"lora-generic-{key}"
+    data = GENERIC if args.trained_on == "generic" else str(site_sample())
+    key = hashlib.sha256((ROOT / data).read_bytes()).hexdigest()[:16]
+    base = CACHE / f"lora-{args.trained_on}-{key}"
     home = base / f"train-seed{args.train_seed}" if args.train_seed else base
-    adapter = adapter_release(home, args.train_seed, None)
+    adapter = adapter_release(home, args.train_seed, None, data)
     target = args.recall_target
     work = home / ("lora-v0" if target == 0.95 else f"lora-v0-recall{target}")
     v0 = work / "v0-llamacpp"
@@ -163,15 +172,34 @@ def main() -> int:
                   f"{r['keyword']:.1f} | {r['audit']:.1f} | {r['format']:.1f} | "
                   f"{row['recall']:.3f} | {row.get('worst_round_recall', '')} | "
                   f"{row['false_alerts']:.1f} |", flush=True)  # fmt: skip
-    tag = "" if args.train_seed == 2 else f"-train-seed{args.train_seed}"
+    tag = "" if args.trained_on == "generic" else "-sites"
+    tag += "" if args.train_seed == 2 else f"-train-seed{args.train_seed}"
     tag += "" if target == 0.95 else f"-recall{target}"
     write_result(f"lora_v0{tag}.json", {
         "command": "bench/lora_v0.py " + " ".join(sys.argv[1:]),
         "seconds": round(time.time() - t0, 1), "timing": timing, "train_seed": args.train_seed,
-        "trained_on": GENERIC, "recall_target": target, "v0_note": manifest.get("note"),
+        "trained_on": data, "recall_target": target, "v0_note": manifest.get("note"),
         "thresholds": _thresholds(v0), "rows": rows,
     })  # fmt: skip
     return 0
+
+
+def site_sample(per_site: int = 75) -> Path:
+    """``per_site`` scenes drawn (seed 0) from each screening site's file: long, site-style
+    scenes to train an adapter on; the held-out farm and harbour are never drawn."""
+    import numpy as np
+    from feature_screen import SCREENING
+    from replay import SITES
+
+    rows = []
+    for name in SCREENING:
+        lines = [line for line in SITES[name].read_text().splitlines() if line.strip()]
+        picked = np.random.default_rng(0).choice(len(lines), per_site, replace=False)
+        rows += [lines[i] for i in sorted(picked)]
+    path = CACHE / f"site-sample-{per_site}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def _thresholds(folder: Path) -> dict:
