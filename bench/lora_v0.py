@@ -60,7 +60,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from lora_screen import GENERIC, adapter_release  # noqa: E402
 from replay import CACHE, write_result  # noqa: E402
 
-from shared.rounds import CALL_REASONS as REASONS  # noqa: E402
+from shared.rounds import calls_by_reason  # noqa: E402
+from shared.scoring import Outcome, score  # noqa: E402
 
 SETS = {
     "held-out scenes": ROOT / "bench/data/heldout_scenes.jsonl",
@@ -85,38 +86,34 @@ def teacher(home: Path, *args: str, recall_target: float = 0.95) -> str:
     return done.stdout
 
 
+def outcome(case: dict) -> Outcome:
+    """One ``gemma-teacher eval --json`` case as the system saw it."""
+    d = case["decision"]
+    return Outcome(case["label"], d["alert"], d["escalate"], None, case["format_ok"],
+                   case["latency_s"], 0, case["id"], tuple(d["reasons"]))  # fmt: skip
+
+
 def summarize(cases: list[dict], rounds: dict[str, int]) -> dict:
-    """One release on one scene set: calls, recall, worst round, false alerts."""
-    n = len(cases)
-    hazards = [c for c in cases if c["label"]]
-    caught = [c for c in hazards if c["decision"]["escalate"] or c["decision"]["alert"]]
-    calls = [c for c in cases if c["decision"]["escalate"]]
-    by_reason = {name: 0 for name, _ in REASONS} | {"other": 0}
-    for c in calls:
-        names = [name for name, reason in REASONS if reason in c["decision"]["reasons"]]
-        by_reason[names[0] if names else "other"] += 1
-    false_alerts = [c for c in cases if c["decision"]["alert"] and not c["label"]]
+    """One release on one scene set (``shared.scoring.score``, ``shared.rounds``): calls,
+    recall, worst round, false alerts."""
+    outcomes = [outcome(c) for c in cases]
+    rates = score(outcomes)
     row = {
-        "inputs": n,
-        "hazards": len(hazards),
-        "calls": round(100 * len(calls) / n, 1),
-        "by_reason": {k: round(100 * v / n, 1) for k, v in by_reason.items()},
-        "recall": round(len(caught) / max(len(hazards), 1), 3),
-        "missed": [c["id"] for c in hazards if c not in caught],
-        "false_alerts": round(100 * len(false_alerts) / n, 1),
+        "inputs": rates.inputs,
+        "hazards": rates.hazards,
+        "calls": round(rates.teacher_calls_per_100, 1),
+        "by_reason": {k: round(v, 1) for k, v in calls_by_reason(outcomes).items()},
+        "recall": round(rates.system_recall, 3),
+        "missed": list(rates.missed),
+        "false_alerts": round(rates.false_alerts_per_100, 1),
     }
     if rounds:
-        worst, per_round = 1.0, []
-        for r in sorted(set(rounds.values())):
-            mine = [c for c in cases if rounds[c["id"]] == r]
-            h = [c for c in mine if c["label"]]
-            got = sum(c["decision"]["escalate"] or c["decision"]["alert"] for c in h)
-            worst = min(worst, got / max(len(h), 1))
-            per_round.append(
-                round(100 * sum(c["decision"]["escalate"] for c in mine) / len(mine), 1)
-            )
-        row["worst_round_recall"] = round(worst, 3)
-        row["calls_by_round"] = per_round
+        per_round = [
+            score([o for o in outcomes if rounds[o.id] == r]) for r in sorted(set(rounds.values()))
+        ]
+        recalls = [r.system_recall for r in per_round if r.system_recall is not None]
+        row["worst_round_recall"] = round(min(recalls), 3)
+        row["calls_by_round"] = [round(r.teacher_calls_per_100, 1) for r in per_round]
     return row
 
 

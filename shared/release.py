@@ -114,9 +114,7 @@ class Release:
     def adapter_files(self) -> dict[str, bytes] | None:
         """The adapter's PEFT files, to build the next release on the same adapter (a
         head-only build or an upskill keeps it); None without one."""
-        if self.adapter_dir is None:
-            return None
-        return {name: (self.adapter_dir / name).read_bytes() for name in ADAPTER_FILES}
+        return None if self.adapter_dir is None else read_adapter(self.adapter_dir)
 
     def describe(self) -> str:
         parts = [f"release v{self.version}", f"skill {self.skill.name!r}"]
@@ -365,6 +363,15 @@ def set_active(root: Path, version: int) -> None:
     write_synced(tmp, f"{version}\n".encode())
     tmp.replace(root / "active")
     sync_dir(root)
+
+
+def read_adapter(folder: Path) -> dict[str, bytes]:
+    """A PEFT adapter's files (``ADAPTER_FILES``) from ``folder``: an adapter folder, or a
+    release that carries one; a ModelError names what is missing."""
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelError(f"{folder}: not a LoRA adapter (no {', '.join(missing)})")
+    return {name: (folder / name).read_bytes() for name in ADAPTER_FILES}
 
 
 def skill_release(skill: Skill, adapter_dir: Path | None = None, version: int = 0) -> Release:

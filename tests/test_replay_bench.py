@@ -97,7 +97,8 @@ def test_lora_v0_counts_calls_by_reason_and_the_worst_round_from_evals_cases():
 
     def case(i, label, escalate=False, alert=False, reasons=()):
         decision = {"escalate": escalate, "alert": alert, "reasons": list(reasons)}
-        return {"id": f"c{i}", "label": label, "decision": decision}
+        return {"id": f"c{i}", "label": label, "decision": decision, "format_ok": True,
+                "latency_s": 0.1}  # fmt: skip
 
     cases = [
         case(0, True, alert=True),

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from shared.backend import Backend
 from shared.calibration import Calibration
-from shared.errors import TrainingError
 from shared.evaluation import LabeledCase
 from shared.policy import AUDIT
 from shared.release import (
@@ -41,6 +40,7 @@ from shared.release import (
     Canary,
     Release,
     build_files,
+    read_adapter,
     skill_release,
     write_release,
 )
@@ -338,22 +338,16 @@ def build_default(
     kept = [c for c in cases if c not in frozen]
     fit, cal = split_fit(kept, cfg.release.calibration_fraction, cfg.train.seed)
     adapter = read_adapter(adapter_dir) if adapter_dir else None
-    if adapter and cfg.release.calibration == "crossfit":
-        # An adapter trained elsewhere never saw these scenes (a build's own LoRA trains on
-        # its fit split, which then neither fits nor certifies the head): all of them do.
-        fit, cal = [], fit + cal
     student = Student(
         backend, skill_release(skill, adapter_dir), cfg.student.max_new_tokens, cfg.student.answer
     )
-    head, calibration, timing = fit_and_calibrate(cfg, student, Splits(fit, cal, []))
-    if fit:
-        on = f"fit on {len(fit)} of the bundled labelled scenes, thresholds calibrated on "
-        on += f"{len(cal)} others"
-    else:
-        on = f"crossfitted and its thresholds certified on {len(cal)} bundled labelled scenes"
+    # an adapter given here was trained elsewhere: it never saw the bundled scenes
+    splits = Splits(fit, cal, [], adapter_saw_fit=False)
+    head, calibration, timing = fit_and_calibrate(cfg, student, splits)
     note = (
         f"bundled default: the default skill{' with a LoRA adapter' if adapter else ''}, a "
-        f"{head.kind} safety head {on}; the {len(cases) - len(kept)} that teacher homes "
+        f"{head.kind} safety head fit on {len(fit)} of the bundled labelled scenes, thresholds "
+        f"calibrated on {len(cal)} others; the {len(cases) - len(kept)} that teacher homes "
         "freeze for their gate are left out"
     )
 
@@ -380,12 +374,3 @@ def build_default(
             cfg, student, write_release(Path(tmp) / "v0", files_with([])), frozen
         )
     return write_release(out, files_with(canaries)), timing
-
-
-def read_adapter(folder: Path) -> dict[str, bytes]:
-    """A PEFT adapter's files from ``folder`` (an adapter folder or a release that carries
-    one); a clear error naming what is missing."""
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise TrainingError(f"{folder}: not a LoRA adapter (no {', '.join(missing)})")
-    return {name: (folder / name).read_bytes() for name in ADAPTER_FILES}

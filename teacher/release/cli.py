@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
 
 def build_default(cfg: TeacherConfig, out: Path, adapter_dir: Path | None = None) -> int:
     from shared.backend_factory import make_backend
+    from shared.release import read_adapter
     from teacher.release.build import build_default as build
-    from teacher.release.build import read_adapter
 
     if adapter_dir is not None:
         read_adapter(adapter_dir)  # a wrong folder fails before the model loads

@@ -73,6 +73,9 @@ class Splits:
     calibration: list[LabeledCase]  # chooses the thresholds; never trained on by the LoRA
     frozen: list[LabeledCase]  # the gate's split (persisted by teacher.data.dataset)
     traffic: list[LabeledCase] = field(default_factory=list)  # self-labelled: head only
+    # False: the release's adapter was trained elsewhere (build-default --adapter), so the
+    # fit split may train and calibrate the head as it does without an adapter
+    adapter_saw_fit: bool = True
 
 
 def make_splits(
@@ -315,8 +318,8 @@ def _fit_and_calibrate(
     if mode == "crossfit":
         # A LoRA trained on the fit split would flatter its cases' out-of-fold scores:
         # then only the cases it never saw (the calibration split) train and calibrate.
-        adapter = student.release.adapter_dir is not None
-        cal_cases = splits.calibration if adapter else splits.fit + splits.calibration
+        saw = student.release.adapter_dir is not None and splits.adapter_saw_fit
+        cal_cases = splits.calibration if saw else splits.fit + splits.calibration
         x = features_of(student, cal_cases, kind, layers, "1/2 head features (reviewed cases)")
         t_features = time.perf_counter() - t0
         head, p_cal = crossfit(cfg, x, cal_cases, kind, layers, prior, extra)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.release import ADAPTER_FILES, SKILL_FILE, read_active
+from shared.release import SKILL_FILE, read_active, read_adapter
 from shared.skill import Skill, skill_from_bytes
 
 
@@ -46,7 +46,7 @@ def old_active(home: Path) -> OldActive | None:
     adapter_version = read_active(home / "adapters")
     if adapter_version is not None:
         folder = home / "adapters" / f"v{adapter_version}"
-        adapter = {name: (folder / name).read_bytes() for name in ADAPTER_FILES}
+        adapter = read_adapter(folder)
     if skill is None and adapter is None:
         return None
     return OldActive(skill, skill_version, adapter, adapter_version)
